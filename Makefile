@@ -1,0 +1,36 @@
+# The two commands a new user needs: `make demo` and `make test`. Both create .venv and install
+# the project into it first (nothing needs installing by hand).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS ?= constraints.txt
+STAMP := $(VENV)/.installed-stamp
+PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
+
+.PHONY: install demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/optimize run -o out/demo/digits.opt.onnx
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m ''
+
+lint: install
+	$(BIN)/ruff check optimize passes cli tests bench
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf out .pytest_cache build *.egg-info

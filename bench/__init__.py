@@ -1,0 +1,1 @@
+"""The benchmark suite (`make bench` → bench/results.md). See bench/README.md."""

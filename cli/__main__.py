@@ -1,0 +1,5 @@
+"""`python -m cli ...` is `optimize ...`."""
+
+from cli.app import main
+
+main()

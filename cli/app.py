@@ -1,0 +1,580 @@
+"""The `optimize` command line: a thin layer over `optimize.api` / `optimize.pipeline`.
+
+Contract (an API for CI users; see README):
+  exit 0 done, every gate passed · 1 a pass or the runtime failed · 2 usage, config or input
+  rejected before any work · 3 a quality gate failed · 130 interrupted.
+  stdout carries only results (with --json exactly one JSON document); progress, logs and errors
+  go to stderr.
+
+Errors are mapped to exit codes in one place, `_handle_errors` below. Heavy modules (torch, onnx,
+the pipeline) are imported inside the commands so `optimize --help` is instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar
+
+import typer
+
+from optimize import __version__
+from optimize.errors import OptimizeError, UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EPILOG = (
+    "Exit codes: 0 done · 1 a pass or the runtime failed · 2 usage, config or input rejected · "
+    "3 a quality gate failed · 130 interrupted. stdout carries only results; progress, logs and "
+    "errors go to stderr."
+)
+
+app = typer.Typer(
+    name="optimize",
+    help="Prune → quantize → distill a model from one YAML pipeline; write a verified ONNX file and "
+    "a report of measured facts.",
+    epilog=EPILOG,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+# ---------------------------------------------------------------- output helpers
+
+
+def _err(line: str) -> None:
+    """One line to stderr, unformatted (no rich wrapping: CI logs and grep want whole lines)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _one_line(message: str) -> str:
+    parts = [p.strip() for p in str(message).splitlines() if p.strip()]
+    return " | ".join(parts) if parts else ""
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def _emit_json(data: Any) -> None:
+    """One strict JSON document on stdout. NaN/Infinity become null, as in the report file that
+    pydantic writes (`model_dump_json`), so every JSON parser accepts it."""
+    _out(json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False, default=str))
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
+
+
+def _stdout_console() -> Any:
+    """Rich console for results. Off a terminal (files, CI logs) tables get 120 columns, not 80,
+    unless COLUMNS says otherwise, so rows are not folded into unreadable stacks."""
+    from rich.console import Console
+
+    width = None
+    if "COLUMNS" not in os.environ:
+        try:
+            width = None if sys.stdout.isatty() else 120
+        except (AttributeError, ValueError):
+            width = 120
+    return Console(file=sys.stdout, width=width)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(file=sys.stderr)
+
+
+def print_error(exc: BaseException, verbose: bool = False) -> int:
+    """Print `exc` as the contract says and return its exit code. The one error → exit-code map."""
+    if verbose:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, KeyboardInterrupt):
+        _err("interrupted")
+        return 130
+    if isinstance(exc, OptimizeError):
+        _err(f"error: {_one_line(str(exc))}")
+        return int(getattr(exc, "exit_code", 1))
+    detail = _one_line(str(exc))
+    hint = "" if verbose else " (run with -v for the traceback)"
+    _err(f"error: internal: {type(exc).__name__}{': ' + detail if detail else ''}{hint}")
+    return 1
+
+
+def _handle_errors(fn: F) -> F:
+    """Wrap a command: OptimizeError → `error: MSG` + its exit code; Ctrl-C → 130; anything else →
+    `error: internal: ...` + 1. Tracebacks only with -v (the command's `verbose` parameter)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = bool(kwargs.get("verbose"))
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except BrokenPipeError:
+            # stdout closed early (`optimize ... | head`): nothing left to say to anyone.
+            with contextlib.suppress(Exception):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(1) from None
+        except Exception as exc:
+            if _is_click_exception(exc):
+                raise
+            raise typer.Exit(print_error(exc, verbose)) from None
+        except KeyboardInterrupt as exc:
+            raise typer.Exit(print_error(exc, verbose)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# click's base exception (usage errors, bad parameters): click maps these to exit 2 itself. Found
+# through typer.BadParameter because typer 0.2x vendors click as typer._click, older ones import it.
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _is_click_exception(exc: BaseException) -> bool:
+    return isinstance(exc, _CLICK_EXCEPTION)
+
+
+def _check_verbosity(quiet: bool, verbose: bool) -> None:
+    if quiet and verbose:
+        raise UsageError("-q/--quiet and -v/--verbose cannot be used together")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """While the library works, send everything written to stdout to stderr instead.
+
+    Libraries print (exporters, training loops, C++ runtimes writing to file descriptor 1); stdout
+    is reserved for results, so `--json` output stays exactly one JSON document. Redirects both
+    `sys.stdout` and, when stdout is a real file, file descriptor 1.
+    """
+    saved_fd = None
+    try:
+        fd = sys.stdout.fileno()
+        err_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = err_fd = -1
+    if fd >= 0 and err_fd >= 0 and fd != err_fd:
+        sys.stdout.flush()
+        saved_fd = os.dup(fd)
+        os.dup2(err_fd, fd)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved_fd is not None:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            os.dup2(saved_fd, fd)
+            os.close(saved_fd)
+
+
+@contextlib.contextmanager
+def _quiet_warnings(quiet: bool) -> Iterator[None]:
+    if not quiet:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+# ---------------------------------------------------------------- root
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        _out(f"optimize {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", metavar="", help="Print the version and exit.", callback=_version_callback, is_eager=True
+    ),
+) -> None:
+    """Prune → quantize → distill a model from one YAML pipeline; write a verified ONNX file and a
+    report of measured facts."""
+
+
+# ---------------------------------------------------------------- run
+
+Device = Literal["cpu", "cuda", "auto"]
+ProgressChoice = Literal["auto", "rich", "plain", "none"]
+
+
+@app.command(epilog=EPILOG)
+@_handle_errors
+def run(
+    model: str | None = typer.Argument(
+        None,
+        metavar="MODEL",
+        help="Model file (.onnx, TorchScript, .pt2) or factory `package.module:callable`. "
+        "Omit MODEL and -c to run the built-in example.",
+        show_default=False,
+    ),
+    config: str | None = typer.Option(
+        None, "-c", "--config", metavar="CONFIG", help="Pipeline YAML (default: configs/default.yaml).", show_default=False
+    ),
+    output: str | None = typer.Option(
+        None, "-o", "--output", metavar="OUT.onnx", help="Output ONNX path (overrides output.path).", show_default=False
+    ),
+    report: str | None = typer.Option(
+        None, "--report", metavar="REPORT.json", help="Report JSON path (overrides output.report).", show_default=False
+    ),
+    device: Device | None = typer.Option(
+        None, "--device", help="cpu, cuda or auto (overrides hardware.device).", show_default=False
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, metavar="N", help="Intra-op threads (overrides hardware.threads).", show_default=False
+    ),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Override a config field, e.g. passes[0].sparsity=0.5 (repeatable).", show_default=False
+    ),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the report as one JSON document on stdout."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", metavar="", help="Validate, print the resolved config and the planned steps; run nothing."
+    ),
+    progress: ProgressChoice = typer.Option(
+        "auto", "--progress", help="auto: bars on a terminal, plain lines elsewhere; rich; plain; none."
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", metavar="", help="No progress or logs; only errors."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Debug logs and full tracebacks on errors."),
+    fail_on_gate: bool = typer.Option(
+        True, "--fail-on-gate/--no-fail-on-gate", metavar="", help="Exit 3 when a quality gate fails (else report it and exit 0)."
+    ),
+    trust_model: bool = typer.Option(
+        False, "--trust-model", metavar="", help="Allow loading pickled whole modules (runs code from the file)."
+    ),
+    seed: int | None = typer.Option(None, "--seed", min=0, metavar="N", help="Seed (overrides seed).", show_default=False),
+    work_dir: str | None = typer.Option(
+        None, "--work-dir", metavar="DIR", help="Keep intermediate files here (default: a temporary dir, removed).", show_default=False
+    ),
+) -> None:
+    """Run a pipeline: load MODEL, apply the passes in CONFIG, write a verified ONNX and a report."""
+    from pathlib import Path
+
+    from cli.progress import make_progress, setup_logging
+    from optimize.api import RunOptions
+
+    _check_verbosity(quiet, verbose)
+    setup_logging(quiet=quiet, verbose=verbose)
+    opts = RunOptions(
+        model=model,
+        config=config,
+        overrides=list(set_ or []),
+        output=output,
+        report=report,
+        device=device,
+        threads=threads,
+        seed=seed,
+        trust_model=trust_model,
+        fail_on_gate=fail_on_gate,
+        work_dir=Path(work_dir) if work_dir else None,
+    )
+
+    with _quiet_warnings(quiet):
+        from optimize import pipeline
+
+        if dry_run:
+            with _stdout_to_stderr():
+                plan = pipeline.plan(opts)
+            from cli.render import plan_to_dict, plan_yaml
+
+            if as_json:
+                _emit_json(plan_to_dict(plan))
+            else:
+                _out(plan_yaml(plan))
+            return
+
+        display = make_progress(progress, quiet=quiet)
+        opts.progress = display
+        result = None
+        try:
+            with display, _stdout_to_stderr():
+                result = pipeline.run(opts)
+        except OptimizeError as exc:
+            partial = getattr(exc, "report", None)
+            if partial is not None:
+                _emit_report(partial, as_json)
+            raise
+        _emit_report(result, as_json)
+        _check_status(result, fail_on_gate)
+
+
+def _check_status(report: Any, fail_on_gate: bool) -> None:
+    """Exit codes follow the report even if the library returned instead of raising."""
+    from optimize.errors import GateFailed
+
+    if report.status == "failed":
+        raise OptimizeError(report.error or "the run failed (see the report)")
+    if report.status == "gate_failed" and fail_on_gate:
+        raise GateFailed([g.name for g in report.gates if not g.passed])
+
+
+def _emit_report(report: Any, as_json: bool) -> None:
+    """The report on stdout (JSON or tables); failed gates as one line each on stderr."""
+    if as_json:
+        _emit_json(report.model_dump(mode="json"))
+    else:
+        from cli.render import print_report
+
+        print_report(report, _stdout_console())
+    from cli.render import gate_failure_lines, github_error
+
+    lines = gate_failure_lines(report)
+    for line in lines:
+        _err(line)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for line in lines:
+            _err(github_error(line))
+
+
+# ---------------------------------------------------------------- validate
+
+
+@app.command(epilog=EPILOG)
+@_handle_errors
+def validate(
+    configs: list[str] = typer.Argument(..., metavar="CONFIG...", help="Pipeline YAML file(s)."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="Apply an override before validating (repeatable).", show_default=False
+    ),
+    verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Full tracebacks on errors."),
+) -> None:
+    """Check pipeline files against the schema; print `ok: FILE (N passes: …)` or the error."""
+    from optimize.config import load_config
+
+    worst = 0
+    for path in configs:
+        try:
+            cfg = load_config(path, list(set_ or []))
+        except OptimizeError as exc:
+            worst = max(worst, print_error(exc, verbose))
+            continue
+        names = [p.type for p in cfg.passes]
+        noun = "pass" if len(names) == 1 else "passes"
+        chain = ": " + " → ".join(names) if names else ""
+        _out(f"ok: {path} ({len(names)} {noun}{chain})")
+    if worst:
+        raise typer.Exit(worst)
+
+
+# ---------------------------------------------------------------- passes
+
+
+@app.command(name="passes", epilog=EPILOG)
+@_handle_errors
+def passes_cmd(
+    name: str | None = typer.Argument(None, metavar="NAME", help="Show this pass's options.", show_default=False),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print as JSON."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Full tracebacks on errors."),
+) -> None:
+    """List the registered passes, or one pass's options."""
+    from passes import registry
+
+    if name is None:
+        rows = [_pass_info(registry.get(n), options=False) for n in registry.names()]
+        if as_json:
+            _emit_json(rows)
+        else:
+            from cli.render import passes_table
+
+            _stdout_console().print(passes_table(rows))
+        return
+
+    if name not in registry.names():
+        import difflib
+
+        hint = difflib.get_close_matches(name, registry.names(), n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise UsageError(f"unknown pass '{name}'{extra}; known: {', '.join(registry.names())}")
+    info = _pass_info(registry.get(name), options=True)
+    if as_json:
+        _emit_json(info)
+    else:
+        from cli.render import pass_detail
+
+        _stdout_console().print(pass_detail(info))
+
+
+def _pass_info(cls: Any, options: bool) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "name": cls.name,
+        "summary": cls.summary,
+        "accepts": sorted(cls.accepts),
+        "trains": bool(getattr(cls, "trains", False)),
+    }
+    if options:
+        from cli.render import pass_options
+
+        info["options"] = pass_options(cls.config_cls)
+        info["schema"] = cls.config_cls.model_json_schema()
+    return info
+
+
+# ---------------------------------------------------------------- schema
+
+
+@app.command(epilog=EPILOG)
+@_handle_errors
+def schema(
+    report: bool = typer.Option(False, "--report", metavar="", help="Print the report's JSON Schema instead of the config's."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Full tracebacks on errors."),
+) -> None:
+    """Print the JSON Schema of pipeline files (for editors and CI), or of the report."""
+    if report:
+        from optimize.report import Report
+
+        _emit_json(Report.model_json_schema())
+    else:
+        from optimize.config import json_schema
+
+        _emit_json(json_schema())
+
+
+# ---------------------------------------------------------------- inspect
+
+
+@app.command(name="inspect", epilog=EPILOG)
+@_handle_errors
+def inspect_cmd(
+    model: str = typer.Argument(..., metavar="MODEL", help="Model file or factory `package.module:callable`."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the facts as one JSON document."),
+    trust_model: bool = typer.Option(
+        False, "--trust-model", metavar="", help="Allow loading pickled whole modules (runs code from the file)."
+    ),
+    quiet: bool = typer.Option(False, "-q", "--quiet", metavar="", help="No logs; only errors."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Debug logs and full tracebacks on errors."),
+) -> None:
+    """Show a model's form, inputs, outputs, op counts, weights and sparsity."""
+    from cli.progress import setup_logging
+
+    _check_verbosity(quiet, verbose)
+    setup_logging(quiet=quiet, verbose=verbose)
+    with _quiet_warnings(quiet):
+        from optimize.api import inspect_model
+
+        with _stdout_to_stderr():
+            facts = inspect_model(model, trust_model=trust_model)
+    if as_json:
+        _emit_json(facts)
+        return
+    from cli.render import counts_table, data_renderable
+
+    console = _stdout_console()
+    rest = dict(facts)
+    ops = rest.pop("ops", None)
+    console.print(data_renderable(rest, title=model))
+    if isinstance(ops, dict) and ops:
+        console.print()
+        console.print(counts_table("Ops", ops))
+
+
+# ---------------------------------------------------------------- bench
+
+
+def _parse_threads(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        threads = [int(x) for x in value.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated thread counts like 1,4; got {value!r}", param_hint="'--threads'") from None
+    if not threads or any(t < 1 for t in threads):
+        raise typer.BadParameter(f"thread counts must be positive integers; got {value!r}", param_hint="'--threads'")
+    return sorted(set(threads))
+
+
+@app.command(epilog=EPILOG)
+@_handle_errors
+def bench(
+    model: str = typer.Argument(..., metavar="MODEL", help="Model to measure."),
+    vs: str | None = typer.Option(
+        None, "--vs", metavar="OTHER", help="A second model, timed interleaved with MODEL; reports the speedup.", show_default=False
+    ),
+    device: Device = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    threads: str | None = typer.Option(
+        None, "--threads", metavar="N[,N...]", help="Thread counts to measure, e.g. 1,4 (default: 1 and all cores).", show_default=False
+    ),
+    batch: int = typer.Option(1, "--batch", min=1, metavar="N", help="Batch size."),
+    warmup: int = typer.Option(5, "--warmup", min=0, metavar="N", help="Untimed runs first."),
+    repeat: int = typer.Option(30, "--repeat", min=3, metavar="N", help="Timed runs per model and setting."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the results as one JSON document."),
+    trust_model: bool = typer.Option(
+        False, "--trust-model", metavar="", help="Allow loading pickled whole modules (runs code from the file)."
+    ),
+    progress: ProgressChoice = typer.Option("auto", "--progress", help="auto, rich, plain or none."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", metavar="", help="No progress or logs; only errors."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Debug logs and full tracebacks on errors."),
+) -> None:
+    """Measure latency (median over repeated runs after warm-up) of MODEL, optionally vs OTHER."""
+    from cli.progress import make_progress, setup_logging
+
+    _check_verbosity(quiet, verbose)
+    setup_logging(quiet=quiet, verbose=verbose)
+    thread_list = _parse_threads(threads)  # None: the library's default (1 and all cores)
+    with _quiet_warnings(quiet):
+        from optimize.benchmark import bench_models
+
+        display = make_progress(progress, quiet=quiet)
+        with display, _stdout_to_stderr():
+            result = bench_models(
+                model,
+                vs,
+                threads=thread_list,
+                batch=batch,
+                warmup=warmup,
+                repeat=repeat,
+                device=device,
+                progress=display,
+                trust_model=trust_model,
+            )
+    if as_json:
+        _emit_json(result)
+        return
+    from cli.render import bench_renderable
+
+    _stdout_console().print(bench_renderable(result))
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (`optimize = "cli.app:main"`); exits with the contract's code.
+
+    Commands map their own errors (`_handle_errors`); click maps usage errors to 2. This catches
+    what escapes both (an interrupt during option parsing, a bug in a callback).
+    """
+    try:
+        app(args=argv, prog_name="optimize", standalone_mode=True)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the last line of defence
+        verbose = any(a in ("-v", "--verbose") for a in (argv if argv is not None else sys.argv[1:]))
+        sys.exit(print_error(exc, verbose))
+
+
+if __name__ == "__main__":
+    main()

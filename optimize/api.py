@@ -1,0 +1,97 @@
+"""The library's entry points used by the CLI (and by Python users): plan a run, run it.
+
+Every command-line flag is an override of a config field, applied here, so `--dry-run` can print
+the resolved config and any run is reproducible from a file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optimize.progress import NullProgress, Progress
+
+
+@dataclass
+class RunOptions:
+    model: str | None = None  # path or package.module:callable; None = the built-in example
+    config: str | None = None  # YAML path; None = configs/default.yaml for the example
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE
+    output: str | None = None  # -o: overrides output.path
+    report: str | None = None  # --report: overrides output.report
+    device: str | None = None  # --device: overrides hardware.device
+    threads: int | None = None  # --threads: overrides hardware.threads
+    seed: int | None = None  # --seed: overrides seed
+    trust_model: bool = False
+    fail_on_gate: bool = True
+    progress: Progress = field(default_factory=NullProgress)
+    work_dir: Path | None = None  # keep intermediate files here (default: a temp dir, removed)
+
+
+def config_overrides(opts: RunOptions) -> list[str]:
+    """The flags as `--set` assignments, applied after the user's own --set values."""
+    extra = list(opts.overrides)
+    if opts.output is not None:
+        extra.append(f"output.path={_quote(opts.output)}")
+    if opts.report is not None:
+        extra.append(f"output.report={_quote(opts.report)}")
+    if opts.device is not None:
+        extra.append(f"hardware.device={opts.device}")
+    if opts.threads is not None:
+        extra.append(f"hardware.threads={opts.threads}")
+    if opts.seed is not None:
+        extra.append(f"seed={opts.seed}")
+    return extra
+
+
+def _quote(value: str) -> str:
+    import json
+
+    return json.dumps(value)  # JSON strings are valid YAML scalars
+
+
+def inspect_model(spec: str, trust_model: bool = False) -> dict:
+    """`optimize inspect`: what a model file is, its inputs/outputs, ops, weights and sparsity."""
+    import tempfile
+
+    from optimize.inspect_onnx import op_counts, weight_stats
+    from optimize.loaders import load_model
+    from optimize.onnx_io import total_bytes
+
+    handle = load_model(spec, trust_model=trust_model)
+    info: dict = {
+        "model": spec,
+        "form": handle.form,
+        "inputs": [
+            {"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in handle.inputs
+        ],
+        "outputs": handle.outputs,
+    }
+    if handle.form == "torch":
+        info["parameters"] = sum(int(p.numel()) for p in handle.module.parameters())
+        info["module"] = type(handle.module).__name__
+        if not handle.inputs:
+            info["note"] = "inputs unknown: declare model.inputs to export or run this model"
+            return info
+        from optimize.export import export_to_onnx
+
+        with tempfile.TemporaryDirectory(prefix="optimize-inspect-") as tmp:
+            exported = export_to_onnx(handle, Path(tmp) / "model.onnx")
+            info.update(_onnx_facts(exported.onnx_path, op_counts, weight_stats, total_bytes))
+            info["exported_with"] = exported.exporter
+        return info
+    info.update(_onnx_facts(handle.onnx_path, op_counts, weight_stats, total_bytes))
+    return info
+
+
+def _onnx_facts(path, op_counts, weight_stats, total_bytes) -> dict:  # type: ignore[no-untyped-def]
+    ws = weight_stats(path)
+    return {
+        "bytes": total_bytes(path),
+        "ops": op_counts(path),
+        "weights": ws.total,
+        "nonzero_weights": ws.nonzero,
+        "sparsity": (ws.total - ws.nonzero) / ws.total if ws.total else None,
+        "weight_dtypes": ws.by_dtype(),
+        "quantization_ratio": ws.bit_sum / (32 * ws.total) if ws.total else None,
+    }

@@ -1,0 +1,311 @@
+"""The pipeline configuration: a pydantic schema (extra keys forbidden everywhere), YAML loading
+with file:line errors, and `--set KEY=VALUE` overrides.
+
+The `passes:` list is a discriminated union on `type`, built from the pass registry, so each pass's
+options are validated by that pass's own config class at load time, not mid-run.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from optimize.errors import ConfigError
+from optimize.yaml_source import YamlDocument, parse_yaml, read_yaml, render_key_path
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputSpecConfig(Section):
+    name: str = Field(description="Input name as the model (and its ONNX export) calls it.")
+    shape: list[int | str] = Field(
+        description="Shape; the first axis is the batch axis. Strings (e.g. 'batch') are symbolic."
+    )
+    dtype: Literal["float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"] = Field(
+        "float32", description="Element type."
+    )
+    low: float | None = Field(None, description="Lower bound for random inputs (default -1, or 0 for ints).")
+    high: float | None = Field(
+        None, description="Upper bound (exclusive for ints) for random inputs; token ids need the vocabulary size."
+    )
+
+
+class ModelSection(Section):
+    inputs: list[InputSpecConfig] | None = Field(
+        None, description="Model inputs, needed for torch models whose file does not carry them."
+    )
+    outputs: list[str] | None = Field(None, description="Output names for the exported ONNX.")
+    weights: str | None = Field(
+        None,
+        description="Weights for a `package.module:callable` factory: .safetensors or a state_dict (.pt, loaded weights_only).",
+    )
+    task: Literal["classification", "regression", "embedding"] = Field(
+        "classification", description="What the outputs mean; decides the accuracy metric."
+    )
+
+
+class DataSourceConfig(Section):
+    source: str = Field(
+        description="'builtin:digits', a .npz file (arrays named as the inputs, 'x' for one input, optional 'y'), or 'package.module:callable' returning (inputs, labels)."
+    )
+    split: Literal["train", "test", "all"] = Field(
+        "all", description="For built-in data sets: the fixed train (80%) / test (20%) split."
+    )
+    samples: int | None = Field(None, gt=0, description="Use at most this many samples.")
+
+
+class DataSection(Section):
+    train: DataSourceConfig | None = Field(None, description="Training data (distillation, fine-tuning).")
+    eval: DataSourceConfig | None = Field(None, description="Held-out data for accuracy and parity.")
+    calibration: DataSourceConfig | None = Field(
+        None, description="Calibration data for static quantization (defaults to train, then random inputs)."
+    )
+    batch_size: int = Field(64, gt=0, le=65536, description="Batch size for training and evaluation.")
+
+
+class HardwareSection(Section):
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where passes train and models are measured.")
+    threads: int | None = Field(None, gt=0, le=1024, description="Intra-op threads (default: all cores).")
+
+
+class MeasureSection(Section):
+    batch: int = Field(1, gt=0, le=4096, description="Batch size for latency measurement.")
+    warmup: int = Field(5, ge=0, le=10000, description="Untimed runs before timing.")
+    repeat: int = Field(30, gt=2, le=100000, description="Timed runs per model (interleaved A/B).")
+    single_thread: bool = Field(True, description="Also measure with 1 thread for parallel_speedup.")
+    parity_samples: int = Field(64, gt=0, le=100000, description="Samples used for output parity.")
+
+
+class OutputSection(Section):
+    path: str | None = Field(None, description="Output ONNX path (default: MODEL_STEM.opt.onnx beside the input).")
+    report: str | None = Field(None, description="Report JSON path (default: OUTPUT.report.json).")
+    markdown: bool = Field(True, description="Also write the report as Markdown beside the JSON.")
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset for torch exports.")
+    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+        "auto", description="torch.onnx exporter; 'auto' tries dynamo, then the TorchScript exporter."
+    )
+
+
+class GatesSection(Section):
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=100, description="Largest allowed accuracy drop, in percentage points."
+    )
+    min_speedup: float | None = Field(None, gt=0, description="Smallest allowed speedup (input latency / output latency).")
+    max_size_mb: float | None = Field(None, gt=0, description="Largest allowed output size in MB (10^6 bytes).")
+    min_sparsity: float | None = Field(None, ge=0, le=1, description="Smallest allowed weight sparsity.")
+    min_parity_cosine: float | None = Field(
+        None, ge=-1, le=1, description="Smallest allowed min cosine between input and output model outputs."
+    )
+    max_latency_ms: float | None = Field(None, gt=0, description="Largest allowed output latency (median, ms).")
+
+
+@functools.cache
+def _pass_union() -> Any:
+    from passes import registry
+
+    classes = []
+    for name, cls in registry.all_passes().items():
+        classes.append(
+            create_model(
+                name,
+                __base__=cls.config_cls,
+                type=(Literal[name], Field(description=f"Pass name: {name}")),
+            )
+        )
+    return Annotated[Union[tuple(classes)], Field(discriminator="type")]  # noqa: UP007
+
+
+class _PipelineBase(Section):
+    schema_version: Literal[1] = Field(description="Config format version; must be 1.")
+    name: str | None = Field(None, description="A name for this pipeline, copied into the report.")
+    seed: int = Field(0, ge=0, description="Seed for every random choice (data order, random inputs).")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    hardware: HardwareSection = Field(default_factory=HardwareSection)
+    measure: MeasureSection = Field(default_factory=MeasureSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+    gates: GatesSection = Field(default_factory=GatesSection)
+
+
+@functools.cache
+def pipeline_model() -> type[BaseModel]:
+    return create_model(
+        "PipelineConfig",
+        __base__=_PipelineBase,
+        passes=(list[_pass_union()], Field(description="Ordered list of passes: {type: NAME, ...options}.")),
+    )
+
+
+PipelineConfig = Any  # the dynamically built class; see pipeline_model()
+
+
+def json_schema() -> dict[str, Any]:
+    return pipeline_model().model_json_schema()
+
+
+# ---------------------------------------------------------------- error rendering
+
+
+def _friendly(err: dict[str, Any], loc: tuple[Any, ...], data: Any) -> str:
+    kind = err.get("type", "")
+    ctx = err.get("ctx") or {}
+    if kind == "literal_error":
+        expected = str(ctx.get("expected", "")).replace(" or ", ", ")
+        return f"must be one of {expected}"
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], data)
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        msg = "unknown key"
+        if hint:
+            msg += f" (did you mean '{hint[0]}'?)"
+        elif allowed:
+            msg += f" (allowed: {', '.join(sorted(allowed))})"
+        return msg
+    if kind == "union_tag_invalid":
+        from passes import registry
+
+        tag = str(ctx.get("tag", ""))
+        hint = difflib.get_close_matches(tag, registry.names(), n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"unknown pass type '{tag}'{extra}; known: {', '.join(registry.names())}"
+    if kind == "union_tag_not_found":
+        return "each pass needs a 'type' key"
+    if kind == "missing":
+        return "required key missing"
+    for bound, word in (("gt", "greater than"), ("ge", "at least"), ("lt", "less than"), ("le", "at most")):
+        if bound in ctx:
+            return f"must be {word} {ctx[bound]} (got {err.get('input')!r})"
+    return str(err.get("msg", "invalid value"))
+
+
+def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
+    """Field names of the model at `loc` (best effort; used only for 'did you mean')."""
+    model: Any = pipeline_model()
+    node = data
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if isinstance(node, list) and isinstance(part, int):
+            node = node[part] if part < len(node) else None
+            if loc[:1] == ("passes",) and i == 1 and isinstance(node, dict):
+                from passes import registry
+
+                try:
+                    model = registry.get(str(node.get("type"))).config_cls
+                except KeyError:
+                    return []
+                i += 2  # skip index and discriminator tag
+                continue
+            i += 1
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = sub if sub is not None else ann
+        node = node.get(part) if isinstance(node, dict) else None
+        i += 1
+    fields = getattr(model, "model_fields", None)
+    return [k for k in fields if k != "type"] if fields else []
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic puts the union tag after a pass index: ('passes', 1, 'quantize', 'bits')
+    if len(loc) >= 3 and loc[0] == "passes" and isinstance(loc[1], int):
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _raise_validation(exc: ValidationError, doc: YamlDocument) -> None:
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    message = _friendly(first, loc, doc.data)
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    key = render_key_path(loc) if loc else None
+    raise ConfigError(message + more, file=doc.file, line=doc.line_of(_yaml_path(loc)), key=key) from None
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def _parse_key(key: str) -> list[Any]:
+    parts: list[Any] = []
+    for raw in key.replace("[", ".").replace("]", "").split("."):
+        if raw == "":
+            raise ConfigError(f"bad --set key {key!r}", key=key)
+        parts.append(int(raw) if raw.isdigit() else raw)
+    return parts
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `KEY=VALUE` (`hardware.threads=2`, `passes[0].sparsity=0.5`); VALUE is YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects KEY=VALUE, got {assignment!r}")
+    key, _, raw = assignment.partition("=")
+    parts = _parse_key(key.strip())
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: value is not valid YAML: {raw!r}") from None
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise ConfigError(f"--set {key}: no list item [{part}] here", key=key)
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not inside a mapping", key=key)
+            node = node.setdefault(part, [] if isinstance(nxt, int) else {})
+    last = parts[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise ConfigError(f"--set {key}: no list item [{last}] here", key=key)
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {key}: '{last}' is not inside a mapping", key=key)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def validate_document(doc: YamlDocument, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    data = copy.deepcopy(doc.data)
+    if data is None:
+        raise ConfigError("config is empty; it needs at least 'schema_version: 1' and 'passes:'", file=doc.file, line=1)
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a mapping at the top level", file=doc.file, line=1)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    if "schema_version" not in data:
+        raise ConfigError("required key missing; add 'schema_version: 1'", file=doc.file, line=1, key="schema_version")
+    try:
+        return pipeline_model().model_validate(data)
+    except ValidationError as exc:
+        _raise_validation(exc, YamlDocument(data, doc.lines, doc.file))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    return validate_document(read_yaml(path), overrides)
+
+
+def load_config_text(text: str, overrides: list[str] | tuple[str, ...] = (), file: str = "<string>") -> Any:
+    return validate_document(parse_yaml(text, file), overrides)
+
+
+def dump_config(cfg: Any) -> dict[str, Any]:
+    """The effective config as plain data (what --dry-run prints and the report records)."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,85 @@
+"""Plan- and run-time context handed to passes: device, threads, seed, data, work dir, progress."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from optimize.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from optimize.data import Dataset
+    from optimize.handle import ModelHandle, TensorSpec
+
+log = logging.getLogger("optimize")
+
+
+@dataclass
+class PlanContext:
+    """What a pass may check before any work: the config, the data declared, the model's form."""
+
+    config: Any
+    input_form: str
+    has_input_spec: bool
+    index: int  # position of the pass being checked in `passes:`
+    form_at_pass: str  # the model's form when this pass runs
+    later: list[Any] = field(default_factory=list)  # the Pass objects after this one
+    earlier: list[Any] = field(default_factory=list)
+
+    def has_data(self, role: str) -> bool:
+        return getattr(self.config.data, role) is not None
+
+    @property
+    def key(self) -> str:
+        return f"passes[{self.index}]"
+
+
+@dataclass
+class RunContext:
+    config: Any
+    work_dir: Path
+    device: str = "cpu"
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    seed: int = 0
+    progress: Progress = field(default_factory=NullProgress)
+    input_model: ModelHandle | None = None  # the pipeline's input (the distillation teacher)
+    inputs: list[TensorSpec] = field(default_factory=list)
+    base_dir: Path = field(default_factory=Path.cwd)  # relative data paths resolve here
+    _data: dict[str, Dataset | None] = field(default_factory=dict)
+    step_index: int = 0
+
+    @property
+    def log(self) -> logging.Logger:
+        return log
+
+    def step_dir(self, name: str) -> Path:
+        """A fresh directory for one pass's outputs (passes never overwrite their input)."""
+        d = self.work_dir / f"{self.step_index:02d}-{name}"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def data(self, role: str) -> Dataset | None:
+        """The dataset for 'train', 'eval' or 'calibration' (calibration falls back to train)."""
+        if role not in self._data:
+            from optimize.data import load_dataset
+
+            spec = getattr(self.config.data, role)
+            if spec is None and role == "calibration":
+                spec = self.config.data.train
+            self._data[role] = (
+                load_dataset(spec, self.inputs, self.base_dir, seed=self.seed) if spec is not None else None
+            )
+        return self._data[role]
+
+    def sample_inputs(self, role: str, n: int) -> tuple[dict[str, Any], str]:
+        """Up to `n` input samples: from the dataset for `role` if declared, else random inputs
+        drawn from the input spec. Returns (name -> array, description of the source)."""
+        ds = self.data(role)
+        if ds is not None:
+            return ds.take(n).inputs, f"data.{role if getattr(self.config.data, role) else 'train'}"
+        from optimize.data import random_dataset
+
+        return random_dataset(self.inputs, n, self.seed).inputs, "random inputs from the input spec"

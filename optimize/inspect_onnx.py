@@ -1,0 +1,195 @@
+"""Facts read from an ONNX file: op counts (subgraphs included), weight tensors and their bits.
+
+"Weights" are the parameters of weighted ops (Conv, ConvTranspose, Gemm, MatMul, Gather used as an
+embedding, and their quantized forms) wherever they live: initializers, Constant nodes, and the
+bodies of If/Loop/Scan subgraphs. A weight reached through DequantizeLinear / Cast / Transpose /
+Reshape is counted at its stored source with the source's bits, so an int8 QDQ weight counts as 8
+bits and a float16 one as 16.
+
+No library gives this count (onnx and onnxruntime count nodes, not weights by consumer op), so it is
+written here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# op type -> indices of inputs that are weights
+WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1,),
+    "ConvTranspose": (1,),
+    "Gemm": (0, 1),
+    "MatMul": (0, 1),
+    "Gather": (0,),
+    "ConvInteger": (1,),
+    "MatMulInteger": (0, 1),
+    "QLinearConv": (3,),
+    "QLinearMatMul": (0, 3),
+    "MatMulNBits": (1,),
+    "DynamicQuantizeMatMul": (1,),
+    "QGemm": (3,),
+    "Attention": (1,),
+    "LSTM": (1, 2),
+    "GRU": (1, 2),
+    "RNN": (1, 2),
+}
+# ops a weight may pass through between its stored form and the weighted op
+PASS_THROUGH = {"DequantizeLinear", "Cast", "Transpose", "Reshape", "Identity", "Unsqueeze", "Squeeze", "Flatten"}
+
+BITS = {
+    "FLOAT": 32, "FLOAT16": 16, "BFLOAT16": 16, "DOUBLE": 64, "INT8": 8, "UINT8": 8, "INT4": 4, "UINT4": 4,
+    "INT16": 16, "UINT16": 16, "INT32": 32, "INT64": 64, "FLOAT8E4M3FN": 8, "FLOAT8E5M2": 8, "BOOL": 8,
+}
+
+
+@dataclass
+class WeightTensor:
+    name: str
+    op_type: str  # the weighted op that consumes it
+    count: int
+    nonzero: int
+    bits: int  # logical bits per element of the stored tensor
+    dtype: str
+
+
+@dataclass
+class WeightStats:
+    tensors: list[WeightTensor] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(t.count for t in self.tensors)
+
+    @property
+    def nonzero(self) -> int:
+        return sum(t.nonzero for t in self.tensors)
+
+    @property
+    def bit_sum(self) -> int:
+        return sum(t.count * t.bits for t in self.tensors)
+
+    def by_dtype(self) -> dict[str, int]:
+        c: Counter[str] = Counter()
+        for t in self.tensors:
+            c[t.dtype] += t.count
+        return dict(c)
+
+
+def _graphs(graph: Any) -> Iterator[Any]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g and attr.g.ByteSize():
+                yield from _graphs(attr.g)
+            for g in attr.graphs:
+                yield from _graphs(g)
+
+
+def op_counts(path_or_model: Any) -> dict[str, int]:
+    model = _as_model(path_or_model, load_data=False)
+    c: Counter[str] = Counter()
+    for g in _graphs(model.graph):
+        for n in g.node:
+            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            c[key] += 1
+    return dict(sorted(c.items()))
+
+
+def _as_model(path_or_model: Any, load_data: bool = True) -> Any:
+    import onnx
+
+    if isinstance(path_or_model, (str, Path)):
+        return onnx.load(str(path_or_model), load_external_data=load_data)
+    return path_or_model
+
+
+@dataclass
+class WeightUse:
+    """One use of a stored weight by a weighted op. `tensor` is the stored TensorProto itself (an
+    initializer, or a Constant node's `value`), so a caller may rewrite it in place."""
+
+    name: str  # the stored tensor's name (initializer name or Constant output)
+    tensor: Any  # onnx.TensorProto
+    graph: Any  # the GraphProto holding the initializer or Constant node
+    constant_node: Any  # the Constant NodeProto, or None for an initializer
+    node: Any  # the weighted node that consumes it
+    input_index: int  # which input of `node`
+    via: list[Any] = field(default_factory=list)  # pass-through nodes, weighted-op side first
+
+
+def iter_weight_uses(model: Any) -> Iterator[WeightUse]:
+    """Every (stored weight, weighted op) pair over all graphs, in node order. A tensor used by
+    several weighted ops is yielded once per use; 1-D Gather tables (index lookups) are skipped."""
+    constants: dict[str, tuple[Any, Any, Any]] = {}  # name -> (TensorProto, graph, Constant node)
+    producers: dict[str, Any] = {}
+    graphs = list(_graphs(model.graph))
+    for g in graphs:
+        for init in g.initializer:
+            constants[init.name] = (init, g, None)
+        for n in g.node:
+            for o in n.output:
+                producers[o] = n
+            if n.op_type == "Constant":
+                for attr in n.attribute:
+                    if attr.name == "value" and attr.t is not None:
+                        constants[n.output[0]] = (attr.t, g, n)
+
+    def source(name: str, via: list[Any], depth: int = 0) -> str | None:
+        if name in constants:
+            return name
+        node = producers.get(name)
+        if node is None or depth > 8 or node.op_type not in PASS_THROUGH or not node.input:
+            return None
+        via.append(node)
+        return source(node.input[0], via, depth + 1)
+
+    for g in graphs:
+        for n in g.node:
+            idxs = WEIGHT_INPUTS.get(n.op_type)
+            if not idxs:
+                continue
+            for i in idxs:
+                if i >= len(n.input) or not n.input[i]:
+                    continue
+                via: list[Any] = []
+                src = source(n.input[i], via)
+                if src is None:
+                    continue
+                tensor, holder, const_node = constants[src]
+                if n.op_type == "Gather" and len(tensor.dims) < 2:
+                    continue  # a gathered index table, not an embedding
+                yield WeightUse(src, tensor, holder, const_node, n, i, via)
+
+
+def weight_stats(path_or_model: Any) -> WeightStats:
+    """Count weights (and their non-zeros and bits) of weighted ops over all graphs."""
+    from onnx import TensorProto, numpy_helper
+
+    model = _as_model(path_or_model)
+    stats = WeightStats()
+    seen: set[str] = set()
+    for use in iter_weight_uses(model):
+        if use.name in seen:
+            continue
+        seen.add(use.name)
+        n, src, tensor = use.node, use.name, use.tensor
+        arr = numpy_helper.to_array(tensor)
+        dtype = TensorProto.DataType.Name(tensor.data_type)
+        bits = BITS.get(dtype, 32)
+        count = int(arr.size)
+        if n.op_type == "MatMulNBits":
+            bits = next((a.i for a in n.attribute if a.name == "bits"), 4)
+            k = next((a.i for a in n.attribute if a.name == "K"), 0)
+            nn = next((a.i for a in n.attribute if a.name == "N"), 0)
+            count = int(k * nn) or count * 8 // bits
+            nonzero = count  # packed: zeros are not directly countable
+        else:
+            nonzero = int(np.count_nonzero(arr))
+        stats.tensors.append(WeightTensor(src, n.op_type, count, nonzero, bits, dtype.lower()))
+    return stats

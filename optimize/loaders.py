@@ -1,0 +1,226 @@
+"""Model loaders: ONNX (with external data), TorchScript archives, torch.export programs (.pt2),
+and Python factories `package.module:callable` with optional weights (.safetensors, or a
+state_dict read with `weights_only=True`).
+
+A pickled whole module can run arbitrary code when loaded, so it is refused unless the user passes
+`--trust-model`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from optimize.errors import ModelLoadError
+from optimize.handle import ModelHandle, TensorSpec
+
+FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+TORCH_SUFFIXES = {".pt", ".pth", ".jit", ".ts", ".torchscript"}
+
+
+def is_factory(spec: str) -> bool:
+    return bool(FACTORY_RE.match(spec)) and not Path(spec).exists()
+
+
+def specs_from_config(inputs: Any) -> list[TensorSpec]:
+    return [
+        TensorSpec(i.name, tuple(i.shape), i.dtype, i.low, i.high) for i in (inputs or [])
+    ]
+
+
+def load_model(
+    spec: str, *, model_cfg: Any = None, trust_model: bool = False, base_dir: Path | None = None
+) -> ModelHandle:
+    """Load MODEL (a path or a factory) into a handle. `model_cfg` is the config's `model:` section."""
+    declared = specs_from_config(getattr(model_cfg, "inputs", None))
+    outputs = list(getattr(model_cfg, "outputs", None) or [])
+    if is_factory(spec):
+        weights = getattr(model_cfg, "weights", None)
+        module = _from_factory(spec, weights, base_dir or Path.cwd())
+        return _torch_handle(module, declared, outputs, source=spec, factory=spec)
+    path = Path(spec)
+    if not path.exists():
+        raise ModelLoadError(f"{spec}: no such file (and not a 'package.module:callable' factory)")
+    if path.is_dir():
+        raise ModelLoadError(f"{spec}: is a folder; expected a model file (.onnx, .pt, .pt2)")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{spec}: file is empty")
+    head = path.read_bytes()[:200]
+    if head.startswith(b"version https://git-lfs"):
+        raise ModelLoadError(f"{spec}: is a Git LFS pointer, not the model; run 'git lfs pull'")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return _onnx_handle(path, declared)
+    if suffix == ".pt2":
+        return _from_pt2(path, declared, outputs)
+    if suffix in TORCH_SUFFIXES:
+        return _from_torch_file(path, declared, outputs, trust_model)
+    raise ModelLoadError(f"{spec}: unknown model type '{suffix}' (expected .onnx, .pt/.pth TorchScript, .pt2, or package.module:callable)")
+
+
+def _onnx_handle(path: Path, declared: list[TensorSpec]) -> ModelHandle:
+    import onnx
+
+    from optimize.export import onnx_input_specs
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelLoadError(f"{path}: not an ONNX model (empty graph)")
+    _check_external_data(path, model)
+    specs = onnx_input_specs(path)
+    if declared:  # the config can fill in symbolic dims or value ranges
+        by_name = {d.name: d for d in declared}
+        specs = [by_name.get(s.name, s) for s in specs]
+    return ModelHandle(
+        form="onnx", inputs=specs, outputs=[o.name for o in model.graph.output], onnx_path=path, source=str(path)
+    )
+
+
+def _check_external_data(path: Path, model: Any) -> None:
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    root = path.parent.resolve()
+    for t in _get_all_tensors(model):
+        if not uses_external_data(t):
+            continue
+        info = ExternalDataInfo(t)
+        target = (path.parent / info.location).resolve()
+        if root not in target.parents and target != root:
+            raise ModelLoadError(f"{path}: external data '{info.location}' points outside the model's folder")
+        if not target.is_file():
+            raise ModelLoadError(f"{path}: external data file missing: {info.location}")
+        end = (info.offset or 0) + (info.length or 0)
+        if end > target.stat().st_size:
+            raise ModelLoadError(f"{path}: external data for '{t.name}' runs past the end of {info.location}")
+
+
+def _torch_handle(
+    module: Any, declared: list[TensorSpec], outputs: list[str], *, source: str, factory: str | None = None,
+    example: Any = None,
+) -> ModelHandle:
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"{source}: did not give a torch.nn.Module (got {type(module).__name__})")
+    specs = declared
+    if not specs:
+        attr = getattr(module, "input_spec", None)
+        if attr:
+            specs = [TensorSpec(d["name"], tuple(d["shape"]), d.get("dtype", "float32"), d.get("low"), d.get("high")) for d in attr]
+    if not specs and example is not None:
+        specs = [
+            TensorSpec(f"input_{i}" if len(example) > 1 else "x", ("batch", *t.shape[1:]), str(t.dtype).replace("torch.", ""))
+            for i, t in enumerate(example)
+        ]
+    if not outputs:
+        outputs = list(getattr(module, "output_names", []) or [])
+    module.eval()
+    return ModelHandle(form="torch", inputs=specs, outputs=outputs, module=module, source=source)
+
+
+def _from_factory(spec: str, weights: str | None, base_dir: Path) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"{spec}: cannot import factory ({exc})") from None
+    try:
+        module = fn()
+    except Exception as exc:
+        raise ModelLoadError(f"{spec}: factory raised {type(exc).__name__}: {exc}") from None
+    if weights:
+        wpath = Path(weights) if Path(weights).is_absolute() else base_dir / weights
+        load_weights(module, wpath)
+    return module
+
+
+def load_weights(module: Any, path: Path) -> None:
+    """Load a .safetensors file or a state_dict (`weights_only=True`) into `module`, strictly."""
+    import torch
+
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise ModelLoadError(f"{path}: weights do not match the model: {' '.join(lines[1:3])[:300]}") from None
+
+
+def _from_pt2(path: Path, declared: list[TensorSpec], outputs: list[str]) -> ModelHandle:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: not a readable torch.export program ({type(exc).__name__})") from None
+    example = None
+    try:
+        args = program.example_inputs[0] if program.example_inputs else None
+        example = tuple(args) if args else None
+    except Exception:
+        example = None
+    module = program.module()
+    # ExportedProgram.module() overrides train()/eval() on the instance to raise
+    # NotImplementedError (the graph's mode was fixed at export); the toolchain calls eval()
+    # everywhere, so restore nn.Module's flag-only versions.
+    for name in ("train", "eval"):
+        module.__dict__.pop(name, None)
+    return _torch_handle(module, declared, outputs, source=str(path), example=example)
+
+
+def _from_torch_file(path: Path, declared: list[TensorSpec], outputs: list[str], trust: bool) -> ModelHandle:
+    import torch
+
+    if not zipfile.is_zipfile(path):
+        if not trust:
+            raise ModelLoadError(
+                f"{path}: not a TorchScript archive; it looks like a legacy pickle, which can run code when loaded. "
+                "Re-save it with torch.jit.save or as a state_dict, or pass --trust-model if you trust its source"
+            )
+    else:
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+            return _torch_handle(module, declared, outputs, source=str(path))
+        except Exception:
+            pass  # a torch.save zip: not TorchScript
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:
+            obj = None
+            if not trust:
+                raise ModelLoadError(
+                    f"{path}: is a pickled Python object (torch.save of a whole module), which can run code when "
+                    "loaded; save it with torch.jit.save, torch.export.save or as a state_dict for a factory, "
+                    "or pass --trust-model if you trust its source"
+                ) from None
+        if isinstance(obj, dict):
+            raise ModelLoadError(
+                f"{path}: is a state_dict (weights only); give the architecture as 'package.module:callable' "
+                f"and set model.weights: {path}"
+            )
+    try:
+        module = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot load ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return _torch_handle(module, declared, outputs, source=str(path))

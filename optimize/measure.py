@@ -1,0 +1,298 @@
+"""Verification and measurement of the final model against the input model, and the Report.
+
+Everything here is measured on the selected hardware with the recorded settings; what cannot be
+measured is `null` with a reason. Formulas are the ones in docs/report.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from optimize import __version__
+from optimize.errors import VerificationError
+from optimize.report import Gate, Latency, Metric, ModelFacts, Report
+
+log = logging.getLogger("optimize")
+
+F_SPARSITY = "zero weights / total weights (output model)"
+F_DENSITY = "non-zero weights / total weights (output model)"
+F_PARAMS_REMOVED = "1 − output weights / input weights"
+F_EFFECTIVE = "1 − non-zero output weights / input weights"
+F_QRATIO = "Σ bits per weight × count / Σ 32 × count (output model)"
+F_COMPRESSION = "input ONNX bytes / output ONNX bytes"
+F_SPEEDUP = "input latency / output latency (median of interleaved pairwise ratios; same runtime, device, threads, batch)"
+F_PARALLEL = "single-thread latency / multi-thread latency (output model)"
+F_GPU = "CPU latency / GPU latency"
+F_DISTILL = "student accuracy / teacher accuracy (output model / input model, eval data)"
+F_ACCURACY = "top-1 accuracy on eval data: baseline (input), optimized (output), drop = baseline − optimized (points)"
+F_PARITY = "min over samples of cosine(input outputs, output outputs); max |difference|; all outputs finite"
+
+
+def _latency(t: Any) -> Latency:
+    return Latency(**t.summary())
+
+
+def measure(
+    *, pl: Any, ctx: Any, baseline: Any, final: Any, last_torch: Any, state: dict[str, Any], started: float,
+    started_at: str, env: dict[str, Any], hw: dict[str, Any],
+) -> Report:
+    from optimize.benchmark import interleaved, pairwise_ratio
+    from optimize.pipeline import _model_facts
+    from optimize.runtime import check_model, parity, predict, session
+
+    cfg = pl.config
+    progress = ctx.progress
+    findings: list[str] = []
+    metrics: dict[str, Metric] = {}
+
+    # ---- verify: checker, loads in ONNX Runtime on the target, finite outputs, parity
+    progress.start("verify", "verify (checker, ONNX Runtime load, parity)", None)
+    check_model(final.onnx_path)
+    device = ctx.device
+    ort_device = "cpu"
+    if device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            ort_device = "cuda"
+        else:
+            findings.append(
+                "ONNX Runtime here has no CUDA provider: the ONNX models were verified and timed on the CPU; "
+                "GPU latency was measured with torch"
+            )
+    base_sess = session(baseline.onnx_path, threads=ctx.threads, device=ort_device)
+    out_sess = session(final.onnx_path, threads=ctx.threads, device=ort_device)
+    par_inputs, par_source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
+    ref = predict(base_sess, par_inputs, cfg.data.batch_size)
+    got = predict(out_sess, par_inputs, cfg.data.batch_size)
+    par = parity(ref, got)
+    n_par = len(next(iter(par_inputs.values())))
+    metrics["parity"] = Metric(
+        value=par["min_cosine"], formula=F_PARITY,
+        inputs={**par, "samples": n_par, "source": par_source},
+        reason=None if par["all_finite"] else "the output model produced NaN or Inf",
+    )
+    progress.finish("verify")
+
+    # ---- accuracy on held-out data
+    eval_ds = ctx.data("eval")
+    acc_base = acc_out = None
+    if eval_ds is not None and eval_ds.labels is not None and cfg.model.task == "classification":
+        progress.start("accuracy", f"accuracy on {len(eval_ds)} eval samples", None)
+        pb = predict(base_sess, eval_ds.inputs, cfg.data.batch_size)[0]
+        po = predict(out_sess, eval_ds.inputs, cfg.data.batch_size)[0]
+        acc_base = float((pb.argmax(axis=-1) == eval_ds.labels).mean() * 100)
+        acc_out = float((po.argmax(axis=-1) == eval_ds.labels).mean() * 100) if np.isfinite(po).all() else None
+        progress.finish("accuracy")
+    if acc_base is not None and acc_out is not None:
+        metrics["accuracy"] = Metric(
+            value=acc_out, formula=F_ACCURACY,
+            inputs={"metric": "top1_percent", "baseline": acc_base, "optimized": acc_out, "drop": acc_base - acc_out,
+                    "samples": len(eval_ds), "source": eval_ds.description},
+        )
+    else:
+        why = (
+            "no labelled eval data (data.eval)" if eval_ds is None or eval_ds.labels is None
+            else f"task '{cfg.model.task}' has no accuracy metric yet" if cfg.model.task != "classification"
+            else "the output model produced non-finite outputs"
+        )
+        metrics["accuracy"] = Metric.missing(F_ACCURACY, f"accuracy not measured: {why}")
+
+    distilled = any(s.type == "distill" for s in state["steps"])
+    if distilled and acc_base and acc_out is not None:
+        metrics["distillation_ratio"] = Metric(
+            value=acc_out / acc_base, formula=F_DISTILL, inputs={"student": acc_out, "teacher": acc_base}
+        )
+    else:
+        metrics["distillation_ratio"] = Metric.missing(
+            F_DISTILL, "no distill pass in the pipeline" if not distilled else "accuracy not measured"
+        )
+
+    # ---- latency: interleaved, spinning off, same threads and batch
+    m = cfg.measure
+    rng = np.random.default_rng(ctx.seed)
+    if eval_ds is not None and len(eval_ds) >= m.batch:
+        bench_inputs = eval_ds.take(m.batch).inputs
+    else:
+        bench_inputs = {s.name: s.random(m.batch, rng) for s in baseline.inputs}
+    latency: dict[str, Latency] = {}
+    timings = interleaved(
+        {"input": baseline.onnx_path, "output": final.onnx_path}, bench_inputs, threads=ctx.threads,
+        warmup=m.warmup, repeat=m.repeat, device=ort_device, progress=progress, key="latency",
+    )
+    latency["input"], latency["output"] = _latency(timings["input"]), _latency(timings["output"])
+    speedup = pairwise_ratio(timings["input"], timings["output"])
+    metrics["speedup"] = Metric(
+        value=speedup, formula=F_SPEEDUP,
+        inputs={"input_ms": timings["input"].median_ms, "output_ms": timings["output"].median_ms,
+                "threads": ctx.threads, "batch": m.batch, "runs": m.repeat},
+    )
+    if speedup < 1.0:
+        findings.append(
+            f"the output model is SLOWER than the input: speedup {speedup:.2f}x at {ctx.threads} threads, batch {m.batch}"
+            + _slow_cause(state, hw)
+        )
+    if m.single_thread and ctx.threads > 1:
+        t1 = interleaved(
+            {"input": baseline.onnx_path, "output": final.onnx_path}, bench_inputs, threads=1,
+            warmup=m.warmup, repeat=m.repeat, device=ort_device, progress=progress, key="latency-1t",
+        )
+        latency["input_1t"], latency["output_1t"] = _latency(t1["input"]), _latency(t1["output"])
+        metrics["parallel_speedup"] = Metric(
+            value=t1["output"].median_ms / timings["output"].median_ms, formula=F_PARALLEL,
+            inputs={"single_thread_ms": t1["output"].median_ms, "multi_thread_ms": timings["output"].median_ms,
+                    "threads": ctx.threads, "note": "medians of separate runs, not interleaved"},
+        )
+    else:
+        metrics["parallel_speedup"] = Metric.missing(
+            F_PARALLEL, "only one thread configured" if ctx.threads <= 1 else "measure.single_thread is false"
+        )
+
+    metrics["gpu_speedup"] = _gpu_speedup(ctx, last_torch, bench_inputs, timings["output"], latency, ort_device, findings)
+
+    # ---- weights, sizes, formats (counted from the files)
+    in_facts = state["input_facts"]
+    out_facts = _model_facts(final.onnx_path, "onnx", final)
+    total, nonzero = out_facts["weights"], out_facts["nonzero_weights"]
+    in_total = in_facts["weights"]
+    if total:
+        metrics["sparsity"] = Metric(value=(total - nonzero) / total, formula=F_SPARSITY,
+                                     inputs={"zero": total - nonzero, "total": total})
+        metrics["density"] = Metric(value=nonzero / total, formula=F_DENSITY, inputs={"nonzero": nonzero, "total": total})
+        metrics["quantization_ratio"] = Metric(
+            value=out_facts["weight_bits"] / (32 * total), formula=F_QRATIO,
+            inputs={"bits": out_facts["weight_bits"], "weights": total, "dtypes": out_facts["weight_dtypes"]},
+        )
+    else:
+        for k, f in (("sparsity", F_SPARSITY), ("density", F_DENSITY), ("quantization_ratio", F_QRATIO)):
+            metrics[k] = Metric.missing(f, "the output model has no weights of weighted ops")
+    if total and in_total:
+        metrics["params_removed"] = Metric(value=1 - total / in_total, formula=F_PARAMS_REMOVED,
+                                           inputs={"output": total, "input": in_total})
+        metrics["effective_sparsity"] = Metric(value=1 - nonzero / in_total, formula=F_EFFECTIVE,
+                                               inputs={"nonzero_output": nonzero, "input": in_total})
+    else:
+        for k, f in (("params_removed", F_PARAMS_REMOVED), ("effective_sparsity", F_EFFECTIVE)):
+            metrics[k] = Metric.missing(f, "weights could not be counted")
+    metrics["compression_ratio"] = Metric(
+        value=in_facts["bytes"] / out_facts["bytes"], formula=F_COMPRESSION,
+        inputs={"input_bytes": in_facts["bytes"], "output_bytes": out_facts["bytes"],
+                "input_file": "the input ONNX file" if baseline is pl.handle else "the input model exported to FP32 ONNX"},
+    )
+    if metrics["sparsity"].value and metrics["sparsity"].value > 0.05 and metrics["params_removed"].value is not None \
+            and metrics["params_removed"].value < 0.01:
+        findings.append(
+            "unstructured zeros do not make ONNX Runtime's dense CPU kernels faster; they shrink the compressed file, "
+            "not latency (structured pruning removes work)"
+        )
+    if total and in_total and total > in_total:
+        findings.append(
+            f"the output stores more weight elements than the input ({in_total:,} → {total:,}): a weight shared "
+            "between subgraphs or nodes was duplicated (ONNX Runtime's quantizer copies shared weights per use)"
+        )
+    for s in state["steps"]:
+        findings.extend(f"{s.type}: {note}" for note in s.notes)
+
+    report = Report(
+        tool={"name": "optimize", "version": __version__},
+        status="ok",
+        started_at=started_at,
+        seconds=0.0,
+        seed=cfg.seed,
+        config=pl.config_dump,
+        environment=env,
+        hardware=hw,
+        input=ModelFacts(**in_facts),
+        output=ModelFacts(**out_facts),
+        steps=state["steps"],
+        metrics=metrics,
+        latency=latency,
+        findings=findings,
+    )
+    report.gates = evaluate_gates(cfg.gates, report)
+    if not par["all_finite"]:
+        report.gates.append(Gate(name="finite_outputs", limit=1, value=0, passed=False,
+                                 message="finite_outputs: the output model produced NaN or Inf"))
+    if any(not g.passed for g in report.gates):
+        report.status = "gate_failed"
+    report.seconds = round(time.time() - started, 3)
+    return report
+
+
+def _slow_cause(state: dict[str, Any], hw: dict[str, Any]) -> str:
+    from optimize.hardware import has_int8_dot_product
+
+    quantized = any(s.type == "quantize" for s in state["steps"])
+    if quantized and not has_int8_dot_product():
+        return (
+            " — likely cause: this CPU has no int8 dot-product instructions (VNNI/AMX), so int8 kernels gain little "
+            "and Quantize/Dequantize overhead dominates on small layers; consider keeping FP32 or structured pruning"
+        )
+    if quantized:
+        return " — likely cause: tiny layers where Quantize/Dequantize overhead dominates"
+    return ""
+
+
+def _gpu_speedup(ctx: Any, last_torch: Any, inputs: dict[str, np.ndarray], cpu_timing: Any,
+                 latency: dict[str, Latency], ort_device: str, findings: list[str]) -> Metric:
+    if ctx.device != "cuda":
+        return Metric.missing(F_GPU, "not measured: --device is cpu" if ctx.device == "cpu" else "no GPU visible")
+    if ort_device == "cuda":
+        return Metric.missing(F_GPU, "ONNX Runtime CUDA timing is reported as the output latency itself")
+    if last_torch is None:
+        return Metric.missing(F_GPU, "no torch form of the model to time on the GPU, and ONNX Runtime has no CUDA provider")
+    import torch
+
+    from optimize.benchmark import torch_latency
+    from optimize.export import finalized_module
+
+    module = finalized_module(last_torch.module)
+    args = tuple(torch.from_numpy(inputs[s.name]) for s in last_torch.inputs)
+    cfg = ctx.config.measure
+    gpu = torch_latency(module, args, device="cuda", warmup=cfg.warmup, repeat=cfg.repeat, threads=ctx.threads)
+    cpu = torch_latency(module, args, device="cpu", warmup=cfg.warmup, repeat=cfg.repeat, threads=ctx.threads)
+    latency["torch_cuda"], latency["torch_cpu"] = _latency(gpu), _latency(cpu)
+    findings.append("gpu_speedup compares the last torch form of the model on CPU and CUDA (torch runtime)")
+    return Metric(value=cpu.median_ms / gpu.median_ms, formula=F_GPU + " (torch, same model, same batch)",
+                  inputs={"cpu_ms": cpu.median_ms, "gpu_ms": gpu.median_ms})
+
+
+def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
+    """Each configured gate becomes a pass/fail line. A missing or NaN value fails its gate."""
+    out: list[Gate] = []
+
+    def add(name: str, limit: float, value: float | None, ok_when_ge: bool, unit: str = "") -> None:
+        if value is None or value != value:  # None or NaN never passes
+            out.append(Gate(name=name, limit=limit, value=None, passed=False,
+                            message=f"{name}: not measured, so it cannot pass (limit {limit}{unit})"))
+            return
+        passed = value >= limit if ok_when_ge else value <= limit
+        rel = (">=" if passed else "<") if ok_when_ge else ("<=" if passed else ">")
+        out.append(Gate(name=name, limit=limit, value=value, passed=passed,
+                        message=f"{name}: {value:.4g}{unit} {rel} {limit}{unit}{'' if passed else ' FAILED'}"))
+
+    m = report.metrics
+    if gates.max_accuracy_drop is not None:
+        acc = m.get("accuracy")
+        drop = acc.inputs.get("drop") if acc and acc.value is not None else None
+        add("max_accuracy_drop", gates.max_accuracy_drop, drop, ok_when_ge=False, unit=" pts")
+    if gates.min_speedup is not None:
+        add("min_speedup", gates.min_speedup, m["speedup"].value if "speedup" in m else None, ok_when_ge=True, unit="x")
+    if gates.max_size_mb is not None:
+        size = report.output.bytes / 1e6 if report.output and report.output.bytes is not None else None
+        add("max_size_mb", gates.max_size_mb, size, ok_when_ge=False, unit=" MB")
+    if gates.min_sparsity is not None:
+        add("min_sparsity", gates.min_sparsity, m["sparsity"].value if "sparsity" in m else None, ok_when_ge=True)
+    if gates.min_parity_cosine is not None:
+        add("min_parity_cosine", gates.min_parity_cosine, m["parity"].value if "parity" in m else None, ok_when_ge=True)
+    if gates.max_latency_ms is not None:
+        lat = report.latency.get("output")
+        add("max_latency_ms", gates.max_latency_ms, lat.median_ms if lat else None, ok_when_ge=False, unit=" ms")
+    return out
+
+
+__all__ = ["measure", "evaluate_gates", "VerificationError"]

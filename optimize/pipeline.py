@@ -1,0 +1,465 @@
+"""The pipeline engine: plan (validate the whole chain before any work), run the passes, export,
+verify, measure, apply gates, write outputs atomically, return the Report.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optimize import __version__
+from optimize.api import RunOptions, config_overrides
+from optimize.config import dump_config, load_config
+from optimize.context import PlanContext, RunContext
+from optimize.errors import (
+    ConfigError,
+    GateFailed,
+    ModelLoadError,
+    OptimizeError,
+    PassError,
+    UsageError,
+    VerificationError,
+)
+from optimize.handle import ModelHandle
+
+log = logging.getLogger("optimize")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_FACTORY = "optimize.example:digits_cnn"
+
+
+def default_config_path() -> Path:
+    return REPO_ROOT / "configs" / "default.yaml"
+
+
+@dataclass
+class PlannedStep:
+    index: int | None  # position in `passes:`; None for steps the pipeline inserts
+    type: str
+    form_in: str
+    form_out: str
+    inserted: bool = False
+    pass_obj: Any = None
+    why: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "index": self.index, "type": self.type, "form_in": self.form_in, "form_out": self.form_out,
+            "inserted": self.inserted, "why": self.why,
+        }
+
+
+@dataclass
+class Plan:
+    config: Any
+    config_dump: dict[str, Any]
+    steps: list[PlannedStep]
+    model: str
+    output_path: Path
+    report_path: Path
+    config_file: str | None
+    base_dir: Path
+    handle: ModelHandle | None = None  # None for the built-in example until its teacher exists
+    example: bool = False
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _resolve_device(requested: str) -> str:
+    if requested == "cpu":
+        return "cpu"
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if requested == "cuda" and not has_cuda:
+        raise UsageError("--device cuda: no CUDA device is visible here; use --device auto to fall back to the CPU")
+    return "cuda" if has_cuda else "cpu"
+
+
+def _output_paths(cfg: Any, model_spec: str, example: bool) -> tuple[Path, Path]:
+    if cfg.output.path:
+        out = Path(cfg.output.path)
+    else:
+        stem = "digits_cnn" if example else Path(model_spec.split(":")[-1]).stem
+        out = Path.cwd() / f"{stem}.opt.onnx"
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"output path must end in .onnx: {out}")
+    report = Path(cfg.output.report) if cfg.output.report else out.with_suffix(".report.json")
+    return out, report
+
+
+def plan(opts: RunOptions) -> Plan:
+    """Validate config, model, chain and outputs before any work. Raises exit-2 errors."""
+    from passes import registry
+
+    example = opts.model is None
+    config_file = opts.config or (str(default_config_path()) if example else None)
+    if config_file is None:
+        raise UsageError("no pipeline given: pass -c PIPELINE.yaml (ready ones are in configs/)")
+    cfg = load_config(config_file, config_overrides(opts))
+    base_dir = Path.cwd()
+    device = _resolve_device(cfg.hardware.device)
+
+    handle: ModelHandle | None = None
+    if example:
+        from optimize.handle import TensorSpec
+
+        model_desc = f"{EXAMPLE_FACTORY} (built-in example: CNN trained on scikit-learn digits)"
+        form = "torch"
+        inputs = [TensorSpec("x", ("batch", 1, 8, 8))]
+    else:
+        from optimize.loaders import load_model
+
+        handle = load_model(opts.model, model_cfg=cfg.model, trust_model=opts.trust_model, base_dir=base_dir)
+        model_desc, form, inputs = handle.source, handle.form, handle.inputs
+
+    output, report = _output_paths(cfg, opts.model or "", example)
+    if not example and not (opts.model and ":" in opts.model and not Path(opts.model).exists()):
+        src = Path(opts.model).resolve()  # type: ignore[arg-type]
+        if output.resolve() == src or report.resolve() == src:
+            raise UsageError(f"output would overwrite the input model: {output}")
+    if report.resolve() == output.resolve():
+        raise UsageError("the report path equals the model output path")
+
+    objects = [registry.get(p.type)(p) for p in cfg.passes]
+    steps: list[PlannedStep] = []
+    pending: list[str] = []
+
+    def add_export(why: str) -> None:
+        steps.append(PlannedStep(None, "export", "torch", "onnx", inserted=True, why=why))
+        for name in pending:
+            steps.append(PlannedStep(None, name, "onnx", "onnx", inserted=True, why="materialize after export"))
+        pending.clear()
+
+    for i, (p, obj) in enumerate(zip(cfg.passes, objects, strict=True)):
+        want = obj.form_for(form, objects[i + 1 :])
+        if want != form:
+            if want == "onnx":
+                add_export(f"{p.type} runs on ONNX")
+            else:
+                raise ConfigError(
+                    f"{p.type} needs a torch model, but the model is ONNX at this point "
+                    f"({'input is ONNX' if i == 0 or handle is not None and handle.form == 'onnx' else 'after an export'}); "
+                    "there is no ONNX → torch converter for it",
+                    file=config_file, key=f"passes[{i}].{p.type}",
+                )
+        pc = PlanContext(
+            config=cfg, input_form="torch" if example else handle.form,  # type: ignore[union-attr]
+            has_input_spec=bool(inputs), index=i, form_at_pass=want, later=objects[i + 1 :], earlier=objects[:i],
+        )
+        try:
+            obj.check(pc)
+        except ConfigError as exc:
+            if exc.file is None:
+                exc.file = config_file
+                exc.args = (exc.render(),)
+            raise
+        out_form = "onnx" if p.type == "export" else want
+        steps.append(PlannedStep(i, p.type, want, out_form, pass_obj=obj))
+        if p.type == "export":
+            for name in pending:
+                steps.append(PlannedStep(None, name, "onnx", "onnx", inserted=True, why="materialize after export"))
+            pending.clear()
+        elif obj.defers(want):
+            pending.append(p.type)
+        form = out_form
+    if form == "torch":
+        add_export("the output is ONNX")
+    if not inputs and form_needs_inputs(steps):
+        raise ConfigError(
+            "the model's inputs are unknown: declare model.inputs (name, shape, dtype)", file=config_file, key="model.inputs"
+        )
+
+    return Plan(
+        config=cfg, config_dump=dump_config(cfg), steps=steps, model=model_desc, output_path=output,
+        report_path=report, config_file=config_file, base_dir=base_dir, handle=handle, example=example, device=device,
+    )
+
+
+def form_needs_inputs(steps: list[PlannedStep]) -> bool:
+    return any(s.type == "export" for s in steps)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _torch_weight_count(module: Any) -> int:
+    import torch
+
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.Embedding)
+    return sum(int(m.weight.numel()) for m in module.modules() if isinstance(m, kinds) and m.weight is not None)
+
+
+def weight_count(handle: ModelHandle) -> int | None:
+    try:
+        if handle.form == "torch":
+            return _torch_weight_count(handle.module)
+        from optimize.inspect_onnx import weight_stats
+
+        return weight_stats(handle.onnx_path).total
+    except Exception:  # counting is informative; never fail a run over it
+        log.debug("weight count failed", exc_info=True)
+        return None
+
+
+def _model_facts(path: Path, form: str = "onnx", handle: ModelHandle | None = None) -> dict[str, Any]:
+    from optimize.inspect_onnx import op_counts, weight_stats
+    from optimize.onnx_io import total_bytes
+
+    ws = weight_stats(path)
+    return {
+        "path": str(path),
+        "form": form,
+        "sha256": _sha256(path),
+        "bytes": total_bytes(path),
+        "weights": ws.total,
+        "nonzero_weights": ws.nonzero,
+        "weight_bits": ws.bit_sum,
+        "weight_dtypes": ws.by_dtype(),
+        "ops": op_counts(path),
+        "exporter": handle.exporter if handle else None,
+        "opset": handle.opset if handle else None,
+    }
+
+
+# ---------------------------------------------------------------- running
+
+
+def run(opts: RunOptions) -> Any:
+    """Run the pipeline; returns the Report. Raises GateFailed (with `.report`) on a failed gate
+    unless `opts.fail_on_gate` is False."""
+    started = time.time()
+    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    pl = plan(opts)
+    own_work = opts.work_dir is None
+    work = Path(opts.work_dir or tempfile.mkdtemp(prefix="optimize-"))
+    work.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {"steps": [], "input_facts": None}
+    try:
+        return _execute(pl, opts, work, state, started, started_at)
+    except (OptimizeError, KeyboardInterrupt) as exc:
+        _remove_stale(pl.output_path)
+        if isinstance(exc, OptimizeError) and not isinstance(exc, GateFailed) and not isinstance(exc, UsageError):
+            exc.report = _failure_report(pl, state, exc, started, started_at)  # type: ignore[attr-defined]
+        raise
+    except Exception as exc:  # a bug or an unexpected library failure: exit 1, still say where
+        _remove_stale(pl.output_path)
+        err = OptimizeError(f"internal: {type(exc).__name__}: {exc}")
+        err.report = _failure_report(pl, state, err, started, started_at)  # type: ignore[attr-defined]
+        raise err from exc
+    finally:
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_stale(output: Path) -> None:
+    """After a failed run no model stays under the final name (not even one from an earlier run)."""
+    for p in (output, output.parent / (output.name + ".data")):
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _failure_report(pl: Plan, state: dict[str, Any], exc: Exception, started: float, started_at: str) -> Any:
+    from optimize import hardware, onnx_io
+    from optimize.report import ModelFacts, Report
+
+    try:
+        report = Report(
+            tool={"name": "optimize", "version": __version__},
+            status="failed",
+            error=str(exc),
+            started_at=started_at,
+            seconds=round(time.time() - started, 3),
+            seed=pl.config.seed,
+            config=pl.config_dump,
+            environment=hardware.versions(),
+            hardware=hardware.describe(),
+            input=ModelFacts(**state["input_facts"]) if state.get("input_facts") else ModelFacts(path=pl.model, form="unknown"),
+            steps=state["steps"],
+        )
+        onnx_io.write_bytes_atomic(report.to_json().encode(), pl.report_path)
+        report.files["report"] = str(pl.report_path)
+        return report
+    except Exception:
+        log.debug("could not write the failure report", exc_info=True)
+        return None
+
+
+def _seed_everything(seed: int, threads: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+
+
+def _run_step(step: PlannedStep, obj: Any, current: ModelHandle, ctx: RunContext) -> Any:
+    try:
+        return obj.run(current, ctx)
+    except (OptimizeError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        log.debug("pass %s failed", step.type, exc_info=True)
+        msg = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
+        raise PassError(step.type, f"{type(exc).__name__}: {msg}", index=step.index) from exc
+
+
+def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], started: float, started_at: str) -> Any:
+    from optimize import hardware
+    from optimize.export import ExportError, export_to_onnx
+    from optimize.report import Step
+    from passes import registry
+    from passes.export import ExportConfig, ExportPass
+
+    cfg = pl.config
+    threads = cfg.hardware.threads or (os.cpu_count() or 1)
+    _seed_everything(cfg.seed, threads)
+    progress = opts.progress
+
+    handle = pl.handle
+    if handle is None:  # the built-in example: train (once, cached) the teacher
+        from optimize.example import ensure_teacher
+        from optimize.loaders import load_model
+
+        progress.start("teacher", "built-in example: teacher CNN on digits (cached after the first run)", None)
+        weights = ensure_teacher()
+        progress.finish("teacher")
+        cfg.model.weights = str(weights)
+        handle = load_model(EXAMPLE_FACTORY, model_cfg=cfg.model)
+
+    ctx = RunContext(
+        config=cfg, work_dir=work, device=pl.device, threads=threads, seed=cfg.seed, progress=progress,
+        input_model=handle, inputs=list(handle.inputs), base_dir=pl.base_dir,
+    )
+
+    # The baseline everything is measured against: the input model as FP32 ONNX on the same runtime.
+    if handle.form == "torch":
+        progress.start("baseline", "export the input model (baseline for every comparison)", None)
+        try:
+            baseline = export_to_onnx(handle, work / "input" / "model.onnx", cfg.output.opset, cfg.output.exporter)
+        except ExportError as exc:
+            raise PassError("export", f"the input model: {exc}") from None
+        progress.finish("baseline")
+    else:
+        baseline = handle
+    state["input_facts"] = _model_facts(baseline.onnx_path, handle.form, baseline)  # type: ignore[arg-type]
+    state["input_facts"]["path"] = handle.source
+
+    current = handle
+    last_torch = handle if handle.form == "torch" else None
+    total = len(pl.steps)
+    progress.start("pipeline", "pipeline", total)
+    for n, step in enumerate(pl.steps, start=1):
+        ctx.step_index = n
+        t0 = time.perf_counter()
+        before = weight_count(current)
+        form_in = current.form
+        if step.inserted and step.type == "export":
+            obj: Any = ExportPass(ExportConfig())
+        else:
+            obj = step.pass_obj
+        label = f"{step.type}" + (" (inserted)" if step.inserted else "")
+        progress.advance("pipeline", 0, info=label)
+        if step.inserted and step.type != "export":
+            name, pcfg = next((x for x in current.pending if x[0] == step.type), (None, None))
+            if name is None:
+                raise PassError(step.type, "nothing was deferred to materialize (internal planning error)")
+            try:
+                result = registry.get(name)(pcfg).finalize(current, ctx)
+            except (OptimizeError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise PassError(step.type, f"materializing after export: {type(exc).__name__}: {exc}") from exc
+            result.model = result.model.replace(pending=[x for x in current.pending if x[0] != name])
+            pcfg_dump = pcfg.model_dump(mode="json")
+        else:
+            result = _run_step(step, obj, current, ctx)
+            pcfg_dump = obj.config.model_dump(mode="json")
+            if step.type == "export" or (step.inserted and step.type == "export"):
+                result.model = result.model.replace(pending=current.pending)
+        seconds = time.perf_counter() - t0
+        current = result.model
+        if current.form == "torch":
+            last_torch = current
+        state["steps"].append(
+            Step(
+                index=n, pass_index=step.index, type=step.type, config=pcfg_dump, form_in=form_in, form_out=current.form,
+                seconds=round(seconds, 3), params_before=before, params_after=weight_count(current),
+                metrics=_jsonable(result.metrics), notes=list(result.notes), inserted=step.inserted,
+            )
+        )
+        progress.advance("pipeline", 1, info=f"{label} {seconds:.1f}s")
+    progress.finish("pipeline")
+    if current.form != "onnx" or current.onnx_path is None:
+        raise PassError("export", "the pipeline ended without an ONNX model (internal planning error)")
+
+    from optimize.measure import measure
+
+    report = measure(
+        pl=pl, ctx=ctx, baseline=baseline, final=current, last_torch=last_torch, state=state,
+        started=started, started_at=started_at, env=hardware.versions(), hw=hardware.describe(),
+    )
+    return _write_outputs(pl, opts, current, report)
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any) -> Any:
+    from optimize import onnx_io
+    from optimize.report import to_markdown
+
+    failed = [g for g in report.gates if not g.passed]
+    target = pl.output_path
+    if failed:
+        target = target.with_name(target.name[: -len(".onnx")] + ".rejected.onnx")
+        _remove_stale(pl.output_path)
+    onnx_io.write_atomic(final.onnx_path, target)  # type: ignore[arg-type]
+    report.files["model"] = str(target)
+    report.output.path = str(target)
+    report.files["report"] = str(pl.report_path)
+    md_path = pl.report_path.with_suffix(".md")
+    if pl.config.output.markdown:
+        report.files["markdown"] = str(md_path)
+    onnx_io.write_bytes_atomic(report.to_json().encode(), pl.report_path)
+    if pl.config.output.markdown:
+        onnx_io.write_bytes_atomic(to_markdown(report).encode(), md_path)
+    if failed and opts.fail_on_gate:
+        err = GateFailed([g.message for g in failed])
+        err.report = report  # type: ignore[attr-defined]
+        raise err
+    return report
+
+
+__all__ = ["plan", "run", "Plan", "PlannedStep", "default_config_path", "ModelLoadError", "VerificationError"]

@@ -1,0 +1,175 @@
+"""The report: a plain data object built from the lineage and the measurements.
+
+JSON (versioned; `Report.model_json_schema()` is its published schema), Markdown (here) and the
+terminal table (cli/render.py) are three renderings of the same object. Every metric carries its
+value, its formula as text and its inputs; anything not measured is `null` with a reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Metric(_M):
+    value: float | None = Field(description="The measured value, or null when not measured.")
+    formula: str = Field(description="How the value is computed, as text.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="The numbers the formula used.")
+    reason: str | None = Field(None, description="Why the value is null (or a caveat).")
+
+    @classmethod
+    def missing(cls, formula: str, reason: str) -> Metric:
+        return cls(value=None, formula=formula, inputs={}, reason=reason)
+
+
+class Latency(_M):
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    runs: int
+    warmup: int
+    batch: int
+    threads: int
+    runtime: str
+    device: str
+    calls_per_sample: int = Field(1, description="Calls timed together per sample (sub-millisecond models).")
+
+
+class ModelFacts(_M):
+    path: str | None = None
+    form: str
+    sha256: str | None = None
+    bytes: int | None = None
+    weights: int | None = Field(None, description="Weights of weighted ops (see docs/report.md).")
+    nonzero_weights: int | None = None
+    weight_bits: int | None = Field(None, description="Σ bits per weight × count.")
+    weight_dtypes: dict[str, int] = Field(default_factory=dict)
+    ops: dict[str, int] = Field(default_factory=dict, description="Op counts by type, subgraphs included.")
+    exporter: str | None = None
+    opset: int | None = None
+
+
+class Step(_M):
+    index: int = Field(description="1-based position among the executed steps.")
+    pass_index: int | None = Field(None, description="Index in the config's `passes:` list (null for inserted steps).")
+    type: str
+    config: dict[str, Any]
+    form_in: str
+    form_out: str
+    seconds: float
+    params_before: int | None = None
+    params_after: int | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    inserted: bool = Field(False, description="True when the pipeline inserted this step (e.g. an export).")
+
+
+class Gate(_M):
+    name: str
+    limit: float
+    value: float | None
+    passed: bool
+    message: str
+
+
+class Report(_M):
+    schema_version: int = REPORT_SCHEMA_VERSION
+    tool: dict[str, str]
+    status: Literal["ok", "gate_failed", "failed"]
+    error: str | None = None
+    started_at: str
+    seconds: float
+    seed: int
+    config: dict[str, Any]
+    environment: dict[str, Any]
+    hardware: dict[str, Any]
+    input: ModelFacts
+    output: ModelFacts | None = None
+    steps: list[Step] = Field(default_factory=list)
+    metrics: dict[str, Metric] = Field(default_factory=dict)
+    latency: dict[str, Latency] = Field(
+        default_factory=dict, description="Keys: input, output (configured threads), input_1t, output_1t."
+    )
+    gates: list[Gate] = Field(default_factory=list)
+    findings: list[str] = Field(default_factory=list, description="Warnings and explanations worth reading.")
+    files: dict[str, str] = Field(default_factory=dict, description="What was written: model, report, markdown.")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+# Order and labels used by every rendering.
+METRIC_ORDER = [
+    "accuracy",
+    "speedup",
+    "parallel_speedup",
+    "gpu_speedup",
+    "sparsity",
+    "density",
+    "params_removed",
+    "effective_sparsity",
+    "quantization_ratio",
+    "compression_ratio",
+    "distillation_ratio",
+    "parity",
+]
+
+
+def format_value(key: str, m: Metric) -> str:
+    if m.value is None:
+        return "null"
+    if key == "accuracy":
+        i = m.inputs
+        return f"{i.get('optimized', 0):.2f}% (baseline {i.get('baseline', 0):.2f}%, drop {i.get('drop', 0):+.2f} pts)"
+    if key == "parity":
+        return f"min cos {m.value:.5f}, max |Δ| {m.inputs.get('max_abs_diff', float('nan')):.3g}"
+    if key.endswith("speedup") or key in ("compression_ratio",):
+        return f"{m.value:.2f}x"
+    return f"{m.value:.4f}"
+
+
+def to_markdown(report: Report) -> str:
+    lines = [f"# optimize report — {report.status}", ""]
+    if report.error:
+        lines += [f"**Error:** {report.error}", ""]
+    inp, out = report.input, report.output
+    lines += ["| | input | output |", "| --- | --- | --- |"]
+    lines.append(f"| model | `{inp.path}` | `{out.path if out else '—'}` |")
+    lines.append(f"| bytes | {inp.bytes} | {out.bytes if out else '—'} |")
+    lines.append(f"| weights | {inp.weights} | {out.weights if out else '—'} |")
+    lines += ["", "## Metrics", "", "| metric | value | formula | note |", "| --- | --- | --- | --- |"]
+    for key in METRIC_ORDER:
+        m = report.metrics.get(key)
+        if m is None:
+            continue
+        lines.append(f"| {key} | {format_value(key, m)} | {m.formula} | {m.reason or ''} |")
+    if report.latency:
+        lines += ["", "## Latency", "", "| model | median ms | p90 ms | runs | batch | threads | runtime |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for key, lat in report.latency.items():
+            lines.append(
+                f"| {key} | {lat.median_ms:.3f} | {lat.p90_ms:.3f} | {lat.runs} | {lat.batch} | {lat.threads} | {lat.runtime} ({lat.device}) |"
+            )
+    if report.steps:
+        lines += ["", "## Steps", "", "| # | pass | form | seconds | params before → after | notes |", "| --- | --- | --- | --- | --- | --- |"]
+        for s in report.steps:
+            params = f"{s.params_before} → {s.params_after}" if s.params_before is not None else ""
+            name = s.type + (" (inserted)" if s.inserted else "")
+            lines.append(f"| {s.index} | {name} | {s.form_in} → {s.form_out} | {s.seconds:.2f} | {params} | {'; '.join(s.notes)} |")
+    if report.gates:
+        lines += ["", "## Gates", "", "| gate | limit | value | result |", "| --- | --- | --- | --- |"]
+        for g in report.gates:
+            lines.append(f"| {g.name} | {g.limit} | {g.value} | {'pass' if g.passed else 'FAIL'} |")
+    if report.findings:
+        lines += ["", "## Findings", ""] + [f"- {f}" for f in report.findings]
+    hw = report.hardware
+    lines += ["", "## Environment", "", f"- CPU: {hw.get('cpu')} ({hw.get('cores')} cores; {', '.join(hw.get('isa', []))})"]
+    lines.append(f"- GPU: {hw.get('gpu') or 'none'}")
+    lines.append("- " + ", ".join(f"{k} {v}" for k, v in report.environment.items()))
+    return "\n".join(lines) + "\n"

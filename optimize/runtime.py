@@ -1,0 +1,99 @@
+"""ONNX Runtime sessions set up for honest measurement, inference over datasets, and parity.
+
+Sessions are created with intra-op spinning disabled: idle spinning threads of one session steal
+the CPU from the next on a small machine and distort every ratio (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optimize.errors import VerificationError
+
+
+def session(path: str | Path, threads: int = 1, device: str = "cpu") -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise VerificationError("ONNX Runtime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as exc:
+        raise VerificationError(f"{path}: ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Select (and order) the arrays a session needs; a 1-input model accepts any single array."""
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) == 1 and names[0] not in inputs and len(inputs) == 1:
+        return {names[0]: next(iter(inputs.values()))}
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise VerificationError(f"no data for model inputs {missing}")
+    return {n: inputs[n] for n in names}
+
+
+def predict(sess: Any, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
+    """Run the session over all samples in batches; returns each output concatenated."""
+    n = len(next(iter(inputs.values())))
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, n, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        chunks.append(sess.run(None, feeds_for(sess, batch)))
+    return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
+
+
+def parity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, Any]:
+    """Per-sample cosine similarity and max abs difference over every output.
+
+    NaN-safe: a non-finite value makes `all_finite` false and the cosine null, so it can never pass a
+    `>=` gate by accident. A constant-zero output has cosine 0 against a non-zero reference.
+    """
+    finite = all(bool(np.isfinite(c).all()) for c in candidate)
+    if not finite:
+        return {"min_cosine": None, "mean_cosine": None, "max_abs_diff": None, "all_finite": False}
+    cosines: list[np.ndarray] = []
+    max_abs = 0.0
+    if len(reference) != len(candidate):
+        raise VerificationError(f"output count changed: {len(reference)} → {len(candidate)}")
+    for ref, cand in zip(reference, candidate, strict=True):
+        if ref.shape != cand.shape:
+            raise VerificationError(f"output shape changed: {ref.shape} → {cand.shape}")
+        r = ref.reshape(len(ref), -1).astype(np.float64) if ref.ndim else ref.reshape(1, -1).astype(np.float64)
+        c = cand.reshape(len(cand), -1).astype(np.float64) if cand.ndim else cand.reshape(1, -1).astype(np.float64)
+        num = (r * c).sum(axis=1)
+        den = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+        both_zero = (np.linalg.norm(r, axis=1) == 0) & (np.linalg.norm(c, axis=1) == 0)
+        cos = np.where(den > 0, num / np.where(den > 0, den, 1), np.where(both_zero, 1.0, 0.0))
+        cosines.append(cos)
+        if r.size:
+            max_abs = max(max_abs, float(np.abs(r - c).max()))
+    allcos = np.concatenate(cosines) if cosines else np.array([1.0])
+    return {
+        "min_cosine": float(allcos.min()),
+        "mean_cosine": float(allcos.mean()),
+        "max_abs_diff": max_abs,
+        "all_finite": True,
+    }
+
+
+def check_model(path: str | Path) -> None:
+    """onnx.checker with full_check (shape inference included); raises VerificationError."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise VerificationError(f"{path}: ONNX checker: {str(exc).splitlines()[0][:300]}") from None

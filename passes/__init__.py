@@ -1,0 +1,1 @@
+"""The passes: one module per pass, registered by name in `passes.registry`."""

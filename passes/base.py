@@ -1,0 +1,70 @@
+"""What every pass is: a name, a pydantic config, the model forms it accepts, and `run`.
+
+Pass modules import only light things at module level (pydantic, this file); torch, onnx and
+onnxruntime are imported inside `run` so `optimize --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from optimize.context import PlanContext, RunContext
+    from optimize.handle import Form, ModelHandle
+
+
+class PassConfig(BaseModel):
+    """Base of every pass's options. `type` is the pass name (the YAML discriminator)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+@dataclass
+class PassResult:
+    model: ModelHandle
+    # Measured facts about what the pass did (JSON-serialisable). Keys are pass-specific.
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # Human-readable findings and warnings that belong in the report.
+    notes: list[str] = field(default_factory=list)
+
+
+class Pass(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    config_cls: ClassVar[type[PassConfig]]
+    accepts: ClassVar[frozenset[str]]  # subset of {"torch", "onnx"}
+    trains: ClassVar[bool] = False  # True for passes that train the torch model (distill)
+
+    def __init__(self, config: PassConfig) -> None:
+        self.config = config
+
+    def form_for(self, current: Form, later_passes: list[Pass]) -> Form:
+        """The form this pass wants its input in, given the current form and what follows.
+
+        Default: keep the current form when accepted, else the other accepted one.
+        """
+        if current in self.accepts:
+            return current
+        return "onnx" if "onnx" in self.accepts else "torch"
+
+    def defers(self, form: Form) -> bool:
+        """True when, run on a model of this form, the pass leaves work for `finalize` (it then
+        appears as an extra step after the next export)."""
+        return False
+
+    def check(self, plan: PlanContext) -> None:  # noqa: B027 (optional hook)
+        """Raise ConfigError for needs the run could not meet (missing data, bad combinations).
+
+        Called for every pass before any work starts.
+        """
+
+    @abstractmethod
+    def run(self, model: ModelHandle, ctx: RunContext) -> PassResult: ...
+
+    def finalize(self, model: ModelHandle, ctx: RunContext) -> PassResult:
+        """Complete work deferred with `ModelHandle.pending` once the model is ONNX."""
+        raise NotImplementedError(f"{self.name} defers no work")

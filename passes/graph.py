@@ -1,0 +1,40 @@
+"""graph: ONNX Runtime graph optimizations applied offline and saved (portable level only)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from passes.base import Pass, PassConfig
+
+
+class GraphConfig(PassConfig):
+    level: Literal["basic"] = Field(
+        "basic",
+        description="ONNX Runtime optimization level saved to the file; only 'basic' is portable across hardware.",
+    )
+
+
+class GraphPass(Pass):
+    name = "graph"
+    summary = "ONNX Runtime graph optimizations (constant folding, redundant-node removal) saved offline"
+    config_cls = GraphConfig
+    accepts = frozenset({"onnx"})
+
+    def run(self, model, ctx):  # type: ignore[no-untyped-def]
+        import onnxruntime as ort
+
+        from optimize.inspect_onnx import op_counts
+        from passes.base import PassResult
+
+        out = ctx.step_dir(self.name) / "model.onnx"
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(out)
+        ort.InferenceSession(str(model.onnx_path), so, providers=["CPUExecutionProvider"])
+        before, after = op_counts(model.onnx_path), op_counts(out)
+        return PassResult(
+            model.replace(onnx_path=out),
+            {"level": self.config.level, "nodes_before": sum(before.values()), "nodes_after": sum(after.values())},
+        )

@@ -1,0 +1,791 @@
+"""prune: remove weights by magnitude (unstructured, layer-wise or global), whole channels /
+neurons (structured, through Torch-Pruning's dependency graph so residuals and concatenations stay
+consistent), or N:M semi-structured patterns. Torch and ONNX forms.
+
+What is hand-written here, and why:
+
+- Torch masks are a `torch.nn.utils.parametrize` parametrization (`WeightMask`: `X * mask`), not
+  `torch.nn.utils.prune`: prune's forward-pre-hook and `weight_orig` renaming do not compose with
+  the parametrizations that a later quantize pass stacks on the same weight, whereas
+  parametrizations stack, survive training (a distill pass trains the module: masked weights stay
+  zero because the forward multiplies by the mask) and are baked into plain weights by
+  `optimize.export.finalized_module`.
+- Magnitude and N:M masks are a few lines of numpy (argpartition / argsort per group) shared by
+  the torch and ONNX forms, so both forms prune identically and the counts are exact.
+- ONNX pruning rewrites weight tensors in the ModelProto itself — initializers, Constant nodes'
+  `value` and the bodies of If/Loop/Scan subgraphs — because no library prunes ONNX initializers.
+  Weight discovery is shared with the report's weight count (`optimize.inspect_onnx`).
+- Structured pruning is Torch-Pruning's (`MetaPruner` + `MagnitudeImportance`); this module only
+  picks the ignored layers (the output layer, include/exclude) and checks the result still runs
+  with the same output shapes.
+
+Unstructured and N:M zeros make no dense runtime faster (ONNX Runtime on CPU): the pass says so in
+its notes; only structured pruning shrinks the matmuls.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from passes.base import Pass, PassConfig, PassResult
+
+
+class PruneConfig(PassConfig):
+    method: Literal["magnitude", "structured", "nm"] = Field(
+        "magnitude",
+        description="magnitude: zero the smallest weights; structured: remove whole output channels/neurons (torch only); nm: keep N of every M consecutive weights.",
+    )
+    sparsity: float = Field(
+        0.5, ge=0.0, lt=1.0, description="Fraction of weights (magnitude) or of channels per layer (structured) to remove."
+    )
+    scope: Literal["layer", "global"] = Field(
+        "layer", description="magnitude: rank weights within each layer, or across all selected layers."
+    )
+    importance: Literal["l1", "l2"] = Field("l2", description="structured: channel importance norm.")
+    n: int = Field(2, ge=1, description="nm: weights kept in each group.")
+    m: int = Field(4, ge=2, le=64, description="nm: group size along the input dimension.")
+    include: list[str] = Field(
+        default_factory=list, description="Only layers / initializers whose name matches one of these glob patterns."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Skip layers / initializers matching these globs.")
+    keep_output_layer: bool = Field(
+        True, description="Never prune the final layer (the classifier head), whose outputs are the model's outputs."
+    )
+    round_to: int | None = Field(None, gt=0, description="structured: keep channel counts a multiple of this.")
+
+    @model_validator(mode="after")
+    def _n_below_m(self) -> PruneConfig:
+        if self.method == "nm" and self.n >= self.m:
+            raise ValueError(f"n ({self.n}) must be smaller than m ({self.m})")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers (numpy): selection, magnitude masks, N:M masks
+# --------------------------------------------------------------------------------------------
+
+_NO_SPEEDUP = (
+    "unstructured and N:M zeros do not make dense runtimes (ONNX Runtime on CPU) faster: they "
+    "shrink the compressed file, not the latency; use method: structured to remove work"
+)
+_NM_GPU = (
+    "N:M (2:4) sparsity is only faster with sparse tensor-core kernels on a GPU "
+    "(torch.sparse.to_sparse_semi_structured); the exported ONNX stays dense"
+)
+_ONNX_FLOAT = {"FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16"}
+# weighted ONNX ops that are embedding lookups, not layers: kept unless `include` names them
+_EMBEDDING_OPS = {"Gather"}
+
+
+def _matches(names: list[str], patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
+
+
+def _selected(cfg: PruneConfig, names: list[str]) -> bool:
+    """A layer is selected when it matches an `include` pattern (or there are none) and no
+    `exclude` pattern. `names` holds every name the layer goes by (module, parameter, node)."""
+    if cfg.include and not _matches(names, cfg.include):
+        return False
+    return not _matches(names, cfg.exclude)
+
+
+def _short_list(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _keep_largest(absval: np.ndarray, n_zero: int) -> np.ndarray:
+    """A flat keep-mask that drops exactly the `n_zero` smallest entries of `absval`."""
+    keep = np.ones(absval.size, dtype=bool)
+    if n_zero >= absval.size:
+        keep[:] = False
+    elif n_zero > 0:
+        keep[np.argpartition(absval, n_zero - 1)[:n_zero]] = False
+    return keep
+
+
+def _magnitude_keep(weights: dict[str, np.ndarray], sparsity: float, scope: str) -> dict[str, np.ndarray]:
+    """Keep-masks zeroing the smallest |w|: `sparsity` of each tensor (layer) or of all of them
+    together (global: one threshold across the tensors)."""
+    absval = {k: np.abs(np.asarray(w, dtype=np.float32)).ravel() for k, w in weights.items()}
+    if scope == "layer":
+        return {
+            k: _keep_largest(a, int(round(sparsity * a.size))).reshape(weights[k].shape) for k, a in absval.items()
+        }
+    if not absval:
+        return {}
+    flat = np.concatenate(list(absval.values()))
+    keep = _keep_largest(flat, int(round(sparsity * flat.size)))
+    out: dict[str, np.ndarray] = {}
+    start = 0
+    for k, a in absval.items():
+        out[k] = keep[start : start + a.size].reshape(weights[k].shape)
+        start += a.size
+    return out
+
+
+def _nm_keep(w: np.ndarray, in_axes: tuple[int, ...], n: int, m: int) -> np.ndarray | None:
+    """Keep the `n` largest |w| of every `m` consecutive weights along the input dimension.
+
+    `in_axes` are the axes that make up one output unit's inputs (for a Conv: in-channels and
+    kernel, flattened in that order). None when their size is not divisible by `m`.
+    """
+    rest = [a for a in range(w.ndim) if a not in in_axes]
+    perm = rest + list(in_axes)
+    t = np.abs(np.asarray(w, dtype=np.float32)).transpose(perm)
+    in_size = int(np.prod([w.shape[a] for a in in_axes]))
+    if in_size == 0 or in_size % m:
+        return None
+    groups = t.reshape(-1, in_size // m, m)
+    top = np.argsort(-groups, axis=-1, kind="stable")[..., :n]
+    keep = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(keep, top, True, axis=-1)
+    return keep.reshape(t.shape).transpose(np.argsort(perm))
+
+
+def _layer_entry(name: str, before: tuple[int, ...], after: tuple[int, ...], zeros: int, total: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "shape_before": list(before),
+        "shape_after": list(after),
+        "sparsity": round(zeros / total, 6) if total else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# torch: the mask parametrization
+# --------------------------------------------------------------------------------------------
+
+_MASK_CLASS: Any = None
+
+
+def _weight_mask_class() -> Any:
+    """`WeightMask`: a parametrization whose forward is `X * mask` (mask is a bool buffer, so it
+    moves with `.to(device)` and is saved in `state_dict`). Built on first use so importing this
+    module does not import torch; `passes.prune.WeightMask` resolves to it."""
+    global _MASK_CLASS
+    if _MASK_CLASS is None:
+        import torch
+
+        class WeightMask(torch.nn.Module):
+            def __init__(self, mask: torch.Tensor) -> None:
+                super().__init__()
+                self.register_buffer("mask", mask.to(torch.bool))
+
+            def forward(self, X: torch.Tensor) -> torch.Tensor:
+                return X * self.mask
+
+            def extra_repr(self) -> str:
+                return f"density={self.mask.float().mean().item():.3f}"
+
+        WeightMask.__module__ = __name__
+        WeightMask.__qualname__ = "WeightMask"
+        _MASK_CLASS = WeightMask
+    return _MASK_CLASS
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: `from passes.prune import WeightMask`
+    if name == "WeightMask":
+        return _weight_mask_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _apply_mask(module: Any, keep: np.ndarray) -> None:
+    """Mask `module.weight`: tighten an existing WeightMask in place, else register one (after any
+    parametrization already there)."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    if keep.all():
+        return
+    mask_cls = _weight_mask_class()
+    mask = torch.from_numpy(np.ascontiguousarray(keep)).to(module.weight.device)
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations.weight:
+            if isinstance(p, mask_cls):
+                p.mask &= mask
+                return
+    parametrize.register_parametrization(module, "weight", mask_cls(mask))
+
+
+def _torch_layers(module: Any) -> list[tuple[str, Any]]:
+    """Conv / ConvTranspose / Linear modules with a materialized weight, in module order."""
+    import torch
+    from torch import nn
+
+    out = []
+    for name, m in module.named_modules():
+        if not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            continue
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and not isinstance(w, nn.parameter.UninitializedParameter):
+            out.append((name, m))
+    return out
+
+
+def _torch_in_axes(m: Any) -> tuple[int, ...]:
+    from torch import nn
+
+    nd = m.weight.dim()
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):  # (in, out/groups, *kernel)
+        return (0, *range(2, nd))
+    return tuple(range(1, nd))  # Linear (out, in); Conv (out, in/groups, *kernel)
+
+
+def _weight_np(m: Any) -> np.ndarray:
+    return m.weight.detach().float().cpu().numpy()
+
+
+def _example_args(model: Any, ctx: Any) -> tuple[Any, ...] | None:
+    """Example inputs from the declared input spec, on the module's device; None when unknown."""
+    import torch
+
+    specs = model.inputs or getattr(ctx, "inputs", None) or []
+    if not specs:
+        return None
+    rng = np.random.default_rng(getattr(ctx, "seed", 0))
+    dev = next((p.device for p in model.module.parameters()), torch.device("cpu"))
+    return tuple(torch.from_numpy(s.random(2, rng)).to(dev) for s in specs)
+
+
+def _torch_output_layers(module: Any, layers: list[tuple[str, Any]], args: tuple[Any, ...] | None) -> tuple[set[str], str]:
+    """The layers whose outputs are the model's outputs: found by running the model once with
+    hooks (a layer whose output tensor is returned as is; else the last layer to run). Without
+    example inputs, the last Conv/Linear in module order."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    if not layers:
+        return set(), ""
+    fallback = ({layers[-1][0]}, "the last Conv/Linear in module order")
+    if args is None:
+        return fallback
+    order: list[str] = []
+    produced: dict[str, list[Any]] = {}
+
+    def hook_for(name: str) -> Any:
+        def hook(_m: Any, _i: Any, out: Any) -> None:
+            order.append(name)
+            produced.setdefault(name, []).extend(t for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers]
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            result = module(*args)
+    except Exception:  # an unusual forward signature: fall back to module order
+        return fallback
+    finally:
+        for h in handles:
+            h.remove()
+        module.train(was_training)
+    leaves = [t for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
+    direct = {n for n, ts in produced.items() if any(t is leaf for t in ts for leaf in leaves)}
+    if direct:
+        return direct, "its output is a model output"
+    if order:
+        return {order[-1]}, "the last Conv/Linear to run"
+    return fallback
+
+
+def _torch_sparsity_metrics(layers: list[tuple[str, Any]], selected: set[str]) -> dict[str, Any]:
+    tot = zero = sel_tot = sel_zero = 0
+    for name, m in layers:
+        w = m.weight.detach()
+        n, z = int(w.numel()), int(w.numel() - w.count_nonzero().item())
+        tot, zero = tot + n, zero + z
+        if name in selected:
+            sel_tot, sel_zero = sel_tot + n, sel_zero + z
+    return {
+        "selected_weights_total": sel_tot,
+        "selected_weights_zero": sel_zero,
+        "selected_sparsity": round(sel_zero / sel_tot, 6) if sel_tot else 0.0,
+        "weights_total": tot,
+        "weights_zero": zero,
+        "sparsity": round(zero / tot, 6) if tot else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX: layouts and the output layer
+# --------------------------------------------------------------------------------------------
+
+
+def _onnx_in_axes(use: Any, ndim: int) -> tuple[int, ...] | None:
+    """The axes of the stored weight that form the input dimension of `use.node`, following
+    Transpose/Cast/Identity between the stored tensor and the op. None when unknown."""
+    node, i = use.node, use.input_index
+    attrs = {a.name: a for a in node.attribute}
+    op = node.op_type
+    axes: tuple[int, ...] | None
+    if op in ("Conv", "ConvInteger") and ndim >= 2:
+        axes = tuple(range(1, ndim))
+    elif op == "ConvTranspose" and ndim >= 2:
+        axes = (0, *range(2, ndim))
+    elif op == "MatMul" and ndim >= 2:
+        axes = (ndim - 2,) if i == 1 else (ndim - 1,)  # Y = X·W: W is (..., K, N); W·X: (..., M, K)
+    elif op == "Gemm" and ndim == 2:
+        if i == 1:
+            axes = (1,) if ("transB" in attrs and attrs["transB"].i) else (0,)
+        else:
+            axes = (0,) if ("transA" in attrs and attrs["transA"].i) else (1,)
+    elif op in ("LSTM", "GRU", "RNN") and ndim == 3:
+        axes = (2,)  # (directions, gates*hidden, input or hidden)
+    else:
+        return None
+    for via in use.via:  # weighted-op side first
+        if via.op_type in ("Cast", "Identity"):
+            continue
+        if via.op_type != "Transpose":
+            return None
+        perm = next((list(a.ints) for a in via.attribute if a.name == "perm"), None) or list(reversed(range(ndim)))
+        axes = tuple(perm[a] for a in axes)
+    return axes
+
+
+def _onnx_output_weights(model: Any, uses: list[Any]) -> set[str]:
+    """Weights of the last weighted nodes on every path to a graph output (walking back from the
+    main graph's outputs, into If/Loop/Scan bodies, stopping at the first weighted node)."""
+    from optimize.inspect_onnx import _graphs
+
+    weights_of: dict[tuple[str, ...], list[str]] = {}
+    for u in uses:
+        weights_of.setdefault(tuple(u.node.output), []).append(u.name)
+    producers: dict[str, Any] = {}
+    for g in _graphs(model.graph):
+        for n in g.node:
+            for o in n.output:
+                producers[o] = n
+    found: set[str] = set()
+    stack = [o.name for o in model.graph.output]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        node = producers.get(name)
+        if node is None:
+            continue
+        key = tuple(node.output)
+        if key in weights_of:
+            found.update(weights_of[key])
+            continue
+        stack.extend(i for i in node.input if i)
+        for attr in node.attribute:
+            subgraphs = ([attr.g] if attr.g.ByteSize() else []) + list(attr.graphs)
+            for sg in subgraphs:
+                stack.extend(o.name for o in sg.output)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# the pass
+# --------------------------------------------------------------------------------------------
+
+
+class PrunePass(Pass):
+    name = "prune"
+    summary = (
+        "Zero the smallest weights (layer-wise or global), remove whole channels/neurons "
+        "(structured, torch), or impose an N:M pattern; on torch or straight on ONNX initializers."
+    )
+    config_cls = PruneConfig
+    accepts = frozenset({"torch", "onnx"})
+
+    config: PruneConfig
+
+    def check(self, plan: Any) -> None:
+        from optimize.errors import ConfigError
+
+        if self.config.method != "structured":
+            return
+        if plan.form_at_pass == "onnx":
+            raise ConfigError(
+                "structured pruning needs a torch model; the model is ONNX at this point",
+                key=f"{plan.key}.prune.method",
+            )
+        if not plan.has_input_spec:
+            raise ConfigError(
+                "structured pruning traces the model with example inputs: declare model.inputs "
+                "(name, shape, dtype)",
+                key="model.inputs",
+            )
+
+    def run(self, model: Any, ctx: Any) -> PassResult:
+        if model.form == "onnx":
+            return self._run_onnx(model, ctx)
+        if self.config.method == "structured":
+            return self._run_structured(model, ctx)
+        return self._run_masked(model, ctx)
+
+    # ---- torch: magnitude and N:M, as mask parametrizations -------------------------------
+
+    def _run_masked(self, model: Any, ctx: Any) -> PassResult:
+        from optimize.export import copy_module
+
+        cfg = self.config
+        module = copy_module(model.module)  # deepcopy that leaves the input's parametrizations alone
+        params_before = sum(p.numel() for p in module.parameters())
+        layers = _torch_layers(module)
+        notes: list[str] = []
+        out_layers: set[str] = set()
+        if cfg.keep_output_layer:
+            out_layers, why = _torch_output_layers(module, layers, _example_args(model.replace(module=module), ctx))
+            if out_layers:
+                notes.append(f"output layer kept whole: {_short_list(sorted(out_layers))} ({why})")
+        chosen = [
+            (n, m) for n, m in layers if n not in out_layers and _selected(cfg, [n, f"{n}.weight"])
+        ]
+        shapes = {n: tuple(m.weight.shape) for n, m in chosen}
+        key = f"{getattr(ctx, 'step_index', 0)}-prune"
+        ctx.progress.start(key, f"prune ({cfg.method})", len(chosen))
+        pruned: set[str] = set()
+        try:
+            if cfg.method == "magnitude":
+                keeps = _magnitude_keep({n: _weight_np(m) for n, m in chosen}, cfg.sparsity, cfg.scope)
+                for n, m in chosen:
+                    _apply_mask(m, keeps[n])
+                    pruned.add(n)
+                    ctx.progress.advance(key)
+            else:
+                skipped = []
+                for n, m in chosen:
+                    keep = _nm_keep(_weight_np(m), _torch_in_axes(m), cfg.n, cfg.m)
+                    if keep is None:
+                        skipped.append(n)
+                    else:
+                        _apply_mask(m, keep)
+                        pruned.add(n)
+                    ctx.progress.advance(key)
+                if skipped:
+                    notes.append(
+                        f"N:M skipped {len(skipped)} layer(s) whose input dimension is not divisible by "
+                        f"{cfg.m}: {_short_list(skipped)}"
+                    )
+        finally:
+            ctx.progress.finish(key)
+        if not chosen:
+            notes.append("no layer matched the selection (include/exclude, output layer kept): nothing pruned")
+        notes.append(_NO_SPEEDUP)
+        if cfg.method == "nm":
+            notes.append(_NM_GPU)
+        metrics = self._torch_metrics(module, pruned, shapes, params_before)
+        ctx.log.info("prune: %s, %d layer(s), sparsity of selected weights %.3f",
+                     cfg.method, len(pruned), metrics["selected_sparsity"])
+        return PassResult(model.replace(module=module), metrics=metrics, notes=notes)
+
+    def _torch_metrics(
+        self, module: Any, pruned: set[str],
+        shapes: dict[str, tuple[int, ...]], params_before: int, extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        cfg = self.config
+        layers = _torch_layers(module)
+        entries = []
+        for n, m in layers:
+            if n in pruned:
+                w = m.weight.detach()
+                zeros = int(w.numel() - w.count_nonzero().item())
+                entry = _layer_entry(n, shapes[n], tuple(w.shape), zeros, int(w.numel()))
+                if extra and n in extra:
+                    entry.update(extra[n])
+                entries.append(entry)
+        params_after = sum(p.numel() for p in module.parameters())
+        metrics: dict[str, Any] = {"method": cfg.method, "target_sparsity": cfg.sparsity}
+        if cfg.method == "magnitude":
+            metrics["scope"] = cfg.scope
+        if cfg.method == "nm":
+            metrics["pattern"] = f"{cfg.n}:{cfg.m}"
+        metrics.update(_torch_sparsity_metrics(layers, pruned))
+        metrics.update(
+            params_before=int(params_before),
+            params_after=int(params_after),
+            params_nonzero_after=int(sum(int(p.count_nonzero().item()) for p in _effective_params(module))),
+            layers_pruned=len(entries),
+            layers=entries,
+        )
+        return metrics
+
+    # ---- torch: structured, through Torch-Pruning ----------------------------------------
+
+    def _run_structured(self, model: Any, ctx: Any) -> PassResult:
+        import warnings
+
+        import torch
+        import torch_pruning as tp
+        from torch.nn.utils import parametrize
+
+        from optimize.errors import PassError
+        from optimize.export import copy_module
+
+        cfg = self.config
+        module = copy_module(model.module)
+        params_before = sum(p.numel() for p in module.parameters())
+        args = _example_args(model.replace(module=module), ctx)
+        if args is None:
+            raise PassError(self.name, "structured pruning traces the model: declare model.inputs (name, shape, dtype)")
+        notes: list[str] = []
+
+        # Masks from an earlier prune are baked into the weights for tracing and put back after;
+        # any other reparametrization (simulated quantization) cannot follow a change of shape.
+        mask_cls = _weight_mask_class()
+        masked = []
+        for name, sub in module.named_modules():
+            if parametrize.is_parametrized(sub):
+                for tname, plist in sub.parametrizations.items():
+                    other = [type(p).__name__ for p in plist if not isinstance(p, mask_cls)]
+                    if other:
+                        raise PassError(
+                            self.name,
+                            f"'{name}.{tname}' carries a training-time reparametrization ({', '.join(other)}) "
+                            "that structured pruning cannot resize; put structured pruning before quantize",
+                        )
+                masked.append(name)
+        for name in masked:
+            sub = module.get_submodule(name)
+            for tname in list(sub.parametrizations.keys()):
+                parametrize.remove_parametrizations(sub, tname, leave_parametrized=True)
+
+        layers = _torch_layers(module)
+        shapes = {n: tuple(m.weight.shape) for n, m in layers}
+        out_layers, why = _torch_output_layers(module, layers, args)
+        if out_layers:
+            notes.append(f"output layer's outputs kept: {_short_list(sorted(out_layers))} ({why})")
+            if not cfg.keep_output_layer:
+                notes.append("keep_output_layer is false, but structured pruning never removes the model's output features")
+        ignored = [m for n, m in layers if n in out_layers or not _selected(cfg, [n, f"{n}.weight"])]
+
+        was_training = module.training
+        with torch.no_grad():
+            module.eval()
+            try:
+                ref_shapes = [tuple(t.shape) for t in _tensor_leaves(module(*args))]
+            except Exception as exc:
+                raise PassError(self.name, f"the model does not run on example inputs from model.inputs: {type(exc).__name__}: {exc}") from None
+        importance = tp.importance.MagnitudeImportance(p=1 if cfg.importance == "l1" else 2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                pruner = tp.pruner.MetaPruner(
+                    module, args, importance=importance, pruning_ratio=cfg.sparsity,
+                    ignored_layers=ignored, round_to=cfg.round_to,
+                )
+                for group in pruner.step(interactive=True):
+                    root = group[0].dep.target.module
+                    layer = next((n for n, m in layers if m is root), type(root).__name__)
+                    try:
+                        group.prune()
+                    except Exception as exc:
+                        raise PassError(
+                            self.name, f"Torch-Pruning failed on layer '{layer}': {type(exc).__name__}: {exc}"
+                        ) from None
+            except PassError:
+                raise
+            except Exception as exc:
+                raise PassError(
+                    self.name,
+                    f"Torch-Pruning could not build the dependency graph of this model: {type(exc).__name__}: {exc}",
+                ) from None
+        for w in caught:
+            ctx.log.debug("torch-pruning: %s", w.message)
+
+        with torch.no_grad():
+            module.eval()
+            try:
+                new_shapes = [tuple(t.shape) for t in _tensor_leaves(module(*args))]
+            except Exception as exc:
+                changed = [n for n, m in _torch_layers(module) if tuple(m.weight.shape) != shapes.get(n)]
+                raise PassError(
+                    self.name,
+                    f"the pruned model no longer runs ({type(exc).__name__}: {exc}); resized layers: "
+                    f"{_short_list(changed)}; exclude (prune.exclude) the layer the error names, or, on a "
+                    "residual/attention model, the layers that write the residual stream (attention output "
+                    "projections, FFN output layers) so the hidden size is kept",
+                ) from None
+        module.train(was_training)
+        if new_shapes != ref_shapes:
+            raise PassError(
+                self.name, f"structured pruning changed the model's output shapes {ref_shapes} → {new_shapes}"
+            )
+        for name in masked:  # keep earlier sparsity through later training
+            sub = module.get_submodule(name)
+            w = getattr(sub, "weight", None)
+            if isinstance(w, torch.Tensor):
+                _apply_mask(sub, (w.detach() != 0).cpu().numpy())
+
+        after = _torch_layers(module)
+        pruned = {n for n, m in after if n in shapes and tuple(m.weight.shape) != shapes[n]}
+        extra = {
+            n: {"removed_fraction": round(1 - m.weight.numel() / int(np.prod(shapes[n])), 6)}
+            for n, m in after
+            if n in pruned
+        }
+        metrics = self._torch_metrics(module, pruned, shapes, params_before, extra)
+        metrics["importance"] = cfg.importance
+        if cfg.round_to:
+            metrics["round_to"] = cfg.round_to
+        before, now = metrics["params_before"], metrics["params_after"]
+        metrics["params_removed"] = round(1 - now / before, 6) if before else 0.0
+        if not pruned:
+            notes.append("structured pruning removed nothing (every layer ignored, or no prunable group)")
+        ctx.log.info("prune: structured, %d layer(s) resized, params %d → %d", len(pruned), before, now)
+        return PassResult(model.replace(module=module), metrics=metrics, notes=notes)
+
+    # ---- ONNX: rewrite weight tensors in place -------------------------------------------
+
+    def _run_onnx(self, model: Any, ctx: Any) -> PassResult:
+        from onnx import TensorProto, numpy_helper
+
+        from optimize import onnx_io
+        from optimize.errors import PassError
+        from optimize.inspect_onnx import iter_weight_uses, weight_stats
+
+        cfg = self.config
+        if cfg.method == "structured":  # check() rejects this at plan time
+            raise PassError(self.name, "structured pruning needs a torch model; the model is ONNX at this point")
+        proto = onnx_io.load(model.onnx_path)
+        stats_before = weight_stats(proto)
+        uses = list(iter_weight_uses(proto))
+        by_name: dict[str, list[Any]] = {}
+        for u in uses:
+            by_name.setdefault(u.name, []).append(u)
+        out_weights = _onnx_output_weights(proto, uses) if cfg.keep_output_layer else set()
+
+        notes: list[str] = []
+        embeddings, non_float, kept_out = [], [], []
+        chosen: dict[str, tuple[list[Any], np.ndarray]] = {}
+        for name, us in by_name.items():
+            names = [name, *(u.node.name for u in us if u.node.name)]
+            if any(u.node.op_type in _EMBEDDING_OPS for u in us) and not (cfg.include and _matches(names, cfg.include)):
+                embeddings.append(name)
+                continue
+            if not _selected(cfg, names):
+                continue
+            if name in out_weights:
+                kept_out.append(name)
+                continue
+            dtype = TensorProto.DataType.Name(us[0].tensor.data_type)
+            if dtype not in _ONNX_FLOAT:
+                non_float.append(f"{name} ({dtype.lower()})")
+                continue
+            chosen[name] = (us, numpy_helper.to_array(us[0].tensor))
+
+        key = f"{getattr(ctx, 'step_index', 0)}-prune"
+        ctx.progress.start(key, f"prune ({cfg.method}, ONNX)", len(chosen))
+        keeps: dict[str, np.ndarray] = {}
+        try:
+            if cfg.method == "magnitude":
+                keeps = _magnitude_keep({n: a for n, (_, a) in chosen.items()}, cfg.sparsity, cfg.scope)
+            else:
+                no_layout, not_divisible = [], []
+                for n, (us, arr) in chosen.items():
+                    axes = next(
+                        (ax for u in us if u.node.op_type not in _EMBEDDING_OPS
+                         for ax in [_onnx_in_axes(u, arr.ndim)] if ax is not None),
+                        None,
+                    )
+                    if axes is None:
+                        no_layout.append(n)
+                        continue
+                    keep = _nm_keep(arr, axes, cfg.n, cfg.m)
+                    if keep is None:
+                        not_divisible.append(n)
+                    else:
+                        keeps[n] = keep
+                if no_layout:
+                    notes.append(f"N:M skipped {len(no_layout)} weight(s) whose input axis is unknown: {_short_list(no_layout)}")
+                if not_divisible:
+                    notes.append(
+                        f"N:M skipped {len(not_divisible)} weight(s) whose input dimension is not divisible by "
+                        f"{cfg.m}: {_short_list(not_divisible)}"
+                    )
+            entries = []
+            for n, keep in keeps.items():
+                us, arr = chosen[n]
+                new = np.where(keep, arr, np.zeros((), dtype=arr.dtype)).astype(arr.dtype, copy=False)
+                us[0].tensor.CopyFrom(numpy_helper.from_array(new, us[0].tensor.name))
+                zeros = int(new.size - np.count_nonzero(new))
+                entries.append(_layer_entry(n, arr.shape, new.shape, zeros, int(new.size)))
+                ctx.progress.advance(key)
+        finally:
+            ctx.progress.finish(key)
+
+        path = onnx_io.save(proto, ctx.step_dir(self.name) / "model.onnx")
+        stats = weight_stats(proto)
+        dense = [t for t in stats.tensors if t.op_type not in _EMBEDDING_OPS]
+        tot = sum(t.count for t in dense)
+        zero = tot - sum(t.nonzero for t in dense)
+        sel = [t for t in stats.tensors if t.name in keeps]
+        sel_tot = sum(t.count for t in sel)
+        sel_zero = sel_tot - sum(t.nonzero for t in sel)
+
+        if kept_out:
+            notes.append(f"output layer kept whole: {_short_list(kept_out)}")
+        if embeddings:
+            notes.append(
+                f"embedding table(s) not pruned (add an include pattern to prune them): {_short_list(embeddings)}"
+            )
+        if non_float:
+            notes.append(f"non-float weights skipped (already quantized): {_short_list(non_float)}")
+        if not keeps:
+            notes.append("no weight matched the selection: nothing pruned")
+        notes.append(_NO_SPEEDUP)
+        if cfg.method == "nm":
+            notes.append(_NM_GPU)
+
+        metrics: dict[str, Any] = {"method": cfg.method, "target_sparsity": cfg.sparsity}
+        if cfg.method == "magnitude":
+            metrics["scope"] = cfg.scope
+        else:
+            metrics["pattern"] = f"{cfg.n}:{cfg.m}"
+        metrics.update(
+            selected_weights_total=sel_tot,
+            selected_weights_zero=sel_zero,
+            selected_sparsity=round(sel_zero / sel_tot, 6) if sel_tot else 0.0,
+            weights_total=tot,
+            weights_zero=zero,
+            sparsity=round(zero / tot, 6) if tot else 0.0,
+            params_before=stats_before.total,
+            params_after=stats.total,
+            params_nonzero_after=stats.nonzero,
+            layers_pruned=len(entries),
+            layers=entries,
+        )
+        ctx.log.info("prune: %s on ONNX, %d weight(s), sparsity of selected weights %.3f",
+                     cfg.method, len(entries), metrics["selected_sparsity"])
+        return PassResult(model.replace(onnx_path=path), metrics=metrics, notes=notes)
+
+
+def _tensor_leaves(out: Any) -> list[Any]:
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def _effective_params(module: Any) -> list[Any]:
+    """Every parameter as the forward sees it: a parametrized weight through its masks."""
+    from torch.nn.utils import parametrize
+
+    out = []
+    for sub in module.modules():
+        out.extend(sub.parameters(recurse=False))
+        if parametrize.is_parametrized(sub):
+            for tname in sub.parametrizations.keys():
+                out.append(getattr(sub, tname).detach())
+    # the originals of parametrized tensors live in ParametrizationList modules: drop them
+    originals = {
+        id(plist.original)
+        for sub in module.modules()
+        if parametrize.is_parametrized(sub)
+        for plist in sub.parametrizations.values()
+        if hasattr(plist, "original")
+    }
+    return [p for p in out if id(p) not in originals]

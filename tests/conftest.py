@@ -1,0 +1,141 @@
+"""Shared fixtures: tiny torch models and ONNX files built in code, in each test's tmp_path.
+
+Everything here is CPU-only and takes well under a second per fixture: the MLP is exported with the
+TorchScript exporter (`dynamo=False`), and the subgraph model is written with onnx.helper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IN_FEATURES = 8
+HIDDEN = 16
+OUT_FEATURES = 4
+
+
+def make_mlp(seed: int = 0):
+    """Linear(8,16) → ReLU → Linear(16,4), deterministic for a seed, in eval mode."""
+    import torch
+
+    torch.manual_seed(seed)
+    m = torch.nn.Sequential(
+        torch.nn.Linear(IN_FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, OUT_FEATURES)
+    )
+    return m.eval()
+
+
+def export_onnx(module, path: Path, in_features: int = IN_FEATURES, opset: int = 17) -> Path:
+    """Export with the TorchScript exporter: input 'x' (batch, in_features), output 'y'."""
+    import torch
+
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (torch.randn(2, in_features),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            opset_version=opset,
+        )
+    return path
+
+
+@pytest.fixture
+def mlp():
+    return make_mlp(0)
+
+
+@pytest.fixture
+def mlp_onnx(tmp_path: Path, mlp) -> Path:
+    """The `mlp` fixture exported to tmp_path/mlp.onnx (Gemm → Relu → Gemm)."""
+    return export_onnx(mlp, tmp_path / "mlp.onnx")
+
+
+@dataclass
+class SubgraphModel:
+    path: Path
+    gemm_weight: np.ndarray  # main-graph initializer (Gemm input 1)
+    gemm_bias: np.ndarray  # Gemm input 2: a bias, not a weight
+    then_weight: np.ndarray  # Constant node inside the If's then_branch (MatMul input 1)
+    else_weight: np.ndarray  # initializer of the If's else_branch (MatMul input 1)
+    main_const_weight: np.ndarray  # Constant node in the main graph feeding a MatMul
+
+    @property
+    def weight_arrays(self) -> list[np.ndarray]:
+        return [self.gemm_weight, self.then_weight, self.else_weight, self.main_const_weight]
+
+
+def build_subgraph_model(path: Path) -> SubgraphModel:
+    """X[N,4] → Gemm(W0,B0) → H; If(cond): then H @ Wc (Constant node), else H @ We (subgraph
+    initializer) → Z[N,3]; Z @ Wm (main-graph Constant node) → Y[N,2].
+
+    Some weights contain exact zeros so non-zero counts are checked too.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w0 = rng.standard_normal((4, 4)).astype(np.float32)
+    w0[0, :] = 0.0  # 4 zeros
+    b0 = rng.standard_normal(4).astype(np.float32)
+    wc = rng.standard_normal((4, 3)).astype(np.float32)
+    wc[1, 1] = 0.0  # 1 zero
+    we = rng.standard_normal((4, 3)).astype(np.float32)
+    wm = rng.standard_normal((3, 2)).astype(np.float32)
+
+    then_graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["Wc"], value=numpy_helper.from_array(wc, "Wc_value")),
+            helper.make_node("MatMul", ["H", "Wc"], ["Z_then"]),
+        ],
+        "then_branch",
+        [],
+        [helper.make_tensor_value_info("Z_then", TensorProto.FLOAT, ["N", 3])],
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("MatMul", ["H", "We"], ["Z_else"])],
+        "else_branch",
+        [],
+        [helper.make_tensor_value_info("Z_else", TensorProto.FLOAT, ["N", 3])],
+        initializer=[numpy_helper.from_array(we, "We")],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["X", "W0", "B0"], ["H"]),
+            helper.make_node("If", ["cond"], ["Z"], then_branch=then_graph, else_branch=else_graph),
+            helper.make_node("Constant", [], ["Wm"], value=numpy_helper.from_array(wm, "Wm_value")),
+            helper.make_node("MatMul", ["Z", "Wm"], ["Y"]),
+        ],
+        "if_const",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 2])],
+        initializer=[numpy_helper.from_array(w0, "W0"), numpy_helper.from_array(b0, "B0")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save_model(model, str(path))
+    return SubgraphModel(path, w0, b0, wc, we, wm)
+
+
+@pytest.fixture
+def subgraph_model(tmp_path: Path) -> SubgraphModel:
+    return build_subgraph_model(tmp_path / "if_const.onnx")
+
+
+@pytest.fixture
+def restore_sys_path(monkeypatch):
+    """Factories and callables put folders on sys.path; undo that after the test."""
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return sys.path

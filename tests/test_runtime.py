@@ -1,0 +1,191 @@
+"""optimize.runtime: parity numbers (cosine, max |diff|, NaN-safety), sessions, the checker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import IN_FEATURES, OUT_FEATURES
+from onnx import TensorProto, helper
+
+from optimize.errors import VerificationError
+from optimize.runtime import check_model, feeds_for, parity, predict, session
+
+RNG = np.random.default_rng(0)
+REF = [RNG.standard_normal((6, 4)).astype(np.float32), RNG.standard_normal((6, 2, 3)).astype(np.float32)]
+
+
+def test_identical_outputs_have_cosine_1() -> None:
+    p = parity(REF, [r.copy() for r in REF])
+    assert p["all_finite"] is True
+    assert p["min_cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert p["mean_cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert p["max_abs_diff"] == 0.0
+
+
+def test_scaled_output_has_cosine_1_but_a_difference() -> None:
+    p = parity([REF[0]], [REF[0] * 2])
+    assert p["min_cosine"] == pytest.approx(1.0, abs=1e-9)
+    assert p["max_abs_diff"] == pytest.approx(float(np.abs(REF[0]).max()), rel=1e-6)
+
+
+def test_negated_output_has_cosine_minus_1() -> None:
+    p = parity([REF[0]], [-REF[0]])
+    assert p["min_cosine"] == pytest.approx(-1.0, abs=1e-9)
+
+
+def test_cosine_is_per_sample_and_the_minimum_is_reported() -> None:
+    ref = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0]], np.float32)
+    cand = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)  # sample 1 is orthogonal
+    p = parity([ref], [cand])
+    assert p["min_cosine"] == pytest.approx(0.0, abs=1e-12)
+    assert p["mean_cosine"] == pytest.approx(2 / 3)
+    assert p["max_abs_diff"] == pytest.approx(1.0)
+
+
+def test_min_over_several_outputs() -> None:
+    bad = REF[1].copy()
+    bad[2] = -bad[2]  # one sample of the second output flips sign
+    p = parity(REF, [REF[0], bad])
+    assert p["min_cosine"] == pytest.approx(-1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_output_is_detected(value: float) -> None:
+    cand = [REF[0].copy(), REF[1].copy()]
+    cand[1][3, 1, 2] = value
+    p = parity(REF, cand)
+    assert p["all_finite"] is False
+    assert p["min_cosine"] is None
+    assert p["mean_cosine"] is None
+    assert p["max_abs_diff"] is None
+
+
+def test_constant_zero_output_has_cosine_0() -> None:
+    p = parity([REF[0]], [np.zeros_like(REF[0])])
+    assert p["all_finite"] is True
+    assert p["min_cosine"] == 0.0
+    assert p["mean_cosine"] == 0.0
+    assert p["max_abs_diff"] == pytest.approx(float(np.abs(REF[0]).max()))
+
+
+def test_both_zero_is_cosine_1() -> None:
+    z = np.zeros((3, 4), np.float32)
+    assert parity([z], [z.copy()])["min_cosine"] == 1.0
+
+
+def test_shape_change_raises() -> None:
+    with pytest.raises(VerificationError, match=r"output shape changed: \(6, 4\) → \(6, 5\)"):
+        parity([REF[0]], [np.zeros((6, 5), np.float32)])
+
+
+def test_parity_matches_an_independent_cosine() -> None:
+    cand = REF[0] + 0.3 * RNG.standard_normal(REF[0].shape).astype(np.float32)
+    expected = min(
+        float(np.dot(r, c) / (np.linalg.norm(r) * np.linalg.norm(c)))
+        for r, c in zip(REF[0].astype(np.float64), cand.astype(np.float64), strict=True)
+    )
+    p = parity([REF[0]], [cand])
+    assert p["min_cosine"] == pytest.approx(expected, rel=1e-9)
+    assert p["min_cosine"] < 0.999
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def test_session_runs_the_exported_mlp(mlp_onnx: Path, mlp) -> None:
+    sess = session(mlp_onnx, threads=1)
+    assert [i.name for i in sess.get_inputs()] == ["x"]
+    x = np.random.default_rng(1).standard_normal((10, IN_FEATURES)).astype(np.float32)
+    (y,) = predict(sess, {"x": x}, batch_size=4)  # 3 batches: 4 + 4 + 2
+    assert y.shape == (10, OUT_FEATURES)
+    with torch.no_grad():
+        ref = mlp(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    assert parity([ref], [y])["min_cosine"] > 0.99999
+
+
+def test_session_runs_the_subgraph_model(subgraph_model) -> None:
+    sess = session(subgraph_model.path)
+    x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
+    h = x @ subgraph_model.gemm_weight + subgraph_model.gemm_bias
+    for cond, w in ((True, subgraph_model.then_weight), (False, subgraph_model.else_weight)):
+        (y,) = sess.run(None, {"X": x, "cond": np.array(cond)})
+        np.testing.assert_allclose(y, h @ w @ subgraph_model.main_const_weight, rtol=1e-4, atol=1e-4)
+
+
+def test_feeds_for_single_input_accepts_any_name(mlp_onnx: Path) -> None:
+    sess = session(mlp_onnx)
+    x = np.zeros((1, IN_FEATURES), np.float32)
+    assert list(feeds_for(sess, {"pixels": x})) == ["x"]
+
+
+def test_feeds_for_missing_input(subgraph_model) -> None:
+    sess = session(subgraph_model.path)
+    with pytest.raises(VerificationError, match=r"no data for model inputs \['cond'\]"):
+        feeds_for(sess, {"X": np.zeros((1, 4), np.float32)})
+
+
+def test_session_on_a_corrupt_file(tmp_path: Path, mlp_onnx: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(mlp_onnx.read_bytes()[:200])
+    with pytest.raises(VerificationError, match="ONNX Runtime cannot load the model") as info:
+        session(bad)
+    assert "\n" not in str(info.value)
+    assert info.value.exit_code == 1
+
+
+def test_session_on_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(VerificationError):
+        session(tmp_path / "absent.onnx")
+
+
+def test_session_cuda_without_provider(mlp_onnx: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA")
+    with pytest.raises(VerificationError, match="no CUDAExecutionProvider"):
+        session(mlp_onnx, device="cuda")
+
+
+# ---------------------------------------------------------------- checker
+
+
+def test_check_model_passes_valid_models(mlp_onnx: Path, subgraph_model) -> None:
+    check_model(mlp_onnx)
+    check_model(subgraph_model.path)
+
+
+def test_check_model_rejects_an_undefined_input(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["missing"], ["Y"])],
+        "broken",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "broken.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(VerificationError, match="ONNX checker") as info:
+        check_model(path)
+    assert str(path) in str(info.value)
+
+
+def test_check_model_runs_shape_inference(tmp_path: Path) -> None:
+    # MatMul of [2,3] by [4,5] is structurally fine; only full_check's shape inference catches it.
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["A", "B"], ["Y"])],
+        "shapes",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("B", TensorProto.FLOAT, [4, 5])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 5])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)  # the plain check passes
+    path = tmp_path / "shapes.onnx"
+    onnx.save_model(model, str(path))
+    with pytest.raises(VerificationError):
+        check_model(path)
