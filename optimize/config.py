@@ -225,14 +225,18 @@ def _yaml_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return loc
 
 
-def _raise_validation(exc: ValidationError, doc: YamlDocument) -> None:
+def _raise_validation(exc: ValidationError, doc: YamlDocument, overridden: list[tuple[Any, ...]]) -> None:
     errors = exc.errors()
     first = errors[0]
     loc = tuple(first["loc"])
     message = _friendly(first, loc, doc.data)
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     key = render_key_path(loc) if loc else None
-    raise ConfigError(message + more, file=doc.file, line=doc.line_of(_yaml_path(loc)), key=key) from None
+    path = _yaml_path(loc)
+    if any(path[: len(o)] == o for o in overridden):
+        # the bad value came from --set, not from the file: point there, not at a file line
+        raise ConfigError(message + more, file="--set", key=key) from None
+    raise ConfigError(message + more, file=doc.file, line=doc.line_of(path), key=key) from None
 
 
 # ---------------------------------------------------------------- overrides
@@ -288,14 +292,16 @@ def validate_document(doc: YamlDocument, overrides: list[str] | tuple[str, ...] 
         raise ConfigError("config is empty; it needs at least 'schema_version: 1' and 'passes:'", file=doc.file, line=1)
     if not isinstance(data, dict):
         raise ConfigError("config must be a mapping at the top level", file=doc.file, line=1)
+    overridden: list[tuple[Any, ...]] = []
     for assignment in overrides:
         apply_override(data, assignment)
+        overridden.append(tuple(_parse_key(assignment.partition("=")[0].strip())))
     if "schema_version" not in data:
         raise ConfigError("required key missing; add 'schema_version: 1'", file=doc.file, line=1, key="schema_version")
     try:
         return pipeline_model().model_validate(data)
     except ValidationError as exc:
-        _raise_validation(exc, YamlDocument(data, doc.lines, doc.file))
+        _raise_validation(exc, YamlDocument(data, doc.lines, doc.file), overridden)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:

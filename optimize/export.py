@@ -10,7 +10,8 @@ import copy
 import io
 import logging
 import warnings
-from contextlib import redirect_stdout
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,19 @@ log = logging.getLogger("optimize")
 
 class ExportError(Exception):
     pass
+
+
+@contextmanager
+def _quiet_torch_onnx() -> Iterator[None]:
+    """The exporter logs warnings about optional packages (torchvision ops) on every call; they
+    say nothing about the user's model, so they are silenced for the export's duration."""
+    logger = logging.getLogger("torch.onnx")
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def example_inputs(handle: ModelHandle, batch: int = 2, seed: int = 0) -> tuple[Any, ...]:
@@ -103,7 +117,7 @@ def export_to_onnx(handle: ModelHandle, path: Path, opset: int = 18, exporter: s
     path.parent.mkdir(parents=True, exist_ok=True)
     for which in order:
         try:
-            with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
+            with warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad(), _quiet_torch_onnx():
                 warnings.simplefilter("ignore")
                 if which == "dynamo":
                     torch.onnx.export(

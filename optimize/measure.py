@@ -194,8 +194,6 @@ def measure(
             f"the output stores more weight elements than the input ({in_total:,} → {total:,}): a weight shared "
             "between subgraphs or nodes was duplicated (ONNX Runtime's quantizer copies shared weights per use)"
         )
-    for s in state["steps"]:
-        findings.extend(f"{s.type}: {note}" for note in s.notes)
 
     report = Report(
         tool={"name": "optimize", "version": __version__},

@@ -129,7 +129,8 @@ def write_atomic(model_path: str | Path, target: str | Path) -> Path:
         )
         for f in tmp_dir.iterdir():
             os.chmod(f, 0o666 & ~_umask())
-        os.replace(tmp_dir / data_name, target.parent / data_name)
+        if (tmp_dir / data_name).exists():  # onnx keeps tensors under 1 KB inline
+            os.replace(tmp_dir / data_name, target.parent / data_name)
         os.replace(tmp_dir / target.name, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -71,8 +71,11 @@ def parity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str
     for ref, cand in zip(reference, candidate, strict=True):
         if ref.shape != cand.shape:
             raise VerificationError(f"output shape changed: {ref.shape} → {cand.shape}")
-        r = ref.reshape(len(ref), -1).astype(np.float64) if ref.ndim else ref.reshape(1, -1).astype(np.float64)
-        c = cand.reshape(len(cand), -1).astype(np.float64) if cand.ndim else cand.reshape(1, -1).astype(np.float64)
+        # One value per sample (ndim <= 1): a per-sample cosine would only compare signs, so the
+        # whole output vector is compared as one.
+        per_sample = ref.ndim >= 2
+        r = (ref.reshape(len(ref), -1) if per_sample else ref.reshape(1, -1)).astype(np.float64)
+        c = (cand.reshape(len(cand), -1) if per_sample else cand.reshape(1, -1)).astype(np.float64)
         num = (r * c).sum(axis=1)
         den = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
         both_zero = (np.linalg.norm(r, axis=1) == 0) & (np.linalg.norm(c, axis=1) == 0)
