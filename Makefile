@@ -29,8 +29,10 @@ test-all: install
 lint: install
 	$(BIN)/ruff check optimize passes cli tests bench
 
+# BENCH_ARGS: e.g. --quick, --only mlp, --wait-idle 300 (see bench/README.md)
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf out .pytest_cache build *.egg-info

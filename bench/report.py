@@ -48,7 +48,7 @@ def _digits_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _steps_table(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["| # | step | form | seconds | weights before → after |", "| --- | --- | --- | ---: | --- |"]
+    out = ["| # | step or phase | form | seconds | weights before → after |", "| --- | --- | --- | ---: | --- |"]
     for r in rows:
         out.append(f"| {r['step']} | {r['pass']} | {r['form']} | {r['seconds']:.2f} | {r['params']} |")
     return out
@@ -108,7 +108,7 @@ def render(*, profile: dict[str, Any], cases: list[dict[str, Any]], mode: str, s
         lines += ["", f"## {i}. {c['title']}", ""]
         if "error" in c:
             lines += ["| case | result |", "| --- | --- |", f"| {c['name']} | **error**: {c['error']} |"]
-        for t in c.get("tables", []):
+        for t in sorted(c.get("tables", []), key=lambda t: t["kind"] == "steps"):  # results first, tool time after
             lines += [f"*{t['caption']}*", ""] + RENDER[t["kind"]](t["rows"]) + [""]
         for n in c.get("notes", []):
             lines.append(f"- {n}")

@@ -108,21 +108,117 @@ def speed_columns(timings: dict[str, Any], base: str) -> dict[str, dict[str, Any
     return out
 
 
+class PhaseTimer:
+    """A `Progress` that records when the pipeline's phases start and finish (baseline export,
+    calibration and epochs inside passes, verification, accuracy, latency), so the tool's own time
+    is visible per phase, not only per pass."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, tuple[float, str, bool]] = {}
+        self.phases: list[dict[str, Any]] = []
+
+    def start(self, key: str, description: str, total: int | None) -> None:
+        if key not in self.open:
+            self.open[key] = (time.perf_counter(), description, "pipeline" in self.open)
+
+    def advance(self, key: str, steps: int = 1, info: str | None = None) -> None:
+        pass
+
+    def finish(self, key: str, info: str | None = None) -> None:
+        if key in self.open:
+            t0, desc, nested = self.open.pop(key)
+            self.phases.append({"key": key, "what": desc, "start": t0, "seconds": time.perf_counter() - t0,
+                                "inside_pass": nested})
+
+
 def run_optimize(model: str | None, config: str | None, out: Path, threads: int,
-                 overrides: list[str] | None = None) -> tuple[Any, float]:
-    """`optimize run` through the library; returns (report, wall seconds). Gates never raise here:
-    the report's status says whether they passed."""
+                 overrides: list[str] | None = None) -> tuple[Any, float, PhaseTimer]:
+    """`optimize run` through the library; returns (report, wall seconds, phase timer). Gates never
+    raise here: the report's status says whether they passed."""
     from optimize.api import RunOptions
     from optimize.pipeline import run
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    timer = PhaseTimer()
     opts = RunOptions(
         model=model, config=config, output=str(out), threads=threads, overrides=list(overrides or []),
         fail_on_gate=False, work_dir=out.parent / f"{out.stem}.work",  # keeps the FP32 export for timing
+        progress=timer,
     )
     t0 = time.perf_counter()
     report = run(opts)
-    return report, time.perf_counter() - t0
+    return report, time.perf_counter() - t0, timer
+
+
+def tool_time_rows(report: Any, timer: PhaseTimer, wall: float) -> list[dict[str, Any]]:
+    """The tool's own time: each phase in the order it ran, each pass (report.steps[].seconds) with
+    the phases it reported inside it, and the remainder (diagnostics, writing, loading)."""
+    rows: list[dict[str, Any]] = []
+    top = [p for p in timer.phases if not p["inside_pass"] and p["key"] != "pipeline"]
+    pipeline = next((p for p in timer.phases if p["key"] == "pipeline"), None)
+    nested = [p for p in timer.phases if p["inside_pass"]]
+    events = sorted(top + ([pipeline] if pipeline else []), key=lambda p: p["start"])
+    for p in events:
+        if p["key"] != "pipeline":
+            rows.append({"step": "", "pass": p["what"], "form": "", "seconds": p["seconds"], "params": ""})
+            continue
+        # steps run back to back from the pipeline's start: each nested phase goes under the step
+        # whose time span holds its start
+        left = sorted(nested, key=lambda p: p["start"])
+        end = p["start"]
+        for i, st in enumerate(report.steps):
+            end += st.seconds
+            rows.append({"step": st.index, "pass": st.type + (" (inserted)" if st.inserted else ""), "seconds": st.seconds,
+                         "form": f"{st.form_in} → {st.form_out}", "params": f"{st.params_before} → {st.params_after}"})
+            last = i == len(report.steps) - 1
+            while left and (last or left[0]["start"] < end):
+                n = left.pop(0)
+                rows.append({"step": "", "pass": f"↳ inside it: {n['what']}", "form": "", "seconds": n["seconds"], "params": ""})
+    accounted = sum(p["seconds"] for p in top) + sum(st.seconds for st in report.steps)
+    rows.append({"step": "", "pass": "the rest (loading, counting weights, writing files)", "form": "", "seconds": wall - accounted,
+                 "params": ""})
+    rows.append({"step": "", "pass": "**total `optimize run`** (wall)", "form": "", "seconds": wall, "params": ""})
+    return rows
+
+
+def torch_eager_row(factory: str, fp32: Path, inputs: dict[str, np.ndarray], threads: int, warmup: int,
+                    repeat: int) -> dict[str, Any]:
+    """torch eager (FP32, inference_mode) — what a user without ONNX runs — interleaved round by
+    round with the FP32 ONNX session on the same input (spinning off, same threads); speedup is the
+    median of per-round FP32-ONNX / torch ratios, as for every other row."""
+    import torch
+
+    from optimize.benchmark import MIN_SAMPLE_MS
+    from optimize.loaders import load_model
+    from optimize.runtime import feeds_for, session
+
+    h = load_model(factory)
+    module = h.module.eval()
+    torch.set_num_threads(threads)
+    names = [sp.name for sp in h.inputs] or list(inputs)
+    args = tuple(torch.from_numpy(inputs[n]) for n in names)
+    sess = session(fp32, threads=threads)
+    feed = feeds_for(sess, inputs)
+    with torch.inference_mode():
+        fastest = float("inf")
+        for _ in range(max(warmup, 1)):
+            t0 = time.perf_counter()
+            module(*args)
+            sess.run(None, feed)
+            fastest = min(fastest, (time.perf_counter() - t0) * 1000.0)
+        inner = max(1, min(1000, int(MIN_SAMPLE_MS / max(fastest / 2, 1e-3))))
+        onnx_ms, torch_ms = [], []
+        for r in range(repeat):
+            for which in (("onnx", "torch") if r % 2 == 0 else ("torch", "onnx")):
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    module(*args) if which == "torch" else sess.run(None, feed)
+                (torch_ms if which == "torch" else onnx_ms).append((time.perf_counter() - t0) * 1000.0 / inner)
+    ratios = [a / b for a, b in zip(onnx_ms, torch_ms, strict=True) if b > 0]
+    q1, q3 = np.percentile(ratios, [25, 75]).tolist()
+    return {"variant": f"torch eager FP32 ({torch.__version__}, interleaved with FP32 ONNX)",
+            "median_ms": float(np.median(torch_ms)), "speedup": float(np.median(ratios)), "speedup_iqr": [q1, q3],
+            "runs": len(torch_ms), "size_mb": None, "size_ratio": None, "cosine": None}
 
 
 def tool_summary(report: Any, seconds: float) -> str:
@@ -194,8 +290,10 @@ def case_mlp(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
 
     def opt(config: str, name: str) -> Any:
         def go() -> Path:
-            report, secs = run_optimize(str(fp32), str(REPO / config), d / f"{name}.onnx", threads)
+            report, secs, timer = run_optimize(str(fp32), str(REPO / config), d / f"{name}.onnx", threads)
             case["notes"].append(f"`{config}` — {tool_summary(report, secs)}.")
+            case["tables"].append({"caption": f"the tool's own time, `{config}` (phases and passes)", "kind": "steps",
+                                   "rows": tool_time_rows(report, timer, secs)})
             return Path(report.files["model"])
         return go
 
@@ -224,6 +322,11 @@ def case_mlp(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
                 continue
             rows.append({"variant": label, **cols[label], "size_mb": sizes[label] / 1e6,
                          "size_ratio": sizes["FP32 ONNX"] / sizes[label], "cosine": cos[label]})
+        say(f"mlp: torch eager FP32, batch {batch}")
+        try:
+            rows.append(torch_eager_row("bench.models:mlp", fp32, inputs, threads, s["mlp_warmup"], s["mlp_repeat"]))
+        except Exception as exc:
+            rows.append({"variant": "torch eager FP32", "error": first_line(exc)})
         case["tables"].append({"caption": f"batch {batch}, {threads} threads", "kind": "speed", "rows": rows})
         for label in variants:
             if label.startswith("optimize"):
@@ -255,7 +358,7 @@ def case_digits(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
     ensure_teacher()
     teach_s = time.perf_counter() - t0
     say("digits: optimize run (no model, default config)")
-    report, secs = run_optimize(None, None, d / "digits.opt.onnx", threads)
+    report, secs, timer = run_optimize(None, None, d / "digits.opt.onnx", threads)
     teacher_onnx = d / "digits.opt.work" / "input" / "model.onnx"
     out_onnx = Path(report.files["model"])
 
@@ -284,15 +387,8 @@ def case_digits(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
         })
     case["tables"].append({"caption": f"{threads} threads; accuracy on the {len(x_te)}-sample digits test split",
                            "kind": "digits", "rows": rows})
-    steps = [{"step": st.index, "pass": st.type + (" (inserted)" if st.inserted else ""), "seconds": st.seconds,
-              "form": f"{st.form_in} → {st.form_out}", "params": f"{st.params_before} → {st.params_after}"}
-             for st in report.steps]
-    pass_total = sum(st.seconds for st in report.steps)
-    steps.append({"step": "", "pass": "measure + verify + write (the rest of the run)", "seconds": report.seconds - pass_total,
-                  "form": "", "params": ""})
-    steps.append({"step": "", "pass": "**total `optimize run`** (report.seconds)", "seconds": report.seconds,
-                  "form": "", "params": ""})
-    case["tables"].append({"caption": "the tool's own time per pass (report.steps[].seconds)", "kind": "steps",
+    steps = tool_time_rows(report, timer, secs)
+    case["tables"].append({"caption": "the tool's own time (phases and passes; report.steps[].seconds)", "kind": "steps",
                            "rows": steps})
     sp = report.metrics.get("speedup")
     case["notes"].append(
@@ -347,12 +443,15 @@ def case_resnet(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
 
     say("resnet: optimize run (structured prune 50%)")
     fp32: Path | None = None
+    steps_table: dict[str, Any] | None = None
     try:
-        report, secs = run_optimize("bench.models:resnet18_like", str(REPO / "bench/configs/resnet-prune50.yaml"),
+        report, secs, timer = run_optimize("bench.models:resnet18_like", str(REPO / "bench/configs/resnet-prune50.yaml"),
                                     d / "pruned.onnx", threads, overrides)
         fp32 = d / "pruned.work" / "input" / "model.onnx"  # the tool's own FP32 export of the input
         variants[prune_label] = Path(report.files["model"])
         case["notes"].append(f"{tool_summary(report, secs)}.")
+        steps_table = {"caption": "the tool's own time, structured prune 50% (phases and passes)", "kind": "steps",
+                       "rows": tool_time_rows(report, timer, secs)}
         pm = report.metrics.get("params_removed")
         if pm is not None and pm.value is not None:
             case["notes"].append(f"Weights removed by pruning: {pm.value:.1%} ({pm.inputs}).")
@@ -396,7 +495,15 @@ def case_resnet(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
             continue
         rows.append({"variant": label, **cols[label], "size_mb": sizes[label] / 1e6,
                      "size_ratio": sizes["FP32 ONNX"] / sizes[label], "cosine": cos[label]})
+    say("resnet: torch eager FP32")
+    try:
+        rows.append(torch_eager_row("bench.models:resnet18_like", fp32, inputs, threads, s["resnet_warmup"],
+                                    s["resnet_repeat"]))
+    except Exception as exc:
+        rows.append({"variant": "torch eager FP32", "error": first_line(exc)})
     case["tables"].append({"caption": f"batch {batch}, {res}×{res}, {threads} threads", "kind": "speed", "rows": rows})
+    if steps_table is not None:
+        case["tables"].append(steps_table)
     if prune_label in errors:
         for t in ("speedup ≥ 3x", "size ≥ 3.5x smaller"):
             case["targets"].append({"target": f"ResNet pruned 50%: {t}", "result": f"error: {errors[prune_label]}"})

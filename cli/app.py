@@ -107,8 +107,9 @@ def print_error(exc: BaseException, verbose: bool = False) -> int:
     if verbose:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     if isinstance(exc, KeyboardInterrupt):
-        _err("interrupted")
-        return 130
+        code = int(getattr(exc, "exit_code", 130))  # optimize.errors.Terminated (SIGTERM): 143
+        _err("terminated (SIGTERM)" if code == 143 else "interrupted")
+        return code
     if isinstance(exc, OptimizeError):
         _err(f"error: {_one_line(str(exc))}")
         return int(getattr(exc, "exit_code", 1))
@@ -186,6 +187,31 @@ def _stdout_to_stderr() -> Iterator[None]:
                 sys.stdout.flush()
             os.dup2(saved_fd, fd)
             os.close(saved_fd)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command works, SIGTERM raises `Terminated` (a KeyboardInterrupt) so the Ctrl-C
+    cleanup runs (temporary files removed, nothing under the final name) and the exit code is 143.
+    A second SIGTERM during that cleanup kills at once (the default action)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        from optimize.errors import Terminated
+
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -270,6 +296,9 @@ def run(
     work_dir: str | None = typer.Option(
         None, "--work-dir", metavar="DIR", help="Keep intermediate files here (default: a temporary dir, removed).", show_default=False
     ),
+    resume: bool = typer.Option(
+        False, "--resume", metavar="", help="Continue training (distill) from its latest checkpoint (checkpoint_every)."
+    ),
 ) -> None:
     """Run a pipeline: load MODEL, apply the passes in CONFIG, write a verified ONNX and a report."""
     from pathlib import Path
@@ -291,9 +320,10 @@ def run(
         trust_model=trust_model,
         fail_on_gate=fail_on_gate,
         work_dir=Path(work_dir) if work_dir else None,
+        resume=resume,
     )
 
-    with _quiet_warnings(quiet):
+    with _quiet_warnings(quiet), _sigterm_as_interrupt():
         from optimize import pipeline
 
         if dry_run:
@@ -318,7 +348,10 @@ def run(
             if partial is not None:
                 _emit_report(partial, as_json)
             raise
-        _emit_report(result, as_json)
+        from optimize.distributed import is_main
+
+        if is_main():  # under torchrun only rank 0 prints results; every rank exits with its code
+            _emit_report(result, as_json)
         _check_status(result, fail_on_gate)
 
 
@@ -333,15 +366,18 @@ def _check_status(report: Any, fail_on_gate: bool) -> None:
 
 
 def _emit_report(report: Any, as_json: bool) -> None:
-    """The report on stdout (JSON or tables); failed gates as one line each on stderr."""
+    """The report on stdout (JSON or tables); every gate as one line on stderr (passed ones first);
+    failed gates also as GitHub Actions error annotations when GITHUB_ACTIONS is true."""
     if as_json:
         _emit_json(report.model_dump(mode="json"))
     else:
         from cli.render import print_report
 
         print_report(report, _stdout_console())
-    from cli.render import gate_failure_lines, github_error
+    from cli.render import gate_failure_lines, gate_passed_lines, github_error
 
+    for line in gate_passed_lines(report):
+        _err(line)
     lines = gate_failure_lines(report)
     for line in lines:
         _err(line)
@@ -497,13 +533,18 @@ def inspect_cmd(
 def _parse_threads(value: str | None) -> list[int] | None:
     if value is None:
         return None
+    return _parse_counts(value, "--threads")
+
+
+def _parse_counts(value: str, flag: str) -> list[int]:
+    what = "thread counts" if flag == "--threads" else "batch sizes"
     try:
-        threads = [int(x) for x in value.replace(" ", "").split(",") if x]
+        counts = [int(x) for x in value.replace(" ", "").split(",") if x]
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated thread counts like 1,4; got {value!r}", param_hint="'--threads'") from None
-    if not threads or any(t < 1 for t in threads):
-        raise typer.BadParameter(f"thread counts must be positive integers; got {value!r}", param_hint="'--threads'")
-    return sorted(set(threads))
+        raise typer.BadParameter(f"expected comma-separated {what} like 1,4; got {value!r}", param_hint=f"'{flag}'") from None
+    if not counts or any(t < 1 for t in counts):
+        raise typer.BadParameter(f"{what} must be positive integers; got {value!r}", param_hint=f"'{flag}'")
+    return sorted(set(counts))
 
 
 @app.command(epilog=EPILOG)
@@ -515,9 +556,9 @@ def bench(
     ),
     device: Device = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     threads: str | None = typer.Option(
-        None, "--threads", metavar="N[,N...]", help="Thread counts to measure, e.g. 1,4 (default: 1 and all cores).", show_default=False
+        None, "--threads", metavar="N[,N...]", help="Thread counts to measure, e.g. 1,4 (default: 1, 2, 4, … all cores).", show_default=False
     ),
-    batch: int = typer.Option(1, "--batch", min=1, metavar="N", help="Batch size."),
+    batch: str = typer.Option("1", "--batch", metavar="N[,N...]", help="Batch sizes to measure, e.g. 1,8."),
     warmup: int = typer.Option(5, "--warmup", min=0, metavar="N", help="Untimed runs first."),
     repeat: int = typer.Option(30, "--repeat", min=3, metavar="N", help="Timed runs per model and setting."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the results as one JSON document."),
@@ -528,12 +569,14 @@ def bench(
     quiet: bool = typer.Option(False, "-q", "--quiet", metavar="", help="No progress or logs; only errors."),
     verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Debug logs and full tracebacks on errors."),
 ) -> None:
-    """Measure latency (median over repeated runs after warm-up) of MODEL, optionally vs OTHER."""
+    """Measure MODEL (optionally vs OTHER, interleaved) over a batch × thread sweep: p50/p90/p99,
+    throughput, outliers, parallel speedup, memory."""
     from cli.progress import make_progress, setup_logging
 
     _check_verbosity(quiet, verbose)
     setup_logging(quiet=quiet, verbose=verbose)
-    thread_list = _parse_threads(threads)  # None: the library's default (1 and all cores)
+    thread_list = _parse_threads(threads)  # None: the library's default (1, 2, 4, … all cores)
+    batch_list = _parse_counts(batch, "--batch")
     with _quiet_warnings(quiet):
         from optimize.benchmark import bench_models
 
@@ -543,7 +586,7 @@ def bench(
                 model,
                 vs,
                 threads=thread_list,
-                batch=batch,
+                batch=batch_list,
                 warmup=warmup,
                 repeat=repeat,
                 device=device,
@@ -558,6 +601,13 @@ def bench(
     _stdout_console().print(bench_renderable(result))
 
 
+# ---------------------------------------------------------------- prune-scan (cli/prune_scan.py)
+
+from cli.prune_scan import prune_scan_cmd  # noqa: E402
+
+app.command(name="prune-scan", epilog=EPILOG)(_handle_errors(prune_scan_cmd))
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -568,12 +618,30 @@ def main(argv: list[str] | None = None) -> None:
     what escapes both (an interrupt during option parsing, a bug in a callback).
     """
     try:
-        app(args=argv, prog_name="optimize", standalone_mode=True)
+        code = app(args=argv, prog_name="optimize", standalone_mode=False)
     except SystemExit:
         raise
+    except _CLICK_EXCEPTION as exc:  # a usage error (unknown flag, bad value): one line, exit 2
+        sys.exit(_usage_error(exc))
     except BaseException as exc:  # noqa: BLE001 - the last line of defence
+        if type(exc).__name__ == "Abort":  # click's Abort (e.g. EOF at a prompt)
+            _err("aborted")
+            sys.exit(1)
         verbose = any(a in ("-v", "--verbose") for a in (argv if argv is not None else sys.argv[1:]))
         sys.exit(print_error(exc, verbose))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Any) -> int:
+    """Print click's usage error as `error: MESSAGE (see 'optimize CMD --help')`, one line (CI logs,
+    grep), and return its exit code. `optimize` with no arguments still prints the help."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        exc.show()
+        return int(exc.exit_code)
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None and getattr(ctx, "command_path", None) else ""
+    _err(f"error: {_one_line(exc.format_message())}{where}")
+    return int(getattr(exc, "exit_code", 2))
 
 
 if __name__ == "__main__":

@@ -104,6 +104,10 @@ def report_renderable(report: Any) -> RenderableType:
             findings.append(f)
         parts.append(findings)
 
+    diag = getattr(report, "diagnostics", None)
+    if diag is not None:
+        parts.append(diagnostics_renderable(diag))
+
     if report.files:
         files = Table.grid(padding=(0, 2))
         files.add_column(style="bold")
@@ -113,6 +117,41 @@ def report_renderable(report: Any) -> RenderableType:
         parts.append(files)
 
     return Group(*_spaced(parts))
+
+
+def diagnostics_renderable(diag: Any) -> RenderableType:
+    """"Why is it (not) faster?": kernels as ONNX Runtime runs them, kernel-time shares, causes."""
+    from optimize.diagnose import KINDS
+
+    t = _table("Why is it (not) faster? (ONNX Runtime's optimized graph)", ["", "input", "output"], nowrap=("",))
+    graphs = [diag.input.runtime or diag.input.file, diag.output.runtime or diag.output.file]
+
+    def cells(fn: Any) -> list[str]:
+        return ["—" if g is None else fn(g) for g in graphs]
+
+    for kind in KINDS:
+        if any(g is not None and g.kernels.get(kind) for g in graphs):
+            t.add_row(f"{kind} kernels", *cells(lambda g, k=kind: str(g.kernels.get(k, 0))))
+    t.add_row("weights in integer kernels",
+              *cells(lambda g: "—" if g.integer_weight_share is None else f"{g.integer_weight_share:.0%}"))
+    t.add_row("unfused Q→DQ pairs", *cells(lambda g: str(g.qdq_pairs_unfused)))
+    t.add_row("weights dequantized to float", *cells(lambda g: str(g.dequantized_weights_to_float)))
+    profs = [diag.input.profile, diag.output.profile]
+    if any(profs):
+        t.add_row("kernel ms per run", *["—" if p is None else f"{p.total_kernel_ms:.3f}" for p in profs])
+        kinds = list(dict.fromkeys(k for p in profs if p for k in p.ms_by_kind))
+        for k in kinds:
+            t.add_row(f"  {k} time", *["—" if p is None else f"{p.share_by_kind.get(k, 0.0):.0%}" for p in profs])
+    parts: list[RenderableType] = [t]
+    if diag.likely_causes:
+        causes = Text()
+        for i, c in enumerate(diag.likely_causes):
+            if i:
+                causes.append("\n")
+            causes.append("likely cause: ", style="yellow")
+            causes.append(c)
+        parts.append(causes)
+    return Group(*parts)
 
 
 def print_report(report: Any, console: Console) -> None:
@@ -133,6 +172,20 @@ def gate_failure_lines(report: Any) -> list[str]:
             continue
         op = "<" if g.name.startswith("min_") else ">" if g.name.startswith("max_") else "vs"
         lines.append(f"gate {g.name}: {_fmt(g.value)} {op} {_fmt(g.limit)} FAILED")
+    return lines
+
+
+def gate_passed_lines(report: Any) -> list[str]:
+    """One line per passed gate: `gate min_sparsity: 0.5 >= 0.4 passed`."""
+    lines = []
+    for g in getattr(report, "gates", None) or []:
+        if not g.passed:
+            continue
+        if g.message.startswith(f"{g.name}:"):
+            lines.append(f"gate {g.message.strip()} passed")
+        else:
+            op = ">=" if g.name.startswith("min_") else "<=" if g.name.startswith("max_") else "vs"
+            lines.append(f"gate {g.name}: {_fmt(g.value)} {op} {_fmt(g.limit)} passed")
     return lines
 
 
@@ -325,49 +378,56 @@ def data_renderable(data: Any, title: str | None = None) -> RenderableType:
 
 
 def bench_renderable(result: dict[str, Any]) -> RenderableType:
-    """`optimize bench` results: one row per thread count and model, with the speedups.
+    """`optimize bench` results: one row per batch, thread count and model.
 
-    Expects `optimize.benchmark.bench_models`' shape ({"threads": {"N": {"model": {...}, "vs":
-    {...}, "speedup_vs": x, "parallel_speedup": y}}, "models": {...}}); anything else is shown
-    generically."""
-    per_threads = result.get("threads") if isinstance(result, dict) else None
-    if not isinstance(per_threads, dict) or not all(isinstance(v, dict) for v in per_threads.values()):
+    Expects `optimize.benchmark.bench_models`' shape ({"results": [{"batch", "threads", "model": {...},
+    "vs": {...}, "speedup_vs", "parallel_speedup"}], "models": {...}, "memory": {...}}); anything
+    else is shown generically."""
+    rows = result.get("results") if isinstance(result, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return data_renderable(result)
     labels = {"model": "MODEL", "vs": "OTHER"}
-    models = result.get("models") or {}
-    has_vs = any("speedup_vs" in row for row in per_threads.values())
-    has_parallel = any("parallel_speedup" in row for row in per_threads.values())
-    columns = ["threads", "model", "median ms", "p90 ms", "min ms", "runs"]
-    columns += ["vs OTHER"] * has_vs + ["parallel"] * has_parallel
+    has_vs = any("speedup_vs" in r for r in rows)
+    columns = ["batch", "threads", "model", "p50 ms", "p90 ms", "p99 ms", "per s", "outliers"]
+    columns += ["vs OTHER"] * has_vs + ["parallel"]
     t = _table("Latency", columns, nowrap=tuple(columns))
     runtimes: dict[str, None] = {}
-    for threads, row in per_threads.items():
-        for label, timing in row.items():
+    for row in rows:
+        for label in ("model", "vs"):
+            timing = row.get(label)
             if not isinstance(timing, dict):
                 continue
             first = label == "model"
+            out = timing.get("outliers") or {}
             cells: list[Any] = [
-                str(threads),
-                labels.get(label, label),
-                _ms(timing.get("median_ms")),
-                _ms(timing.get("p90_ms")),
-                _ms(timing.get("min_ms")),
-                str(timing.get("runs", "")),
+                str(row.get("batch", "")), str(row.get("threads", "")), labels[label],
+                _ms(timing.get("p50_ms")), _ms(timing.get("p90_ms")), _ms(timing.get("p99_ms")),
+                f"{timing['throughput_per_s']:.1f}" if isinstance(timing.get("throughput_per_s"), int | float) else "",
+                f"{out.get('count', 0)}/{timing.get('runs', '')}",
             ]
             runtimes.setdefault(f"{timing.get('runtime', '?')} ({timing.get('device', '?')})", None)
             if has_vs:
                 cells.append(_ratio(row.get("speedup_vs")) if first else "")
-            if has_parallel:
-                cells.append(_ratio(row.get("parallel_speedup")) if first else "")
+            cells.append(_ratio(row.get("parallel_speedup")) if first else "")
             t.add_row(*cells)
-    head = {labels.get(k, k): v for k, v in models.items()}
-    head.update({k: v for k, v in result.items() if k not in ("threads", "models")})
+    head: dict[str, Any] = {labels.get(k, k): v for k, v in (result.get("models") or {}).items()}
+    head.update({k: result[k] for k in ("device", "warmup", "repeat") if k in result})
     head["runtime"] = ", ".join(runtimes)
-    notes = []
-    if has_vs:
-        notes.append("vs OTHER = OTHER latency / MODEL latency (median of interleaved pairs)")
-    if has_parallel:
-        notes.append("parallel = latency at the first thread count / latency at this one")
+    hw = result.get("hardware") or {}
+    if hw:
+        head["cpu"] = f"{hw.get('cpu')} ({hw.get('cores')} cores; {', '.join(hw.get('isa') or [])})"
+    mem = result.get("memory") or {}
+    for k, v in mem.items():
+        if isinstance(v, dict):
+            head[f"{labels.get(k, k)} memory"] = (
+                v.get("reason") or f"model {v['model_peak_mb']:.1f} MB (process peak {v.get('peak_rss_mb') or 0:.1f} MB)"
+                if isinstance(v.get("model_peak_mb"), int | float) else f"process peak {v.get('peak_rss_mb') or 0:.1f} MB"
+            )
+        elif k != "what" and isinstance(v, int | float):
+            head[k] = f"{v:.1f} MB"
+    notes = [f"{k}: {v}" for k, v in (result.get("formulas") or {}).items() if has_vs or k != "speedup_vs"]
+    if mem.get("what"):
+        notes.append(f"memory: {mem['what']}")
     return Group(*_spaced([data_renderable(head), t, Text("\n".join(notes), style="dim")]))
 
 

@@ -26,6 +26,7 @@ class RunOptions:
     fail_on_gate: bool = True
     progress: Progress = field(default_factory=NullProgress)
     work_dir: Path | None = None  # keep intermediate files here (default: a temp dir, removed)
+    resume: bool = False  # --resume: training passes continue from their latest checkpoint
 
 
 def config_overrides(opts: RunOptions) -> list[str]:

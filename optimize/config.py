@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from optimize.errors import ConfigError
 from optimize.yaml_source import YamlDocument, parse_yaml, read_yaml, render_key_path
+from optimize.yaml_source import safe_load as yaml_safe_load
 
 
 class Section(BaseModel):
@@ -54,10 +55,10 @@ class ModelSection(Section):
 
 class DataSourceConfig(Section):
     source: str = Field(
-        description="'builtin:digits', a .npz file (arrays named as the inputs, 'x' for one input, optional 'y'), or 'package.module:callable' returning (inputs, labels)."
+        description="'builtin:digits', a .npz file (arrays named as the inputs, 'x' for one input, optional 'y'), a .csv file (header row; label column label/y/target/class), a folder of images by class (root/<class>/*.png|jpg|npy; Pillow reads png/jpg), or 'package.module:callable' returning (inputs, labels)."
     )
     split: Literal["train", "test", "all"] = Field(
-        "all", description="For built-in data sets: the fixed train (80%) / test (20%) split."
+        "all", description="For built-in data sets, CSV files and image folders: the fixed train (80%) / test (20%) split (stratified by label)."
     )
     samples: int | None = Field(None, gt=0, description="Use at most this many samples.")
 
@@ -178,6 +179,8 @@ def _friendly(err: dict[str, Any], loc: tuple[Any, ...], data: Any) -> str:
         return f"unknown pass type '{tag}'{extra}; known: {', '.join(registry.names())}"
     if kind == "union_tag_not_found":
         return "each pass needs a 'type' key"
+    if kind == "value_error" and ctx.get("error") is not None:  # a validator's own message, without "Value error, "
+        return str(ctx["error"])
     if kind == "missing":
         return "required key missing"
     for bound, word in (("gt", "greater than"), ("ge", "at least"), ("lt", "less than"), ("le", "at most")):
@@ -258,7 +261,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     key, _, raw = assignment.partition("=")
     parts = _parse_key(key.strip())
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_safe_load(raw) if raw.strip() else None  # 1e-4 is a float, as in the file
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: value is not valid YAML: {raw!r}") from None
     node: Any = data

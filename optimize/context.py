@@ -28,6 +28,7 @@ class PlanContext:
     form_at_pass: str  # the model's form when this pass runs
     later: list[Any] = field(default_factory=list)  # the Pass objects after this one
     earlier: list[Any] = field(default_factory=list)
+    model: Any = None  # the loaded input ModelHandle when known before any work (None for the built-in example)
 
     def has_data(self, role: str) -> bool:
         return getattr(self.config.data, role) is not None
@@ -50,6 +51,7 @@ class RunContext:
     base_dir: Path = field(default_factory=Path.cwd)  # relative data paths resolve here
     _data: dict[str, Dataset | None] = field(default_factory=dict)
     step_index: int = 0
+    resume: bool = False  # --resume: training passes continue from their latest checkpoint
 
     @property
     def log(self) -> logging.Logger:

@@ -1,4 +1,5 @@
-"""Data sources: built-in real data sets, .npz files, Python callables, random inputs from a spec.
+"""Data sources: built-in real data sets, .npz files, CSV files, folders of images by class, Python
+callables, random inputs from a spec.
 
 All sources become a `Dataset`: input arrays keyed by the model's input names plus optional labels.
 """
@@ -131,10 +132,19 @@ def load_dataset(spec: Any, inputs: list[TensorSpec], base_dir: Path, seed: int 
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
             raise DataError(f"{where}: not a readable .npz file ({exc})") from None
         labels = arrays.pop("y", None)
+    elif source.lower().endswith(".csv"):
+        arrays, labels = _from_csv(_resolve(source, base_dir, where), where, inputs)
+        arrays, labels = _split(arrays, labels, spec.split)
+    elif not source.startswith("builtin:") and (_as_path(source, base_dir)).is_dir():
+        arrays, labels = _from_image_folder(_as_path(source, base_dir), where, inputs)
+        arrays, labels = _split(arrays, labels, spec.split)
     elif ":" in source:
         arrays, labels = _from_callable(source, where, base_dir)
     else:
-        raise DataError(f"{where}: expected 'builtin:NAME', a .npz file or 'package.module:callable'")
+        raise DataError(
+            f"{where}: expected 'builtin:NAME', a .npz or .csv file, an existing folder of images by class "
+            "(root/<class>/<image>), or 'package.module:callable'"
+        )
     if not arrays:
         raise DataError(f"{where}: contains no input arrays")
     bound = _bind_inputs(arrays, inputs, where)
@@ -173,3 +183,193 @@ def random_dataset(inputs: list[TensorSpec], n: int, seed: int = 0) -> Dataset:
         raise DataError("no data and no input spec: declare model.inputs or a data source")
     rng = np.random.default_rng(seed)
     return Dataset({s.name: s.random(n, rng) for s in inputs}, None, "random inputs from the input spec")
+
+
+# ---------------------------------------------------------------- CSV and image folders
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+LABEL_COLUMNS = ("label", "labels", "y", "target", "class")
+
+
+def _as_path(source: str, base_dir: Path) -> Path:
+    return Path(source) if Path(source).is_absolute() else base_dir / source
+
+
+def _resolve(source: str, base_dir: Path, where: str) -> Path:
+    path = _as_path(source, base_dir)
+    if not path.is_file():
+        raise DataError(f"{where}: file not found: {path}")
+    return path
+
+
+def _split(arrays: dict[str, np.ndarray], labels: Any, split: str) -> tuple[dict[str, np.ndarray], Any]:
+    """The fixed 80/20 train/test split (random_state 0; stratified by label when it can be)."""
+    if split == "all":
+        return arrays, labels
+    from sklearn.model_selection import train_test_split
+
+    n = len(next(iter(arrays.values())))
+    idx = np.arange(n)
+    stratify = None
+    if labels is not None and np.issubdtype(np.asarray(labels).dtype, np.integer):
+        counts = np.bincount(np.asarray(labels) - np.asarray(labels).min())
+        if counts[counts > 0].min() >= 2:
+            stratify = labels
+    tr, te = train_test_split(idx, test_size=0.2, random_state=0, stratify=stratify)
+    keep = np.sort(tr if split == "train" else te)
+    return {k: v[keep] for k, v in arrays.items()}, None if labels is None else np.asarray(labels)[keep]
+
+
+def _class_ids(values: list[str]) -> tuple[np.ndarray, list[str] | None]:
+    """Labels as numbers: integers as they are, else floats (regression), else class names → sorted ids."""
+    try:
+        ints = [int(v) for v in values]
+        if all(str(i) == v.strip() for i, v in zip(ints, values, strict=True)):
+            return np.asarray(ints, dtype=np.int64), None
+    except ValueError:
+        pass
+    try:
+        return np.asarray([float(v) for v in values], dtype=np.float32), None
+    except ValueError:
+        names = sorted(set(values))
+        lookup = {n: i for i, n in enumerate(names)}
+        return np.asarray([lookup[v] for v in values], dtype=np.int64), names
+
+
+def _from_csv(path: Path, where: str, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], Any]:
+    """A CSV with a header row. The label column is the one named label/y/target/class (if any).
+    One model input: every other column, in order, reshaped to the input's fixed shape when the
+    sizes agree. Several inputs: columns named `INPUT` or `INPUT.N` belong to that input."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{where}: cannot read CSV ({exc})") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if len(rows) < 2:
+        raise DataError(f"{where}: needs a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    body = rows[1:]
+    for i, r in enumerate(body, start=2):
+        if len(r) != len(header):
+            raise DataError(f"{where}: line {i} has {len(r)} fields, the header has {len(header)}")
+    label_col = next((i for i, h in enumerate(header) if h.lower() in LABEL_COLUMNS), None)
+    labels = None
+    if label_col is not None:
+        labels, names = _class_ids([r[label_col].strip() for r in body])
+    feature_cols = [i for i in range(len(header)) if i != label_col]
+    if not feature_cols:
+        raise DataError(f"{where}: no feature columns besides the label column '{header[label_col]}'")
+    groups: dict[str, list[int]] = {}
+    if len(specs) > 1:
+        names_in = {s.name for s in specs}
+        for i in feature_cols:
+            key = header[i].split(".", 1)[0]
+            if key not in names_in:
+                raise DataError(f"{where}: column '{header[i]}' names no model input ({', '.join(sorted(names_in))}); use INPUT or INPUT.N")
+            groups.setdefault(key, []).append(i)
+    else:
+        groups[specs[0].name if specs else "x"] = feature_cols
+    arrays: dict[str, np.ndarray] = {}
+    spec_by_name = {s.name: s for s in specs}
+    for name, cols in groups.items():
+        try:
+            arr = np.asarray([[float(r[i]) for i in cols] for r in body], dtype=np.float64)
+        except ValueError as exc:
+            raise DataError(f"{where}: a value in the columns of '{name}' is not a number ({exc})") from None
+        spec = spec_by_name.get(name)
+        if spec is not None:
+            tail = spec.shape[1:]
+            if all(isinstance(d, int) and d > 0 for d in tail) and int(np.prod(tail)) == arr.shape[1] and len(tail) != 1:
+                arr = arr.reshape(len(arr), *tail)
+            want = DTYPES.get(spec.dtype, np.float32)
+            arr = arr.astype(want)
+        else:
+            arr = arr.astype(np.float32)
+        arrays[name] = arr
+    return arrays, labels
+
+
+def _read_image(path: Path, channels: int | None, size: tuple[int, int] | None, where: str) -> np.ndarray:
+    """One image as float32 (C, H, W) in [0, 1]: .npy through numpy, other formats through Pillow."""
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{where}: cannot read {path.name} ({exc})") from None
+        scale = 255.0 if arr.dtype == np.uint8 else 1.0
+        arr = arr.astype(np.float32) / scale
+        if arr.ndim == 2:
+            arr = arr[None]
+        elif arr.ndim == 3 and arr.shape[-1] in (1, 3, 4) and arr.shape[0] not in (1, 3, 4):
+            arr = arr.transpose(2, 0, 1)  # HWC → CHW
+        if arr.ndim != 3:
+            raise DataError(f"{where}: {path.name} has shape {arr.shape}; expected (H, W), (H, W, C) or (C, H, W)")
+        if channels and arr.shape[0] != channels:
+            if channels == 1 and arr.shape[0] in (3, 4):
+                arr = arr[:3].mean(axis=0, keepdims=True)
+            elif channels == 3 and arr.shape[0] == 1:
+                arr = np.repeat(arr, 3, axis=0)
+            else:
+                raise DataError(f"{where}: {path.name} has {arr.shape[0]} channels, the model needs {channels}")
+        if size and tuple(arr.shape[1:]) != size:
+            raise DataError(f"{where}: {path.name} is {arr.shape[1]}x{arr.shape[2]}, the model needs {size[0]}x{size[1]} (.npy images are not resized)")
+        return arr
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(
+            f"{where}: reading {path.suffix} images needs Pillow (pip install pillow), which is not installed; "
+            "or store the images as .npy arrays"
+        ) from None
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if size and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read {path.name} ({exc})") from None
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _from_image_folder(root: Path, where: str, specs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """`root/<class>/<image>`: class folders in sorted order are labels 0..K-1 (as torchvision's
+    ImageFolder). Images become float32 in [0, 1], laid out as the model's (batch, C, H, W) input,
+    resized (Pillow) to its fixed height and width."""
+    if len(specs) > 1:
+        raise DataError(f"{where}: a folder of images feeds a one-input model; this one has {len(specs)} inputs")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{where}: no class folders in {root} (expected {root}/<class>/<image>)")
+    channels = size = None
+    channels_last = False
+    if specs:
+        shape = specs[0].shape
+        if len(shape) != 4:
+            raise DataError(f"{where}: images need a 4-D model input (batch, C, H, W); '{specs[0].name}' is {tuple(shape)}")
+        if shape[1] in (1, 3):
+            channels, hw = shape[1], shape[2:]
+        elif shape[3] in (1, 3):
+            channels, hw, channels_last = shape[3], shape[1:3], True
+        else:
+            hw = shape[2:]
+        if all(isinstance(d, int) and d > 0 for d in hw):
+            size = (int(hw[0]), int(hw[1]))
+    images, labels = [], []
+    for k, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
+        for f in files:
+            images.append(_read_image(f, channels, size, where))
+            labels.append(k)
+    if not images:
+        raise DataError(f"{where}: no images ({', '.join(IMAGE_SUFFIXES + ('.npy',))}) under {root}/<class>/")
+    shapes = {a.shape for a in images}
+    if len(shapes) > 1:
+        raise DataError(f"{where}: images differ in size {sorted(shapes)[:3]}; declare fixed H and W in model.inputs to resize them")
+    x = np.stack(images)
+    if channels_last:
+        x = x.transpose(0, 2, 3, 1)
+    return {specs[0].name if specs else "x": x}, np.asarray(labels, dtype=np.int64)

@@ -1,7 +1,8 @@
 """Typed errors. The CLI maps each class to one exit code, in one place (cli/app.py).
 
 Exit codes (an API for CI users): 0 done · 1 a pass or the runtime failed · 2 usage, config or
-input rejected before any work · 3 a quality gate failed · 130 interrupted.
+input rejected before any work · 3 a quality gate failed · 130 interrupted (SIGINT) · 143
+terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -72,3 +73,16 @@ class GateFailed(OptimizeError):
     def __init__(self, failed: list[str]) -> None:
         self.failed = failed
         super().__init__("quality gate failed: " + "; ".join(failed))
+
+
+class OutputError(OptimizeError):
+    """An output could not be written (disk full, read-only folder, ...). Nothing is left under the
+    final name; the message names the file and the operating system's reason."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so the same cleanup as Ctrl-C runs (temporary files
+    removed, nothing left under the final name). A KeyboardInterrupt subclass so every
+    `except KeyboardInterrupt` cleanup path handles it; the command line exits 143 (128 + 15)."""
+
+    exit_code = 143

@@ -56,7 +56,7 @@ def load_model(
     if suffix == ".onnx":
         return _onnx_handle(path, declared)
     if suffix == ".pt2":
-        return _from_pt2(path, declared, outputs)
+        return _from_pt2(path, declared, outputs, trust_model)
     if suffix in TORCH_SUFFIXES:
         return _from_torch_file(path, declared, outputs, trust_model)
     raise ModelLoadError(f"{spec}: unknown model type '{suffix}' (expected .onnx, .pt/.pth TorchScript, .pt2, or package.module:callable)")
@@ -73,7 +73,13 @@ def _onnx_handle(path: Path, declared: list[TensorSpec]) -> ModelHandle:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise ModelLoadError(f"{path}: not an ONNX model (empty graph)")
+    _check_versions(path, model)
     _check_external_data(path, model)
+    try:  # path-based: works for models over 2 GB; catches corruption that still decodes
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelLoadError(f"{path}: not a valid ONNX model (ONNX checker: {first})") from None
     specs = onnx_input_specs(path)
     if declared:  # the config can fill in symbolic dims or value ranges
         by_name = {d.name: d for d in declared}
@@ -81,6 +87,30 @@ def _onnx_handle(path: Path, declared: list[TensorSpec]) -> ModelHandle:
     return ModelHandle(
         form="onnx", inputs=specs, outputs=[o.name for o in model.graph.output], onnx_path=path, source=str(path)
     )
+
+
+def _check_versions(path: Path, model: Any) -> None:
+    """An IR or opset newer than the installed onnx knows is refused with the versions named (the
+    checker's own message for it is cryptic, and onnx's checker lets a newer opset through)."""
+    import onnx
+    import onnx.defs
+    from onnx.helper import VERSION_TABLE
+
+    max_ir = onnx.IR_VERSION
+    max_opset = {"": onnx.defs.onnx_opset_version(), "ai.onnx": onnx.defs.onnx_opset_version(), "ai.onnx.ml": VERSION_TABLE[-1][3]}
+    hint = f"this installation (onnx {onnx.__version__}) reads up to"
+    if model.ir_version > max_ir:
+        raise ModelLoadError(
+            f"{path}: ONNX IR version {model.ir_version} is newer than {hint} IR {max_ir}; upgrade onnx and onnxruntime, "
+            "or re-export the model with an older IR version"
+        )
+    for op in model.opset_import:
+        limit = max_opset.get(op.domain)
+        if limit is not None and op.version > limit:
+            raise ModelLoadError(
+                f"{path}: opset {op.version} of domain '{op.domain or 'ai.onnx'}' is newer than {hint} opset {limit}; "
+                "upgrade onnx and onnxruntime, or re-export the model with an older opset"
+            )
 
 
 def _check_external_data(path: Path, model: Any) -> None:
@@ -167,11 +197,26 @@ def load_weights(module: Any, path: Path) -> None:
         raise ModelLoadError(f"{path}: weights do not match the model: {' '.join(lines[1:3])[:300]}") from None
 
 
-def _from_pt2(path: Path, declared: list[TensorSpec], outputs: list[str]) -> ModelHandle:
+def _from_pt2(path: Path, declared: list[TensorSpec], outputs: list[str], trust: bool = False) -> ModelHandle:
+    import io
+
     import torch
 
+    source: Any = str(path)
+    if not trust:
+        # torch.export.load unpickles parts of the archive with weights_only=False and runs
+        # AOTInductor shared libraries: check every member first, then load those same bytes
+        # (not the path again, so the file cannot change between the check and the load).
+        data = path.read_bytes()
+        problem = pt2_safety_problem(data)
+        if problem:
+            raise ModelLoadError(
+                f"{path}: {problem}, which can run code when loaded; re-export it with plain tensors, "
+                "or pass --trust-model if you trust its source"
+            )
+        source = io.BytesIO(data)
     try:
-        program = torch.export.load(str(path))
+        program = torch.export.load(source)
     except Exception as exc:
         raise ModelLoadError(f"{path}: not a readable torch.export program ({type(exc).__name__})") from None
     example = None
@@ -224,3 +269,61 @@ def _from_torch_file(path: Path, declared: list[TensorSpec], outputs: list[str],
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot load ({type(exc).__name__}: {str(exc)[:200]})") from None
     return _torch_handle(module, declared, outputs, source=str(path))
+
+
+_PT2_META = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
+
+
+def pt2_safety_problem(data: bytes) -> str | None:
+    """Why loading this torch.export archive could run code, or None when it holds only plain data.
+
+    `torch.export.load` reads JSON (the graph, payload configs), raw tensor bytes, and pickles: the
+    sample inputs (weights_only=True, then falling back to weights_only=False), pickled weights and
+    constants (weights_only=False), torchbind and opaque objects (plain pickle); and it loads
+    AOTInductor shared libraries. So: AOTInductor code and Python-object constants are refused; every
+    member that torch would unpickle must unpickle under `weights_only=True` (tensors and primitive
+    containers only, no code). No library offers this check, hence hand-written; the member names
+    follow torch.export.pt2_archive.constants.
+    """
+    import io
+    import json
+
+    import torch
+    from torch.export.pt2_archive import constants as k
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        names = [n for n in zf.namelist() if not n.endswith("/")]
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return None  # not a zip: torch.export.load fails on it without unpickling anything
+    roots = {n.split("/", 1)[0] for n in names}
+    if len(roots) != 1 or any("/" not in n for n in names):
+        return "is not a torch.export archive of the current format (a legacy pickled program)"
+    root = roots.pop() + "/"
+    rel = {n[len(root):]: n for n in names}
+    if k.ARCHIVE_FORMAT_PATH not in rel:
+        return "is not a torch.export archive of the current format (a legacy pickled program)"
+    raw: set[str] = set()
+    for name, full in rel.items():
+        if name.endswith(".json") and (name.startswith(k.WEIGHTS_DIR) or name.startswith(k.CONSTANTS_DIR)):
+            try:
+                cfg = json.loads(zf.read(full)).get("config", {})
+            except Exception:
+                continue  # torch rejects a malformed config before unpickling anything from it
+            folder = k.WEIGHTS_DIR if name.startswith(k.WEIGHTS_DIR) else k.CONSTANTS_DIR
+            for meta in cfg.values() if isinstance(cfg, dict) else []:
+                if isinstance(meta, dict) and meta.get("use_pickle") is False and isinstance(meta.get("path_name"), str):
+                    raw.add(folder + meta["path_name"])
+    for name, full in sorted(rel.items()):
+        if name in _PT2_META or name.endswith(".json") or name.startswith(k.EXTRA_DIR) or name in raw:
+            continue
+        if name.startswith(k.AOTINDUCTOR_DIR):
+            return "contains AOTInductor compiled code (a shared library)"
+        base = name.rsplit("/", 1)[-1]
+        if name.startswith(k.CONSTANTS_DIR) and base.startswith((k.CUSTOM_OBJ_FILENAME_PREFIX, k.OPAQUE_OBJ_FILENAME_PREFIX)):
+            return f"holds a pickled Python object ({name})"
+        try:
+            torch.load(io.BytesIO(zf.read(full)), map_location="cpu", weights_only=True)
+        except Exception:
+            return f"holds a pickle that is not plain tensors ({name})"
+    return None

@@ -129,12 +129,13 @@ def measure(
     metrics["speedup"] = Metric(
         value=speedup, formula=F_SPEEDUP,
         inputs={"input_ms": timings["input"].median_ms, "output_ms": timings["output"].median_ms,
-                "threads": ctx.threads, "batch": m.batch, "runs": m.repeat},
+                "threads": ctx.threads, "batch": m.batch, "runs": m.repeat,
+                "round_ratios": [a / b for a, b in zip(timings["input"].times_ms, timings["output"].times_ms, strict=True) if b > 0]},
     )
+    slow_at = len(findings) if speedup < 1.0 else None  # its likely cause is added after the diagnostics
     if speedup < 1.0:
         findings.append(
             f"the output model is SLOWER than the input: speedup {speedup:.2f}x at {ctx.threads} threads, batch {m.batch}"
-            + _slow_cause(state, hw)
         )
     if m.single_thread and ctx.threads > 1:
         t1 = interleaved(
@@ -195,6 +196,11 @@ def measure(
             "between subgraphs or nodes was duplicated (ONNX Runtime's quantizer copies shared weights per use)"
         )
 
+    diagnostics = _diagnostics(ctx, baseline, final, bench_inputs, ort_device, speedup, metrics, findings)
+    if slow_at is not None:
+        causes = diagnostics.likely_causes if diagnostics is not None else []
+        findings[slow_at] += (" — likely cause: " + "; ".join(causes)) if causes else _slow_cause(state, hw)
+
     report = Report(
         tool={"name": "optimize", "version": __version__},
         status="ok",
@@ -210,6 +216,7 @@ def measure(
         metrics=metrics,
         latency=latency,
         findings=findings,
+        diagnostics=diagnostics,
     )
     report.gates = evaluate_gates(cfg.gates, report)
     if not par["all_finite"]:
@@ -219,6 +226,26 @@ def measure(
         report.status = "gate_failed"
     report.seconds = round(time.time() - started, 3)
     return report
+
+
+def _diagnostics(ctx: Any, baseline: Any, final: Any, inputs: dict[str, np.ndarray], ort_device: str, speedup: float,
+                 metrics: dict[str, Metric], findings: list[str]) -> Any:
+    """optimize.diagnose on the input and output models; never fails the run (null + a debug log)."""
+    from optimize.diagnose import diagnose, summary_findings
+
+    ctx.progress.start("diagnose", "diagnostics (ONNX Runtime's optimized graphs, kernel profile)", None)
+    try:
+        diag = diagnose(
+            baseline.onnx_path, final.onnx_path, ctx.work_dir / "diagnose", inputs, ctx.threads, ort_device,
+            speedup=speedup, sparsity=metrics["sparsity"].value, params_removed=metrics["params_removed"].value,
+        )
+    except Exception:
+        log.debug("diagnostics failed", exc_info=True)
+        return None
+    finally:
+        ctx.progress.finish("diagnose")
+    findings.extend(summary_findings(diag))
+    return diag
 
 
 def _slow_cause(state: dict[str, Any], hw: dict[str, Any]) -> str:

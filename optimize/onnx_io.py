@@ -27,19 +27,36 @@ def load(path: str | Path, load_external_data: bool = True) -> Any:
 
 
 def save(model: Any, path: str | Path) -> Path:
-    """Save a ModelProto; large models get their weights in `NAME.onnx.data` beside it."""
+    """Save a ModelProto; large models get their weights in `NAME.onnx.data` beside it.
+
+    `onnx.save_model(save_as_external_data=True)` moves the weights out of the caller's proto (it
+    then points at the data file, by a path relative to it); they are read back afterwards so the
+    caller's model stays self-contained and usable (found by tests/test_large_model.py)."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     normalize_ir_version(model)
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+    if proto_bytes(model) > EXTERNAL_DATA_THRESHOLD:
         onnx.save_model(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
         )
+        load_external_data_for_model(model, str(path.parent))
     else:
         onnx.save_model(model, str(path))
     return path
+
+
+def proto_bytes(model: Any) -> int:
+    """Serialized size of a ModelProto. protobuf raises EncodeError when asked to size a message
+    over 2 GiB; such a model is, by definition, over the external-data threshold."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return int(model.ByteSize())
+    except (EncodeError, ValueError, OverflowError):
+        return 2**31
 
 
 def normalize_ir_version(model: Any) -> None:
@@ -119,7 +136,7 @@ def write_atomic(model_path: str | Path, target: str | Path) -> Path:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     model = load(model_path)
-    if model.ByteSize() <= EXTERNAL_DATA_THRESHOLD:
+    if proto_bytes(model) <= EXTERNAL_DATA_THRESHOLD:
         return write_bytes_atomic(model.SerializeToString(), target)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:

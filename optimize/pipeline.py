@@ -160,6 +160,7 @@ def plan(opts: RunOptions) -> Plan:
         pc = PlanContext(
             config=cfg, input_form="torch" if example else handle.form,  # type: ignore[union-attr]
             has_input_spec=bool(inputs), index=i, form_at_pass=want, later=objects[i + 1 :], earlier=objects[:i],
+            model=handle,
         )
         try:
             obj.check(pc)
@@ -253,23 +254,38 @@ def run(opts: RunOptions) -> Any:
     started = time.time()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     pl = plan(opts)
+    from optimize import distributed  # torchrun: only rank 0 writes; every rank ends the same way
+
+    distributed.setup(pl.device)
+    main = distributed.is_main()
+    if not main:
+        from optimize.progress import NullProgress
+
+        opts.progress = NullProgress()
     own_work = opts.work_dir is None
     work = Path(opts.work_dir or tempfile.mkdtemp(prefix="optimize-"))
     work.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"steps": [], "input_facts": None}
     try:
-        return _execute(pl, opts, work, state, started, started_at)
+        result = _execute(pl, opts, work, state, started, started_at)
+        distributed.conclude(state, None, result)
+        return result
     except (OptimizeError, KeyboardInterrupt) as exc:
-        _remove_stale(pl.output_path)
-        if isinstance(exc, OptimizeError) and not isinstance(exc, GateFailed) and not isinstance(exc, UsageError):
+        if main:
+            _remove_stale(pl.output_path)
+        if main and isinstance(exc, OptimizeError) and not isinstance(exc, GateFailed) and not isinstance(exc, UsageError):
             exc.report = _failure_report(pl, state, exc, started, started_at)  # type: ignore[attr-defined]
+        distributed.conclude(state, exc)
         raise
     except Exception as exc:  # a bug or an unexpected library failure: exit 1, still say where
-        _remove_stale(pl.output_path)
         err = OptimizeError(f"internal: {type(exc).__name__}: {exc}")
-        err.report = _failure_report(pl, state, err, started, started_at)  # type: ignore[attr-defined]
+        if main:
+            _remove_stale(pl.output_path)
+            err.report = _failure_report(pl, state, err, started, started_at)  # type: ignore[attr-defined]
+        distributed.conclude(state, err)
         raise err from exc
     finally:
+        distributed.teardown()
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -357,7 +373,7 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
 
     ctx = RunContext(
         config=cfg, work_dir=work, device=pl.device, threads=threads, seed=cfg.seed, progress=progress,
-        input_model=handle, inputs=list(handle.inputs), base_dir=pl.base_dir,
+        input_model=handle, inputs=list(handle.inputs), base_dir=pl.base_dir, resume=opts.resume,
     )
 
     # The baseline everything is measured against: the input model as FP32 ONNX on the same runtime.
@@ -377,7 +393,13 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
     last_torch = handle if handle.form == "torch" else None
     total = len(pl.steps)
     progress.start("pipeline", "pipeline", total)
+    from optimize import distributed
+
+    follower = distributed.active() and not distributed.is_main()  # stops after the last training step
+    last_training = max((i for i, s in enumerate(pl.steps, 1) if getattr(s.pass_obj, "trains", False)), default=0)
     for n, step in enumerate(pl.steps, start=1):
+        if follower and n > last_training:
+            break
         ctx.step_index = n
         t0 = time.perf_counter()
         before = weight_count(current)
@@ -418,6 +440,9 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
         )
         progress.advance("pipeline", 1, info=f"{label} {seconds:.1f}s")
     progress.finish("pipeline")
+    state["passes_done"] = True
+    if follower:  # rank 0 exports, measures and writes; this rank returns (or raises) its outcome
+        return distributed.receive()
     if current.form != "onnx" or current.onnx_path is None:
         raise PassError("export", "the pipeline ended without an ONNX model (internal planning error)")
 
@@ -427,7 +452,13 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
         pl=pl, ctx=ctx, baseline=baseline, final=current, last_torch=last_torch, state=state,
         started=started, started_at=started_at, env=hardware.versions(), hw=hardware.describe(),
     )
-    return _write_outputs(pl, opts, current, report)
+    try:
+        return _write_outputs(pl, opts, current, report)
+    except OSError as exc:  # disk full, read-only folder, ...: exit 1 with the reason, not "internal"
+        from optimize.errors import OutputError
+
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise OutputError(f"cannot write the outputs in {pl.output_path.parent}: {reason} (errno {exc.errno})") from exc
 
 
 def _jsonable(obj: Any) -> Any:

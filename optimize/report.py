@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from optimize.diagnose import Diagnostics
+
 REPORT_SCHEMA_VERSION = 1
 
 
@@ -99,6 +101,10 @@ class Report(_M):
     )
     gates: list[Gate] = Field(default_factory=list)
     findings: list[str] = Field(default_factory=list, description="Warnings and explanations worth reading.")
+    diagnostics: Diagnostics | None = Field(
+        None, description="Why is it (not) faster: kernels in the file and in ONNX Runtime's optimized graph, a "
+        "kernel-time profile, unfused Q/DQ, and the likely causes of a slowdown (null when the run failed earlier)."
+    )
     files: dict[str, str] = Field(default_factory=dict, description="What was written: model, report, markdown.")
 
     def to_json(self) -> str:
@@ -162,12 +168,21 @@ def to_markdown(report: Report) -> str:
             params = f"{s.params_before} → {s.params_after}" if s.params_before is not None else ""
             name = s.type + (" (inserted)" if s.inserted else "")
             lines.append(f"| {s.index} | {name} | {s.form_in} → {s.form_out} | {s.seconds:.2f} | {params} | {'; '.join(s.notes)} |")
+        from optimize.prune_report import prune_markdown
+
+        for s in report.steps:
+            if s.type == "prune":
+                lines += prune_markdown(f"Step {s.index}: prune ({s.metrics.get('method')})", s.metrics)
     if report.gates:
         lines += ["", "## Gates", "", "| gate | limit | value | result |", "| --- | --- | --- | --- |"]
         for g in report.gates:
             lines.append(f"| {g.name} | {g.limit} | {g.value} | {'pass' if g.passed else 'FAIL'} |")
     if report.findings:
         lines += ["", "## Findings", ""] + [f"- {f}" for f in report.findings]
+    if report.diagnostics is not None:
+        from optimize.diagnose import markdown_lines
+
+        lines += markdown_lines(report.diagnostics)
     hw = report.hardware
     lines += ["", "## Environment", "", f"- CPU: {hw.get('cpu')} ({hw.get('cores')} cores; {', '.join(hw.get('isa', []))})"]
     lines.append(f"- GPU: {hw.get('gpu') or 'none'}")

@@ -8,6 +8,7 @@ path came from.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,27 @@ import yaml
 from optimize.errors import ConfigError
 
 KeyPath = tuple[Any, ...]
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """SafeLoader (only plain tags) that reads `1e-4` and `5E+3` as floats, as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (`1.0e-4`), so `lr: 1e-4` arrives as the
+    string "1e-4": pydantic would coerce it for a float field, but anywhere a string is also
+    accepted it would stay a string. Users write 1e-4; read it as the number they meant.
+    """
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def safe_load(text: str) -> Any:
+    """`yaml.safe_load` with `ConfigLoader` (used for `--set` values)."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
 
 
 class YamlDocument:
@@ -80,7 +102,7 @@ def _render(path: KeyPath) -> str:
 
 
 def parse_yaml(text: str, file: str | None = None) -> YamlDocument:
-    loader = yaml.SafeLoader(text)
+    loader = ConfigLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -37,15 +37,39 @@ from passes.base import Pass, PassConfig, PassResult
 class PruneConfig(PassConfig):
     method: Literal["magnitude", "structured", "nm"] = Field(
         "magnitude",
-        description="magnitude: zero the smallest weights; structured: remove whole output channels/neurons (torch only); nm: keep N of every M consecutive weights.",
+        description="magnitude: zero the smallest weights; structured: remove whole output channels/neurons, attention heads and FFN neurons (torch; on ONNX: output neurons/channels of MatMul/Gemm/Conv chains); nm: keep N of every M consecutive weights.",
     )
     sparsity: float = Field(
-        0.5, ge=0.0, lt=1.0, description="Fraction of weights (magnitude) or of channels per layer (structured) to remove."
+        0.5, ge=0.0, lt=1.0,
+        description="Fraction of weights (magnitude) or of channels / FFN neurons per layer (structured) to remove.",
     )
     scope: Literal["layer", "global"] = Field(
-        "layer", description="magnitude: rank weights within each layer, or across all selected layers."
+        "layer",
+        description="Rank weights (magnitude) or channel groups (structured) within each layer, or across all selected layers.",
     )
-    importance: Literal["l1", "l2"] = Field("l2", description="structured: channel importance norm.")
+    importance: Literal["l1", "l2", "taylor"] = Field(
+        "l2",
+        description="structured: channel importance. l1/l2: weight norm; taylor: |weight × gradient| of a loss on data.calibration (or data.train) samples (data-driven).",
+    )
+    importance_samples: int = Field(
+        128, ge=1, le=100_000, description="structured, importance taylor: data samples whose gradients are summed."
+    )
+    layer_sparsity: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-layer sparsity overriding `sparsity`: glob pattern on the layer / initializer name → fraction in [0, 1). The first matching pattern wins.",
+    )
+    max_ratio: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="structured: the largest fraction of any one layer's channels that may be removed (matters with scope: global).",
+    )
+    head_sparsity: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="structured, transformers: fraction of attention heads removed in each attention module (whole heads; `sparsity` then applies to FFN neurons).",
+    )
+    keep_hidden_size: bool = Field(
+        True,
+        description="structured, transformers: never prune the residual-stream width (layers whose output channels are coupled to a LayerNorm or an embedding); only heads and FFN neurons go.",
+    )
     n: int = Field(2, ge=1, description="nm: weights kept in each group.")
     m: int = Field(4, ge=2, le=64, description="nm: group size along the input dimension.")
     include: list[str] = Field(
@@ -56,11 +80,37 @@ class PruneConfig(PassConfig):
         True, description="Never prune the final layer (the classifier head), whose outputs are the model's outputs."
     )
     round_to: int | None = Field(None, gt=0, description="structured: keep channel counts a multiple of this.")
+    steps: int = Field(
+        1, ge=1, le=1000,
+        description="Gradual pruning: reach the target sparsity over this many steps (magnitude and structured, torch).",
+    )
+    schedule: Literal["linear", "cubic"] = Field(
+        "cubic",
+        description="Gradual pruning: sparsity after step k of K is s·k/K (linear) or s·(1−(1−k/K)³) (cubic, Zhu & Gupta 2017).",
+    )
+    finetune_epochs: int = Field(
+        0, ge=0, le=10_000,
+        description="Gradual pruning: epochs of fine-tuning (the distill loop, teacher = input model) between steps; needs data.train.",
+    )
+    finetune_lr: float = Field(1e-3, gt=0, le=10, description="Learning rate of the fine-tuning between steps.")
+    nm_gpu_benchmark: bool = Field(
+        True,
+        description="nm on --device cuda: time the 2:4 model with sparse semi-structured kernels against dense fp16/bf16 in torch and report both.",
+    )
 
     @model_validator(mode="after")
-    def _n_below_m(self) -> PruneConfig:
+    def _cross_checks(self) -> PruneConfig:
         if self.method == "nm" and self.n >= self.m:
             raise ValueError(f"n ({self.n}) must be smaller than m ({self.m})")
+        if self.method == "nm" and self.steps > 1:
+            raise ValueError("steps > 1 (gradual pruning) applies to magnitude and structured, not to nm")
+        bad = {k: v for k, v in self.layer_sparsity.items() if not 0.0 <= v < 1.0}
+        if bad:
+            raise ValueError(f"layer_sparsity values must be in [0, 1): {bad}")
+        if self.importance == "taylor" and self.method != "structured":
+            raise ValueError("importance: taylor applies to method: structured")
+        if self.finetune_epochs and self.steps == 1:
+            raise ValueError("finetune_epochs runs between gradual steps: set steps > 1 (or use a distill pass after prune)")
         return self
 
 
@@ -108,21 +158,25 @@ def _keep_largest(absval: np.ndarray, n_zero: int) -> np.ndarray:
     return keep
 
 
-def _magnitude_keep(weights: dict[str, np.ndarray], sparsity: float, scope: str) -> dict[str, np.ndarray]:
+def _magnitude_keep(
+    weights: dict[str, np.ndarray], sparsity: float, scope: str, per_layer: dict[str, float] | None = None
+) -> dict[str, np.ndarray]:
     """Keep-masks zeroing the smallest |w|: `sparsity` of each tensor (layer) or of all of them
-    together (global: one threshold across the tensors)."""
+    together (global: one threshold across the tensors). Tensors named in `per_layer` are pruned
+    on their own to their own fraction."""
+    per_layer = per_layer or {}
     absval = {k: np.abs(np.asarray(w, dtype=np.float32)).ravel() for k, w in weights.items()}
-    if scope == "layer":
-        return {
-            k: _keep_largest(a, int(round(sparsity * a.size))).reshape(weights[k].shape) for k, a in absval.items()
-        }
-    if not absval:
-        return {}
-    flat = np.concatenate(list(absval.values()))
-    keep = _keep_largest(flat, int(round(sparsity * flat.size)))
     out: dict[str, np.ndarray] = {}
-    start = 0
     for k, a in absval.items():
+        if scope == "layer" or k in per_layer:
+            out[k] = _keep_largest(a, int(round(per_layer.get(k, sparsity) * a.size))).reshape(weights[k].shape)
+    rest = {k: a for k, a in absval.items() if k not in out}
+    if not rest:
+        return out
+    flat = np.concatenate(list(rest.values()))
+    keep = _keep_largest(flat, int(round(sparsity * flat.size)))
+    start = 0
+    for k, a in rest.items():
         out[k] = keep[start : start + a.size].reshape(weights[k].shape)
         start += a.size
     return out
@@ -152,6 +206,8 @@ def _layer_entry(name: str, before: tuple[int, ...], after: tuple[int, ...], zer
         "name": name,
         "shape_before": list(before),
         "shape_after": list(after),
+        "weights": int(total),
+        "zeros": int(zeros),
         "sparsity": round(zeros / total, 6) if total else 0.0,
     }
 
@@ -405,14 +461,26 @@ class PrunePass(Pass):
     def check(self, plan: Any) -> None:
         from optimize.errors import ConfigError
 
-        if self.config.method != "structured":
-            return
+        cfg = self.config
+        key = f"{plan.key}.prune"
         if plan.form_at_pass == "onnx":
+            torch_only = {
+                "importance": cfg.importance == "taylor", "head_sparsity": cfg.head_sparsity > 0,
+                "steps": cfg.steps > 1, "round_to": cfg.round_to is not None,
+            }
+            for field_name, used in torch_only.items():
+                if used:
+                    raise ConfigError(
+                        f"{field_name} needs a torch model; the model is ONNX at this point", key=f"{key}.{field_name}"
+                    )
+        if cfg.importance == "taylor" and not (plan.has_data("calibration") or plan.has_data("train")):
             raise ConfigError(
-                "structured pruning needs a torch model; the model is ONNX at this point",
-                key=f"{plan.key}.prune.method",
+                "importance: taylor ranks channels by gradients on data: declare data.calibration or data.train",
+                key=f"{key}.importance",
             )
-        if not plan.has_input_spec:
+        if cfg.finetune_epochs and not plan.has_data("train"):
+            raise ConfigError("finetune_epochs needs training data: declare data.train", key=f"{key}.finetune_epochs")
+        if cfg.method == "structured" and plan.form_at_pass == "torch" and not plan.has_input_spec:
             raise ConfigError(
                 "structured pruning traces the model with example inputs: declare model.inputs "
                 "(name, shape, dtype)",
@@ -420,16 +488,45 @@ class PrunePass(Pass):
             )
 
     def run(self, model: Any, ctx: Any) -> PassResult:
+        from passes import prune_util as U
+
         if model.form == "onnx":
-            return self._run_onnx(model, ctx)
-        if self.config.method == "structured":
-            return self._run_structured(model, ctx)
-        return self._run_masked(model, ctx)
+            if self.config.method == "structured":
+                from passes.prune_onnx_structured import run_onnx_structured
+
+                result = run_onnx_structured(self, model, ctx)
+            else:
+                result = self._run_onnx(model, ctx)
+            before = U.onnx_weight_arrays(model.onnx_path)
+            after = U.onnx_weight_arrays(result.model.onnx_path)
+        else:
+            if self.config.method == "structured":
+                result = self._run_structured(model, ctx)
+            else:
+                result = self._run_masked(model, ctx)
+            before = U.torch_weight_arrays(model.module)
+            after = U.torch_weight_arrays(result.model.module)
+            if self.config.method == "nm" and str(getattr(ctx, "device", "cpu")).startswith("cuda") \
+                    and self.config.nm_gpu_benchmark:
+                from passes.prune_gpu import nm_gpu_benchmark
+
+                result.metrics["nm_gpu"] = nm_gpu_benchmark(result.model, ctx)
+        raw_b, zip_b = U.compressed_bytes(before)
+        raw_a, zip_a = U.compressed_bytes(after)
+        result.metrics["compressed_bytes"] = {
+            "formula": "zlib (DEFLATE, level 6) of the weights' float bytes, as in a .zip",
+            "raw_before": raw_b, "raw_after": raw_a, "zip_before": zip_b, "zip_after": zip_a,
+            "ratio": round(zip_b / zip_a, 4) if zip_a else None,
+        }
+        return result
 
     # ---- torch: magnitude and N:M, as mask parametrizations -------------------------------
 
     def _run_masked(self, model: Any, ctx: Any) -> PassResult:
+        import time
+
         from optimize.export import copy_module
+        from passes import prune_util as U
 
         cfg = self.config
         module = copy_module(model.module)  # deepcopy that leaves the input's parametrizations alone
@@ -445,39 +542,76 @@ class PrunePass(Pass):
             (n, m) for n, m in layers if n not in out_layers and _selected(cfg, [n, f"{n}.weight"])
         ]
         shapes = {n: tuple(m.weight.shape) for n, m in chosen}
+        per_layer = {
+            n: r for n, _ in chosen
+            if (r := U.layer_ratio([n, f"{n}.weight"], cfg.layer_sparsity, -1.0)) >= 0
+        }
+        targets = U.schedule(1.0, cfg.steps, cfg.schedule)
+        gradual = cfg.steps > 1
+        if gradual:
+            eval_ds, eval_desc = U.eval_inputs(ctx, model.inputs)
+            names = [s.name for s in model.inputs]
+            reference = U.torch_outputs(model.module, eval_ds, names)
+        step_rows: list[dict[str, Any]] = []
         key = f"{getattr(ctx, 'step_index', 0)}-prune"
-        ctx.progress.start(key, f"prune ({cfg.method})", len(chosen))
+        ctx.progress.start(key, f"prune ({cfg.method})", len(chosen) * cfg.steps)
         pruned: set[str] = set()
         try:
-            if cfg.method == "magnitude":
-                keeps = _magnitude_keep({n: _weight_np(m) for n, m in chosen}, cfg.sparsity, cfg.scope)
-                for n, m in chosen:
-                    _apply_mask(m, keeps[n])
-                    pruned.add(n)
-                    ctx.progress.advance(key)
-            else:
-                skipped = []
-                for n, m in chosen:
-                    keep = _nm_keep(_weight_np(m), _torch_in_axes(m), cfg.n, cfg.m)
-                    if keep is None:
-                        skipped.append(n)
-                    else:
-                        _apply_mask(m, keep)
-                        pruned.add(n)
-                    ctx.progress.advance(key)
-                if skipped:
-                    notes.append(
-                        f"N:M skipped {len(skipped)} layer(s) whose input dimension is not divisible by "
-                        f"{cfg.m}: {_short_list(skipped)}"
+            for k, frac in enumerate(targets):
+                t0 = time.perf_counter()
+                if cfg.method == "magnitude":
+                    keeps = _magnitude_keep(
+                        {n: _weight_np(m) for n, m in chosen}, cfg.sparsity * frac, cfg.scope,
+                        {n: r * frac for n, r in per_layer.items()},
                     )
+                    for n, m in chosen:
+                        _apply_mask(m, keeps[n])
+                        pruned.add(n)
+                        ctx.progress.advance(key)
+                else:
+                    skipped = []
+                    for n, m in chosen:
+                        keep = _nm_keep(_weight_np(m), _torch_in_axes(m), cfg.n, cfg.m)
+                        if keep is None:
+                            skipped.append(n)
+                        else:
+                            _apply_mask(m, keep)
+                            pruned.add(n)
+                        ctx.progress.advance(key)
+                    if skipped:
+                        notes.append(
+                            f"N:M skipped {len(skipped)} layer(s) whose input dimension is not divisible by "
+                            f"{cfg.m}: {_short_list(skipped)}"
+                        )
+                if not gradual:
+                    break
+                sel = _torch_sparsity_metrics(_torch_layers(module), pruned)
+                row: dict[str, Any] = {
+                    "step": k + 1, "target_sparsity": round(cfg.sparsity * frac, 6),
+                    "sparsity": sel["selected_sparsity"],
+                }
+                row.update({f"{q}_after_prune": v for q, v in U.quality(module, eval_ds, names, reference).items()})
+                if k < cfg.steps - 1 and cfg.finetune_epochs > 0:
+                    module, ft = U.finetune(module, model.replace(module=module), ctx, cfg.finetune_epochs, cfg.finetune_lr)
+                    chosen = [(n, module.get_submodule(n)) for n, _ in chosen]
+                    row["finetune_epochs"] = cfg.finetune_epochs
+                    row["finetune_train_loss"] = ft.get("train_loss")
+                    row.update(
+                        {f"{q}_after_finetune": v for q, v in U.quality(module, eval_ds, names, reference).items()}
+                    )
+                row["seconds"] = round(time.perf_counter() - t0, 3)
+                step_rows.append(row)
         finally:
             ctx.progress.finish(key)
         if not chosen:
             notes.append("no layer matched the selection (include/exclude, output layer kept): nothing pruned")
-        notes.append(_NO_SPEEDUP)
-        if cfg.method == "nm":
-            notes.append(_NM_GPU)
+        notes.extend(U.speed_warnings(cfg.method, str(getattr(ctx, "device", "cpu")), False))
         metrics = self._torch_metrics(module, pruned, shapes, params_before)
+        if gradual:
+            metrics["schedule"] = {"steps": cfg.steps, "kind": cfg.schedule, "quality_on": eval_desc}
+            metrics["per_step"] = step_rows
+        macs = U.torch_macs(module, _example_args(model.replace(module=module), ctx))
+        metrics["macs_before"] = metrics["macs_after"] = macs
         ctx.log.info("prune: %s, %d layer(s), sparsity of selected weights %.3f",
                      cfg.method, len(pruned), metrics["selected_sparsity"])
         return PassResult(model.replace(module=module), metrics=metrics, notes=notes)
@@ -513,130 +647,12 @@ class PrunePass(Pass):
         )
         return metrics
 
-    # ---- torch: structured, through Torch-Pruning ----------------------------------------
+    # ---- torch: structured, through Torch-Pruning (passes/prune_structured.py) ------------
 
     def _run_structured(self, model: Any, ctx: Any) -> PassResult:
-        import warnings
+        from passes.prune_structured import run_structured
 
-        import torch
-        import torch_pruning as tp
-        from torch.nn.utils import parametrize
-
-        from optimize.errors import PassError
-        from optimize.export import copy_module
-
-        cfg = self.config
-        module = copy_module(model.module)
-        params_before = sum(p.numel() for p in module.parameters())
-        args = _example_args(model.replace(module=module), ctx)
-        if args is None:
-            raise PassError(self.name, "structured pruning traces the model: declare model.inputs (name, shape, dtype)")
-        notes: list[str] = []
-
-        # Masks from an earlier prune are baked into the weights for tracing and put back after;
-        # any other reparametrization (simulated quantization) cannot follow a change of shape.
-        mask_cls = _weight_mask_class()
-        masked = []
-        for name, sub in module.named_modules():
-            if parametrize.is_parametrized(sub):
-                for tname, plist in sub.parametrizations.items():
-                    other = [type(p).__name__ for p in plist if not isinstance(p, mask_cls)]
-                    if other:
-                        raise PassError(
-                            self.name,
-                            f"'{name}.{tname}' carries a training-time reparametrization ({', '.join(other)}) "
-                            "that structured pruning cannot resize; put structured pruning before quantize",
-                        )
-                masked.append(name)
-        for name in masked:
-            sub = module.get_submodule(name)
-            for tname in list(sub.parametrizations.keys()):
-                parametrize.remove_parametrizations(sub, tname, leave_parametrized=True)
-
-        layers = _torch_layers(module)
-        shapes = {n: tuple(m.weight.shape) for n, m in layers}
-        out_layers, why = _torch_output_layers(module, layers, args)
-        if out_layers:
-            notes.append(f"output layer's outputs kept: {_short_list(sorted(out_layers))} ({why})")
-            if not cfg.keep_output_layer:
-                notes.append("keep_output_layer is false, but structured pruning never removes the model's output features")
-        ignored = [m for n, m in layers if n in out_layers or not _selected(cfg, [n, f"{n}.weight"])]
-
-        was_training = module.training
-        with torch.no_grad():
-            module.eval()
-            try:
-                ref_shapes = [tuple(t.shape) for t in _tensor_leaves(module(*args))]
-            except Exception as exc:
-                raise PassError(self.name, f"the model does not run on example inputs from model.inputs: {type(exc).__name__}: {exc}") from None
-        importance = tp.importance.MagnitudeImportance(p=1 if cfg.importance == "l1" else 2)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                pruner = tp.pruner.MetaPruner(
-                    module, args, importance=importance, pruning_ratio=cfg.sparsity,
-                    ignored_layers=ignored, round_to=cfg.round_to,
-                )
-                for group in pruner.step(interactive=True):
-                    root = group[0].dep.target.module
-                    layer = next((n for n, m in layers if m is root), type(root).__name__)
-                    try:
-                        group.prune()
-                    except Exception as exc:
-                        raise PassError(
-                            self.name, f"Torch-Pruning failed on layer '{layer}': {type(exc).__name__}: {exc}"
-                        ) from None
-            except PassError:
-                raise
-            except Exception as exc:
-                raise PassError(
-                    self.name,
-                    f"Torch-Pruning could not build the dependency graph of this model: {type(exc).__name__}: {exc}",
-                ) from None
-        for w in caught:
-            ctx.log.debug("torch-pruning: %s", w.message)
-
-        with torch.no_grad():
-            module.eval()
-            try:
-                new_shapes = [tuple(t.shape) for t in _tensor_leaves(module(*args))]
-            except Exception as exc:
-                changed = [n for n, m in _torch_layers(module) if tuple(m.weight.shape) != shapes.get(n)]
-                raise PassError(
-                    self.name,
-                    f"the pruned model no longer runs ({type(exc).__name__}: {exc}); resized layers: "
-                    f"{_short_list(changed)}; exclude (prune.exclude) the layer the error names, or, on a "
-                    "residual/attention model, the layers that write the residual stream (attention output "
-                    "projections, FFN output layers) so the hidden size is kept",
-                ) from None
-        module.train(was_training)
-        if new_shapes != ref_shapes:
-            raise PassError(
-                self.name, f"structured pruning changed the model's output shapes {ref_shapes} → {new_shapes}"
-            )
-        for name in masked:  # keep earlier sparsity through later training
-            sub = module.get_submodule(name)
-            w = getattr(sub, "weight", None)
-            if isinstance(w, torch.Tensor):
-                _apply_mask(sub, (w.detach() != 0).cpu().numpy())
-
-        after = _torch_layers(module)
-        pruned = {n for n, m in after if n in shapes and tuple(m.weight.shape) != shapes[n]}
-        extra = {
-            n: {"removed_fraction": round(1 - m.weight.numel() / int(np.prod(shapes[n])), 6)}
-            for n, m in after
-            if n in pruned
-        }
-        metrics = self._torch_metrics(module, pruned, shapes, params_before, extra)
-        metrics["importance"] = cfg.importance
-        if cfg.round_to:
-            metrics["round_to"] = cfg.round_to
-        before, now = metrics["params_before"], metrics["params_after"]
-        metrics["params_removed"] = round(1 - now / before, 6) if before else 0.0
-        if not pruned:
-            notes.append("structured pruning removed nothing (every layer ignored, or no prunable group)")
-        ctx.log.info("prune: structured, %d layer(s) resized, params %d → %d", len(pruned), before, now)
-        return PassResult(model.replace(module=module), metrics=metrics, notes=notes)
+        return run_structured(self, model, ctx)
 
     # ---- ONNX: rewrite weight tensors in place -------------------------------------------
 

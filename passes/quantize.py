@@ -1,4 +1,7 @@
-"""quantize: int8 through ONNX Runtime's quantizers (dynamic, or static with calibration).
+"""quantize: ONNX Runtime's quantizers — int8 dynamic / static (QDQ, QOperator), int4 QDQ weights,
+int4/int8 block-wise weight-only (MatMulNBits), `format: auto` and the accuracy-aware fallback
+(passes/quantize_auto.py), optional transformer fusion first (ONNX Runtime's transformer optimizer;
+the fused com.microsoft ops need `DefaultTensorType` for the quantizer's shape inference).
 
 On ONNX, the model goes through ONNX Runtime's `quant_pre_process` (shape inference; skipped with a
 note when it fails) and then `quantize_dynamic` or `quantize_static`. Static calibration is fed in
@@ -32,9 +35,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from passes.base import Pass, PassConfig
+from passes.quantize_auto import DEFAULT_AUTO_FLOOR
 
 if TYPE_CHECKING:
     from optimize.context import PlanContext, RunContext
@@ -43,12 +47,23 @@ if TYPE_CHECKING:
 
 
 class QuantizeConfig(PassConfig):
-    mode: Literal["dynamic", "static"] = Field(
-        "static", description="dynamic: activations quantized at run time; static: calibrated activation ranges."
+    mode: Literal["dynamic", "static", "weight_only"] = Field(
+        "static",
+        description="dynamic: activations quantized at run time; static: calibrated activation ranges; "
+        "weight_only: block-wise integer MatMul weights (ONNX Runtime's MatMulNBits), float activations.",
     )
-    bits: Literal[8] = Field(8, description="Weight bits.")
-    format: Literal["qdq", "qoperator"] = Field(
-        "qdq", description="static: QDQ (Quantize/DequantizeLinear pairs ONNX Runtime fuses) or QOperator (QLinear* ops)."
+    bits: Literal[4, 8] = Field(
+        8, description="Weight bits. 4: mode weight_only (MatMulNBits), or mode static with format qdq (int4 QDQ weights, "
+        "symmetric; also for quantization-aware training).",
+    )
+    format: Literal["qdq", "qoperator", "auto"] = Field(
+        "qdq",
+        description="static: QDQ (Quantize/DequantizeLinear pairs ONNX Runtime fuses) or QOperator (QLinear* ops); "
+        "auto: build the int8 forms that fit the model, measure each against the float input on this hardware, "
+        "keep the best passing one (float when none is faster).",
+    )
+    objective: Literal["latency", "size"] = Field(
+        "latency", description="format auto: keep the fastest passing candidate, or the smallest."
     )
     per_channel: bool = Field(True, description="One scale per output channel instead of per tensor.")
     weight_type: Literal["int8", "uint8"] = Field("int8", description="Stored weight type.")
@@ -58,6 +73,46 @@ class QuantizeConfig(PassConfig):
     reduce_range: bool = Field(False, description="7-bit weights; avoids saturation on CPUs without VNNI.")
     op_types: list[str] | None = Field(None, description="Only quantize these op types (default: the quantizer's own).")
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names to keep in float.")
+    parity_floor: float | None = Field(
+        None, ge=-1, le=1,
+        description="Smallest min cosine (against this pass's input) a quantized model must keep; below it, format "
+        f"auto rejects the candidate and the fallback keeps sensitive layers in float. Default: "
+        f"gates.min_parity_cosine, else {DEFAULT_AUTO_FLOOR} with format auto (not checked otherwise).",
+    )
+    fallback_max_layers: int = Field(
+        8, ge=0, le=10_000,
+        description="Accuracy-aware fallback: at most this many of the most sensitive layers kept in float to meet "
+        "the parity floor / gates.max_accuracy_drop (0: no fallback).",
+    )
+    block_size: int = Field(
+        32, ge=16, le=2048, description="weight_only: weights per quantization block along K (a power of two)."
+    )
+    symmetric_blocks: bool = Field(False, description="weight_only: symmetric blocks (no zero points).")
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
+        None,
+        description="weight_only: MatMulNBits compute type (4: int8 activations, usually fastest on CPU; "
+        "0/None: the runtime's default).",
+    )
+    fusion: Literal["none", "bert"] = Field(
+        "none",
+        description="Fuse transformer blocks (attention, layer norm, GELU) with ONNX Runtime's transformer "
+        "optimizer before quantizing.",
+    )
+    num_heads: int = Field(0, ge=0, le=4096, description="fusion: attention heads (0: detect from the graph).")
+    hidden_size: int = Field(0, ge=0, le=1_000_000, description="fusion: hidden size (0: detect from the graph).")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> QuantizeConfig:
+        if self.bits == 4 and not (self.mode == "weight_only" or (self.mode == "static" and self.format == "qdq")):
+            raise ValueError(
+                "bits 4 needs mode: weight_only (block-wise int4 MatMul weights) or mode: static with format: qdq "
+                "(int4 QDQ weights)"
+            )
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two (got {self.block_size})")
+        if self.mode == "weight_only" and self.format == "auto":
+            raise ValueError("format auto chooses among int8 forms; use it with mode dynamic or static")
+        return self
 
 
 # Ops whose presence in the output means integer (or integer-fused) kernels.
@@ -80,7 +135,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _qrange(qtype: str, reduce_range: bool, symmetric: bool) -> tuple[int, int]:
-    """ONNX Runtime's `get_qmin_qmax_for_qType` for int8/uint8."""
+    """ONNX Runtime's `get_qmin_qmax_for_qType` for int8/uint8/int4."""
+    if qtype == "int4":
+        return (-4, 3) if reduce_range else (-8, 7)
     if reduce_range:
         return (-64, 64) if qtype == "int8" else (0, 127)
     if symmetric and qtype == "int8":
@@ -89,6 +146,8 @@ def _qrange(qtype: str, reduce_range: bool, symmetric: bool) -> tuple[int, int]:
 
 
 def _type_range(qtype: str) -> tuple[int, int]:
+    if qtype == "int4":
+        return (-8, 7)
     return (-128, 127) if qtype == "int8" else (0, 255)
 
 
@@ -224,6 +283,8 @@ def _weight_scheme(cfg: QuantizeConfig, kind: str) -> dict[str, Any]:
     if kind == "embedding":  # Gather's table is quantized as an activation: per tensor, asymmetric
         act = "uint8" if cfg.mode == "dynamic" else cfg.activation_type
         return {"qtype": act, "per_channel": False, "symmetric": False, "reduce_range": False}
+    if cfg.bits == 4:  # int4 QDQ weights, made symmetric (WeightSymmetric) as the quantizer is told
+        return {"qtype": "int4", "per_channel": cfg.per_channel, "symmetric": True, "reduce_range": cfg.reduce_range}
     if cfg.mode == "dynamic":
         # ConvInteger weights are per tensor; MatMulInteger's follow per_channel (axis = output).
         per_channel = cfg.per_channel and kind == "linear"
@@ -240,6 +301,8 @@ def _grid_is_exact(cfg: QuantizeConfig) -> bool:
     """Whether re-quantizing QAT weights reproduces them. Not for QDQ per-channel uint8: ONNX Runtime
     makes it symmetric with zero point 128, a grid of -128..127 steps whose re-quantization changes the
     scale (max |w| = 128 steps gives a new scale 256/255 times the old one)."""
+    if cfg.bits == 4:
+        return False  # int4's symmetric range is -8..7: re-quantizing moves the scale when a weight sits at -8
     return not (cfg.mode == "static" and cfg.format == "qdq" and cfg.per_channel and cfg.weight_type == "uint8")
 
 
@@ -476,7 +539,8 @@ def _integer_ops(counts: dict[str, int]) -> dict[str, int]:
 class QuantizePass(Pass):
     name = "quantize"
     summary = (
-        "int8 with ONNX Runtime's quantizers: dynamic, or static calibrated (QDQ / QOperator); "
+        "int8 with ONNX Runtime's quantizers: dynamic, or static calibrated (QDQ / QOperator), format auto "
+        "(measured candidates), int4 weight-only; "
         "before distill, quantization-aware training on ORT's exact weight grid"
     )
     config_cls = QuantizeConfig
@@ -497,17 +561,32 @@ class QuantizePass(Pass):
 
         cfg = self.config
         assert isinstance(cfg, QuantizeConfig)
-        if cfg.mode == "static":
+        key = f"{plan.key}.quantize"
+        if plan.form_at_pass == "torch":  # quantization-aware training before distill
+            if cfg.format == "auto":
+                raise ConfigError(
+                    "format auto measures finished ONNX candidates; with quantization-aware training (quantize "
+                    "before distill) choose the format (qdq or qoperator) and mode", key=f"{key}.format",
+                )
+            if cfg.mode == "weight_only" or cfg.fusion != "none":
+                field = "mode" if cfg.mode == "weight_only" else "fusion"
+                raise ConfigError(
+                    f"{field} {getattr(cfg, field)} applies to ONNX models; quantization-aware training (quantize "
+                    "before distill) simulates int8 dynamic/static", key=f"{key}.{field}",
+                )
+        # format auto without an explicit mode tries static only when it can calibrate
+        needs_static = cfg.mode == "static" and (cfg.format != "auto" or "mode" in cfg.model_fields_set)
+        if needs_static:
             if not (plan.has_data("calibration") or plan.has_data("train")) and not plan.has_input_spec:
                 raise ConfigError(
                     "static quantization needs calibration data (data.calibration or data.train) or declared model.inputs",
-                    key=f"{plan.key}.quantize.mode",
+                    key=f"{key}.mode",
                 )
-            if cfg.activation_type == "int8" and cfg.weight_type == "uint8":
-                raise ConfigError(
-                    "ONNX Runtime does not support int8 activations with uint8 weights; use weight_type: int8",
-                    key=f"{plan.key}.quantize.weight_type",
-                )
+        if cfg.mode == "static" and cfg.activation_type == "int8" and cfg.weight_type == "uint8":
+            raise ConfigError(
+                "ONNX Runtime does not support int8 activations with uint8 weights; use weight_type: int8",
+                key=f"{key}.weight_type",
+            )
 
     # ------------------------------------------------------------------ running
 
@@ -555,7 +634,14 @@ class QuantizePass(Pass):
                 f"{info['batchnorm_folded']} Conv+BatchNorm pairs folded before QAT (BatchNorm statistics are "
                 "frozen during training, as ONNX Runtime would fold them before quantizing)"
             )
-        if not info["weight_grid_exact"]:
+        if cfg.bits == 4:
+            metrics["weight_type"] = "int4"
+            notes[0] = notes[0].replace("simulate int8", "simulate int4 weights (uint8 activations)")
+            notes.append(
+                "int4 weights: ONNX Runtime's symmetric int4 range is -8..7, so re-quantizing the trained weights "
+                "can widen a channel's scale by 16/15 where a weight sits at -8 (weights move by at most one step)"
+            )
+        elif not info["weight_grid_exact"]:
             notes.append(
                 "QDQ per-channel uint8 weights: ONNX Runtime quantizes them symmetrically around zero point "
                 "128, a grid that re-quantization does not reproduce, so trained weights move by up to half a "
@@ -567,23 +653,12 @@ class QuantizePass(Pass):
         return PassResult(handle, metrics, notes)
 
     def _quantize_onnx(self, model: ModelHandle, ctx: RunContext, after_qat: bool) -> PassResult:
-        import io
         import logging
-        from contextlib import redirect_stdout
         from pathlib import Path
-
-        import onnx
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_dynamic,
-            quantize_static,
-        )
 
         from optimize import onnx_io
         from optimize.errors import OptimizeError, PassError
-        from optimize.inspect_onnx import _graphs, op_counts, weight_stats
+        from optimize.inspect_onnx import op_counts, weight_stats
         from passes.base import PassResult
 
         cfg = self.config
@@ -595,93 +670,40 @@ class QuantizePass(Pass):
         out = step / "model.onnx"
         notes: list[str] = []
         large = onnx_io.total_bytes(src) > onnx_io.EXTERNAL_DATA_THRESHOLD
-        qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-        extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-
-        # 1. shape inference / optimization as ONNX Runtime recommends; the raw model if it fails
-        pre = step / "preprocessed.onnx"
-        qin = self._preprocess(src, pre, large, notes)
 
         metrics: dict[str, Any] = {
             "stage": "materialize_qat" if after_qat else "quantize",
             "mode": cfg.mode,
-            "format": cfg.format if cfg.mode == "static" else None,
+            "bits": cfg.bits,
+            "format": cfg.format if cfg.mode == "static" or cfg.format == "auto" else None,
             "per_channel": cfg.per_channel,
             "reduce_range": cfg.reduce_range,
             "weight_type": cfg.weight_type,
             "activation_type": cfg.activation_type if cfg.mode == "static" else "uint8 (dynamic)",
-            "preprocessed": qin == pre,
         }
+        if cfg.mode == "weight_only":
+            metrics.update(weight_type=f"int{cfg.bits} blocks" + ("" if cfg.symmetric_blocks else " + zero points"),
+                           activation_type="float (weight-only)", block_size=cfg.block_size,
+                           accuracy_level=cfg.accuracy_level)
+        # 0. transformer fusion (optional), then shape inference / optimization as ONNX Runtime recommends
+        fused = src
+        if cfg.fusion != "none":
+            fused = self._fuse(src, step / "fused.onnx", large, metrics)
+        pre = step / "preprocessed.onnx"
+        qin = self._preprocess(fused, pre, large, notes)
+        metrics["preprocessed"] = qin == pre
+        final = out
         quiet = logging.getLogger()
         old_level = quiet.level
         quiet.setLevel(max(old_level, logging.ERROR))  # the quantizers warn through the root logger
         try:
-            if cfg.mode == "dynamic":
-                ignored = sorted(
-                    {"format", "activation_type", "calibration", "calibration_samples"} & cfg.model_fields_set
-                )
-                if ignored:
-                    notes.append(f"{', '.join(ignored)}: apply to static quantization only; ignored in dynamic mode")
-                if cfg.op_types is not None and "Gemm" in cfg.op_types and "MatMul" not in cfg.op_types:
-                    notes.append(
-                        "dynamic quantization rewrites Gemm as MatMul + Add before quantizing: list MatMul in "
-                        "op_types to quantize Gemm layers"
-                    )
-                # ONNX Runtime renames a Gemm it rewrites to NAME_MatMul before applying exclusions
-                exclude = [*cfg.exclude_nodes, *(f"{n}_MatMul" for n in cfg.exclude_nodes)]
-                quantize_dynamic(
-                    str(qin), str(out), op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
-                    reduce_range=cfg.reduce_range, weight_type=qtype[cfg.weight_type],
-                    nodes_to_exclude=exclude or None, use_external_data_format=large,
-                    extra_options={**extra, "EnableSubgraph": True},
-                )
+            if cfg.mode == "weight_only":
+                self._weight_only(qin, out, large, metrics, notes)
+            elif cfg.format == "auto":
+                final = self._auto(model, src, fused, qin, out, ctx, large, metrics, notes)
             else:
-                samples, source = ctx.sample_inputs("calibration", cfg.calibration_samples)
-                batches, used = _calibration_batches(qin, samples, CALIBRATION_BATCH)
-                if not batches:
-                    raise PassError(self.name, "no calibration samples (the calibration data set is empty)")
-                metrics.update(
-                    calibration=cfg.calibration, calibration_samples=used, calibration_source=source,
-                    calibration_batches=len(batches),
-                    calibration_merge=f"ranges merged per batch of {CALIBRATION_BATCH} (bounded memory)",
-                )
-                if source.startswith("random"):
-                    notes.append(
-                        "static ranges calibrated on random inputs from the input spec: activation ranges may "
-                        "not match real data; declare data.calibration for a meaningful calibration"
-                    )
-                key = f"{self.name}.calibrate"
-                ctx.progress.start(key, "calibrating activation ranges", len(batches))
-                reader = _CalibrationReader(batches, ctx.progress, key)
-                method = {
-                    "minmax": CalibrationMethod.MinMax,
-                    "entropy": CalibrationMethod.Entropy,
-                    "percentile": CalibrationMethod.Percentile,
-                }[cfg.calibration]
-                try:
-                    with redirect_stdout(io.StringIO()):  # the histogram collector prints per batch
-                        quantize_static(
-                            str(qin), str(out), reader,
-                            quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
-                            op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
-                            reduce_range=cfg.reduce_range, activation_type=qtype[cfg.activation_type],
-                            weight_type=qtype[cfg.weight_type], nodes_to_exclude=cfg.exclude_nodes or None,
-                            use_external_data_format=large, calibrate_method=method,
-                            # one batch per collect: ranges/histograms merged as they come (bounded memory)
-                            extra_options={**extra, "CalibStridedMinMax": 1},
-                        )
-                finally:
-                    ctx.progress.finish(key)
-                if len(list(_graphs(onnx.load(str(qin), load_external_data=False).graph))) > 1:
-                    notes.append(
-                        "static quantization leaves If/Loop/Scan bodies in float (ONNX Runtime quantizes "
-                        "subgraphs in dynamic mode only)"
-                    )
-                if cfg.format == "qoperator" and cfg.per_channel:
-                    notes.append(
-                        "QOperator per-channel kernels have measured far slower than QDQ on AVX2 CPUs without "
-                        "VNNI (0.2x of float32 in the field notes); prefer format: qdq unless measured faster"
-                    )
+                self._quantize_file(cfg, qin, out, ctx, large, metrics, notes)
+                final = self._fixed_with_fallback(src, qin, out, ctx, large, metrics, notes)
         except OptimizeError:  # PassError, DataError: already say what is wrong
             raise
         except Exception as exc:
@@ -692,16 +714,19 @@ class QuantizePass(Pass):
             for f in (pre, pre.with_name(pre.name + ".data")):
                 f.unlink(missing_ok=True)
 
-        onnx_io.normalize_ir_version_file(out)  # the quantizer raises the opset, not the IR version
-        counts = op_counts(out)
+        if final != src:
+            onnx_io.normalize_ir_version_file(final)  # the quantizer raises the opset, not the IR version
+        counts = op_counts(final)
         integer = _integer_ops(counts)
-        stats = weight_stats(out)
+        stats = weight_stats(final)
         quantized = [t for t in stats.tensors if t.bits <= 8]
         metrics.update(
             integer_ops=integer,
             weights_quantized=len(quantized),
             weight_tensors=len(stats.tensors),
             quantized_weight_fraction=(sum(t.count for t in quantized) / stats.total) if stats.total else 0.0,
+            weight_bits={str(b): sum(t.count for t in stats.tensors if t.bits == b)
+                         for b in sorted({t.bits for t in stats.tensors})},
         )
         if after_qat:
             metrics["weight_scales"] = (
@@ -710,7 +735,9 @@ class QuantizePass(Pass):
             metrics["activation_ranges"] = (
                 "computed at run time (dynamic)" if cfg.mode == "dynamic" else "re-calibrated on the exported model"
             )
-        if not integer:
+        if final == src:
+            pass  # format auto kept the float input; the notes say why
+        elif not integer and not any(op.endswith("MatMulNBits") for op in counts):
             notes.append(
                 "the quantized model has no integer ops: nothing matched the quantizer's op types"
                 + (f" {cfg.op_types}" if cfg.op_types else "")
@@ -718,12 +745,393 @@ class QuantizePass(Pass):
             )
         elif not quantized:
             notes.append("no weight tensor was stored as 8-bit: only activations were quantized")
-        if cfg.mode == "dynamic" and any(op.endswith("ConvInteger") for op in counts):
+        if final != src and metrics.get("mode") == "dynamic" and any(op.endswith("ConvInteger") for op in counts):
             notes.append(
                 "dynamic quantization of Conv gives ConvInteger (per-tensor weights), often slower than float "
                 "on CPU; static QDQ is the fast layout for convolutions"
             )
-        return PassResult(model.replace(onnx_path=out), metrics, notes)
+        return PassResult(model.replace(onnx_path=final), metrics, notes)
+
+    # ------------------------------------------------------------------ one quantization
+
+    def _quantize_file(
+        self, cfg: QuantizeConfig, qin: Any, out: Any, ctx: RunContext, large: bool, metrics: dict[str, Any],
+        notes: list[str], include: list[str] | None = None, exclude: list[str] | None = None,
+    ) -> None:
+        """Quantize `qin` into `out` with int8 settings `cfg` (dynamic or static; not auto)."""
+        import io
+        from contextlib import redirect_stdout
+
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
+
+        from optimize import onnx_io
+        from optimize.errors import PassError
+        from optimize.inspect_onnx import _graphs
+
+        qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int4": QuantType.QInt4}
+        extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+        weight_type = "int4" if cfg.bits == 4 else cfg.weight_type
+        if cfg.bits == 4:
+            extra["WeightSymmetric"] = True
+        exclude = [*cfg.exclude_nodes, *(exclude or [])]
+        if cfg.mode == "dynamic":
+            ignored = sorted(
+                {"format", "activation_type", "calibration", "calibration_samples"} & cfg.model_fields_set
+            )
+            if ignored and cfg.format != "auto":
+                notes.append(f"{', '.join(ignored)}: apply to static quantization only; ignored in dynamic mode")
+            if cfg.op_types is not None and "Gemm" in cfg.op_types and "MatMul" not in cfg.op_types:
+                notes.append(
+                    "dynamic quantization rewrites Gemm as MatMul + Add before quantizing: list MatMul in "
+                    "op_types to quantize Gemm layers"
+                )
+            # ONNX Runtime renames a Gemm it rewrites to NAME_MatMul before applying node lists
+            alias = lambda names: [*names, *(f"{n}_MatMul" for n in names)]  # noqa: E731
+            quantize_dynamic(
+                str(qin), str(out), op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range, weight_type=qtype[cfg.weight_type],
+                nodes_to_quantize=alias(include) if include else None,
+                nodes_to_exclude=alias(exclude) or None, use_external_data_format=large,
+                extra_options={**extra, "EnableSubgraph": True},
+            )
+            onnx_io.normalize_ir_version_file(out)  # runnable as written (old IR: initializer inputs)
+            return
+        samples, source = ctx.sample_inputs("calibration", cfg.calibration_samples)
+        batches, used = _calibration_batches(qin, samples, CALIBRATION_BATCH)
+        if not batches:
+            raise PassError(self.name, "no calibration samples (the calibration data set is empty)")
+        metrics.update(
+            calibration=cfg.calibration, calibration_samples=used, calibration_source=source,
+            calibration_batches=len(batches),
+            calibration_merge=f"ranges merged per batch of {CALIBRATION_BATCH} (bounded memory)",
+        )
+        if source.startswith("random"):
+            notes.append(
+                "static ranges calibrated on random inputs from the input spec: activation ranges may "
+                "not match real data; declare data.calibration for a meaningful calibration"
+            )
+        key = f"{self.name}.calibrate"
+        ctx.progress.start(key, "calibrating activation ranges", len(batches))
+        reader = _CalibrationReader(batches, ctx.progress, key)
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[cfg.calibration]
+        try:
+            with redirect_stdout(io.StringIO()):  # the histogram collector prints per batch
+                quantize_static(
+                    str(qin), str(out), reader,
+                    quant_format=QuantFormat.QOperator if cfg.format == "qoperator" else QuantFormat.QDQ,
+                    op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
+                    reduce_range=cfg.reduce_range, activation_type=qtype[cfg.activation_type],
+                    weight_type=qtype[weight_type], nodes_to_quantize=include or None,
+                    nodes_to_exclude=exclude or None,
+                    use_external_data_format=large, calibrate_method=method,
+                    # one batch per collect: ranges/histograms merged as they come (bounded memory)
+                    extra_options={**extra, "CalibStridedMinMax": 1},
+                )
+        finally:
+            ctx.progress.finish(key)
+        onnx_io.normalize_ir_version_file(out)
+        if len(list(_graphs(onnx.load(str(qin), load_external_data=False).graph))) > 1:
+            notes.append(
+                "static quantization leaves If/Loop/Scan bodies in float (ONNX Runtime quantizes "
+                "subgraphs in dynamic mode only)"
+            )
+        if cfg.format == "qoperator" and cfg.per_channel:
+            notes.append(
+                "QOperator per-channel kernels have measured far slower than QDQ on AVX2 CPUs without "
+                "VNNI (0.2x of float32 in the field notes); prefer format: qdq unless measured faster"
+            )
+
+    # ------------------------------------------------------------------ goal, fallback, auto
+
+    def _goal(self, ctx: RunContext, auto: bool) -> Any:
+        from passes.quantize_auto import Goal
+
+        cfg = self.config
+        assert isinstance(cfg, QuantizeConfig)
+        gates = ctx.config.gates
+        if cfg.parity_floor is not None:
+            floor, why = cfg.parity_floor, "quantize.parity_floor"
+        elif gates.min_parity_cosine is not None:
+            floor, why = gates.min_parity_cosine, "gates.min_parity_cosine"
+        elif auto:
+            floor, why = DEFAULT_AUTO_FLOOR, "format auto's default floor"
+        else:
+            floor, why = None, ""
+        return Goal(floor, gates.max_accuracy_drop, why)
+
+    def _quantize_fn(self, qin: Any, ctx: RunContext, large: bool) -> Any:
+        """`(settings, out, include=, exclude=)` → quantize the prepared input with overridden settings."""
+        base = self.config
+
+        def quantize(settings: dict[str, Any], out: Any, include: list[str] | None = None,
+                     exclude: list[str] | None = None) -> None:
+            variant = base.model_copy(update={**settings, "format": settings.get("format", "qdq")})
+            self._quantize_file(variant, qin, out, ctx, large, {}, [], include=include, exclude=exclude)
+
+        return quantize
+
+    def _run_fallback(
+        self, settings: dict[str, Any], qin: Any, work: Any, ctx: RunContext, large: bool, evaluator: Any, goal: Any,
+    ) -> tuple[Any, Any, list[str], dict[str, float]]:
+        from passes.quantize_auto import fallback, weighted_layers
+
+        cfg = self.config
+        assert isinstance(cfg, QuantizeConfig)
+        layers = weighted_layers(qin, cfg.op_types, cfg.exclude_nodes)
+        return fallback(
+            self._quantize_fn(qin, ctx, large), settings, layers, evaluator, goal, cfg.fallback_max_layers, work,
+            ctx.progress, f"{self.name}.sensitivity", cfg.exclude_nodes,
+        )
+
+    def _fixed_with_fallback(
+        self, src: Any, qin: Any, out: Any, ctx: RunContext, large: bool, metrics: dict[str, Any], notes: list[str],
+    ) -> Any:
+        """A fixed format: when a parity floor / accuracy gate applies, check it and fall back if needed."""
+        import shutil
+
+        from passes.quantize_auto import Evaluator
+
+        cfg = self.config
+        assert isinstance(cfg, QuantizeConfig)
+        goal = self._goal(ctx, auto=False)
+        if not goal.active:
+            return out
+        evaluator = Evaluator(ctx, src, want_accuracy=goal.max_accuracy_drop is not None)
+        if goal.floor is None and evaluator.eval_ds is None:
+            return out  # only an accuracy gate, and no labelled data to check it on here
+        check = evaluator.check(out)
+        ok, reason = goal.judge(check)
+        metrics["goal"] = {"min_parity_cosine": goal.floor, "floor_source": goal.floor_source,
+                           "max_accuracy_drop": goal.max_accuracy_drop}
+        metrics["parity_all_quantized"] = {"min_cosine": check.min_cosine, "mean_cosine": check.mean_cosine,
+                                           "accuracy_drop": check.accuracy_drop}
+        if ok:
+            metrics["float_nodes"] = []
+            return out
+        if cfg.fallback_max_layers == 0:
+            notes.append(f"the quantized model misses its goal ({reason}); fallback is off (fallback_max_layers: 0)")
+            return out
+        settings = {k: getattr(cfg, k) for k in ("mode", "format", "per_channel", "reduce_range")}
+        path, best, kept, sens = self._run_fallback(settings, qin, out.parent / "fallback", ctx, large, evaluator, goal)
+        if path is None:
+            notes.append(f"the quantized model misses its goal ({reason}) and has no layer to keep in float")
+            return out
+        shutil.move(str(path), str(out))
+        shutil.rmtree(out.parent / "fallback", ignore_errors=True)
+        self._fallback_report(metrics, notes, reason, best, kept, sens, goal)
+        return out
+
+    def _fallback_report(self, metrics: dict[str, Any], notes: list[str], reason: str | None, best: Any,
+                         kept: list[str], sens: dict[str, float], goal: Any) -> None:
+        ok, why = goal.judge(best)
+        metrics["float_nodes"] = list(kept)
+        metrics["sensitivity"] = {k: round(v, 6) for k, v in sorted(sens.items(), key=lambda kv: -kv[1])}
+        metrics["fallback_goal_met"] = ok
+        metrics["parity_after_fallback"] = {"min_cosine": best.min_cosine, "mean_cosine": best.mean_cosine,
+                                            "accuracy_drop": best.accuracy_drop}
+        if ok:
+            notes.append(
+                f"accuracy-aware fallback: fully quantized, {reason}; kept the {len(kept)} most sensitive "
+                f"layer(s) in float ({', '.join(kept)}): min cosine {best.min_cosine:.4f}"
+            )
+        else:
+            notes.append(
+                f"accuracy-aware fallback did NOT meet the goal ({why}) even with {len(kept)} layer(s) in float "
+                f"({', '.join(kept)}); kept the best variant: the pipeline's gates decide whether it is rejected"
+            )
+
+    def _auto(
+        self, model: ModelHandle, src: Any, fused: Any, qin: Any, out: Any, ctx: RunContext, large: bool,
+        metrics: dict[str, Any], notes: list[str],
+    ) -> Any:
+        import shutil
+
+        from optimize import onnx_io
+        from optimize.hardware import cpu_info, has_int8_dot_product
+        from optimize.inspect_onnx import op_counts
+        from passes.quantize_auto import Candidate, Evaluator, choose, time_candidates
+
+        cfg = self.config
+        assert isinstance(cfg, QuantizeConfig)
+        goal = self._goal(ctx, auto=True)
+        evaluator = Evaluator(ctx, src, want_accuracy=goal.max_accuracy_drop is not None)
+        counts = op_counts(qin)
+        has_matmul = any(op in counts for op in ("MatMul", "Gemm", "Attention", "com.microsoft.Attention"))
+        modes = [cfg.mode] if "mode" in cfg.model_fields_set else ["dynamic", "static"]
+        can_calibrate = bool(ctx.inputs) or ctx.config.data.calibration is not None or ctx.config.data.train is not None
+        vnni = has_int8_dot_product()
+        settings: list[tuple[str, dict[str, Any]]] = []
+        skipped: list[str] = []
+        if "dynamic" in modes:
+            if has_matmul:
+                settings.append((f"int8 dynamic {'per-channel' if cfg.per_channel else 'per-tensor'}",
+                                 {"mode": "dynamic", "per_channel": cfg.per_channel, "reduce_range": cfg.reduce_range}))
+            else:
+                skipped.append("int8 dynamic: no MatMul/Gemm (dynamic Conv becomes slow per-tensor ConvInteger)")
+        if "static" in modes:
+            rr = cfg.reduce_range if "reduce_range" in cfg.model_fields_set else not vnni
+            if can_calibrate:
+                settings.append((f"int8 static QDQ {'per-channel' if cfg.per_channel else 'per-tensor'}"
+                                 + (" reduce-range" if rr else ""),
+                                 {"mode": "static", "format": "qdq", "per_channel": cfg.per_channel,
+                                  "reduce_range": rr}))
+            else:
+                skipped.append("int8 static: no calibration data and no input spec")
+        skipped.append("int8 static QOperator: measured 0.1–0.2x of float on CPUs without VNNI; not a candidate")
+
+        work = out.parent / "candidates"
+        work.mkdir(parents=True, exist_ok=True)
+        candidates: list[Candidate] = [
+            Candidate("float (input)", src, {"mode": "float"}, quantized=False, passed=True),
+        ]
+        if fused != src:
+            candidates.append(Candidate("float fused", fused, {"mode": "float", "fusion": cfg.fusion}, quantized=False))
+        extra_notes: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        key = f"{self.name}.candidates"
+        ctx.progress.start(key, "format auto: building candidates", len(settings))
+        for i, (name, st) in enumerate(settings):
+            path = work / f"cand-{i}.onnx"
+            cand_metrics: dict[str, Any] = {}
+            cand_notes: list[str] = []
+            variant = cfg.model_copy(update={**st, "format": st.get("format", "qdq")})
+            self._quantize_file(variant, qin, path, ctx, large, cand_metrics, cand_notes)
+            onnx_io.normalize_ir_version_file(path)
+            c = Candidate(name, path, st)
+            candidates.append(c)
+            extra_notes[name] = (cand_metrics, cand_notes)
+            c.check = evaluator.check(path)
+            c.passed, c.reason = goal.judge(c.check)
+            if not c.passed and cfg.fallback_max_layers > 0:
+                fpath, fcheck, kept, sens = self._run_fallback(
+                    st, qin, work / f"fallback-{i}", ctx, large, evaluator, goal
+                )
+                if fpath is not None:
+                    fc = Candidate(f"{name} + {len(kept)} float layer(s)", fpath, st, float_nodes=kept, sensitivity=sens)
+                    onnx_io.normalize_ir_version_file(fpath)
+                    fc.check = fcheck
+                    fc.passed, fc.reason = goal.judge(fcheck)
+                    candidates.append(fc)
+                    extra_notes[fc.name] = (cand_metrics, cand_notes)
+            ctx.progress.advance(key)
+        ctx.progress.finish(key)
+        for c in candidates:
+            if c.check is None:
+                c.check = evaluator.check(c.path)
+                if c.quantized or c.path != src:
+                    c.passed, c.reason = goal.judge(c.check)
+            c.bytes = onnx_io.total_bytes(c.path)
+        timing = time_candidates(ctx, src, candidates, model.inputs)
+        chosen, why = choose(candidates, cfg.objective)
+        float_bytes = candidates[0].bytes or 0
+        rows = [{**c.row(float_bytes), "chosen": c is chosen} for c in candidates]
+        metrics.update(
+            format="auto", objective=cfg.objective, chosen=chosen.name, candidates=rows, candidate_timing=timing,
+            goal={"min_parity_cosine": goal.floor, "floor_source": goal.floor_source,
+                  "max_accuracy_drop": goal.max_accuracy_drop, "parity_samples": evaluator.samples,
+                  "parity_source": evaluator.source},
+            not_candidates=skipped, cpu_isa=cpu_info()["isa"], int8_dot_product=vnni,
+            float_nodes=list(chosen.float_nodes),
+        )
+        if chosen.sensitivity is not None:
+            metrics["sensitivity"] = {k: round(v, 6) for k, v in sorted(chosen.sensitivity.items(), key=lambda kv: -kv[1])}
+        metrics.update(mode=chosen.settings.get("mode"), per_channel=chosen.settings.get("per_channel", cfg.per_channel),
+                       reduce_range=chosen.settings.get("reduce_range", cfg.reduce_range))
+        table = "; ".join(
+            f"{c.name}: {c.speedup:.2f}x, {float_bytes / c.bytes if c.bytes else 0:.1f}x smaller, "
+            f"min cosine {c.check.min_cosine if c.check and c.check.min_cosine is not None else float('nan'):.4f}"
+            + ("" if c.passed else f" (rejected: {c.reason})")
+            for c in candidates
+        )
+        notes.append(
+            f"format auto ({cfg.objective}): chose {chosen.name} — measured at {ctx.threads} threads, batch "
+            f"{timing['batch']}, interleaved against the float input; candidates: {table}"
+        )
+        notes.extend(why)
+        if chosen.float_nodes:
+            notes.append(f"layers kept in float by the accuracy-aware fallback: {', '.join(chosen.float_nodes)}")
+        if chosen.quantized or chosen.path != src:
+            cm, cn = extra_notes.get(chosen.name, ({}, []))
+            metrics.update({k: v for k, v in cm.items() if k.startswith("calibration")})
+            notes.extend(cn)
+            shutil.copyfile(chosen.path, out)
+            if chosen.path.with_name(chosen.path.name + ".data").exists():
+                shutil.copyfile(chosen.path.with_name(chosen.path.name + ".data"), out.with_name(out.name + ".data"))
+            result = out
+        else:
+            metrics["mode"] = "float"
+            result = src
+        shutil.rmtree(work, ignore_errors=True)
+        return result
+
+    # ------------------------------------------------------------------ weight-only, fusion
+
+    def _weight_only(self, qin: Any, out: Any, large: bool, metrics: dict[str, Any], notes: list[str]) -> None:
+        """int4/int8 block-wise MatMul weights with ONNX Runtime's MatMulNBits quantizer."""
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        from onnxruntime.quantization.onnx_model import ONNXModel
+
+        cfg = self.config
+        assert isinstance(cfg, QuantizeConfig)
+        if cfg.op_types is not None and not {"MatMul", "Gemm"} & set(cfg.op_types):
+            notes.append(f"weight_only quantizes MatMul/Gemm weights; op_types {cfg.op_types} selects none")
+        proto = onnx.load(str(qin))
+        wrapped = ONNXModel(proto)
+        gemms = sum(1 for n in proto.graph.node if n.op_type == "Gemm")
+        if gemms and (cfg.op_types is None or "Gemm" in cfg.op_types):
+            wrapped.replace_gemm_with_matmul()  # MatMulNBits replaces MatMul only
+            metrics["gemm_rewritten_as_matmul"] = gemms
+        quantizer = MatMulNBitsQuantizer(
+            wrapped.model, bits=cfg.bits, block_size=cfg.block_size, is_symmetric=cfg.symmetric_blocks,
+            accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=list(cfg.exclude_nodes),
+            op_types_to_quantize=("MatMul",),
+        )
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out), large)
+        if cfg.accuracy_level != 4:
+            notes.append(
+                "weight_only keeps activations in float: the gain is size (and memory bandwidth); "
+                "accuracy_level: 4 lets ONNX Runtime compute with int8 activations, usually faster on CPU"
+            )
+
+    def _fuse(self, src: Any, dst: Any, large: bool, metrics: dict[str, Any]) -> Any:
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        from optimize.errors import PassError
+        from optimize.inspect_onnx import op_counts
+
+        cfg = self.config
+        assert isinstance(cfg, QuantizeConfig)
+        try:
+            with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+                opt = optimize_model(str(src), model_type=cfg.fusion, num_heads=cfg.num_heads,
+                                     hidden_size=cfg.hidden_size)
+                opt.save_model_to_file(str(dst), use_external_data_format=large)
+                stats = opt.get_fused_operator_statistics()
+        except Exception as exc:
+            raise PassError(self.name, f"ONNX Runtime's transformer fusion ({cfg.fusion}) failed: {_first_line(exc)}") from exc
+        before, after = op_counts(src), op_counts(dst)
+        metrics["fusion"] = {
+            "model_type": cfg.fusion,
+            "fused_ops": {k: int(v) for k, v in stats.items() if v},
+            "nodes_before": sum(before.values()),
+            "nodes_after": sum(after.values()),
+        }
+        return dst
 
     def _preprocess(self, src: Any, pre: Any, large: bool, notes: list[str]) -> Any:
         import io

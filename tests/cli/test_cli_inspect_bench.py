@@ -49,14 +49,18 @@ def fake_bench(monkeypatch):
         calls.append(dict(model=model, vs=vs, threads=threads, batch=batch, warmup=warmup, repeat=repeat, device=device))
         progress.start("bench-1", "latency", repeat)
         progress.finish("bench-1")
-        timing = {"median_ms": 2.0, "p90_ms": 2.5, "min_ms": 1.5, "runs": repeat, "runtime": "onnxruntime 1.20", "device": device}
-        rows = {}
-        for i, t in enumerate(threads or [1, 2]):
-            rows[str(t)] = {"model": dict(timing, median_ms=2.0 / t), **({"vs": timing, "speedup_vs": 1.5} if vs else {})}
-            if i:
-                rows[str(t)]["parallel_speedup"] = float(t)
+        timing = {"p50_ms": 2.0, "p90_ms": 2.5, "p99_ms": 2.9, "min_ms": 1.5, "runs": repeat, "throughput_per_s": 500.0,
+                  "outliers": {"count": 1, "fence_ms": 3.0, "max_ms": 4.0}, "runtime": "onnxruntime 1.20", "device": device}
+        rows = []
+        for b in batch:
+            for i, t in enumerate(threads or [1, 2]):
+                row = {"batch": b, "threads": t, "model": dict(timing, p50_ms=2.0 / t),
+                       **({"vs": timing, "speedup_vs": 1.5} if vs else {}), "parallel_speedup": float(t) if i else 1.0}
+                rows.append(row)
         models = {"model": model, **({"vs": vs} if vs else {})}
-        return {"batch": batch, "warmup": warmup, "repeat": repeat, "device": device, "threads": rows, "models": models}
+        return {"models": models, "device": device, "batches": batch, "threads": threads or [1, 2], "warmup": warmup,
+                "repeat": repeat, "results": rows, "memory": {"model": {"peak_rss_mb": 60.0, "model_peak_mb": 12.5}},
+                "formulas": {"speedup_vs": "OTHER / MODEL"}}
 
     mod.bench_models = bench_models  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "optimize.benchmark", mod)
@@ -93,11 +97,12 @@ def test_inspect_error(runner, monkeypatch):
 
 
 def test_bench_json_and_threads(runner, fake_bench):
-    r = runner.invoke(app, ["bench", "a.onnx", "--vs", "b.onnx", "--threads", "4,1", "--batch", "8", "--repeat", "5", "--json"])
+    r = runner.invoke(app, ["bench", "a.onnx", "--vs", "b.onnx", "--threads", "4,1", "--batch", "8,1", "--repeat", "5", "--json"])
     assert r.exit_code == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert list(doc["threads"]) == ["1", "4"]
-    assert fake_bench[-1] == dict(model="a.onnx", vs="b.onnx", threads=[1, 4], batch=8, warmup=5, repeat=5, device="cpu")
+    assert doc["threads"] == [1, 4] and doc["batches"] == [1, 8]
+    assert [(x["batch"], x["threads"]) for x in doc["results"]] == [(1, 1), (1, 4), (8, 1), (8, 4)]
+    assert fake_bench[-1] == dict(model="a.onnx", vs="b.onnx", threads=[1, 4], batch=[1, 8], warmup=5, repeat=5, device="cpu")
     assert "[bench-1]" in r.stderr  # progress on stderr, not stdout
 
 
@@ -105,12 +110,20 @@ def test_bench_default_threads_and_table(runner, fake_bench):
     r = runner.invoke(app, ["bench", "a.onnx", "--vs", "b.onnx", "--progress", "none"])
     assert r.exit_code == 0, r.stderr
     assert fake_bench[-1]["threads"] is None  # the library picks its default
-    for text in ("Latency", "MODEL", "OTHER", "a.onnx", "b.onnx", "1.50x", "2.00x", "median ms"):
+    for text in ("Latency", "MODEL", "OTHER", "a.onnx", "b.onnx", "1.50x", "2.00x", "p50 ms", "p99 ms", "per s",
+                 "outliers", "model 12.5 MB"):
         assert text in r.stdout, text
 
 
 @pytest.mark.parametrize("bad", ["a", "0", "1,-2", ","])
 def test_bench_bad_threads_is_usage_error(runner, fake_bench, bad):
     r = runner.invoke(app, ["bench", "a.onnx", "--threads", bad])
+    assert r.exit_code == 2
+    assert not fake_bench
+
+
+@pytest.mark.parametrize("bad", ["x", "0", "8,-1", ","])
+def test_bench_bad_batch_is_usage_error(runner, fake_bench, bad):
+    r = runner.invoke(app, ["bench", "a.onnx", "--batch", bad])
     assert r.exit_code == 2
     assert not fake_bench

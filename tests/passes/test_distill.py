@@ -56,13 +56,6 @@ class Mask(torch.nn.Module):
         return w * self.mask
 
 
-@pytest.fixture(scope="module")
-def teacher_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("teacher") / "digits.safetensors"
-    example.train_teacher(path, seed=0)  # the real recipe: ~99% test accuracy
-    return path
-
-
 def load_teacher(path: Path) -> torch.nn.Module:
     m = example.digits_cnn()
     load_weights(m, path)
@@ -159,11 +152,11 @@ def test_distill_recovers_a_masked_student_and_keeps_masks_hooks_and_the_teacher
     assert not teacher.training
     assert all(torch.equal(teacher_state[k], v) for k, v in teacher.state_dict().items())
 
-    # progress: one advance per epoch with loss and accuracy
+    # progress: one advance per epoch with loss, accuracy and samples/s
     assert progress.calls[0] == ("start", "distill", 4)
     advances = [c for c in progress.calls if c[0] == "advance"]
     assert len(advances) == 4
-    assert all(re.fullmatch(r"loss \d+\.\d{3} acc \d+\.\d%", c[3]) for c in advances)
+    assert all(re.fullmatch(r"loss \d+\.\d{3} acc \d+\.\d% \d+ samples/s", c[3]) for c in advances)
     assert progress.calls[-1][0] == "finish"
 
 

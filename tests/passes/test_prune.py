@@ -258,24 +258,27 @@ def test_structured_failure_is_a_pass_error_naming_layers(ctx):
 
     torch.manual_seed(0)
     model = torch_handle(Encoder(), 3, 16)
-    with pytest.raises(PassError) as err:  # the hidden size shrinks under nn.MultiheadAttention
-        run(model, ctx, method="structured")
-    assert "enc.self_attn.out_proj" in str(err.value) and "residual" in str(err.value)
-    # ignoring the residual-stream writers makes it work
-    res = run(model, ctx, method="structured", exclude=["*out_proj", "*linear2"])
+    with pytest.raises(PassError) as err:  # the hidden size shrinks under the attention block
+        run(model, ctx, method="structured", keep_hidden_size=False)
+    assert "residual" in str(err.value)
+    # by default the residual-stream writers are found and kept, so only FFN neurons go
+    res = run(model, ctx, method="structured")
     assert res.model.module.enc.linear1.out_features == 16
+    assert res.model.module.enc.linear2.out_features == 16
     assert res.model.module(torch.randn(2, 3, 16)).shape == (2, 3)
+    assert any("hidden size kept" in n and "out_proj" in n and "linear2" in n for n in res.notes)
 
 
 # ---- check() -------------------------------------------------------------------------------
 
 
-def test_check_rejects_structured_on_onnx(cfg):
+def test_check_rejects_torch_only_options_on_onnx(cfg):
     plan = PlanContext(config=cfg, input_form="onnx", has_input_spec=True, index=2, form_at_pass="onnx")
     with pytest.raises(ConfigError) as err:
-        PrunePass(PruneConfig(method="structured")).check(plan)
-    assert err.value.key == "passes[2].prune.method"
+        PrunePass(PruneConfig(method="structured", steps=3)).check(plan)
+    assert err.value.key == "passes[2].prune.steps"
     assert "needs a torch model" in str(err.value)
+    PrunePass(PruneConfig(method="structured")).check(plan)  # channels of MatMul/Gemm/Conv chains
     PrunePass(PruneConfig(method="magnitude")).check(plan)  # fine on ONNX
     PrunePass(PruneConfig(method="nm")).check(plan)
 

@@ -1,0 +1,87 @@
+"""Markdown sections for a prune step's metrics: the per-layer table, MACs before/after, the
+compressed size, the gradual schedule's per-step table and a sensitivity scan. Used by
+`optimize.report.to_markdown` and by `optimize prune-scan`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _shape(v: Any) -> str:
+    return "×".join(str(d) for d in v) if isinstance(v, list) else "—"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
+    """Lines of Markdown for one prune step (empty when the metrics carry nothing to tabulate)."""
+    lines: list[str] = []
+    layers = metrics.get("layers") or []
+    if not layers and "compressed_bytes" not in metrics:
+        return lines
+    lines += ["", f"### {title}", ""]
+    if layers:
+        lines += [
+            "| layer | shape before | shape after | sparsity | params removed |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for e in layers:
+            removed = e.get("params_removed", e.get("weights_removed", e.get("zeros")))
+            name = e["name"] + (f" ({e['kind']})" if e.get("kind") else "")
+            sparsity = e.get("sparsity")
+            lines.append(
+                f"| {name} | {_shape(e.get('shape_before'))} | {_shape(e.get('shape_after'))} | "
+                f"{_fmt(sparsity) if sparsity is not None else '—'} | {_fmt(removed)} |"
+            )
+        lines.append("")
+    facts = []
+    if metrics.get("params_before") is not None:
+        facts.append(f"params {metrics['params_before']} → {metrics.get('params_after')}")
+    if metrics.get("sparsity") is not None:
+        facts.append(f"sparsity {_fmt(metrics['sparsity'])}")
+    mb, ma = metrics.get("macs_before"), metrics.get("macs_after")
+    if mb is not None or ma is not None:
+        batch = metrics.get("macs_batch")
+        facts.append(f"MACs {_fmt(mb)} → {_fmt(ma)}" + (f" (batch {batch})" if batch else ""))
+    c = metrics.get("compressed_bytes")
+    if isinstance(c, dict):
+        facts.append(
+            f"weights compressed (zlib) {c.get('zip_before')} → {c.get('zip_after')} bytes "
+            f"(raw {c.get('raw_before')} → {c.get('raw_after')})"
+        )
+    g = metrics.get("nm_gpu")
+    if isinstance(g, dict):
+        if g.get("speedup") is not None:
+            facts.append(
+                f"2:4 on GPU: dense {g['dense_ms']} ms, sparse {g['sparse_ms']} ms, speedup {g['speedup']}x ({g.get('dtype')})"
+            )
+        else:
+            facts.append(f"2:4 on GPU: not measured ({g.get('reason')})")
+    lines += [f"- {f}" for f in facts]
+    rows = metrics.get("per_step") or []
+    if len(rows) > 1:
+        keys = [k for k in rows[0] if k != "step"]
+        for r in rows[1:]:
+            keys += [k for k in r if k not in keys and k != "step"]
+        lines += ["", "| step | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
+        for r in rows:
+            lines.append(f"| {r['step']} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+    return lines
+
+
+def scan_markdown(scan: dict[str, Any]) -> list[str]:
+    """The sensitivity table of `optimize.prune_scan.scan` as Markdown."""
+    ratios = scan["ratios"]
+    metric = scan["metric"]
+    lines = [f"| layer | {' | '.join(f'{r:g}' for r in ratios)} | proposed |", "| --- |" + " --- |" * (len(ratios) + 1)]
+    for row in scan["layers"]:
+        cells = [_fmt(row["scores"].get(f"{r:g}")) for r in ratios]
+        lines.append(f"| {row['name']} | {' | '.join(cells)} | {_fmt(row['proposed'])} |")
+    lines += ["", f"Scores: {metric}."]
+    return lines

@@ -1,0 +1,280 @@
+"""quantize `format: auto` and the accuracy-aware fallback: candidates measured on the target.
+
+`format: auto` builds the quantized forms that fit the model and the hardware (dynamic int8 for
+MatMul/Gemm models, static QDQ per-channel when calibration is possible; never QOperator, which
+measured 0.1–0.2x of float32 on CPUs without VNNI), keeps the float input as a candidate, checks
+each against the float input (parity on eval data or the input spec, and top-1 accuracy when
+labelled eval data and `gates.max_accuracy_drop` exist), times them all interleaved with the float
+input (same threads, batch, warm-up and repeats as `measure:`), and keeps the fastest passing one
+(`objective: latency`) or the smallest (`objective: size`). A quantized model is chosen over float
+only when it was measured faster; with `objective: size` a slower choice is said in the notes.
+
+The fallback: when a quantized model misses the parity floor (or the accuracy drop), each weighted
+layer is quantized alone and its error measured (1 − mean cosine of the outputs against float:
+the error that layer adds); the most sensitive layers are then kept in float one by one until the
+model holds the floor, up to `fallback_max_layers`. The layers kept in float are named exactly as
+in the quantizer's input graph.
+
+Why hand-written: ONNX Runtime's quantizers quantize one given configuration; choosing among
+configurations by measured speed and accuracy on the target is what this tool adds. The timing
+(`optimize.benchmark.interleaved`), parity (`optimize.runtime.parity`) and the quantizers
+themselves are the shared ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WEIGHTED_LAYER_OPS = ("MatMul", "Gemm", "Conv")
+DEFAULT_AUTO_FLOOR = 0.99  # min cosine vs the float input when no floor is configured (format: auto)
+SENSITIVITY_SAMPLES = 64  # calibration samples per single-layer quantization (sensitivity only)
+
+
+@dataclass
+class Check:
+    """How a model compares with the float input on the pass's evaluation data."""
+
+    min_cosine: float | None
+    mean_cosine: float | None
+    max_abs_diff: float | None
+    all_finite: bool
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+
+    def error(self) -> float:
+        """The error a model adds: 1 − mean cosine (infinite when outputs are not finite)."""
+        return float("inf") if not self.all_finite or self.mean_cosine is None else 1.0 - self.mean_cosine
+
+
+@dataclass
+class Goal:
+    floor: float | None  # min cosine; None: not checked
+    max_accuracy_drop: float | None  # points; None: not checked
+    floor_source: str = ""
+
+    def judge(self, c: Check) -> tuple[bool, str | None]:
+        if not c.all_finite:
+            return False, "non-finite outputs"
+        if self.floor is not None and (c.min_cosine is None or c.min_cosine < self.floor):
+            return False, f"parity min cosine {c.min_cosine:.4f} < floor {self.floor} ({self.floor_source})"
+        if self.max_accuracy_drop is not None and c.accuracy_drop is not None and c.accuracy_drop > self.max_accuracy_drop:
+            return False, f"accuracy drop {c.accuracy_drop:.2f} pts > {self.max_accuracy_drop} (gates.max_accuracy_drop)"
+        return True, None
+
+    @property
+    def active(self) -> bool:
+        return self.floor is not None or self.max_accuracy_drop is not None
+
+
+class Evaluator:
+    """Runs models on the pass's evaluation inputs and compares them with the float input."""
+
+    def __init__(self, ctx: Any, float_path: Path, *, want_accuracy: bool) -> None:
+        from optimize.runtime import predict, session
+
+        self.ctx = ctx
+        cfg = ctx.config
+        self.batch = cfg.data.batch_size
+        self.inputs, self.source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
+        self.samples = len(next(iter(self.inputs.values()))) if self.inputs else 0
+        sess = session(float_path, threads=ctx.threads)
+        self.reference = predict(sess, self.inputs, self.batch)
+        self.eval_ds = None
+        self.float_accuracy: float | None = None
+        ds = ctx.data("eval") if want_accuracy else None
+        if ds is not None and ds.labels is not None and cfg.model.task == "classification":
+            self.eval_ds = ds
+            self.float_accuracy = self._accuracy(sess)
+
+    def _accuracy(self, sess: Any) -> float | None:
+        import numpy as np
+
+        from optimize.runtime import predict
+
+        assert self.eval_ds is not None
+        out = predict(sess, self.eval_ds.inputs, self.batch)[0]
+        if not np.isfinite(out).all():
+            return None
+        return float((out.argmax(axis=-1) == self.eval_ds.labels).mean() * 100)
+
+    def check(self, path: Path) -> Check:
+        from optimize.runtime import parity, predict, session
+
+        sess = session(path, threads=self.ctx.threads)
+        p = parity(self.reference, predict(sess, self.inputs, self.batch))
+        c = Check(p["min_cosine"], p["mean_cosine"], p["max_abs_diff"], p["all_finite"])
+        if self.eval_ds is not None and self.float_accuracy is not None:
+            c.accuracy = self._accuracy(sess)
+            c.accuracy_drop = None if c.accuracy is None else self.float_accuracy - c.accuracy
+        return c
+
+
+@dataclass
+class Candidate:
+    name: str
+    path: Path
+    settings: dict[str, Any]
+    quantized: bool = True
+    check: Check | None = None
+    passed: bool = False
+    reason: str | None = None
+    float_nodes: list[str] = field(default_factory=list)
+    sensitivity: dict[str, float] | None = None
+    median_ms: float | None = None
+    speedup: float | None = None
+    bytes: int | None = None
+
+    def row(self, float_bytes: int) -> dict[str, Any]:
+        c = self.check
+        return {
+            "name": self.name,
+            **self.settings,
+            "latency_ms": self.median_ms,
+            "speedup": self.speedup,
+            "bytes": self.bytes,
+            "size_ratio": (float_bytes / self.bytes) if self.bytes else None,
+            "min_cosine": c.min_cosine if c else None,
+            "mean_cosine": c.mean_cosine if c else None,
+            "accuracy": c.accuracy if c else None,
+            "accuracy_drop": c.accuracy_drop if c else None,
+            "passed": self.passed,
+            "reason": self.reason,
+            "float_nodes": list(self.float_nodes),
+        }
+
+
+# A function that quantizes the pass's prepared input with the given overrides of the pass config
+# (and optional node include / exclude lists) into `out`.
+QuantizeFn = Callable[..., None]
+
+
+def weighted_layers(path: Path, op_types: list[str] | None, exclude: list[str]) -> list[str]:
+    """Names of the nodes a quantizer would consider: MatMul/Gemm/Conv with a constant weight."""
+    import onnx
+
+    from optimize.inspect_onnx import iter_weight_uses
+
+    model = onnx.load(str(path), load_external_data=False)
+    wanted = set(op_types) if op_types is not None else set(WEIGHTED_LAYER_OPS)
+    names: list[str] = []
+    for use in iter_weight_uses(model):
+        n = use.node
+        if n.op_type in WEIGHTED_LAYER_OPS and n.op_type in wanted and n.name and n.name not in exclude:
+            if n.name not in names:
+                names.append(n.name)
+    return names
+
+
+def fallback(
+    quantize: QuantizeFn, settings: dict[str, Any], layers: list[str], evaluator: Evaluator, goal: Goal,
+    max_layers: int, work: Path, progress: Any, key: str, base_exclude: list[str],
+) -> tuple[Path | None, Check | None, list[str], dict[str, float]]:
+    """Keep the most sensitive layers in float until `goal` holds. Returns (path, check, float
+    layers, sensitivity) of the first variant that meets the goal, or of the best one tried (by
+    error) when none does; path is None when no layer could be kept in float."""
+    work.mkdir(parents=True, exist_ok=True)
+    sens_settings = dict(settings)
+    if settings.get("mode") == "static":
+        sens_settings["calibration_samples"] = min(int(settings.get("calibration_samples", 256)), SENSITIVITY_SAMPLES)
+    sensitivity: dict[str, float] = {}
+    progress.start(key, "per-layer sensitivity (each layer quantized alone)", len(layers))
+    for i, name in enumerate(layers):
+        out = work / f"sens-{i}.onnx"
+        quantize(sens_settings, out, include=[name], exclude=base_exclude)
+        sensitivity[name] = evaluator.check(out).error()
+        _remove(out)
+        progress.advance(key)
+    progress.finish(key)
+    order = sorted(layers, key=lambda n: -sensitivity[n])
+    best: tuple[Path | None, Check | None, list[str]] = (None, None, [])
+    limit = min(max_layers, len(order) - 1)  # at least one layer stays quantized
+    for k in range(1, limit + 1):
+        kept = order[:k]
+        out = work / f"fallback-{k}.onnx"
+        quantize(settings, out, include=None, exclude=[*base_exclude, *kept])
+        c = evaluator.check(out)
+        ok, _ = goal.judge(c)
+        if best[1] is None or c.error() < best[1].error():
+            if best[0] is not None and best[0] != out:
+                _remove(best[0])
+            best = (out, c, kept)
+        elif out != best[0]:
+            _remove(out)
+        if ok:
+            return out, c, kept, sensitivity
+    return best[0], best[1], best[2], sensitivity
+
+
+def _remove(path: Path) -> None:
+    for f in (path, path.with_name(path.name + ".data")):
+        f.unlink(missing_ok=True)
+
+
+def bench_inputs(ctx: Any, specs: list[Any]) -> dict[str, Any]:
+    """The latency inputs `measure` uses: eval data when it has a full batch, else random from the spec."""
+    import numpy as np
+
+    m = ctx.config.measure
+    ds = ctx.data("eval")
+    if ds is not None and len(ds) >= m.batch:
+        return ds.take(m.batch).inputs
+    rng = np.random.default_rng(ctx.seed)
+    return {s.name: s.random(m.batch, rng) for s in specs}
+
+
+def time_candidates(ctx: Any, float_path: Path, candidates: list[Candidate], specs: list[Any]) -> dict[str, Any]:
+    """Time the float input and every candidate interleaved; fill median_ms and speedup."""
+    from optimize.benchmark import interleaved, pairwise_ratio
+
+    m = ctx.config.measure
+    models: dict[str, Any] = {"float input": float_path}
+    for c in candidates:
+        if c.quantized or c.path != float_path:
+            models[c.name] = c.path
+    timings = interleaved(
+        models, bench_inputs(ctx, specs), threads=ctx.threads, warmup=m.warmup, repeat=m.repeat,
+        progress=ctx.progress, key="quantize.auto.latency",
+    )
+    base = timings["float input"]
+    for c in candidates:
+        t = timings.get(c.name)
+        if t is None:  # the float input itself
+            c.median_ms, c.speedup = base.median_ms, 1.0
+        else:
+            c.median_ms, c.speedup = t.median_ms, pairwise_ratio(base, t)
+    return {"threads": ctx.threads, "batch": m.batch, "warmup": m.warmup, "repeat": m.repeat,
+            "float_ms": base.median_ms, "runtime": base.runtime}
+
+
+def choose(candidates: list[Candidate], objective: str) -> tuple[Candidate, list[str]]:
+    """The chosen candidate and the notes that explain the choice."""
+    notes: list[str] = []
+    passing = [c for c in candidates if c.passed]
+    quantized = [c for c in passing if c.quantized]
+    if objective == "size":
+        best = min(passing, key=lambda c: (c.bytes or 0, -(c.speedup or 0)))
+        if best.quantized and best.speedup is not None and best.speedup < 1.0:
+            notes.append(
+                f"objective size: chose {best.name}, the smallest passing candidate, although it runs SLOWER than "
+                f"float ({best.speedup:.2f}x)"
+            )
+        return best, notes
+    best = max(passing, key=lambda c: (c.speedup or 0.0, -(c.bytes or 0)))
+    slower = [c for c in candidates if c.quantized and c.speedup is not None and c.speedup < 1.0]
+    float_bytes = next((c.bytes for c in candidates if not c.quantized and c.bytes), None)
+    if not best.quantized and slower:
+        smallest = min(slower, key=lambda c: c.bytes or 0)
+        size = f" ({float_bytes / smallest.bytes:.1f}x smaller)" if float_bytes and smallest.bytes else ""
+        notes.append(
+            "kept float: every quantized candidate ran SLOWER than the float input on this hardware ("
+            + ", ".join(f"{c.name} {c.speedup:.2f}x" for c in slower)
+            + f"); objective: size would choose {smallest.name}{size}"
+        )
+    elif not best.quantized and not quantized:
+        notes.append("kept float: no quantized candidate met the parity/accuracy goal")
+    elif best.quantized and best.speedup is not None and best.speedup < 1.05:
+        notes.append(f"chose {best.name} at {best.speedup:.2f}x: within the noise of this machine's timings")
+    return best, notes

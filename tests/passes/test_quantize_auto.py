@@ -1,0 +1,383 @@
+"""quantize: format auto (candidates measured on this machine), accuracy-aware fallback, int4
+weight-only (MatMulNBits), transformer fusion before quantization, and their config errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto
+from torch import nn
+
+from optimize.benchmark import interleaved, pairwise_ratio
+from optimize.config import load_config_text
+from optimize.context import PlanContext, RunContext
+from optimize.errors import ConfigError
+from optimize.handle import ModelHandle, TensorSpec
+from optimize.inspect_onnx import iter_weight_uses, op_counts, weight_stats
+from optimize.onnx_io import total_bytes
+from optimize.runtime import parity, predict, session
+from passes.quantize import QuantizeConfig, QuantizePass
+from passes.quantize_auto import Candidate, Check, choose
+
+CFG = "schema_version: 1\nmeasure: {repeat: 12, warmup: 2}\npasses: []\n"
+
+
+def make_ctx(tmp_path: Path, inputs, text: str = CFG, sub: str = "work") -> RunContext:
+    ctx = RunContext(config=load_config_text(text), work_dir=tmp_path / sub, threads=2)
+    ctx.inputs = list(inputs)
+    return ctx
+
+
+def export(module: nn.Module, path: Path, example, names=("x",)) -> Path:
+    axes = {n: {0: "batch"} for n in names}
+    with torch.no_grad():
+        torch.onnx.export(
+            module, example, str(path), dynamo=False, input_names=list(names), output_names=["y"],
+            dynamic_axes={**axes, "y": {0: "batch"}}, opset_version=17,
+        )
+    return path
+
+
+def handle(path: Path, inputs) -> ModelHandle:
+    return ModelHandle(form="onnx", inputs=list(inputs), outputs=["y"], onnx_path=path)
+
+
+def mlp(sizes: tuple[int, ...], seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes, sizes[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).eval()
+
+
+def weight_dtypes_by_node(path: Path) -> dict[str, int]:
+    """Weighted node name → stored weight element type (TensorProto enum)."""
+    return {u.node.name: u.tensor.data_type for u in iter_weight_uses(onnx.load(str(path)))}
+
+
+# ---------------------------------------------------------------------------- format: auto
+
+
+def test_auto_lists_candidates_and_its_speed_claim_holds_on_remeasurement(tmp_path):
+    inputs = [TensorSpec("x", ("batch", 256))]
+    src = export(mlp((256, 1024, 256)), tmp_path / "mlp.onnx", (torch.randn(1, 256),))
+    ctx = make_ctx(tmp_path, inputs)
+    res = QuantizePass(QuantizeConfig(format="auto")).run(handle(src, inputs), ctx)
+
+    rows = res.metrics["candidates"]
+    names = [r["name"] for r in rows]
+    assert names[0] == "float (input)" and "int8 dynamic per-channel" in names
+    assert any(n.startswith("int8 static QDQ per-channel") for n in names)
+    for r in rows:
+        assert r["latency_ms"] > 0 and r["speedup"] > 0 and r["bytes"] > 0 and r["min_cosine"] is not None
+    chosen = [r for r in rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["name"] == res.metrics["chosen"]
+    passing = [r for r in rows if r["passed"]]
+    assert chosen[0]["speedup"] == max(r["speedup"] for r in passing)
+    assert chosen[0]["speedup"] >= 1.0  # never slower than the float input
+    assert any("format auto (latency): chose" in n for n in res.notes)
+    assert res.metrics["candidate_timing"]["threads"] == 2 and res.metrics["candidate_timing"]["batch"] == 1
+
+    out = res.model.onnx_path
+    if chosen[0]["name"] != "float (input)":
+        assert out == ctx.step_dir("quantize") / "model.onnx"
+        assert {t.bits for t in weight_stats(out).tensors} == {8}  # counted from the file
+        assert total_bytes(src) / total_bytes(out) >= 3.8
+    # the claim is re-measured independently: same threads and batch, interleaved, within noise
+    x = {"x": np.random.default_rng(1).standard_normal((1, 256)).astype(np.float32)}
+    t = interleaved({"a": src, "b": out}, x, threads=2, warmup=3, repeat=30)
+    again = pairwise_ratio(t["a"], t["b"])
+    rounds = np.array([a / b for a, b in zip(t["a"].times_ms, t["b"].times_ms, strict=True)])
+    lo, hi = np.percentile(rounds, [10, 90])  # this machine's noise, as seen in the re-measurement
+    claim = chosen[0]["speedup"]
+    assert lo / 1.25 <= claim <= hi * 1.25, (claim, again, lo, hi)
+
+
+def _cand(name, speedup, size, quantized=True, passed=True):
+    c = Candidate(name, Path(name), {}, quantized=quantized, passed=passed)
+    c.speedup, c.bytes, c.check = speedup, size, Check(0.999, 0.999, 0.0, True)
+    return c
+
+
+def test_choose_keeps_float_when_quantized_candidates_are_slower_and_says_why():
+    cands = [_cand("float (input)", 1.0, 400, quantized=False), _cand("int8 static", 0.69, 100),
+             _cand("int8 dynamic", 0.8, 110)]
+    chosen, notes = choose(cands, "latency")
+    assert chosen.name == "float (input)"
+    assert any("SLOWER" in n and "int8 static 0.69x" in n and "objective: size" in n and "4.0x smaller" in n
+               for n in notes)
+
+
+def test_choose_size_objective_takes_the_smallest_and_flags_that_it_is_slower():
+    cands = [_cand("float (input)", 1.0, 400, quantized=False), _cand("int8 static", 0.69, 100),
+             _cand("int8 dynamic", 1.3, 110), _cand("int8 broken", 2.0, 50, passed=False)]
+    chosen, notes = choose(cands, "size")
+    assert chosen.name == "int8 static"  # the failing, smaller one is never chosen
+    assert any("SLOWER" in n and "0.69x" in n for n in notes)
+    chosen, _ = choose(cands, "latency")
+    assert chosen.name == "int8 dynamic"
+
+
+def test_auto_without_matmul_or_calibration_keeps_float(tmp_path):
+    """A conv-only model with format auto and mode dynamic: no candidate fits; the float input is kept."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    inputs = [TensorSpec("x", ("batch", 3, 8, 8))]
+    src = export(conv, tmp_path / "c.onnx", (torch.randn(1, 3, 8, 8),))
+    res = QuantizePass(QuantizeConfig(format="auto", mode="dynamic")).run(handle(src, inputs), make_ctx(tmp_path, inputs))
+    assert res.model.onnx_path == src
+    assert res.metrics["chosen"] == "float (input)" and res.metrics["mode"] == "float"
+    assert any("no MatMul/Gemm" in s for s in res.metrics["not_candidates"])
+
+
+# ---------------------------------------------------------------------------- accuracy-aware fallback
+
+
+def outlier_mlp() -> nn.Module:
+    """Per-tensor int8 wrecks the middle layer (one weight 40x the rest); the others quantize well."""
+    m = mlp((16, 64, 64, 32))
+    with torch.no_grad():
+        m[2].weight[0, 0] = 40.0
+    return m
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_fallback_keeps_exactly_the_reported_layers_in_float(tmp_path, mode):
+    inputs = [TensorSpec("x", ("batch", 16))]
+    src = export(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    ctx = make_ctx(tmp_path, inputs)
+    res = QuantizePass(QuantizeConfig(mode=mode, per_channel=False, parity_floor=0.995)).run(handle(src, inputs), ctx)
+
+    assert res.metrics["parity_all_quantized"]["min_cosine"] < 0.995
+    kept = res.metrics["float_nodes"]
+    assert kept and kept[0] == "/2/Gemm"  # the outlier layer is the most sensitive
+    assert max(res.metrics["sensitivity"], key=res.metrics["sensitivity"].get) == "/2/Gemm"
+    assert res.metrics["fallback_goal_met"] is True
+    assert any("kept the" in n and "/2/Gemm" in n for n in res.notes)
+
+    out = res.model.onnx_path
+    dtypes = weight_dtypes_by_node(out)
+    # dynamic quantization renames a Gemm it rewrites to NAME_MatMul
+    float_in_output = {n.removesuffix("_MatMul") for n, t in dtypes.items() if t == TensorProto.FLOAT}
+    int_in_output = {n for n, t in dtypes.items() if t in (TensorProto.INT8, TensorProto.UINT8)}
+    assert float_in_output == set(kept)
+    assert int_in_output  # every other layer is integer
+    x, _ = ctx.sample_inputs("eval", ctx.config.measure.parity_samples)  # the samples the pass checked
+    p = parity(predict(session(src), x), predict(session(out), x))
+    assert p["min_cosine"] >= 0.995
+    assert p["min_cosine"] == pytest.approx(res.metrics["parity_after_fallback"]["min_cosine"], abs=1e-6)
+
+
+def test_fallback_off_or_no_goal_leaves_the_model_fully_quantized(tmp_path):
+    inputs = [TensorSpec("x", ("batch", 16))]
+    src = export(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=False)).run(handle(src, inputs), make_ctx(tmp_path, inputs))
+    assert "float_nodes" not in res.metrics  # no floor configured: nothing checked
+    res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=False, parity_floor=0.995, fallback_max_layers=0)).run(
+        handle(src, inputs), make_ctx(tmp_path, inputs, sub="w2"))
+    assert any("fallback is off" in n for n in res.notes)
+    assert all(t != TensorProto.FLOAT for t in weight_dtypes_by_node(res.model.onnx_path).values())
+
+
+def test_auto_rejects_a_candidate_below_the_floor_and_adds_its_fallback(tmp_path):
+    inputs = [TensorSpec("x", ("batch", 16))]
+    src = export(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    text = CFG.replace("passes: []", "gates: {min_parity_cosine: 0.995}\npasses: []")
+    res = QuantizePass(QuantizeConfig(format="auto", mode="dynamic", per_channel=False)).run(
+        handle(src, inputs), make_ctx(tmp_path, inputs, text))
+    rows = {r["name"]: r for r in res.metrics["candidates"]}
+    full = rows["int8 dynamic per-tensor"]
+    assert not full["passed"] and "floor 0.995 (gates.min_parity_cosine)" in full["reason"]
+    fb = [r for n, r in rows.items() if n.startswith("int8 dynamic per-tensor + ")]
+    assert len(fb) == 1 and fb[0]["passed"] and fb[0]["float_nodes"][0] == "/2/Gemm"
+    assert res.metrics["goal"]["min_parity_cosine"] == 0.995
+
+
+# ---------------------------------------------------------------------------- int4 weight-only
+
+
+def test_weight_only_int4_stores_4_bit_matmul_weights(tmp_path):
+    inputs = [TensorSpec("x", ("batch", 256))]
+    src = export(mlp((256, 512, 256)), tmp_path / "m.onnx", (torch.randn(1, 256),))
+    res = QuantizePass(QuantizeConfig(mode="weight_only", bits=4, block_size=32)).run(
+        handle(src, inputs), make_ctx(tmp_path, inputs))
+    out = res.model.onnx_path
+    counts = op_counts(out)
+    assert counts.get("com.microsoft.MatMulNBits") == 2 and "Gemm" not in counts
+    stats = weight_stats(out)
+    assert {t.bits for t in stats.tensors} == {4}  # counted from the file
+    assert stats.total == 2 * 256 * 512
+    assert res.metrics["weight_bits"] == {"4": 2 * 256 * 512} and res.metrics["gemm_rewritten_as_matmul"] == 2
+    assert total_bytes(src) / total_bytes(out) >= 6.0
+    x = {"x": np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32)}
+    assert parity(predict(session(src), x), predict(session(out), x))["min_cosine"] > 0.98
+
+
+def test_weight_only_int8_and_block_size(tmp_path):
+    inputs = [TensorSpec("x", ("batch", 256))]
+    src = export(mlp((256, 128)), tmp_path / "m.onnx", (torch.randn(1, 256),))
+    res = QuantizePass(QuantizeConfig(mode="weight_only", bits=8, block_size=128)).run(
+        handle(src, inputs), make_ctx(tmp_path, inputs))
+    node = next(n for n in onnx.load(str(res.model.onnx_path)).graph.node if n.op_type == "MatMulNBits")
+    attrs = {a.name: a.i for a in node.attribute}
+    assert attrs["bits"] == 8 and attrs["block_size"] == 128
+    assert {t.bits for t in weight_stats(res.model.onnx_path).tensors} == {8}
+
+
+# ---------------------------------------------------------------------------- transformer fusion
+
+
+class TinyBert(nn.Module):
+    """A BERT-style encoder written as the Hugging Face BERT layer is (the pattern ONNX Runtime fuses)."""
+
+    def __init__(self, hidden: int = 32, heads: int = 4, layers: int = 2, vocab: int = 50, seq: int = 16) -> None:
+        super().__init__()
+        self.heads, self.hidden = heads, hidden
+        self.emb = nn.Embedding(vocab, hidden)
+        self.pos = nn.Embedding(seq, hidden)
+        self.ln0 = nn.LayerNorm(hidden)
+        self.blocks = nn.ModuleList()
+        for _ in range(layers):
+            self.blocks.append(nn.ModuleDict({
+                "q": nn.Linear(hidden, hidden), "k": nn.Linear(hidden, hidden), "v": nn.Linear(hidden, hidden),
+                "o": nn.Linear(hidden, hidden), "ln1": nn.LayerNorm(hidden),
+                "f1": nn.Linear(hidden, 4 * hidden), "f2": nn.Linear(4 * hidden, hidden), "ln2": nn.LayerNorm(hidden),
+            }))
+
+    def split(self, x):
+        b, s, _ = x.shape
+        return x.view(b, s, self.heads, self.hidden // self.heads).permute(0, 2, 1, 3)
+
+    def forward(self, ids, mask):
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
+        h = self.ln0(self.emb(ids) + self.pos(pos))
+        ext = (1.0 - mask[:, None, None, :].float()) * -10000.0
+        for blk in self.blocks:
+            q, k, v = self.split(blk["q"](h)), self.split(blk["k"](h)), self.split(blk["v"](h))
+            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.hidden // self.heads) + ext
+            ctx = torch.matmul(scores.softmax(-1), v).permute(0, 2, 1, 3).contiguous()
+            ctx = ctx.view(ctx.shape[0], ctx.shape[1], self.hidden)
+            h = blk["ln1"](blk["o"](ctx) + h)
+            ff = blk["f2"](torch.nn.functional.gelu(blk["f1"](h)))
+            h = blk["ln2"](ff + h)
+        return h
+
+
+def test_fusion_then_dynamic_quantization_runs_fused_integer_kernels(tmp_path):
+    torch.manual_seed(0)
+    model = TinyBert().eval()
+    ids = torch.randint(0, 50, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.int64)
+    inputs = [TensorSpec("ids", ("batch", 16), "int64", low=0, high=50), TensorSpec("mask", ("batch", 16), "int64", low=1, high=2)]
+    src = tmp_path / "bert.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (ids, mask), str(src), dynamo=False, input_names=["ids", "mask"], output_names=["y"],
+                          dynamic_axes={"ids": {0: "b"}, "mask": {0: "b"}, "y": {0: "b"}}, opset_version=17)
+    res = QuantizePass(QuantizeConfig(mode="dynamic", fusion="bert", num_heads=4, hidden_size=32)).run(
+        handle(src, inputs), make_ctx(tmp_path, inputs))
+    fused = res.metrics["fusion"]["fused_ops"]
+    assert fused.get("SkipLayerNormalization", 0) >= 2
+    assert res.metrics["fusion"]["nodes_after"] < res.metrics["fusion"]["nodes_before"]
+    counts = op_counts(res.model.onnx_path)
+    assert any(op.endswith(("MatMulInteger", "QAttention", "DynamicQuantizeMatMul")) for op in counts)
+    assert {t.bits for t in weight_stats(res.model.onnx_path).tensors if t.op_type != "Gather"} <= {8}
+    feed = {"ids": ids.numpy(), "mask": mask.numpy()}
+    p = parity(predict(session(src), feed), predict(session(res.model.onnx_path), feed))
+    assert p["all_finite"] and p["min_cosine"] > 0.95
+
+
+# ---------------------------------------------------------------------------- config errors
+
+
+def _plan(text: str, form: str = "onnx", spec: bool = True) -> PlanContext:
+    cfg = load_config_text(text)
+    return PlanContext(config=cfg, input_form=form, has_input_spec=spec, index=0, form_at_pass=form)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("    bits: 3\n", "passes[0].quantize.bits: must be one of 4, 8"),
+    ("    bits: 4\n    mode: dynamic\n", "passes[0].quantize: bits 4 needs mode: weight_only"),
+    ("    mode: weight_only\n    block_size: 48\n", "block_size must be a power of two (got 48)"),
+    ("    mode: weight_only\n    format: auto\n", "format auto chooses among int8 forms"),
+    ("    objective: speed\n", "passes[0].quantize.objective: must be one of 'latency', 'size'"),
+])
+def test_bad_options_are_config_errors(extra, message):
+    with pytest.raises(ConfigError) as info:
+        load_config_text("schema_version: 1\npasses:\n  - type: quantize\n" + extra)
+    assert message in str(info.value)
+
+
+def test_check_auto_needs_no_calibration_unless_static_is_asked():
+    base = "schema_version: 1\npasses:\n  - type: quantize\n    format: auto\n"
+    pc = _plan(base, spec=False)
+    QuantizePass(pc.config.passes[0]).check(pc)  # static is simply not a candidate
+    pc = _plan(base + "    mode: static\n", spec=False)
+    with pytest.raises(ConfigError, match="static quantization needs calibration data"):
+        QuantizePass(pc.config.passes[0]).check(pc)
+
+
+def test_check_rejects_auto_and_weight_only_for_qat():
+    for extra, key in (("    format: auto\n", "format"), ("    mode: weight_only\n    bits: 4\n", "mode")):
+        pc = _plan("schema_version: 1\npasses:\n  - type: quantize\n" + extra, form="torch")
+        with pytest.raises(ConfigError) as info:
+            QuantizePass(pc.config.passes[0]).check(pc)
+        assert info.value.key == f"passes[0].quantize.{key}"
+
+
+# ---------------------------------------------------------------------------- 4-bit QAT
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_int4_fake_quant_matches_ort_quantizer(reduce_range):
+    from onnx import TensorProto as TP
+    from onnxruntime.quantization.quant_utils import quantize_data
+
+    from passes.quantize import ort_fake_quantize
+
+    w = torch.randn(6, 10)
+    scheme = {"qtype": "int4", "per_channel": False, "symmetric": True, "reduce_range": reduce_range}
+    ours = ort_fake_quantize(w, scheme).numpy()
+    zp, scale, q = quantize_data(w.numpy().ravel(), TP.INT4, symmetric=True, reduce_range=reduce_range)
+    theirs = ((q.astype(np.float64) - float(zp)) * float(scale)).reshape(6, 10)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+    assert len(np.unique(ours)) <= (8 if reduce_range else 16)
+
+
+def test_static_int4_qdq_stores_4_bit_weights(tmp_path):
+    inputs = [TensorSpec("x", ("batch", 16))]
+    src = export(mlp((16, 32, 8)), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    res = QuantizePass(QuantizeConfig(bits=4)).run(handle(src, inputs), make_ctx(tmp_path, inputs))
+    stats = weight_stats(res.model.onnx_path)
+    assert {t.bits for t in stats.tensors} == {4} and {t.dtype for t in stats.tensors} == {"int4"}
+    assert res.metrics["weight_bits"] == {"4": 16 * 32 + 32 * 8}
+
+
+@pytest.mark.slow
+def test_qat_beats_post_training_quantization_at_4_bits_on_digits(tmp_path):
+    """The built-in digits example at int4 weights (reduce_range: 8 levels, per tensor): post-training
+    quantization vs quantization-aware training (quantize → distill), both materialized by ONNX Runtime.
+    Measured here: PTQ 95.3%, QAT 98.6% (float 99.2%)."""
+    from optimize import pipeline
+    from optimize.api import RunOptions
+
+    head = (
+        "schema_version: 1\nseed: 0\ndata:\n  train: {source: 'builtin:digits', split: train}\n"
+        "  eval: {source: 'builtin:digits', split: test}\n"
+        "measure: {batch: 32, repeat: 3, warmup: 1, single_thread: false, parity_samples: 16}\npasses:\n"
+        "  - type: quantize\n    bits: 4\n    per_channel: false\n    reduce_range: true\n"
+    )
+    acc = {}
+    for name, extra in (("ptq", ""), ("qat", "  - type: distill\n    epochs: 5\n    lr: 0.002\n    temperature: 4.0\n    alpha: 0.7\n")):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(head + extra)
+        out = tmp_path / f"{name}.onnx"
+        report = pipeline.run(RunOptions(model=None, config=str(cfg), output=str(out), fail_on_gate=False))
+        assert {t.bits for t in weight_stats(out).tensors} == {4}  # int4 weights counted from the file
+        assert report.metrics["quantization_ratio"].value == pytest.approx(0.125)
+        acc[name] = report.metrics["accuracy"].value
+    assert acc["qat"] > acc["ptq"] + 1.0, acc
