@@ -6,8 +6,6 @@ All sources become a `Dataset`: input arrays keyed by the model's input names pl
 
 from __future__ import annotations
 
-import importlib
-import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,17 +155,9 @@ def load_dataset(spec: Any, inputs: list[TensorSpec], base_dir: Path, seed: int 
 
 
 def _from_callable(source: str, where: str, base_dir: Path) -> tuple[dict[str, np.ndarray], Any]:
-    module_name, _, attr = source.partition(":")
-    if str(base_dir) not in sys.path:  # resolved like a model factory: relative to the config
-        sys.path.insert(0, str(base_dir))
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise DataError(f"{where}: cannot import ({exc})") from None
-    try:
-        result = fn()
-    except Exception as exc:
-        raise DataError(f"{where}: raised {type(exc).__name__}: {exc}") from None
+    from optimize.imports import call_reference
+
+    result = call_reference(source, base_dir, DataError, where)  # resolved like a model factory
     labels = None
     if isinstance(result, tuple) and len(result) == 2:
         result, labels = result

@@ -45,15 +45,17 @@ class TensorSpec:
     low: float | None = None
     high: float | None = None
     batch_fixed: bool = False  # an ONNX file that declares a fixed first dimension
+    example_size: int = 1  # the size other symbolic dims take in example/random inputs (e.g. sequence length)
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
-        """The first axis is the batch axis (unless the file fixes it); other symbolic dims become 1."""
+        """The first axis is the batch axis (unless the file fixes it); other symbolic dims become
+        `example_size` (1 unless the loader knows better, e.g. a text model's sequence length)."""
         out = []
         for i, d in enumerate(self.shape):
             if isinstance(d, int) and d > 0:
                 out.append(d if (i > 0 or self.batch_fixed) else batch)
             else:
-                out.append(batch if i == 0 else 1)
+                out.append(batch if i == 0 else self.example_size)
         return tuple(out)
 
     def random(self, batch: int, rng: np.random.Generator) -> np.ndarray:
@@ -83,6 +85,9 @@ class ModelHandle:
     # Work deferred until the model is ONNX (e.g. QAT: integer model materialized after export).
     # Each entry: (pass name, pass config) resolved through the registry.
     pending: list[tuple[str, Any]] = field(default_factory=list)
+    # Text models (Hugging Face folders): where the tokenizer lives and how text is encoded
+    # (optimize.frameworks.text_data.TokenizerInfo); text data sources and the output step use it.
+    tokenizer: Any = None
 
     def replace(self, **changes: Any) -> ModelHandle:
         return dataclasses.replace(self, **changes)

@@ -121,50 +121,73 @@ class WeightUse:
     node: Any  # the weighted node that consumes it
     input_index: int  # which input of `node`
     via: list[Any] = field(default_factory=list)  # pass-through nodes, weighted-op side first
+    # Unique per stored tensor: the name, or NAME#2, NAME#3 for distinct tensors that reuse a name
+    # in other subgraphs (legal: each subgraph is its own scope).
+    key: str = ""
 
 
 def iter_weight_uses(model: Any) -> Iterator[WeightUse]:
     """Every (stored weight, weighted op) pair over all graphs, in node order. A tensor used by
-    several weighted ops is yielded once per use; 1-D Gather tables (index lookups) are skipped."""
-    constants: dict[str, tuple[Any, Any, Any]] = {}  # name -> (TensorProto, graph, Constant node)
-    producers: dict[str, Any] = {}
-    graphs = list(_graphs(model.graph))
-    for g in graphs:
-        for init in g.initializer:
-            constants[init.name] = (init, g, None)
-        for n in g.node:
+    several weighted ops is yielded once per use; 1-D Gather tables (index lookups) are skipped.
+
+    Names resolve as ONNX scopes them: a subgraph sees its own initializers, Constant outputs and
+    node outputs first, then its enclosing graphs', so sibling subgraphs may reuse a name."""
+    keys: dict[int, str] = {}  # id(TensorProto) -> key
+    taken: dict[str, int] = {}
+
+    def key_of(name: str, tensor: Any) -> str:
+        if id(tensor) not in keys:
+            taken[name] = taken.get(name, 0) + 1
+            keys[id(tensor)] = name if taken[name] == 1 else f"{name}#{taken[name]}"
+        return keys[id(tensor)]
+
+    Scope = tuple[dict[str, tuple[Any, Any, Any]], dict[str, Any]]
+
+    def walk(graph: Any, outer: list[Scope]) -> Iterator[WeightUse]:
+        constants: dict[str, tuple[Any, Any, Any]] = {}  # name -> (TensorProto, graph, Constant node)
+        producers: dict[str, Any] = {}
+        for init in graph.initializer:
+            constants[init.name] = (init, graph, None)
+        for n in graph.node:
             for o in n.output:
                 producers[o] = n
             if n.op_type == "Constant":
                 for attr in n.attribute:
                     if attr.name == "value" and attr.t is not None:
-                        constants[n.output[0]] = (attr.t, g, n)
+                        constants[n.output[0]] = (attr.t, graph, n)
+        chain = [(constants, producers), *outer]
 
-    def source(name: str, via: list[Any], depth: int = 0) -> str | None:
-        if name in constants:
-            return name
-        node = producers.get(name)
-        if node is None or depth > 8 or node.op_type not in PASS_THROUGH or not node.input:
+        def source(name: str, via: list[Any], depth: int = 0) -> tuple[str, Any] | None:
+            for consts, prods in chain:  # innermost scope first
+                if name in consts:
+                    return name, consts[name]
+                if name in prods:
+                    node = prods[name]
+                    if depth > 8 or node.op_type not in PASS_THROUGH or not node.input:
+                        return None
+                    via.append(node)
+                    return source(node.input[0], via, depth + 1)
             return None
-        via.append(node)
-        return source(node.input[0], via, depth + 1)
 
-    for g in graphs:
-        for n in g.node:
-            idxs = WEIGHT_INPUTS.get(n.op_type)
-            if not idxs:
-                continue
-            for i in idxs:
+        for n in graph.node:
+            for i in WEIGHT_INPUTS.get(n.op_type, ()):
                 if i >= len(n.input) or not n.input[i]:
                     continue
                 via: list[Any] = []
-                src = source(n.input[i], via)
-                if src is None:
+                found = source(n.input[i], via)
+                if found is None:
                     continue
-                tensor, holder, const_node = constants[src]
+                src, (tensor, holder, const_node) = found
                 if n.op_type == "Gather" and len(tensor.dims) < 2:
                     continue  # a gathered index table, not an embedding
-                yield WeightUse(src, tensor, holder, const_node, n, i, via)
+                yield WeightUse(src, tensor, holder, const_node, n, i, via, key_of(src, tensor))
+            for attr in n.attribute:
+                if attr.g and attr.g.ByteSize():
+                    yield from walk(attr.g, chain)
+                for g in attr.graphs:
+                    yield from walk(g, chain)
+
+    yield from walk(model.graph, [])
 
 
 def weight_stats(path_or_model: Any) -> WeightStats:
@@ -175,10 +198,10 @@ def weight_stats(path_or_model: Any) -> WeightStats:
     stats = WeightStats()
     seen: set[str] = set()
     for use in iter_weight_uses(model):
-        if use.name in seen:
+        if use.key in seen:
             continue
-        seen.add(use.name)
-        n, src, tensor = use.node, use.name, use.tensor
+        seen.add(use.key)
+        n, src, tensor = use.node, use.key, use.tensor
         arr = numpy_helper.to_array(tensor)
         dtype = TensorProto.DataType.Name(tensor.data_type)
         bits = BITS.get(dtype, 32)

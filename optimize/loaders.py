@@ -8,9 +8,7 @@ A pickled whole module can run arbitrary code when loaded, so it is refused unle
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -156,17 +154,9 @@ def _torch_handle(
 
 
 def _from_factory(spec: str, weights: str | None, base_dir: Path) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"{spec}: cannot import factory ({exc})") from None
-    try:
-        module = fn()
-    except Exception as exc:
-        raise ModelLoadError(f"{spec}: factory raised {type(exc).__name__}: {exc}") from None
+    from optimize.imports import call_reference
+
+    module = call_reference(spec, base_dir, ModelLoadError, f"{spec}: factory")
     if weights:
         wpath = Path(weights) if Path(weights).is_absolute() else base_dir / weights
         load_weights(module, wpath)

@@ -46,8 +46,8 @@ def _candidates(handle: Any, method: str) -> list[str]:
         return [c.producer.name or c.weight for c in analyse(onnx_io.load(handle.onnx_path))]
     seen: list[str] = []
     for u in iter_weight_uses(onnx_io.load(handle.onnx_path)):
-        if u.name not in seen and u.node.op_type != "Gather":
-            seen.append(u.name)
+        if u.key not in seen and u.node.op_type != "Gather":
+            seen.append(u.key)
     return seen
 
 

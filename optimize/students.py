@@ -18,8 +18,6 @@ library does it for arbitrary models). Width uses Torch-Pruning through the prun
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +68,13 @@ def build_student(spec: Any, teacher: Any, ctx: Any, key: str) -> tuple[Any, dic
 
 
 def load_factory(spec: str, weights: str | None, base_dir: Path, key: str) -> Any:
+    from functools import partial
+
     import torch
 
-    module_name, _, attr = spec.partition(":")
-    if str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"student.factory '{spec}': cannot import ({exc})", key=key) from None
-    try:
-        module = fn()
-    except Exception as exc:
-        raise ConfigError(f"student.factory '{spec}' raised {type(exc).__name__}: {exc}", key=key) from None
+    from optimize.imports import call_reference
+
+    module = call_reference(spec, base_dir, partial(ConfigError, key=key), f"student.factory '{spec}'")
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"student.factory '{spec}' returned {type(module).__name__}, not a torch.nn.Module", key=key)
     if weights:

@@ -413,7 +413,7 @@ def _onnx_output_weights(model: Any, uses: list[Any]) -> set[str]:
 
     weights_of: dict[tuple[str, ...], list[str]] = {}
     for u in uses:
-        weights_of.setdefault(tuple(u.node.output), []).append(u.name)
+        weights_of.setdefault(tuple(u.node.output), []).append(u.key)
     producers: dict[str, Any] = {}
     for g in _graphs(model.graph):
         for n in g.node:
@@ -671,14 +671,14 @@ class PrunePass(Pass):
         uses = list(iter_weight_uses(proto))
         by_name: dict[str, list[Any]] = {}
         for u in uses:
-            by_name.setdefault(u.name, []).append(u)
+            by_name.setdefault(u.key, []).append(u)
         out_weights = _onnx_output_weights(proto, uses) if cfg.keep_output_layer else set()
 
         notes: list[str] = []
         embeddings, non_float, kept_out = [], [], []
         chosen: dict[str, tuple[list[Any], np.ndarray]] = {}
         for name, us in by_name.items():
-            names = [name, *(u.node.name for u in us if u.node.name)]
+            names = [name, us[0].name, *(u.node.name for u in us if u.node.name)]
             if any(u.node.op_type in _EMBEDDING_OPS for u in us) and not (cfg.include and _matches(names, cfg.include)):
                 embeddings.append(name)
                 continue

@@ -243,8 +243,8 @@ def onnx_weight_arrays(path: Any) -> list[np.ndarray]:
     seen: set[str] = set()
     out = []
     for u in iter_weight_uses(proto):
-        if u.name not in seen:
-            seen.add(u.name)
+        if u.key not in seen:
+            seen.add(u.key)
             out.append(numpy_helper.to_array(u.tensor))
     return out
 

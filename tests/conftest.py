@@ -11,39 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-IN_FEATURES = 8
-HIDDEN = 16
-OUT_FEATURES = 4
-
-
-def make_mlp(seed: int = 0):
-    """Linear(8,16) → ReLU → Linear(16,4), deterministic for a seed, in eval mode."""
-    import torch
-
-    torch.manual_seed(seed)
-    m = torch.nn.Sequential(
-        torch.nn.Linear(IN_FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, OUT_FEATURES)
-    )
-    return m.eval()
-
-
-def export_onnx(module, path: Path, in_features: int = IN_FEATURES, opset: int = 17) -> Path:
-    """Export with the TorchScript exporter: input 'x' (batch, in_features), output 'y'."""
-    import torch
-
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (torch.randn(2, in_features),),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-            opset_version=opset,
-        )
-    return path
+from tiny_models import IN_FEATURES, export_onnx, make_mlp  # noqa: F401 (re-exported for fixtures)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import HIDDEN, IN_FEATURES, OUT_FEATURES
 from onnx import TensorProto, helper, numpy_helper
+from tiny_models import HIDDEN, IN_FEATURES, OUT_FEATURES
 
 from optimize.inspect_onnx import iter_weight_uses, op_counts, weight_stats
 
@@ -219,11 +219,6 @@ def test_gather_counts_only_embedding_tables(ndim: int) -> None:
     assert stats.total == (0 if ndim == 1 else 20)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="iter_weight_uses resolves names in one global table: same-named initializers in sibling "
-    "subgraphs (legal ONNX; checker and ONNX Runtime accept it) collapse into one weight",
-)
 def test_same_name_in_sibling_subgraphs_counts_both() -> None:
     def branch(out: str, value: float) -> onnx.GraphProto:
         return helper.make_graph(

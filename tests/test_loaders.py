@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import HIDDEN, IN_FEATURES, OUT_FEATURES, make_mlp
+from tiny_models import HIDDEN, IN_FEATURES, OUT_FEATURES, make_mlp
 
 from optimize.config import InputSpecConfig, ModelSection
 from optimize.errors import ModelLoadError
@@ -306,16 +306,16 @@ def test_factory_weights_that_are_a_pickled_module_are_refused(tmp_path: Path, f
 
 def test_factory_import_error(tmp_path: Path, restore_sys_path) -> None:
     err = load_error("no_such_module_xyz:build", base_dir=tmp_path)
-    assert "cannot import factory" in str(err)
+    assert "factory: cannot import" in str(err)
 
 
 def test_factory_missing_attribute(tmp_path: Path, factory: str) -> None:
-    assert "cannot import factory" in str(load_error(f"{factory}:nope", base_dir=tmp_path))
+    assert "factory: cannot import" in str(load_error(f"{factory}:nope", base_dir=tmp_path))
 
 
 def test_factory_that_raises(tmp_path: Path, factory: str) -> None:
     err = load_error(f"{factory}:broken", base_dir=tmp_path)
-    assert "factory raised ValueError: no such config" in str(err)
+    assert "factory: raised ValueError: no such config" in str(err)
 
 
 def test_factory_that_returns_no_module(tmp_path: Path, factory: str) -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import IN_FEATURES, OUT_FEATURES
 from onnx import TensorProto, helper
+from tiny_models import IN_FEATURES, OUT_FEATURES
 
 from optimize.errors import VerificationError
 from optimize.runtime import check_model, feeds_for, parity, predict, session

@@ -1,6 +1,6 @@
 """Fixtures for the command-line tests, loaded with `pytest_plugins = ["cli_fixtures"]`.
 
-Not a conftest.py: tests elsewhere import their conftest by module name (`from conftest import`),
+Not a conftest.py: a conftest.py here would shadow tests/conftest.py for any module importing it by name,
 and a second conftest.py here would shadow it in sys.modules.
 """
 
