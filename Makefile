@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed-stamp
 PIP_FLAGS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all test-extras lint bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m ''
+
+# The framework paths with their optional extras (docs/frameworks.md): installs [hf] into .venv
+# and runs the framework tests, slow ones included. TensorFlow is large and pins its own
+# dependencies: give a Python that has tensorflow + tf2onnx with TF_PYTHON=/path/to/python
+# (passed on as OPTIMIZE_TF_PYTHON); without it the TensorFlow tests skip.
+TF_PYTHON ?=
+test-extras: install
+	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[dev,hf]'
+	$(if $(TF_PYTHON),OPTIMIZE_TF_PYTHON=$(TF_PYTHON),) $(BIN)/python -m pytest -q -m 'not gpu and not distributed' tests/test_frameworks.py tests/test_frameworks_hf.py tests/test_frameworks_tf.py
 
 lint: install
 	$(BIN)/ruff check optimize passes cli tests bench

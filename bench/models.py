@@ -1,6 +1,7 @@
-"""Models the benchmark builds in code (no downloads): the MLP and a ResNet-18-style CNN.
+"""Models the benchmark builds in code (no downloads): the MLP, a ResNet-18-style CNN, a 6-layer
+BERT-style encoder, and Zipf-distributed token sequences to feed the encoder.
 
-Both are plain torch with random (seeded) weights, which is enough for speed and size; neither is
+All are plain torch with random (seeded) weights, which is enough for speed and size; none is
 trained. Each class carries `input_spec` / `output_names`, so `optimize run bench.models:NAME`
 knows its inputs without a `model.inputs` section (torchvision is not a dependency, hence the
 hand-written ResNet).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -86,6 +88,60 @@ class ResNet18Like(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class BertLike(nn.Module):
+    """A 6-layer BERT-style encoder: token embedding → LayerNorm → 6 × nn.TransformerEncoderLayer
+    (post-norm, GELU, hidden 384, 12 heads, FFN 1536, no dropout). Input `ids`: int64 (batch, 128)
+    token ids in [0, vocab); output `hidden`: (batch, 128, 384), the last hidden states (what a
+    BERT encoder returns; the bench compares all of them, per sample, rather than a pooled vector).
+    The vocabulary is 8000 tokens (not BERT's 30522) so the files stay small; no position
+    embeddings (they add no compute worth measuring)."""
+
+    input_spec = [{"name": "ids", "shape": ["batch", 128], "dtype": "int64", "low": 0, "high": 8000}]
+    output_names = ["hidden"]
+
+    def __init__(self, vocab: int = 8000, d: int = 384, heads: int = 12, ffn: int = 1536, layers: int = 6) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.norm = nn.LayerNorm(d)
+        self.layers = nn.ModuleList([
+            nn.TransformerEncoderLayer(d, heads, ffn, dropout=0.0, activation="gelu", batch_first=True)
+            for _ in range(layers)
+        ])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.emb(ids))
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+BERT_VOCAB, BERT_SEQ = 8000, 128
+
+
+def zipf_tokens(n: int, seed: int, vocab: int = BERT_VOCAB, seq: int = BERT_SEQ, a: float = 1.0,
+                shift: float = 2.7) -> np.ndarray:
+    """`n` token sequences whose ids follow a Zipf–Mandelbrot law, p(rank r) ∝ 1 / (r + shift)^a —
+    the shape of word frequencies in text — with ranks mapped to ids by a fixed permutation.
+    Uniform ids (the input spec's random inputs) are unlike text: every id equally rare."""
+    ranks = np.arange(1, vocab + 1, dtype=np.float64)
+    p = 1.0 / (ranks + shift) ** a
+    p /= p.sum()
+    ids_of_rank = np.random.default_rng(12345).permutation(vocab)
+    rng = np.random.default_rng(seed)
+    return ids_of_rank[rng.choice(vocab, size=(n, seq), p=p)].astype(np.int64)
+
+
+def zipf_train() -> dict[str, np.ndarray]:
+    """Data source `bench.models:zipf_train`: 4096 unlabeled Zipf token sequences (seed 1); configs
+    take fewer with `samples:`."""
+    return {"ids": zipf_tokens(4096, seed=1)}
+
+
+def zipf_eval() -> dict[str, np.ndarray]:
+    """Data source `bench.models:zipf_eval`: 64 unlabeled Zipf token sequences (seed 2), held out."""
+    return {"ids": zipf_tokens(64, seed=2)}
+
+
 def _seeded(build: Any) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
@@ -101,3 +157,8 @@ def mlp() -> nn.Module:
 def resnet18_like() -> nn.Module:
     """Factory `bench.models:resnet18_like` (random weights, seed 0)."""
     return _seeded(ResNet18Like)
+
+
+def bert_like() -> nn.Module:
+    """Factory `bench.models:bert_like` (random weights, seed 0)."""
+    return _seeded(BertLike)

@@ -69,7 +69,22 @@ def _load_warning(profile: dict[str, Any], cases: list[dict[str, Any]]) -> list[
     ]
 
 
-RENDER = {"speed": _speed_table, "digits": _digits_table, "steps": _steps_table}
+def _generic_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows of already formatted cells; the first row's keys are the header. An error row
+    ({"variant": …, "error": …}) spans the rest."""
+    if not rows:
+        return ["(no rows)"]
+    cols = list(next((r for r in rows if "error" not in r), rows[0]).keys())
+    out = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r.get('variant', '')} | **error** | {r['error']} |" + " |" * max(0, len(cols) - 3))
+            continue
+        out.append("| " + " | ".join("—" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
+    return out
+
+
+RENDER = {"speed": _speed_table, "digits": _digits_table, "steps": _steps_table, "table": _generic_table}
 
 
 def render(*, profile: dict[str, Any], cases: list[dict[str, Any]], mode: str, settings: dict[str, Any],

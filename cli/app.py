@@ -297,7 +297,16 @@ def run(
         None, "--work-dir", metavar="DIR", help="Keep intermediate files here (default: a temporary dir, removed).", show_default=False
     ),
     resume: bool = typer.Option(
-        False, "--resume", metavar="", help="Continue training (distill) from its latest checkpoint (checkpoint_every)."
+        False, "--resume", metavar="",
+        help="Continue training (distill) from its latest checkpoint (checkpoint_every); finished ONNX passes "
+        "are reused from the pass cache (as on any run unless --no-cache).",
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", metavar="", help="Neither reuse nor store pass outputs in the pass cache (output.cache=false)."
+    ),
+    cache_dir: str | None = typer.Option(
+        None, "--cache-dir", metavar="DIR", show_default=False,
+        help="Pass cache folder (output.cache_dir; default $OPTIMIZE_CACHE/passes or ~/.cache/optimize/passes).",
     ),
 ) -> None:
     """Run a pipeline: load MODEL, apply the passes in CONFIG, write a verified ONNX and a report."""
@@ -321,6 +330,8 @@ def run(
         fail_on_gate=fail_on_gate,
         work_dir=Path(work_dir) if work_dir else None,
         resume=resume,
+        cache=False if no_cache else None,
+        cache_dir=cache_dir,
     )
 
     with _quiet_warnings(quiet), _sigterm_as_interrupt():
@@ -599,6 +610,67 @@ def bench(
     from cli.render import bench_renderable
 
     _stdout_console().print(bench_renderable(result))
+
+
+# ---------------------------------------------------------------- batch (optimize/batch.py)
+
+
+@app.command(epilog=EPILOG)
+@_handle_errors
+def batch(
+    manifest: str = typer.Argument(..., metavar="MANIFEST.yaml", help="Jobs: [{model, config, output, set, name}, ...]."),
+    jobs: int = typer.Option(1, "-j", "--jobs", min=1, metavar="N", help="Jobs run at a time (side by side they distort each other's latency)."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, metavar="N", help="Intra-op threads for every job (keep jobs × threads ≤ cores).", show_default=False
+    ),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the summary as one JSON document."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", metavar="", help="No progress lines or warnings; only errors."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Print a failed job's whole stderr; full tracebacks."),
+) -> None:
+    """Run `optimize run` for every job in MANIFEST, N at a time, each in its own process; print one
+    line per job (exit code 0, or the worst job's: 130 > 2 > 1 > 3)."""
+    from optimize.batch import load_manifest, run_batch, summary_lines
+
+    _check_verbosity(quiet, verbose)
+    job_list = load_manifest(manifest)  # every job's config validated: exit 2 before anything runs
+    if jobs > 1 and not quiet:
+        _err(f"warning: -j {jobs} runs jobs side by side on this machine: they compete for the CPU, so their latency "
+             "numbers (speedup, max_latency_ms) distort each other; use -j 1 when the numbers matter, or one machine "
+             "per job (a job array)")
+    total = len(job_list)
+    done = [0]
+
+    def on_event(kind: str, job: Any, res: Any) -> None:
+        if quiet:
+            return
+        if kind == "start":
+            _err(f"[start] {job.name}: {job.model} → {job.output}")
+        else:
+            done[0] += 1
+            _err(f"[{done[0]}/{total}] {job.name}: exit {res.exit_code} {res.status}"
+                 + (f" ({res.seconds:.1f}s)" if res.seconds is not None else "") + (f" — {res.error}" if res.error and res.exit_code else ""))
+
+    with _sigterm_as_interrupt():
+        result = run_batch(job_list, parallel=jobs, threads=threads, manifest=manifest, on_event=on_event)
+    if verbose:
+        for r in result.jobs:
+            if r.exit_code not in (0, None) and r.error:
+                _err(f"{r.name}: {r.error}")
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        for line in summary_lines(result):
+            _out(line)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for r in result.jobs:
+            if r.exit_code not in (0, None):
+                from cli.render import github_error
+
+                _err(github_error(f"batch job {r.name}: exit {r.exit_code} {r.status}" + (f" — {r.error}" if r.error else ""), title="optimize batch"))
+    if result.interrupted:
+        _err("terminated (SIGTERM)" if result.exit_code == 143 else "interrupted")
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 # ---------------------------------------------------------------- prune-scan (cli/prune_scan.py)

@@ -27,6 +27,8 @@ class RunOptions:
     progress: Progress = field(default_factory=NullProgress)
     work_dir: Path | None = None  # keep intermediate files here (default: a temp dir, removed)
     resume: bool = False  # --resume: training passes continue from their latest checkpoint
+    cache: bool | None = None  # --no-cache: overrides output.cache
+    cache_dir: str | None = None  # --cache-dir: overrides output.cache_dir
 
 
 def config_overrides(opts: RunOptions) -> list[str]:
@@ -42,6 +44,10 @@ def config_overrides(opts: RunOptions) -> list[str]:
         extra.append(f"hardware.threads={opts.threads}")
     if opts.seed is not None:
         extra.append(f"seed={opts.seed}")
+    if opts.cache is not None:
+        extra.append(f"output.cache={'true' if opts.cache else 'false'}")
+    if opts.cache_dir is not None:
+        extra.append(f"output.cache_dir={_quote(opts.cache_dir)}")
     return extra
 
 
@@ -95,4 +101,12 @@ def _onnx_facts(path, op_counts, weight_stats, total_bytes) -> dict:  # type: ig
         "sparsity": (ws.total - ws.nonzero) / ws.total if ws.total else None,
         "weight_dtypes": ws.by_dtype(),
         "quantization_ratio": ws.bit_sum / (32 * ws.total) if ws.total else None,
+        **(
+            {  # binary/ternary codes stored in int8: the ratio by logical bits, the stored one beside it
+                "quantization_ratio": ws.logical_bit_sum / (32 * ws.total),
+                "stored_quantization_ratio": ws.bit_sum / (32 * ws.total),
+                "weight_bits": {"logical": ws.counts_by_bits(logical=True), "stored": ws.counts_by_bits()},
+            }
+            if ws.total and ws.has_logical else {}
+        ),
     }

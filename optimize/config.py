@@ -39,6 +39,23 @@ class InputSpecConfig(Section):
     )
 
 
+class TokenizerSection(Section):
+    path: str | None = Field(
+        None, min_length=1,
+        description="Folder with the tokenizer files (tokenizer.json, vocab.txt, ...); default: the model's own folder (Hugging Face folders).",
+    )
+    max_length: int | None = Field(
+        None, gt=0, le=1_000_000,
+        description="Tokens per text example; default: the model's (sentence-transformers max_seq_length, else the tokenizer's model_max_length, at most the position embeddings).",
+    )
+    padding: Literal["longest", "max_length"] = Field(
+        "longest", description="Pad every example of a data source to its longest example, or to max_length."
+    )
+    truncation: bool = Field(
+        True, description="Cut examples longer than max_length; false: such an example is a data error."
+    )
+
+
 class ModelSection(Section):
     inputs: list[InputSpecConfig] | None = Field(
         None, description="Model inputs, needed for torch models whose file does not carry them."
@@ -49,18 +66,27 @@ class ModelSection(Section):
         description="Weights for a `package.module:callable` factory: .safetensors or a state_dict (.pt, loaded weights_only).",
     )
     task: Literal["classification", "regression", "embedding"] = Field(
-        "classification", description="What the outputs mean; decides the accuracy metric."
+        "classification",
+        description="What the outputs mean; decides the accuracy metric. A Hugging Face folder sets it from its architecture unless given (embedding turns any folder's encoder into a mean-pooled embedder).",
+    )
+    tokenizer: TokenizerSection = Field(
+        default_factory=TokenizerSection, description="How text data sources (.txt, .jsonl) are tokenized (see model.tokenizer)."
     )
 
 
 class DataSourceConfig(Section):
     source: str = Field(
-        description="'builtin:digits', a .npz file (arrays named as the inputs, 'x' for one input, optional 'y'), a .csv file (header row; label column label/y/target/class), a folder of images by class (root/<class>/*.png|jpg|npy; Pillow reads png/jpg), or 'package.module:callable' returning (inputs, labels)."
+        description="'builtin:digits', a .npz file (arrays named as the inputs, 'x' for one input, optional 'y'), a .csv file (header row; label column label/y/target/class), a folder of images by class (root/<class>/*.png|jpg|npy; Pillow reads png/jpg), a .txt file (one text per line) or .jsonl file (one JSON object per line) tokenized with the model's tokenizer, or 'package.module:callable' returning (inputs, labels)."
     )
     split: Literal["train", "test", "all"] = Field(
         "all", description="For built-in data sets, CSV files and image folders: the fixed train (80%) / test (20%) split (stratified by label)."
     )
     samples: int | None = Field(None, gt=0, description="Use at most this many samples.")
+    text_field: str = Field("text", min_length=1, description=".jsonl: the field holding each example's text.")
+    label_field: str | None = Field(
+        None, min_length=1,
+        description=".jsonl: the field holding each example's label (class id, class name or number); default: label/labels/y/target/class when every record has it.",
+    )
 
 
 class DataSection(Section):
@@ -89,9 +115,26 @@ class OutputSection(Section):
     path: str | None = Field(None, description="Output ONNX path (default: MODEL_STEM.opt.onnx beside the input).")
     report: str | None = Field(None, description="Report JSON path (default: OUTPUT.report.json).")
     markdown: bool = Field(True, description="Also write the report as Markdown beside the JSON.")
+    charts: Literal["auto", True, False] = Field(
+        "auto",
+        description="PNG charts beside the report, linked from the Markdown (latency by threads, per-layer sparsity, "
+        "accuracy vs size): auto = when matplotlib is installed and markdown is on (else a finding says why not); "
+        "true = required (exit 2 at plan time without matplotlib: pip install 'optimize[charts]'); false = never.",
+    )
     opset: int = Field(18, ge=13, le=23, description="ONNX opset for torch exports.")
     exporter: Literal["auto", "dynamo", "torchscript"] = Field(
         "auto", description="torch.onnx exporter; 'auto' tries dynamo, then the TorchScript exporter."
+    )
+    cache: bool = Field(
+        True,
+        description="Reuse and store ONNX pass outputs in the pass cache, keyed by input content, pass config, "
+        "data, seed, device, threads and tool/library versions (re-runs and --resume skip finished passes; "
+        "--no-cache sets false). See docs/reliability.md.",
+    )
+    cache_dir: str | None = Field(
+        None, min_length=1,
+        description="Pass cache folder (--cache-dir); default $OPTIMIZE_PASS_CACHE (a folder, or 'off'), "
+        "else $OPTIMIZE_CACHE/passes, else ~/.cache/optimize/passes.",
     )
 
 
@@ -106,6 +149,10 @@ class GatesSection(Section):
         None, ge=-1, le=1, description="Smallest allowed min cosine between input and output model outputs."
     )
     max_latency_ms: float | None = Field(None, gt=0, description="Largest allowed output latency (median, ms).")
+    min_embedding_cosine: float | None = Field(
+        None, ge=-1, le=1,
+        description="model.task embedding: smallest allowed min cosine between the output model's and the input model's embeddings over data.eval.",
+    )
 
 
 @functools.cache

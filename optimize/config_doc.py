@@ -75,7 +75,8 @@ def render() -> str:
 
     out = [HEADER]
     sections = [
-        ("model", c.ModelSection), ("model.inputs[]", c.InputSpecConfig), ("data", c.DataSection),
+        ("model", c.ModelSection), ("model.inputs[]", c.InputSpecConfig), ("model.tokenizer", c.TokenizerSection),
+        ("data", c.DataSection),
         ("data.train / data.eval / data.calibration", c.DataSourceConfig), ("hardware", c.HardwareSection),
         ("measure", c.MeasureSection), ("output", c.OutputSection), ("gates", c.GatesSection),
     ]

@@ -71,8 +71,14 @@ class RunContext:
             spec = getattr(self.config.data, role)
             if spec is None and role == "calibration":
                 spec = self.config.data.train
+            text: dict[str, Any] = {}
+            if spec is not None and spec.source.lower().endswith((".txt", ".jsonl")):
+                from optimize.frameworks.text_data import tokenizer_for
+
+                text = {"tokenizer": tokenizer_for(self.config, self.input_model, self.base_dir),
+                        "text_options": self.config.model.tokenizer}
             self._data[role] = (
-                load_dataset(spec, self.inputs, self.base_dir, seed=self.seed) if spec is not None else None
+                load_dataset(spec, self.inputs, self.base_dir, seed=self.seed, **text) if spec is not None else None
             )
         return self._data[role]
 

@@ -107,8 +107,12 @@ def _bind_inputs(arrays: dict[str, np.ndarray], specs: list[TensorSpec], where: 
     return out
 
 
-def load_dataset(spec: Any, inputs: list[TensorSpec], base_dir: Path, seed: int = 0) -> Dataset:
-    """Load a `DataSourceConfig` (source, split, samples) for a model with `inputs`."""
+def load_dataset(
+    spec: Any, inputs: list[TensorSpec], base_dir: Path, seed: int = 0, tokenizer: Any = None, text_options: Any = None
+) -> Dataset:
+    """Load a `DataSourceConfig` (source, split, samples) for a model with `inputs`. Text sources
+    (.txt, .jsonl) are tokenized with `tokenizer` (a TokenizerInfo) and `text_options` (the
+    config's model.tokenizer section)."""
     source: str = spec.source
     where = f"data source '{source}'"
     if source.startswith("builtin:"):
@@ -132,6 +136,11 @@ def load_dataset(spec: Any, inputs: list[TensorSpec], base_dir: Path, seed: int 
         labels = arrays.pop("y", None)
     elif source.lower().endswith(".csv"):
         arrays, labels = _from_csv(_resolve(source, base_dir, where), where, inputs)
+        arrays, labels = _split(arrays, labels, spec.split)
+    elif source.lower().endswith((".txt", ".jsonl")):
+        from optimize.frameworks.text_data import load_text
+
+        arrays, labels = load_text(_resolve(source, base_dir, where), where, spec, tokenizer, text_options)
         arrays, labels = _split(arrays, labels, spec.split)
     elif not source.startswith("builtin:") and (_as_path(source, base_dir)).is_dir():
         arrays, labels = _from_image_folder(_as_path(source, base_dir), where, inputs)

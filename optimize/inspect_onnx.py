@@ -6,6 +6,14 @@ bodies of If/Loop/Scan subgraphs. A weight reached through DequantizeLinear / Ca
 Reshape is counted at its stored source with the source's bits, so an int8 QDQ weight counts as 8
 bits and a float16 one as 16.
 
+Logical bits: a tensor may hold fewer distinct values than its type allows (binary/ternary weights
+are stored as int8 codes {-1, 0, 1}, the smallest integer type ONNX Runtime's kernels execute). The
+pass that writes such a file records the logical bits per stored initializer in the model's
+metadata (`metadata_props` entry `optimize.logical_bits`, JSON {initializer name: bits}).
+`weight_stats` reads it and accepts a claim only for an integer tensor of the main graph whose
+distinct values fit in that many bits (≤ 2**bits), so a stale or wrong entry is ignored and
+the stored bits count.
+
 No library gives this count (onnx and onnxruntime count nodes, not weights by consumer op), so it is
 written here.
 """
@@ -42,6 +50,8 @@ WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
 # ops a weight may pass through between its stored form and the weighted op
 PASS_THROUGH = {"DequantizeLinear", "Cast", "Transpose", "Reshape", "Identity", "Unsqueeze", "Squeeze", "Flatten"}
 
+LOGICAL_BITS_KEY = "optimize.logical_bits"
+
 BITS = {
     "FLOAT": 32, "FLOAT16": 16, "BFLOAT16": 16, "DOUBLE": 64, "INT8": 8, "UINT8": 8, "INT4": 4, "UINT4": 4,
     "INT16": 16, "UINT16": 16, "INT32": 32, "INT64": 64, "FLOAT8E4M3FN": 8, "FLOAT8E5M2": 8, "BOOL": 8,
@@ -54,8 +64,13 @@ class WeightTensor:
     op_type: str  # the weighted op that consumes it
     count: int
     nonzero: int
-    bits: int  # logical bits per element of the stored tensor
+    bits: int  # stored bits per element (what the tensor's type takes)
     dtype: str
+    logical_bits: int | None = None  # fewer bits the values need, when the file records it (see above)
+
+    @property
+    def effective_bits(self) -> int:
+        return self.logical_bits if self.logical_bits is not None else self.bits
 
 
 @dataclass
@@ -72,7 +87,24 @@ class WeightStats:
 
     @property
     def bit_sum(self) -> int:
+        """Σ stored bits × count."""
         return sum(t.count * t.bits for t in self.tensors)
+
+    @property
+    def has_logical(self) -> bool:
+        return any(t.logical_bits is not None for t in self.tensors)
+
+    @property
+    def logical_bit_sum(self) -> int:
+        """Σ logical bits × count (stored bits where no logical bits are recorded)."""
+        return sum(t.count * t.effective_bits for t in self.tensors)
+
+    def counts_by_bits(self, logical: bool = False) -> dict[str, int]:
+        """{bits: weight count}, by stored or logical bits."""
+        c: Counter[str] = Counter()
+        for t in self.tensors:
+            c[str(t.effective_bits if logical else t.bits)] += t.count
+        return dict(sorted(c.items(), key=lambda kv: int(kv[0])))
 
     def by_dtype(self) -> dict[str, int]:
         c: Counter[str] = Counter()
@@ -194,7 +226,13 @@ def weight_stats(path_or_model: Any) -> WeightStats:
     """Count weights (and their non-zeros and bits) of weighted ops over all graphs."""
     from onnx import TensorProto, numpy_helper
 
-    model = _as_model(path_or_model)
+    from optimize.onnx_io import count_nonzero
+
+    # From a path, external data is not loaded: an external tensor is counted in chunks straight
+    # from its file (or read alone), so a model over 2 GB is never held whole in memory.
+    base_dir = Path(path_or_model).parent if isinstance(path_or_model, (str, Path)) else None
+    model = _as_model(path_or_model, load_data=base_dir is None)
+    claims = logical_bits_claims(model)
     stats = WeightStats()
     seen: set[str] = set()
     for use in iter_weight_uses(model):
@@ -202,9 +240,14 @@ def weight_stats(path_or_model: Any) -> WeightStats:
             continue
         seen.add(use.key)
         n, src, tensor = use.node, use.key, use.tensor
-        arr = numpy_helper.to_array(tensor)
         dtype = TensorProto.DataType.Name(tensor.data_type)
         bits = BITS.get(dtype, 32)
+        streamed = count_nonzero(tensor, base_dir) if n.op_type != "MatMulNBits" and src not in claims else None
+        if streamed is not None:
+            count = int(np.prod(tensor.dims, dtype=np.int64))
+            stats.tensors.append(WeightTensor(src, n.op_type, count, streamed, bits, dtype.lower(), None))
+            continue
+        arr = numpy_helper.to_array(tensor, str(base_dir) if base_dir is not None else "")
         count = int(arr.size)
         if n.op_type == "MatMulNBits":
             bits = next((a.i for a in n.attribute if a.name == "bits"), 4)
@@ -214,5 +257,38 @@ def weight_stats(path_or_model: Any) -> WeightStats:
             nonzero = count  # packed: zeros are not directly countable
         else:
             nonzero = int(np.count_nonzero(arr))
-        stats.tensors.append(WeightTensor(src, n.op_type, count, nonzero, bits, dtype.lower()))
+        logical = None
+        claim = claims.get(src)
+        if (
+            claim is not None and use.graph is model.graph and n.op_type != "MatMulNBits" and claim < bits
+            and np.issubdtype(arr.dtype, np.integer) and len(np.unique(arr)) <= 2**claim
+        ):
+            logical = claim
+        stats.tensors.append(WeightTensor(src, n.op_type, count, nonzero, bits, dtype.lower(), logical))
     return stats
+
+
+def logical_bits_claims(path_or_model: Any) -> dict[str, int]:
+    """The file's recorded logical bits {initializer name: bits} (unchecked; {} when none or unreadable)."""
+    import json
+
+    model = _as_model(path_or_model, load_data=False)
+    for prop in model.metadata_props:
+        if prop.key == LOGICAL_BITS_KEY:
+            try:
+                raw = json.loads(prop.value)
+            except ValueError:
+                return {}
+            if not isinstance(raw, dict):
+                return {}
+            return {str(k): int(v) for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 32}
+    return {}
+
+
+def logical_weight_bits(path_or_model: Any) -> int | None:
+    """Σ logical bits × count of the weights when the file records logical bits that hold, else None
+    (cheap when it records none: the metadata is read without the weights)."""
+    if not logical_bits_claims(path_or_model):
+        return None
+    stats = weight_stats(path_or_model)
+    return stats.logical_bit_sum if stats.has_logical else None

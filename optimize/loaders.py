@@ -43,8 +43,13 @@ def load_model(
     path = Path(spec)
     if not path.exists():
         raise ModelLoadError(f"{spec}: no such file (and not a 'package.module:callable' factory)")
-    if path.is_dir():
-        raise ModelLoadError(f"{spec}: is a folder; expected a model file (.onnx, .pt, .pt2)")
+    from optimize import frameworks  # Hugging Face folders, TensorFlow/Keras, MindSpore
+
+    kind = frameworks.detect(path)
+    if path.is_dir() and kind is None:
+        raise ModelLoadError(f"{spec}: is a folder; {frameworks.folder_hint()}")
+    if kind is not None and (path.is_dir() or path.stat().st_size > 0):
+        return frameworks.load(kind, path, model_cfg=model_cfg, trust_model=trust_model)
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{spec}: file is empty")
     head = path.read_bytes()[:200]

@@ -164,10 +164,16 @@ def measure(
         metrics["sparsity"] = Metric(value=(total - nonzero) / total, formula=F_SPARSITY,
                                      inputs={"zero": total - nonzero, "total": total})
         metrics["density"] = Metric(value=nonzero / total, formula=F_DENSITY, inputs={"nonzero": nonzero, "total": total})
-        metrics["quantization_ratio"] = Metric(
-            value=out_facts["weight_bits"] / (32 * total), formula=F_QRATIO,
-            inputs={"bits": out_facts["weight_bits"], "weights": total, "dtypes": out_facts["weight_dtypes"]},
-        )
+        from optimize.inspect_onnx import logical_weight_bits
+
+        stored_bits = out_facts["weight_bits"]
+        logical_bits = logical_weight_bits(final.onnx_path)  # binary/ternary codes stored in int8: fewer bits
+        q_inputs: dict[str, Any] = {"bits": logical_bits if logical_bits is not None else stored_bits,
+                                    "weights": total, "dtypes": out_facts["weight_dtypes"]}
+        if logical_bits is not None:
+            q_inputs.update(bits_are="logical", logical_bits=logical_bits, stored_bits=stored_bits,
+                            stored_ratio=stored_bits / (32 * total))
+        metrics["quantization_ratio"] = Metric(value=q_inputs["bits"] / (32 * total), formula=F_QRATIO, inputs=q_inputs)
     else:
         for k, f in (("sparsity", F_SPARSITY), ("density", F_DENSITY), ("quantization_ratio", F_QRATIO)):
             metrics[k] = Metric.missing(f, "the output model has no weights of weighted ops")

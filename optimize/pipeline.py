@@ -96,6 +96,11 @@ def _output_paths(cfg: Any, model_spec: str, example: bool) -> tuple[Path, Path]
     else:
         stem = "digits_cnn" if example else Path(model_spec.split(":")[-1]).stem
         out = Path.cwd() / f"{stem}.opt.onnx"
+        if not example and Path(model_spec).is_dir():
+            from optimize.frameworks import detect
+
+            if detect(Path(model_spec)) == "hf":  # ONNX + tokenizer files: a folder that serves as is
+                out = Path.cwd() / f"{Path(model_spec).resolve().name}.opt" / "model.onnx"
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"output path must end in .onnx: {out}")
     report = Path(cfg.output.report) if cfg.output.report else out.with_suffix(".report.json")
@@ -111,6 +116,10 @@ def plan(opts: RunOptions) -> Plan:
     if config_file is None:
         raise UsageError("no pipeline given: pass -c PIPELINE.yaml (ready ones are in configs/)")
     cfg = load_config(config_file, config_overrides(opts))
+    if cfg.output.charts is True:  # charts required: matplotlib must be importable (exit 2 now, not after the work)
+        from optimize.charts import require
+
+        require(config_file)
     base_dir = Path.cwd()
     device = _resolve_device(cfg.hardware.device)
 
@@ -397,6 +406,10 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
 
     follower = distributed.active() and not distributed.is_main()  # stops after the last training step
     last_training = max((i for i, s in enumerate(pl.steps, 1) if getattr(s.pass_obj, "trains", False)), default=0)
+    from optimize import cache as pass_cache_mod
+
+    # content-keyed pass outputs: re-runs and --resume reuse them (only the writing rank)
+    pass_cache = pass_cache_mod.for_run(cfg) if distributed.is_main() else None
     for n, step in enumerate(pl.steps, start=1):
         if follower and n > last_training:
             break
@@ -410,6 +423,7 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
             obj = step.pass_obj
         label = f"{step.type}" + (" (inserted)" if step.inserted else "")
         progress.advance("pipeline", 0, info=label)
+        cached = False
         if step.inserted and step.type != "export":
             name, pcfg = next((x for x in current.pending if x[0] == step.type), (None, None))
             if name is None:
@@ -423,8 +437,11 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
             result.model = result.model.replace(pending=[x for x in current.pending if x[0] != name])
             pcfg_dump = pcfg.model_dump(mode="json")
         else:
-            result = _run_step(step, obj, current, ctx)
             pcfg_dump = obj.config.model_dump(mode="json")
+            result, cached = pass_cache_mod.run_step(
+                pass_cache, step_type=step.type, pass_config=pcfg_dump, inserted=step.inserted, current=current,
+                ctx=ctx, tool_version=__version__, run=lambda: _run_step(step, obj, current, ctx),  # noqa: B023
+            )
             if step.type == "export" or (step.inserted and step.type == "export"):
                 result.model = result.model.replace(pending=current.pending)
         seconds = time.perf_counter() - t0
@@ -435,7 +452,7 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
             Step(
                 index=n, pass_index=step.index, type=step.type, config=pcfg_dump, form_in=form_in, form_out=current.form,
                 seconds=round(seconds, 3), params_before=before, params_after=weight_count(current),
-                metrics=_jsonable(result.metrics), notes=list(result.notes), inserted=step.inserted,
+                metrics=_jsonable(result.metrics), notes=list(result.notes), inserted=step.inserted, cached=cached,
             )
         )
         progress.advance("pipeline", 1, info=f"{label} {seconds:.1f}s")
@@ -452,6 +469,10 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
         pl=pl, ctx=ctx, baseline=baseline, final=current, last_torch=last_torch, state=state,
         started=started, started_at=started_at, env=hardware.versions(), hw=hardware.describe(),
     )
+    if cfg.model.task == "embedding" or cfg.gates.min_embedding_cosine is not None:
+        from optimize.frameworks.embedding import add_embedding_accuracy
+
+        add_embedding_accuracy(report, ctx, baseline, current)
     try:
         return _write_outputs(pl, opts, current, report)
     except OSError as exc:  # disk full, read-only folder, ...: exit 1 with the reason, not "internal"
@@ -467,6 +488,23 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+def _write_charts(pl: Plan, report: Any, model_path: Path) -> None:
+    """PNG charts beside the report (optimize/charts.py), each written atomically; listed in
+    report.files. Without matplotlib (output.charts: auto) a finding says why there are none."""
+    from optimize import charts
+
+    if not charts.wanted(pl.config):
+        return
+    reason = charts.missing_reason()
+    if reason is not None:
+        report.findings.append(f"charts not drawn: {reason}")
+        return
+    drawn = charts.write_charts(report, pl.report_path.with_suffix(""), model_path)
+    report.files.update({key: str(path) for key, path in drawn.files.items()})
+    for key, why in drawn.skipped.items():
+        report.findings.append(f"chart {key.removeprefix('chart_')} not drawn: {why}")
+
+
 def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any) -> Any:
     from optimize import onnx_io
     from optimize.report import to_markdown
@@ -478,11 +516,17 @@ def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any) 
         _remove_stale(pl.output_path)
     onnx_io.write_atomic(final.onnx_path, target)  # type: ignore[arg-type]
     report.files["model"] = str(target)
+    tokenizer = getattr(pl.handle, "tokenizer", None)
+    if tokenizer is not None:  # a text model: its tokenizer beside the ONNX, so the folder serves as is
+        from optimize.frameworks.hf import write_serving_files
+
+        report.files.update(write_serving_files(tokenizer, target.parent))
     report.output.path = str(target)
     report.files["report"] = str(pl.report_path)
     md_path = pl.report_path.with_suffix(".md")
     if pl.config.output.markdown:
         report.files["markdown"] = str(md_path)
+    _write_charts(pl, report, target)
     onnx_io.write_bytes_atomic(report.to_json().encode(), pl.report_path)
     if pl.config.output.markdown:
         onnx_io.write_bytes_atomic(to_markdown(report).encode(), md_path)

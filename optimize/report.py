@@ -71,6 +71,9 @@ class Step(_M):
     metrics: dict[str, Any] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     inserted: bool = Field(False, description="True when the pipeline inserted this step (e.g. an export).")
+    cached: bool = Field(
+        False, description="True when this step's output was reused from the pass cache (not recomputed); see docs/reliability.md."
+    )
 
 
 class Gate(_M):
@@ -133,6 +136,8 @@ def format_value(key: str, m: Metric) -> str:
         return "null"
     if key == "accuracy":
         i = m.inputs
+        if i.get("metric") == "embedding_cosine":
+            return f"embedding cosine mean {i.get('mean') or 0:.4f}, min {i.get('min') or 0:.4f} ({i.get('samples')} samples vs input)"
         return f"{i.get('optimized', 0):.2f}% (baseline {i.get('baseline', 0):.2f}%, drop {i.get('drop', 0):+.2f} pts)"
     if key == "parity":
         return f"min cos {m.value:.5f}, max |Δ| {m.inputs.get('max_abs_diff', float('nan')):.3g}"
@@ -162,6 +167,9 @@ def to_markdown(report: Report) -> str:
             lines.append(
                 f"| {key} | {lat.median_ms:.3f} | {lat.p90_ms:.3f} | {lat.runs} | {lat.batch} | {lat.threads} | {lat.runtime} ({lat.device}) |"
             )
+    from optimize.charts import markdown_lines as chart_lines  # PNGs beside this file, when written
+
+    lines += chart_lines(report)
     if report.steps:
         lines += ["", "## Steps", "", "| # | pass | form | seconds | params before → after | notes |", "| --- | --- | --- | --- | --- | --- |"]
         for s in report.steps:

@@ -182,6 +182,45 @@ def _magnitude_keep(
     return out
 
 
+
+class _GlobalCut:
+    """Global magnitude pruning, one tensor at a time: the threshold comes from one flat float32
+    array of |w| over the selected weights (partitioned in place, no index array), then each
+    tensor drops its entries below it, and entries equal to it in order until exactly
+    round(sparsity × total) are dropped (as `_keep_largest` does on the concatenation)."""
+
+    def __init__(self, chosen: dict[str, Any], read: Any, sparsity: float) -> None:
+        sizes = {n: int(np.prod(us[0].tensor.dims, dtype=np.int64)) for n, us in chosen.items()}
+        total = sum(sizes.values())
+        self.n_zero = int(round(sparsity * total))
+        self.threshold: float | None = None
+        self.ties_left = 0
+        if 0 < self.n_zero < total:
+            flat = np.empty(total, dtype=np.float32)
+            start = 0
+            for n in chosen:
+                flat[start : start + sizes[n]] = np.abs(np.asarray(read(n), dtype=np.float32)).ravel()
+                start += sizes[n]
+            flat.partition(self.n_zero - 1)
+            self.threshold = float(flat[self.n_zero - 1])
+            below = int(np.count_nonzero(flat < self.threshold))
+            del flat
+            self.ties_left = self.n_zero - below
+
+    def keep(self, arr: np.ndarray) -> np.ndarray:
+        if self.n_zero <= 0:
+            return np.ones(arr.shape, dtype=bool)
+        if self.threshold is None:  # every weight goes
+            return np.zeros(arr.shape, dtype=bool)
+        a = np.abs(np.asarray(arr, dtype=np.float32))
+        keep = ~(a < self.threshold)
+        if self.ties_left > 0:
+            ties = np.flatnonzero(a == self.threshold)[: self.ties_left]
+            keep.flat[ties] = False
+            self.ties_left -= len(ties)
+        return keep
+
+
 def _nm_keep(w: np.ndarray, in_axes: tuple[int, ...], n: int, m: int) -> np.ndarray | None:
     """Keep the `n` largest |w| of every `m` consecutive weights along the input dimension.
 
@@ -499,6 +538,15 @@ class PrunePass(Pass):
                 result = self._run_onnx(model, ctx)
             before = U.onnx_weight_arrays(model.onnx_path)
             after = U.onnx_weight_arrays(result.model.onnx_path)
+            big = max(U.onnx_weight_bytes(model.onnx_path), U.onnx_weight_bytes(result.model.onnx_path))
+            if big > U.COMPRESS_LIMIT_BYTES:
+                result.metrics["compressed_bytes"] = {
+                    "formula": "zlib (DEFLATE, level 6) of the weights' float bytes, as in a .zip",
+                    "raw_before": None, "raw_after": None, "zip_before": None, "zip_after": None, "ratio": None,
+                    "reason": f"not measured: {big} bytes of weights, over {U.COMPRESS_LIMIT_BYTES} "
+                              "(zlib would add minutes)",
+                }
+                return result
         else:
             if self.config.method == "structured":
                 result = self._run_structured(model, ctx)
@@ -657,6 +705,8 @@ class PrunePass(Pass):
     # ---- ONNX: rewrite weight tensors in place -------------------------------------------
 
     def _run_onnx(self, model: Any, ctx: Any) -> PassResult:
+        from pathlib import Path
+
         from onnx import TensorProto, numpy_helper
 
         from optimize import onnx_io
@@ -666,8 +716,12 @@ class PrunePass(Pass):
         cfg = self.config
         if cfg.method == "structured":  # check() rejects this at plan time
             raise PassError(self.name, "structured pruning needs a torch model; the model is ONNX at this point")
-        proto = onnx_io.load(model.onnx_path)
-        stats_before = weight_stats(proto)
+        # Memory stays bounded by the largest tensor (models over 2 GB: tests/test_large_model.py):
+        # the proto is read without its external data, each weight is read, pruned and written on
+        # its own, and untouched external tensors are copied file-to-file by the writer.
+        src_dir = Path(model.onnx_path).parent
+        proto = onnx_io.load(model.onnx_path, load_external_data=False)
+        stats_before = weight_stats(model.onnx_path)
         uses = list(iter_weight_uses(proto))
         by_name: dict[str, list[Any]] = {}
         for u in uses:
@@ -676,7 +730,7 @@ class PrunePass(Pass):
 
         notes: list[str] = []
         embeddings, non_float, kept_out = [], [], []
-        chosen: dict[str, tuple[list[Any], np.ndarray]] = {}
+        chosen: dict[str, list[Any]] = {}
         for name, us in by_name.items():
             names = [name, us[0].name, *(u.node.name for u in us if u.node.name)]
             if any(u.node.op_type in _EMBEDDING_OPS for u in us) and not (cfg.include and _matches(names, cfg.include)):
@@ -691,50 +745,76 @@ class PrunePass(Pass):
             if dtype not in _ONNX_FLOAT:
                 non_float.append(f"{name} ({dtype.lower()})")
                 continue
-            chosen[name] = (us, numpy_helper.to_array(us[0].tensor))
+            chosen[name] = us
+
+        def read(n: str) -> np.ndarray:
+            return onnx_io.tensor_array(chosen[n][0].tensor, src_dir)
 
         key = f"{getattr(ctx, 'step_index', 0)}-prune"
         ctx.progress.start(key, f"prune ({cfg.method}, ONNX)", len(chosen))
-        keeps: dict[str, np.ndarray] = {}
-        try:
-            if cfg.method == "magnitude":
-                keeps = _magnitude_keep({n: a for n, (_, a) in chosen.items()}, cfg.sparsity, cfg.scope)
+        global_cut = _GlobalCut(chosen, read, cfg.sparsity) if cfg.method == "magnitude" and cfg.scope == "global" else None
+        no_layout, not_divisible = [], []
+        entries_by_name: dict[str, dict[str, Any]] = {}
+
+        def pruned(n: str) -> np.ndarray | None:
+            """The pruned array for weight `n` (None when N:M does not apply to it)."""
+            us = chosen[n]
+            arr = read(n)
+            if global_cut is not None:
+                keep = global_cut.keep(arr)
+            elif cfg.method == "magnitude":
+                keep = _magnitude_keep({n: arr}, cfg.sparsity, "layer")[n]
             else:
-                no_layout, not_divisible = [], []
-                for n, (us, arr) in chosen.items():
-                    axes = next(
-                        (ax for u in us if u.node.op_type not in _EMBEDDING_OPS
-                         for ax in [_onnx_in_axes(u, arr.ndim)] if ax is not None),
-                        None,
-                    )
-                    if axes is None:
-                        no_layout.append(n)
-                        continue
-                    keep = _nm_keep(arr, axes, cfg.n, cfg.m)
-                    if keep is None:
-                        not_divisible.append(n)
-                    else:
-                        keeps[n] = keep
-                if no_layout:
-                    notes.append(f"N:M skipped {len(no_layout)} weight(s) whose input axis is unknown: {_short_list(no_layout)}")
-                if not_divisible:
-                    notes.append(
-                        f"N:M skipped {len(not_divisible)} weight(s) whose input dimension is not divisible by "
-                        f"{cfg.m}: {_short_list(not_divisible)}"
-                    )
-            entries = []
-            for n, keep in keeps.items():
-                us, arr = chosen[n]
-                new = np.where(keep, arr, np.zeros((), dtype=arr.dtype)).astype(arr.dtype, copy=False)
-                us[0].tensor.CopyFrom(numpy_helper.from_array(new, us[0].tensor.name))
-                zeros = int(new.size - np.count_nonzero(new))
-                entries.append(_layer_entry(n, arr.shape, new.shape, zeros, int(new.size)))
-                ctx.progress.advance(key)
+                axes = next(
+                    (ax for u in us if u.node.op_type not in _EMBEDDING_OPS
+                     for ax in [_onnx_in_axes(u, arr.ndim)] if ax is not None),
+                    None,
+                )
+                if axes is None:
+                    no_layout.append(n)
+                    return None
+                keep = _nm_keep(arr, axes, cfg.n, cfg.m)
+                if keep is None:
+                    not_divisible.append(n)
+                    return None
+            new = np.where(keep, arr, np.zeros((), dtype=arr.dtype)).astype(arr.dtype, copy=False)
+            del keep
+            zeros = int(new.size - np.count_nonzero(new))
+            entries_by_name[n] = _layer_entry(n, arr.shape, new.shape, zeros, int(new.size))
+            ctx.progress.advance(key)
+            return new
+
+        def raw_of(n: str) -> Any:
+            def produce() -> bytes:
+                new = pruned(n)
+                if new is None:  # unchanged: the original bytes
+                    return onnx_io.tensor_array(chosen[n][0].tensor, src_dir).tobytes()
+                return numpy_helper.from_array(new).raw_data
+            return produce
+
+        replace: dict[Any, Any] = {}
+        try:
+            for n, us in chosen.items():
+                t = us[0].tensor
+                if onnx_io.uses_external(t):
+                    replace[onnx_io._external_key(t)] = raw_of(n)
+                else:
+                    new = pruned(n)
+                    if new is not None:
+                        t.CopyFrom(numpy_helper.from_array(new, t.name))
+            path = onnx_io.save_streaming(proto, ctx.step_dir(self.name) / "model.onnx", src_dir, replace)
         finally:
             ctx.progress.finish(key)
-
-        path = onnx_io.save(proto, ctx.step_dir(self.name) / "model.onnx")
-        stats = weight_stats(proto)
+        keeps = {n: True for n in chosen if n in entries_by_name}
+        entries = [entries_by_name[n] for n in chosen if n in entries_by_name]
+        if no_layout:
+            notes.append(f"N:M skipped {len(no_layout)} weight(s) whose input axis is unknown: {_short_list(no_layout)}")
+        if not_divisible:
+            notes.append(
+                f"N:M skipped {len(not_divisible)} weight(s) whose input dimension is not divisible by "
+                f"{cfg.m}: {_short_list(not_divisible)}"
+            )
+        stats = weight_stats(path)
         dense = [t for t in stats.tensors if t.op_type not in _EMBEDDING_OPS]
         tot = sum(t.count for t in dense)
         zero = tot - sum(t.nonzero for t in dense)

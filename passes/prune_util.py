@@ -16,6 +16,7 @@ Heavy imports happen inside the functions.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,12 @@ def schedule(target: float, steps: int, kind: str) -> list[float]:
     return out
 
 
-def compressed_bytes(arrays: list[np.ndarray]) -> tuple[int, int]:
+# zlib level 6 runs at ~10 MB/s on float weights here: above this, `compressed_bytes` is not
+# measured (null with the reason) rather than adding minutes to a run (tests/test_large_model.py).
+COMPRESS_LIMIT_BYTES = 512 << 20
+
+
+def compressed_bytes(arrays: Iterable[np.ndarray]) -> tuple[int, int]:
     """(raw bytes, zlib level-6 bytes) of the arrays concatenated in order."""
     comp = zlib.compressobj(6)
     raw = 0
@@ -232,21 +238,40 @@ def finetune(module: Any, model: Any, ctx: Any, epochs: int, lr: float) -> tuple
     return res.model.module, {k: res.metrics.get(k) for k in keep}
 
 
-def onnx_weight_arrays(path: Any) -> list[np.ndarray]:
-    """The weights of weighted ops in an ONNX file (each stored tensor once), as numpy."""
-    from onnx import numpy_helper
+def onnx_weight_arrays(path: Any) -> Iterator[np.ndarray]:
+    """The weights of weighted ops in an ONNX file (each stored tensor once), as numpy, one at a
+    time: external data is read tensor by tensor, so a model over 2 GB is never held whole."""
+    from pathlib import Path
 
     from optimize import onnx_io
     from optimize.inspect_onnx import iter_weight_uses
 
-    proto = onnx_io.load(path)
+    proto = onnx_io.load(path, load_external_data=False)
     seen: set[str] = set()
-    out = []
     for u in iter_weight_uses(proto):
         if u.key not in seen:
             seen.add(u.key)
-            out.append(numpy_helper.to_array(u.tensor))
-    return out
+            yield onnx_io.tensor_array(u.tensor, Path(path).parent)
+
+
+def onnx_weight_bytes(path: Any) -> int:
+    """Stored bytes of the weights of weighted ops (from the tensors' shapes and types; no data read)."""
+    from onnx import helper
+
+    from optimize import onnx_io
+    from optimize.inspect_onnx import iter_weight_uses
+
+    seen: set[str] = set()
+    total = 0
+    for u in iter_weight_uses(onnx_io.load(path, load_external_data=False)):
+        if u.key not in seen:
+            seen.add(u.key)
+            try:
+                size = np.dtype(helper.tensor_dtype_to_np_dtype(u.tensor.data_type)).itemsize
+            except Exception:
+                size = 4
+            total += int(np.prod(u.tensor.dims, dtype=np.int64)) * size
+    return total
 
 
 def layer_ratio(name_variants: list[str], overrides: dict[str, float], default: float) -> float:

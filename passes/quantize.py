@@ -27,6 +27,11 @@ and stored as float32, round half to even, clip to the type's range), its per-ch
 torch's observers use other ranges ([-128, 127], eps clamping, float32 scale), so their grid is off
 by one step on some weights, and the re-quantized model would not be the one that was trained.
 
+`bits: 1` / `bits: 2` (binary / ternary weights, passes/quantize_lowbit.py): the same static QDQ
+path, with the weights projected onto {−α, +α} / {−α, 0, +α} per output channel first (simulated
+with a straight-through estimator in QAT) and stored as int8 codes with scale α; the logical bits
+are recorded in the file for the report.
+
 Conv + BatchNorm pairs are folded into the convolution before QAT (ONNX Runtime folds them before
 quantizing anyway), so the weights that are fake-quantized are the ones that get exported.
 """
@@ -52,9 +57,11 @@ class QuantizeConfig(PassConfig):
         description="dynamic: activations quantized at run time; static: calibrated activation ranges; "
         "weight_only: block-wise integer MatMul weights (ONNX Runtime's MatMulNBits), float activations.",
     )
-    bits: Literal[4, 8] = Field(
+    bits: Literal[1, 2, 4, 8] = Field(
         8, description="Weight bits. 4: mode weight_only (MatMulNBits), or mode static with format qdq (int4 QDQ weights, "
-        "symmetric; also for quantization-aware training).",
+        "symmetric; also for quantization-aware training). 1 (binary, α·sign(w)) and 2 (ternary, α·{-1, 0, 1}): "
+        "mode static with format qdq, stored as int8 codes with a per-channel scale; train them with QAT "
+        "(quantize before distill), accuracy usually collapses without it.",
     )
     format: Literal["qdq", "qoperator", "auto"] = Field(
         "qdq",
@@ -108,6 +115,14 @@ class QuantizeConfig(PassConfig):
                 "bits 4 needs mode: weight_only (block-wise int4 MatMul weights) or mode: static with format: qdq "
                 "(int4 QDQ weights)"
             )
+        if self.bits in (1, 2):
+            if not (self.mode == "static" and self.format == "qdq"):
+                raise ValueError(
+                    f"bits {self.bits} ({'binary' if self.bits == 1 else 'ternary'} weights) needs mode: static with "
+                    "format: qdq (int8 codes with a per-channel scale, run by ONNX Runtime's QDQ kernels)"
+                )
+            if self.weight_type != "int8":
+                raise ValueError(f"bits {self.bits} stores signed codes (-1, 0, 1): use weight_type: int8")
         if self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two (got {self.block_size})")
         if self.mode == "weight_only" and self.format == "auto":
@@ -301,6 +316,8 @@ def _grid_is_exact(cfg: QuantizeConfig) -> bool:
     """Whether re-quantizing QAT weights reproduces them. Not for QDQ per-channel uint8: ONNX Runtime
     makes it symmetric with zero point 128, a grid of -128..127 steps whose re-quantization changes the
     scale (max |w| = 128 steps gives a new scale 256/255 times the old one)."""
+    if cfg.bits in (1, 2):
+        return True  # the binary/ternary projection is idempotent: materializing keeps the trained values
     if cfg.bits == 4:
         return False  # int4's symmetric range is -8..7: re-quantizing moves the scale when a weight sits at -8
     return not (cfg.mode == "static" and cfg.format == "qdq" and cfg.per_channel and cfg.weight_type == "uint8")
@@ -432,7 +449,13 @@ def setup_qat(module: Any, cfg: QuantizeConfig) -> tuple[Any, dict[str, Any]]:
             excluded.append(name)
             continue
         # registered after any existing parametrization (a pruning mask): fq(mask(w))
-        parametrize.register_parametrization(sub, "weight", _weight_fake_quant_class()(_weight_scheme(cfg, kind)))
+        if cfg.bits in (1, 2) and kind != "embedding":  # binary/ternary; embeddings stay on ORT's int8 grid
+            from passes.quantize_lowbit import fake_quant_module
+
+            fq = fake_quant_module(cfg.bits, cfg.per_channel)
+        else:
+            fq = _weight_fake_quant_class()(_weight_scheme(cfg, kind))
+        parametrize.register_parametrization(sub, "weight", fq)
         counts[kind] += 1
         if kind != "embedding":
             sub.register_forward_pre_hook(ActivationFakeQuant(cfg.mode, cfg.activation_type))
@@ -540,7 +563,7 @@ class QuantizePass(Pass):
     name = "quantize"
     summary = (
         "int8 with ONNX Runtime's quantizers: dynamic, or static calibrated (QDQ / QOperator), format auto "
-        "(measured candidates), int4 weight-only; "
+        "(measured candidates), int4 weight-only, binary/ternary weights (int8 codes); "
         "before distill, quantization-aware training on ORT's exact weight grid"
     )
     config_cls = QuantizeConfig
@@ -634,7 +657,17 @@ class QuantizePass(Pass):
                 f"{info['batchnorm_folded']} Conv+BatchNorm pairs folded before QAT (BatchNorm statistics are "
                 "frozen during training, as ONNX Runtime would fold them before quantizing)"
             )
-        if cfg.bits == 4:
+        if cfg.bits in (1, 2):
+            from passes.quantize_lowbit import SCHEME_TEXT, lowbit_name
+
+            metrics.update(weight_type=lowbit_name(cfg.bits), logical_bits=cfg.bits, lowbit_scheme=SCHEME_TEXT[cfg.bits])
+            notes[0] = (
+                f"quantization-aware training: {info['layers_wrapped']} layers simulate {lowbit_name(cfg.bits)} "
+                f"({cfg.bits}-bit) weights with a straight-through estimator and {cfg.activation_type} activations; "
+                "after export the weights are stored as int8 codes with a per-channel scale (QDQ) and the "
+                "activations quantized by ONNX Runtime's quantizer"
+            )
+        elif cfg.bits == 4:
             metrics["weight_type"] = "int4"
             notes[0] = notes[0].replace("simulate int8", "simulate int4 weights (uint8 activations)")
             notes.append(
@@ -728,6 +761,16 @@ class QuantizePass(Pass):
             weight_bits={str(b): sum(t.count for t in stats.tensors if t.bits == b)
                          for b in sorted({t.bits for t in stats.tensors})},
         )
+        if stats.has_logical:  # binary/ternary codes stored in int8: both counts, read back from the file
+            metrics.update(logical_weight_bits=stats.counts_by_bits(logical=True),
+                           stored_weight_bits=stats.counts_by_bits(logical=False))
+        if cfg.bits in (1, 2) and not after_qat:
+            from passes.quantize_lowbit import lowbit_name
+
+            notes.append(
+                f"post-training {lowbit_name(cfg.bits)} ({cfg.bits}-bit) weights without training: accuracy usually "
+                "collapses without quantization-aware training; place quantize before a distill pass on a torch model"
+            )
         if after_qat:
             metrics["weight_scales"] = (
                 "from the QAT-trained weights with the formula used in training (same int8 grid)"
@@ -758,27 +801,16 @@ class QuantizePass(Pass):
         self, cfg: QuantizeConfig, qin: Any, out: Any, ctx: RunContext, large: bool, metrics: dict[str, Any],
         notes: list[str], include: list[str] | None = None, exclude: list[str] | None = None,
     ) -> None:
-        """Quantize `qin` into `out` with int8 settings `cfg` (dynamic or static; not auto)."""
-        import io
-        from contextlib import redirect_stdout
-
+        """Quantize `qin` into `out` with settings `cfg` (dynamic or static; not auto)."""
         import onnx
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_dynamic,
-            quantize_static,
-        )
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
         from optimize import onnx_io
-        from optimize.errors import PassError
-        from optimize.inspect_onnx import _graphs
 
         qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int4": QuantType.QInt4}
         extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
         weight_type = "int4" if cfg.bits == 4 else cfg.weight_type
-        if cfg.bits == 4:
+        if cfg.bits in (1, 2, 4):
             extra["WeightSymmetric"] = True
         exclude = [*cfg.exclude_nodes, *(exclude or [])]
         if cfg.mode == "dynamic":
@@ -803,6 +835,71 @@ class QuantizePass(Pass):
             )
             onnx_io.normalize_ir_version_file(out)  # runnable as written (old IR: initializer inputs)
             return
+        ort_in, projected = qin, None
+        if cfg.bits in (1, 2):  # binary/ternary: project the float weights first (a no-op after QAT)
+            from pathlib import Path
+
+            from passes.quantize_lowbit import project_model
+
+            ort_in = Path(out).with_name(Path(out).stem + ".lowbit-float.onnx")
+            projected = project_model(qin, ort_in, cfg.bits, cfg.per_channel, cfg.op_types, exclude, include)
+            try:
+                self._static(cfg, ort_in, qin, out, ctx, large, metrics, notes, include, exclude, weight_type, extra)
+            finally:
+                for f in (ort_in, ort_in.with_name(ort_in.name + ".data")):
+                    f.unlink(missing_ok=True)
+            self._materialize_lowbit(cfg, out, projected, metrics, notes)
+            return
+        self._static(cfg, qin, qin, out, ctx, large, metrics, notes, include, exclude, weight_type, extra)
+
+    def _materialize_lowbit(
+        self, cfg: QuantizeConfig, out: Any, projected: dict[str, Any], metrics: dict[str, Any], notes: list[str],
+    ) -> None:
+        """Rewrite ONNX Runtime's int8 weights of the projected layers as codes {-1, 0, 1} × α."""
+        from passes.quantize_lowbit import SCHEME_TEXT, lowbit_name, materialize_codes
+
+        done = materialize_codes(out, projected, cfg.bits)
+        metrics.update(
+            logical_bits=cfg.bits, lowbit_scheme=SCHEME_TEXT[cfg.bits],
+            lowbit_storage="int8 codes (binary -1/1, ternary -1/0/1) × float32 scale per output channel "
+            "(DequantizeLinear); activations quantized by ONNX Runtime's static QDQ quantizer",
+            lowbit_weights=len(done["codes"]),
+        )
+        if done["left_float"] or done["mismatched"]:
+            left = [*done["left_float"], *done["mismatched"]]
+            metrics["lowbit_left_float"] = left
+            notes.append(
+                f"{len(left)} layer(s) hold {lowbit_name(cfg.bits)} values but were not stored as int8 codes by "
+                f"ONNX Runtime's quantizer ({', '.join(left)}): they count at their stored bits"
+            )
+        if not projected:
+            notes.append(
+                f"no Conv/Gemm/MatMul weight could take {lowbit_name(cfg.bits)} values (a weight must be a float "
+                "initializer read directly by its layer)"
+            )
+
+    def _static(
+        self, cfg: QuantizeConfig, ort_in: Any, qin: Any, out: Any, ctx: RunContext, large: bool,
+        metrics: dict[str, Any], notes: list[str], include: list[str] | None, exclude: list[str], weight_type: str,
+        extra: dict[str, Any],
+    ) -> None:
+        """ONNX Runtime's quantize_static on `ort_in` (calibrated in small batches) into `out`."""
+        import io
+        from contextlib import redirect_stdout
+
+        import onnx
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+
+        from optimize import onnx_io
+        from optimize.errors import PassError
+        from optimize.inspect_onnx import _graphs
+
+        qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int4": QuantType.QInt4}
         samples, source = ctx.sample_inputs("calibration", cfg.calibration_samples)
         batches, used = _calibration_batches(qin, samples, CALIBRATION_BATCH)
         if not batches:
@@ -828,7 +925,7 @@ class QuantizePass(Pass):
         try:
             with redirect_stdout(io.StringIO()):  # the histogram collector prints per batch
                 quantize_static(
-                    str(qin), str(out), reader,
+                    str(ort_in), str(out), reader,
                     quant_format=QuantFormat.QOperator if cfg.format == "qoperator" else QuantFormat.QDQ,
                     op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
                     reduce_range=cfg.reduce_range, activation_type=qtype[cfg.activation_type],

@@ -6,12 +6,17 @@ TorchScript exporter (`dynamo=False`), and the subgraph model is written with on
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tiny_models import IN_FEATURES, export_onnx, make_mlp  # noqa: F401 (re-exported for fixtures)
+
+# The pass cache is on by default for users; the suite runs without it so every test (and every
+# subprocess it starts) recomputes its passes. tests/test_cache.py turns it on with --cache-dir.
+os.environ["OPTIMIZE_PASS_CACHE"] = "off"
 
 
 @pytest.fixture

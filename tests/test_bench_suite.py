@@ -66,3 +66,80 @@ def test_speed_table_renders_rows_without_sizes_or_iqr():
     lines = md.RENDER["speed"](rows)
     assert lines[3] == "| torch eager FP32 (separate run, not interleaved) | 4.000 | 0.50x | — | — | — | — |"
     assert "**error**" in lines[4]
+
+
+# ---------------------------------------------------------------------------- configs and factories
+
+# Each bench config with the model the suite runs it on (None: the built-in digits example). ONNX
+# inputs in the suite are exports of these factories, so planning with the factory checks the same
+# pass chain (an export is inserted where a pass needs ONNX).
+BENCH_CONFIGS = {
+    "mlp-static-qdq.yaml": "bench.models:mlp",
+    "resnet-prune50.yaml": "bench.models:resnet18_like",
+    "bert-int8.yaml": "bench.models:bert_like",
+    "bert-prune.yaml": "bench.models:bert_like",
+    "bert-prune-distill-int8.yaml": "bench.models:bert_like",
+    "resnet-auto.yaml": "bench.models:resnet18_like",
+    "mlp-int4.yaml": "bench.models:mlp",
+    "mlp-int4-acc4.yaml": "bench.models:mlp",
+    "digits-ptq4.yaml": None,
+    "digits-kd-ptq4.yaml": None,
+    "digits-qat4.yaml": None,
+}
+
+
+def test_every_bench_config_is_listed_and_plans(tmp_path, monkeypatch):
+    """Every file in bench/configs validates and plans (config schema, model, pass chain, each pass's
+    checks) with the model the suite gives it — what `bench/run.py` would hit first."""
+    from optimize.api import RunOptions
+    from optimize.pipeline import plan
+
+    on_disk = {p.name for p in (ROOT / "bench" / "configs").glob("*.yaml")}
+    assert on_disk == set(BENCH_CONFIGS), "list every bench config here with the model the suite runs it on"
+    monkeypatch.chdir(ROOT)  # factories and data callables resolve from the repository root, as in bench/run.py
+    for name, model in BENCH_CONFIGS.items():
+        p = plan(RunOptions(model=model, config=str(ROOT / "bench" / "configs" / name), output=str(tmp_path / f"{name}.onnx")))
+        assert p is not None, name
+    # the size objective the resnet-auto case sets with --set
+    plan(RunOptions(model="bench.models:resnet18_like", config=str(ROOT / "bench/configs/resnet-auto.yaml"),
+                    output=str(tmp_path / "size.onnx"), overrides=["passes[0].objective=size"]))
+
+
+def test_every_case_is_wired():
+    from bench import run
+
+    assert set(run.CASES) == {"mlp", "digits", "resnet", "bert", "resnet-auto", "int4", "digits-qat4"}
+    for mode in ("full", "quick"):
+        assert {"bert_repeat", "auto_repeat", "int4_repeat", "qat_epochs"} <= set(run.SETTINGS[mode])
+
+
+def test_bert_factory_builds_and_runs_on_zipf_tokens():
+    import numpy as np
+    import torch
+
+    from bench.models import BERT_VOCAB, bert_like, zipf_eval, zipf_tokens, zipf_train
+    from optimize.loaders import load_model
+
+    h = load_model("bench.models:bert_like")  # the input spec comes from the class attribute
+    assert [(s.name, s.dtype) for s in h.inputs] == [("ids", "int64")]
+    ids = zipf_tokens(2, seed=0)
+    assert ids.shape == (2, 128) and ids.dtype == np.int64 and 0 <= ids.min() and ids.max() < BERT_VOCAB
+    with torch.inference_mode():
+        y = bert_like()(torch.from_numpy(ids))
+    assert y.shape == (2, 128, 384) and torch.isfinite(y).all()
+    # Zipf-like: the most frequent id is far more common than under uniform ids (128·4096/8000 ≈ 66)
+    train = zipf_train()["ids"]
+    assert train.shape == (4096, 128) and np.bincount(train.ravel()).max() > 50 * train.size / BERT_VOCAB
+    assert zipf_eval()["ids"].shape == (64, 128)
+    assert not np.array_equal(zipf_eval()["ids"], train[:64])  # held out: another seed
+    assert np.array_equal(zipf_tokens(3, seed=5), zipf_tokens(3, seed=5))  # deterministic
+
+
+def test_generic_table_renders_cells_and_errors():
+    lines = md.RENDER["table"]([
+        {"run": "a", "candidate": "int8", "chosen": None},
+        {"variant": "b", "error": "RuntimeError: y"},
+    ])
+    assert lines[0] == "| run | candidate | chosen |"
+    assert lines[2] == "| a | int8 | — |"
+    assert "**error**" in lines[3] and "RuntimeError: y" in lines[3]

@@ -57,7 +57,7 @@ def test_load_config_from_file_uses_the_path_in_errors(tmp_path: Path) -> None:
     p.write_text(BASE + "    bits: 3\n", encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(p)
-    assert str(info.value) == f"{p}:7: passes[1].quantize.bits: must be one of 4, 8"
+    assert str(info.value) == f"{p}:7: passes[1].quantize.bits: must be one of 1, 2, 4, 8"
     assert info.value.file == str(p)
     assert info.value.line == 7
     assert info.value.exit_code == 2
@@ -138,7 +138,7 @@ def test_sparsity_out_of_range(value: str, message: str) -> None:
 
 def test_bits_3_is_rejected_with_the_allowed_values() -> None:
     err = config_error(BASE + "    bits: 3\n")
-    assert str(err) == "x.yaml:7: passes[1].quantize.bits: must be one of 4, 8"
+    assert str(err) == "x.yaml:7: passes[1].quantize.bits: must be one of 1, 2, 4, 8"
     assert err.key == "passes[1].quantize.bits"
     assert err.line == 7
 
@@ -258,7 +258,7 @@ def test_override_to_an_invalid_value_is_validated() -> None:
 
 def test_override_of_a_key_absent_from_the_file_names_the_override() -> None:
     err = config_error(BASE, ("passes[1].bits=3",))
-    assert str(err) == "--set: passes[1].quantize.bits: must be one of 4, 8"
+    assert str(err) == "--set: passes[1].quantize.bits: must be one of 1, 2, 4, 8"
 
 
 def test_override_with_an_unknown_key_is_rejected() -> None:

@@ -85,15 +85,21 @@ def test_model_over_2gb_prune_quantize_verify_report(capfd, tmp_path: Path) -> N
     report = json.loads(stdout)
     assert report["status"] == "ok"
     assert report["input"]["bytes"] >= data_bytes
-    assert report["metrics"]["sparsity"]["value"] == pytest.approx(0.5, abs=0.01)
+    # the output layer (w8, 1/9 of the weights) is kept whole by default: 0.5 × 8/9 of all weights,
+    # plus the few weights int8 rounding turns into zeros
+    assert report["steps"][0]["metrics"]["selected_sparsity"] == pytest.approx(0.5, abs=1e-6)
+    assert 0.5 * 8 / 9 - 1e-3 <= report["metrics"]["sparsity"]["value"] <= 0.5 * 8 / 9 + 0.01
     assert report["metrics"]["quantization_ratio"]["value"] == pytest.approx(0.25, abs=0.01)
     assert report["metrics"]["parity"]["inputs"]["all_finite"] is True
     # int8 weights: ~0.6 GB, under the protobuf limit, so the output is one self-contained file
     assert out.is_file() and report["output"]["bytes"] < data_bytes / 3
     onnx.checker.check_model(str(out))
     assert not [p.name for p in out.parent.iterdir() if p.name.startswith(".")], "temporary files left"
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(f"peak RSS {peak_gb:.1f} GB for a {data_bytes / 1e9:.2f} GB model")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"peak RSS {peak / 1e9:.1f} GB for a {data_bytes / 1e9:.2f} GB model")
+    # measured 10.0 GB (4.1x) on 2 cores, most of it inside ONNX Runtime's quantizer (see
+    # docs/reliability.md); before the streaming prune/count/write it passed 16.9 GB without finishing
+    assert peak < 5 * data_bytes, f"peak RSS {peak / 1e9:.1f} GB for a {data_bytes / 1e9:.2f} GB model"
 
 
 def test_proto_bytes_falls_back_when_protobuf_refuses_to_size_a_message() -> None:
@@ -135,3 +141,128 @@ def test_save_with_external_data_leaves_the_callers_model_self_contained(tmp_pat
     assert np.array_equal(onnx.numpy_helper.to_array(model.graph.initializer[0]), w)
     on_disk = onnx.load(str(out))
     assert np.array_equal(onnx.numpy_helper.to_array(on_disk.graph.initializer[0]), w)
+
+
+# ---- bounded memory on external data (fast versions of what the slow test needs) ------------
+
+
+def _mlp_with_external_data(folder: Path, shapes: list[tuple[int, int]], external: bool = True) -> Path:
+    """x → MatMul(w0) → Relu → MatMul(w1) …, weights in `m.onnx.data` (or inline)."""
+    rng = np.random.default_rng(1)
+    nodes, inits, prev = [], [], "x"
+    for i, shape in enumerate(shapes):
+        inits.append(onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+        if i < len(shapes) - 1:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", shapes[0][0]])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["batch", shapes[-1][1]])], initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True, location="m.onnx.data")
+    return path
+
+
+def _prune(src: Path, work: Path, **options):
+    from optimize.config import load_config_text
+    from optimize.context import RunContext
+    from optimize.handle import ModelHandle, TensorSpec
+    from passes.prune import PruneConfig, PrunePass
+
+    ctx = RunContext(config=load_config_text("schema_version: 1\npasses: []\n"), work_dir=work)
+    handle = ModelHandle(form="onnx", inputs=[TensorSpec("x", ("batch", 64))], outputs=[], onnx_path=src)
+    return PrunePass(PruneConfig(**options)).run(handle, ctx)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_onnx_prune_on_external_data_matches_the_inline_model(tmp_path: Path, scope: str) -> None:
+    """The streaming ONNX prune (one tensor at a time, external data copied file-to-file) gives the
+    same weights as on the same model stored inline; the input files are untouched."""
+    shapes = [(64, 128), (128, 96), (96, 32)]
+    ext = _mlp_with_external_data(tmp_path / "ext", shapes)
+    inl = _mlp_with_external_data(tmp_path / "inl", shapes, external=False)
+    before = (ext.read_bytes(), (ext.parent / "m.onnx.data").read_bytes())
+    a = _prune(ext, tmp_path / "wa", sparsity=0.4, scope=scope, keep_output_layer=False)
+    b = _prune(inl, tmp_path / "wb", sparsity=0.4, scope=scope, keep_output_layer=False)
+    assert (ext.read_bytes(), (ext.parent / "m.onnx.data").read_bytes()) == before
+    out = a.model.onnx_path
+    assert (out.parent / "model.onnx.data").is_file() and out.stat().st_size < 2000  # still external
+    wa = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    wb = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(b.model.onnx_path)).graph.initializer}
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k])
+    total = sum(r * c for r, c in shapes)
+    assert a.metrics["weights_zero"] == b.metrics["weights_zero"]
+    if scope == "global":
+        assert a.metrics["weights_zero"] == round(0.4 * total)
+    else:
+        assert all(int((w == 0).sum()) == round(0.4 * w.size) for w in wa.values())
+    assert a.metrics["params_before"] == total == a.metrics["params_after"]
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_global_cut_drops_exactly_n_with_ties(tmp_path: Path) -> None:
+    """Ties at the threshold: exactly round(sparsity × total) weights are zeroed."""
+    from passes.prune import _GlobalCut
+
+    arrays = {"a": np.array([[1.0, 1.0], [1.0, 2.0]], np.float32), "b": np.array([[1.0, 3.0, -1.0]], np.float32)}
+
+    class T:
+        def __init__(self, shape):
+            self.tensor = type("P", (), {"dims": list(shape)})()
+
+    cut = _GlobalCut({k: [T(v.shape)] for k, v in arrays.items()}, arrays.__getitem__, 0.5)
+    dropped = sum(int((~cut.keep(v)).sum()) for v in arrays.values())
+    assert dropped == round(0.5 * 7) == 4
+
+
+MEMORY_PROBE = r"""
+import sys, json
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+def vm(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key + ":"))
+import test_large_model as t
+from optimize import onnx_io
+from optimize.inspect_onnx import weight_stats
+src = Path(sys.argv[1]); work = Path(sys.argv[2])
+t._prune(src, work / "warm", sparsity=0.5)  # imports and first-use allocations out of the way
+base = vm("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+res = t._prune(src, work / "w", sparsity=0.5)
+weight_stats(res.model.onnx_path)
+onnx_io.write_atomic(res.model.onnx_path, work / "out" / "o.onnx")
+print(json.dumps({"base": base, "peak": vm("VmHWM"), "compressed": res.metrics["compressed_bytes"]}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to read the peak RSS")
+def test_onnx_prune_count_and_write_hold_one_tensor_not_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a 128 MB model with external data (8 tensors of 16 MB), prune → weight count → atomic
+    write (the >2 GB branch, threshold lowered) raise the peak RSS by less than half the model:
+    one tensor and its temporaries at a time, never whole copies (the old code held ~4 copies and
+    grew 427 MB here). The zlib size is skipped above its limit (lowered to 0 here: it takes ~30 s
+    for this model) and says so."""
+    import os
+    import subprocess
+    import sys
+
+    src = _mlp_with_external_data(tmp_path / "in", [(64, 65536), (65536, 64)] * 4)
+    model_bytes = (src.parent / "m.onnx.data").stat().st_size
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    code = ("from optimize import onnx_io; onnx_io.EXTERNAL_DATA_THRESHOLD = 0\n"
+            "from passes import prune_util; prune_util.COMPRESS_LIMIT_BYTES = 0\n" + MEMORY_PROBE)
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path), str(Path(__file__).parent)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    grew = m["peak"] - m["base"]
+    assert grew < model_bytes / 2, f"peak RSS grew {grew / 1e6:.0f} MB for a {model_bytes / 1e6:.0f} MB model"
+    assert m["compressed"]["zip_after"] is None and "not measured" in m["compressed"]["reason"]

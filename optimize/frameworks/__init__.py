@@ -5,7 +5,7 @@ read); `load(...)` turns it into a `ModelHandle`:
 
 - a Hugging Face folder (config.json + weights + tokenizer files, or a sentence-transformers
   folder) → a torch handle through `optimize.frameworks.hf` (extra `[hf]`);
-- a TensorFlow SavedModel folder or a `.keras` / `.h5` Keras file → ONNX through tf2onnx
+- a TensorFlow SavedModel folder or a `.keras` Keras file → ONNX through tf2onnx
   (`optimize.frameworks.tf_convert`, extra `[tensorflow]`);
 - a MindSpore `.mindir` / `.ckpt` → a one-line `ModelLoadError` saying how to export ONNX from
   MindSpore, whose own exporter is the bridge.
@@ -24,11 +24,12 @@ from optimize.errors import ModelLoadError
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 HF_OTHER_WEIGHTS = ("tf_model.h5", "flax_model.msgpack")
 MINDSPORE_SUFFIXES = (".mindir", ".ckpt")
-KERAS_SUFFIXES = (".keras", ".h5")
+KERAS_SUFFIXES = (".keras",)
 
 MINDSPORE_EXPORT = (
-    "export it to ONNX from MindSpore with mindspore.export(net, input, file_name='model', file_format='ONNX') "
-    "(input: a Tensor of the model's input shape), then run: optimize run model.onnx -c PIPELINE.yaml"
+    "export ONNX from MindSpore with mindspore.export(net, input, file_name='model', file_format='ONNX') "
+    "(net: the network with its weights, input: a Tensor of the input's shape), then run: "
+    "optimize run model.onnx -c PIPELINE.yaml"
 )
 
 
@@ -67,12 +68,15 @@ def folder_hint() -> str:
 def load(kind: str, path: Path, *, model_cfg: Any = None, trust_model: bool = False) -> Any:
     """Load `path` of framework `kind` (from `detect`) into a ModelHandle."""
     if kind == "mindspore":
-        what = "a MindSpore checkpoint" if path.suffix.lower() == ".ckpt" else "a MindSpore MindIR file"
-        extra = (
-            " (if it is a PyTorch Lightning checkpoint instead, save the module with torch.jit.save or as a "
-            "state_dict for a factory)"
-        ) if path.suffix.lower() == ".ckpt" else ""
-        raise ModelLoadError(f"{path}: is {what}, which optimize does not read; {MINDSPORE_EXPORT}{extra}")
+        if path.suffix.lower() == ".ckpt":
+            what = "a MindSpore checkpoint (weights only)"
+            how = f"load it into its network (mindspore.load_checkpoint('{path.name}', net)), then {MINDSPORE_EXPORT}"
+            how += (" (a PyTorch Lightning .ckpt instead: save the module with torch.jit.save, or its state_dict "
+                    "for a package.module:callable factory)")
+        else:
+            what = "a MindSpore MindIR file"
+            how = f"from the network that produced it, {MINDSPORE_EXPORT}"
+        raise ModelLoadError(f"{path}: is {what}, which optimize does not read; {how}")
     if kind == "hf":
         from optimize.frameworks.hf import load_hf_folder
 

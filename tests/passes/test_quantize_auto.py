@@ -300,7 +300,7 @@ def _plan(text: str, form: str = "onnx", spec: bool = True) -> PlanContext:
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    ("    bits: 3\n", "passes[0].quantize.bits: must be one of 4, 8"),
+    ("    bits: 3\n", "passes[0].quantize.bits: must be one of 1, 2, 4, 8"),
     ("    bits: 4\n    mode: dynamic\n", "passes[0].quantize: bits 4 needs mode: weight_only"),
     ("    mode: weight_only\n    block_size: 48\n", "block_size must be a power of two (got 48)"),
     ("    mode: weight_only\n    format: auto\n", "format auto chooses among int8 forms"),

@@ -1,0 +1,280 @@
+"""Hugging Face folders (extra `[hf]`): a tiny BERT built in code and saved with `save_pretrained`
+together with a WordPiece tokenizer built in the test (nothing is downloaded). Loading for each
+task, mean pooling over the attention mask, sentence-transformers pooling, text data tokenized
+with the folder's tokenizer, and the whole pipeline from the folder: heads and FFN neurons
+pruned, distilled on a text file, int8, ONNX + tokenizer written, embedding cosine reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("tokenizers")
+torch = pytest.importorskip("torch")
+
+from optimize.config import load_config_text  # noqa: E402
+from optimize.context import RunContext  # noqa: E402
+from optimize.errors import ConfigError, DataError, ModelLoadError  # noqa: E402
+from optimize.loaders import load_model  # noqa: E402
+
+WORDS = (
+    "the a cat dog bird sat on mat runs fast slow red blue big small house tree sings quietly loudly "
+    "green old young sees likes near under over"
+).split()
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ed", "##ing"]
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(VOCAB)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=64,
+    )
+
+
+def bert_config(**kw):
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=64, **kw)
+
+
+def save_folder(path: Path, model_cls: str = "BertModel", **cfg_kw) -> Path:
+    torch.manual_seed(0)
+    model = getattr(transformers, model_cls)(bert_config(**cfg_kw))
+    model.save_pretrained(str(path))
+    make_tokenizer().save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> Path:
+    return save_folder(tmp_path_factory.mktemp("hf") / "bert")
+
+
+def sentences(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 12)))) for _ in range(n)]
+
+
+def model_cfg(text: str = ""):
+    return load_config_text("schema_version: 1\npasses: []\n" + text)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def test_feature_extraction_folder_mean_pools_over_the_mask(bert_dir):
+    cfg = model_cfg()
+    handle = load_model(str(bert_dir), model_cfg=cfg.model)
+    assert handle.form == "torch" and handle.outputs == ["sentence_embedding"]
+    assert cfg.model.task == "embedding"  # set from the folder (task was not given)
+    ids, mask = handle.inputs[:2]
+    assert (ids.name, ids.dtype, ids.shape, ids.high) == ("input_ids", "int64", ("batch", "sequence"), len(VOCAB))
+    assert (mask.name, mask.dtype, mask.low, mask.high) == ("attention_mask", "int64", 1, 2)
+    assert ids.concrete_shape(3) == (3, 16)  # example sequence length, not 1
+    assert handle.tokenizer is not None and handle.tokenizer.path == bert_dir
+    # padding does not change a sentence's embedding: mean over the attention mask
+    tok = transformers.AutoTokenizer.from_pretrained(str(bert_dir))
+    short = tok(["the cat sat"], return_tensors="pt")
+    padded = tok(["the cat sat", "a big dog runs fast under the old tree"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        alone = handle.module(short["input_ids"], short["attention_mask"])
+        batch = handle.module(padded["input_ids"], padded["attention_mask"])
+        hidden = handle.module.model(input_ids=short["input_ids"]).last_hidden_state
+    assert batch.shape == (2, 32)
+    torch.testing.assert_close(batch[0], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone[0], hidden[0].mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_sentence_transformers_folder_pools_as_configured(tmp_path, bert_dir):
+    st = tmp_path / "st"
+    save_folder(st)
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]))
+    (st / "1_Pooling").mkdir()
+    (st / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}
+    ))
+    (st / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 24, "do_lower_case": False}))
+    handle = load_model(str(st), model_cfg=model_cfg().model)
+    assert handle.tokenizer.max_length == 24
+    tok = transformers.AutoTokenizer.from_pretrained(str(st))
+    enc = tok(["the cat sat on the mat"], return_tensors="pt")
+    with torch.no_grad():
+        emb = handle.module(enc["input_ids"], enc["attention_mask"])
+        cls = handle.module.model(**enc).last_hidden_state[:, 0]
+    torch.testing.assert_close(emb, torch.nn.functional.normalize(cls, dim=-1), atol=1e-5, rtol=1e-5)
+    assert float(emb.norm()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_classification_folders(tmp_path):
+    seq = save_folder(tmp_path / "seq", "BertForSequenceClassification", num_labels=3,
+                      id2label={0: "neg", 1: "neu", 2: "pos"}, label2id={"neg": 0, "neu": 1, "pos": 2})
+    cfg = model_cfg()
+    h = load_model(str(seq), model_cfg=cfg.model)
+    assert cfg.model.task == "classification" and h.outputs == ["logits"]
+    assert h.tokenizer.label2id == {"neg": 0, "neu": 1, "pos": 2}
+    args = [torch.from_numpy(s.random(2, np.random.default_rng(0))) for s in h.inputs]
+    assert tuple(h.module(*args).shape) == (2, 3)
+    tokc = save_folder(tmp_path / "tok", "BertForTokenClassification", num_labels=5)
+    h = load_model(str(tokc), model_cfg=model_cfg().model)
+    args = [torch.from_numpy(s.random(2, np.random.default_rng(0))) for s in h.inputs]
+    assert tuple(h.module(*args).shape) == (2, 16, 5)  # per-token logits
+    # a folder whose head optimize does not load: one line; task: embedding uses its encoder
+    mlm = save_folder(tmp_path / "mlm", "BertForMaskedLM")
+    with pytest.raises(ModelLoadError, match="BertForMaskedLM is not supported.*model.task: embedding"):
+        load_model(str(mlm), model_cfg=model_cfg().model)
+    h = load_model(str(mlm), model_cfg=model_cfg("model: {task: embedding}\n").model)
+    assert h.outputs == ["sentence_embedding"]
+    with pytest.raises(ConfigError, match="no classification head"):
+        load_model(str(tmp_path / "mlm"), model_cfg=model_cfg("model: {task: classification}\n").model)
+
+
+def test_folder_without_weights_or_tokenizer(tmp_path):
+    d = save_folder(tmp_path / "b")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="no weights"):
+        load_model(str(d))
+    d = tmp_path / "c"
+    torch.manual_seed(0)
+    transformers.BertModel(bert_config()).save_pretrained(str(d))
+    with pytest.raises(ModelLoadError, match="no tokenizer files.*save_pretrained"):
+        load_model(str(d))
+
+
+# ---------------------------------------------------------------------------- text data
+
+
+def test_text_files_are_tokenized_with_the_folder_tokenizer(tmp_path, bert_dir):
+    (tmp_path / "t.txt").write_text("\n".join(sentences(10, 0)) + "\n")
+    rows = [{"sentence": s, "gold": "pos" if i % 2 else "neg"} for i, s in enumerate(sentences(6, 1))]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = model_cfg(
+        "model: {tokenizer: {max_length: 8}}\n"
+        "data:\n  train: {source: t.txt}\n  eval: {source: d.jsonl, text_field: sentence, label_field: gold}\n"
+    )
+    handle = load_model(str(bert_dir), model_cfg=cfg.model)
+    ctx = RunContext(config=cfg, work_dir=tmp_path / "w", input_model=handle, inputs=handle.inputs, base_dir=tmp_path)
+    train = ctx.data("train")
+    assert len(train) == 10 and train.labels is None
+    assert set(train.inputs) == {"input_ids", "attention_mask"}
+    ids = train.inputs["input_ids"]
+    assert ids.dtype == np.int64 and ids.shape[1] <= 8  # truncated to max_length
+    assert (ids[:, 0] == 2).all()  # [CLS] from the folder's tokenizer
+    ev = ctx.data("eval")
+    assert ev.labels.tolist() == [0, 1, 0, 1, 0, 1]  # class names sorted (the folder has no label2id)
+    cfg2 = model_cfg("model: {tokenizer: {max_length: 12, padding: max_length}}\ndata: {train: {source: t.txt}}\n")
+    ctx2 = RunContext(config=cfg2, work_dir=tmp_path / "w2", input_model=handle, inputs=handle.inputs, base_dir=tmp_path)
+    assert ctx2.data("train").inputs["input_ids"].shape == (10, 12)
+    cfg3 = model_cfg("model: {tokenizer: {max_length: 4, truncation: false}}\ndata: {train: {source: t.txt}}\n")
+    ctx3 = RunContext(config=cfg3, work_dir=tmp_path / "w3", input_model=handle, inputs=handle.inputs, base_dir=tmp_path)
+    with pytest.raises(DataError, match="more than max_length 4"):
+        ctx3.data("train")
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+PIPELINE = """\
+schema_version: 1
+name: hf-embedder
+seed: 0
+data:
+  train: {source: train.txt}
+  eval: {source: eval.jsonl}
+  batch_size: 16
+model:
+  tokenizer: {max_length: 24}
+passes:
+  - type: prune
+    method: structured
+    sparsity: 0.5
+    head_sparsity: 0.5
+  - type: distill
+    epochs: 2
+    lr: 0.001
+    output_loss: cosine
+  - type: quantize
+    mode: dynamic
+output:
+  exporter: torchscript
+measure: {repeat: 5, warmup: 1, single_thread: false}
+gates:
+  min_embedding_cosine: 0.5
+"""
+
+
+@pytest.mark.slow  # ~10 s: two exports, distillation, measurement
+def test_folder_end_to_end_prune_distill_int8_with_tokenizer(tmp_path, bert_dir, monkeypatch):
+    import onnx
+    import onnxruntime as ort
+
+    from optimize import pipeline
+    from optimize.api import RunOptions
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.txt").write_text("\n".join(sentences(64, 0)) + "\n")
+    (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in sentences(16, 1)) + "\n")
+    (tmp_path / "p.yaml").write_text(PIPELINE)
+    report = pipeline.run(RunOptions(model=str(bert_dir), config="p.yaml", threads=2))
+
+    out = tmp_path / "bert.opt"  # default output for a folder: a folder that serves as is
+    assert Path(report.files["model"]) == out / "model.onnx"
+    assert (out / "tokenizer.json").is_file() and (out / "tokenizer_config.json").is_file()
+    assert report.config["model"]["task"] == "embedding"
+    prune = next(s for s in report.steps if s.type == "prune")
+    heads = prune.metrics["attention_heads"]
+    assert [h["heads_after"] for h in heads] == [2, 2]  # half of the 4 heads of each layer removed
+    ffn = {e["name"]: e for e in prune.metrics["layers"]}
+    assert ffn["model.encoder.layer.0.intermediate.dense"]["shape_after"][0] == 32  # 64 → 32 FFN neurons
+    assert any(s.type == "distill" for s in report.steps)
+    assert report.metrics["quantization_ratio"].value == pytest.approx(0.25)
+    acc = report.metrics["accuracy"]
+    assert acc.inputs["metric"] == "embedding_cosine" and acc.inputs["samples"] == 16
+    assert 0.5 < acc.inputs["min"] <= acc.inputs["mean"] <= 1.0 + 1e-6
+    gate = next(g for g in report.gates if g.name == "min_embedding_cosine")
+    assert gate.passed and gate.value == pytest.approx(acc.inputs["min"])
+
+    # serve it as is: the written tokenizer feeds the ONNX file; symbolic batch and sequence
+    model = onnx.load(str(out / "model.onnx"))
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    assert all(isinstance(d[0], str) and isinstance(d[1], str) for d in dims)
+    tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    enc = tok(["the cat sat on the mat", "a bird sings"], padding=True, return_tensors="np")
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    feed = {i.name: enc[i.name].astype(np.int64) for i in sess.get_inputs()}
+    emb = sess.run(None, feed)[0]
+    assert emb.shape == (2, 32) and np.isfinite(emb).all()
+
+
+def test_embedding_gate_fails_with_exit_3_semantics(tmp_path, bert_dir, monkeypatch):
+    from optimize import pipeline
+    from optimize.api import RunOptions
+    from optimize.errors import GateFailed
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval.txt").write_text("\n".join(sentences(8, 2)) + "\n")
+    (tmp_path / "p.yaml").write_text(
+        "schema_version: 1\ndata: {eval: {source: eval.txt}}\npasses:\n  - type: quantize\n    mode: dynamic\n"
+        "output: {exporter: torchscript}\nmeasure: {repeat: 3, warmup: 1, single_thread: false}\n"
+        "gates: {min_embedding_cosine: 1.0}\n"
+    )
+    with pytest.raises(GateFailed, match="min_embedding_cosine"):
+        pipeline.run(RunOptions(model=str(bert_dir), config="p.yaml", output=str(tmp_path / "o" / "m.onnx")))
+    assert (tmp_path / "o" / "m.rejected.onnx").is_file() and not (tmp_path / "o" / "m.onnx").exists()
