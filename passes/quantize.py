@@ -70,7 +70,7 @@ class QuantizeConfig(PassConfig):
         "keep the best passing one (float when none is faster).",
     )
     objective: Literal["latency", "size"] = Field(
-        "latency", description="format auto: keep the fastest passing candidate, or the smallest."
+        "latency", description="format auto: keep the fastest passing candidate, or the smallest (sizes within 2% count as equal; the faster wins)."
     )
     per_channel: bool = Field(True, description="One scale per output channel instead of per tensor.")
     weight_type: Literal["int8", "uint8"] = Field("int8", description="Stored weight type.")
