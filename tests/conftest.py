@@ -123,3 +123,19 @@ def teacher_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("teacher") / "digits.safetensors"
     example.train_teacher(path, seed=0)
     return path
+
+
+@pytest.fixture
+def cfg():
+    """An empty pipeline config (a test module may define its own `cfg`)."""
+    from optimize.config import load_config_text
+
+    return load_config_text("schema_version: 1\npasses: []\n")
+
+
+@pytest.fixture
+def ctx(cfg, tmp_path):
+    """A RunContext on `cfg` with tmp_path as the work dir."""
+    from optimize.context import RunContext
+
+    return RunContext(config=cfg, work_dir=tmp_path)

@@ -13,22 +13,11 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from torch.nn.utils import parametrize
 
-from optimize.config import load_config_text
-from optimize.context import PlanContext, RunContext
+from optimize.context import PlanContext
 from optimize.errors import ConfigError, PassError
 from optimize.export import finalized_module
 from optimize.handle import ModelHandle, TensorSpec
 from passes.prune import PruneConfig, PrunePass
-
-
-@pytest.fixture
-def cfg():
-    return load_config_text("schema_version: 1\npasses: []\n")
-
-
-@pytest.fixture
-def ctx(cfg, tmp_path):
-    return RunContext(config=cfg, work_dir=tmp_path)
 
 
 def run(handle, ctx, **options):

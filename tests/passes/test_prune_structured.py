@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from optimize.config import load_config_text
 from optimize.context import PlanContext, RunContext
 from optimize.data import Dataset
 from optimize.errors import ConfigError
@@ -18,16 +17,6 @@ from optimize.handle import ModelHandle, TensorSpec
 from passes.prune import PruneConfig, PrunePass
 from passes.prune_transformer import SplitHeadAttention
 from passes.prune_util import compressed_bytes, schedule
-
-
-@pytest.fixture
-def cfg():
-    return load_config_text("schema_version: 1\npasses: []\n")
-
-
-@pytest.fixture
-def ctx(cfg, tmp_path):
-    return RunContext(config=cfg, work_dir=tmp_path)
 
 
 def run(handle, ctx, **options):
