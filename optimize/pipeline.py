@@ -5,7 +5,6 @@ verify, measure, apply gates, write outputs atomically, return the Report.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import os
 import shutil
@@ -208,11 +207,9 @@ def form_needs_inputs(steps: list[PlannedStep]) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from optimize.cache import sha256_file
+
+    return sha256_file(path)
 
 
 def _torch_weight_count(module: Any) -> int:

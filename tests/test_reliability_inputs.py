@@ -129,7 +129,8 @@ def test_external_data_escaping_with_dotdot(capfd, tmp_path: Path, mlp_bytes: by
     model = _external(tmp_path, mlp_bytes)
     (model.parent / "w.bin").rename(tmp_path / "w.bin")
     _relocate(model, "../w.bin")
-    run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "'../w.bin' points outside the model's folder")
+    line = run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "'../w.bin' points outside the model's folder")
+    assert line.startswith("error: ") and "\n" not in line
 
 
 def test_external_data_symlink_out(capfd, tmp_path: Path, mlp_bytes: bytes, cfg: Path) -> None:
@@ -138,16 +139,18 @@ def test_external_data_symlink_out(capfd, tmp_path: Path, mlp_bytes: bytes, cfg:
     secret.parent.mkdir()
     (model.parent / "w.bin").rename(secret)
     (model.parent / "w.bin").symlink_to(secret)  # the name is inside, the bytes are not
-    run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "'w.bin' points outside the model's folder")
+    line = run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "'w.bin' points outside the model's folder")
+    assert line.startswith("error: ") and "\n" not in line
 
 
 def test_external_data_missing_and_past_the_end(capfd, tmp_path: Path, mlp_bytes: bytes, cfg: Path) -> None:
     model = _external(tmp_path, mlp_bytes)
     data = model.parent / "w.bin"
     data.write_bytes(data.read_bytes()[:64])
-    run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "runs past the end of w.bin")
+    past_end = run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "runs past the end of w.bin")
     data.unlink()
-    run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "external data file missing: w.bin")
+    missing = run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "external data file missing: w.bin")
+    assert past_end != missing  # two different faults, two different one-line messages
 
 
 # ---------------------------------------------------------------- pickles
@@ -263,7 +266,8 @@ def test_bad_safetensors_header(capfd, tmp_path: Path, factory: str) -> None:
     w = tmp_path / "w.safetensors"
     w.write_bytes((10**9).to_bytes(8, "little") + b'{"fc.weight": nonsense')  # header length past EOF
     cfg = write_config(tmp_path, "  - type: graph\n", extra=f"model:\n  weights: {w}\n")
-    run_rejected(capfd, factory, cfg, tmp_path / "m.onnx", f"{w}: cannot read weights")
+    line = run_rejected(capfd, factory, cfg, tmp_path / "m.onnx", f"{w}: cannot read weights")
+    assert line.startswith("error: ") and "\n" not in line
 
 
 def test_state_dict_keys_that_do_not_match(capfd, tmp_path: Path, factory: str) -> None:
@@ -337,7 +341,8 @@ def test_cuda_without_cuda(capfd, tmp_path: Path, mlp_bytes: bytes, cfg: Path) -
         pytest.skip("a GPU is present")
     model = tmp_path / "mlp.onnx"
     model.write_bytes(mlp_bytes)
-    run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "--device cuda", "--device auto", extra=("--device", "cuda"))
+    line = run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "--device cuda", "--device auto", extra=("--device", "cuda"))
+    assert line.startswith("error: ") and "\n" not in line
 
 
 def test_scientific_notation_is_a_number_in_the_file_and_in_set(tmp_path: Path) -> None:
