@@ -51,9 +51,48 @@ app = typer.Typer(
 
 
 def _err(line: str) -> None:
-    """One line to stderr, unformatted (no rich wrapping: CI logs and grep want whole lines)."""
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    """One line to stderr, unformatted (no rich wrapping: CI logs and grep want whole lines). A
+    broken stderr (closed, full) loses the line, never the exit code."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        _silence(2)
+
+
+def _silence(fd: int) -> None:
+    """Point a broken console stream at /dev/null, so later writes and the flush at exit succeed."""
+    with contextlib.suppress(Exception):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def _console_safe(show: Callable[..., None], *args: Any) -> None:
+    """Show a result whose files are already written: a closed pipe (`--json | true`), a full disk
+    (`>/dev/full`) or a closed stderr changes neither those files nor the exit code it earned."""
+    try:
+        show(*args)
+    except (OSError, ValueError, AttributeError):
+        _silence(1)
+        _silence(2)
+
+
+def _std_streams_open() -> None:
+    """A closed stdin/stdout/stderr at start is reopened on /dev/null: otherwise the next file the
+    run opens takes its number, and console writes (ours, or a C library's) would land in it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout from now on
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
 
 
 def _one_line(message: str) -> str:
@@ -107,8 +146,8 @@ def print_error(exc: BaseException, verbose: bool = False) -> int:
     if verbose:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     if isinstance(exc, KeyboardInterrupt):
-        code = int(getattr(exc, "exit_code", 130))  # optimize.errors.Terminated (SIGTERM): 143
-        _err("terminated (SIGTERM)" if code == 143 else "interrupted")
+        code = int(getattr(exc, "exit_code", 130))  # optimize.errors.Terminated: 143 (SIGTERM), 129 (SIGHUP)
+        _err(_STOP_LINES.get(code, "interrupted"))
         return code
     if isinstance(exc, OptimizeError):
         _err(f"error: {_one_line(str(exc))}")
@@ -117,6 +156,9 @@ def print_error(exc: BaseException, verbose: bool = False) -> int:
     hint = "" if verbose else " (run with -v for the traceback)"
     _err(f"error: internal: {type(exc).__name__}{': ' + detail if detail else ''}{hint}")
     return 1
+
+
+_STOP_LINES = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}
 
 
 def _handle_errors(fn: F) -> F:
@@ -201,17 +243,23 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    caught = [signal.SIGTERM, signal.SIGHUP] if hasattr(signal, "SIGHUP") else [signal.SIGTERM]
+
     def handler(signum: int, frame: Any) -> None:
         from optimize.errors import Terminated
 
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise Terminated()
+        for sig in caught:
+            signal.signal(sig, signal.SIG_DFL)
+        exc = Terminated()
+        exc.exit_code = 128 + signum  # SIGTERM 143, SIGHUP (the terminal closed) 129
+        raise exc
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextlib.contextmanager
@@ -292,6 +340,9 @@ def run(
     trust_model: bool = typer.Option(
         False, "--trust-model", metavar="", help="Allow loading pickled whole modules (runs code from the file)."
     ),
+    trust_code: bool = typer.Option(
+        False, "--trust-code", metavar="", help="Allow the config to name `module:callable` code (data sources, student factories) that it runs."
+    ),
     seed: int | None = typer.Option(None, "--seed", min=0, metavar="N", help="Seed (overrides seed).", show_default=False),
     work_dir: str | None = typer.Option(
         None, "--work-dir", metavar="DIR", help="Keep intermediate files here (default: a temporary dir, removed).", show_default=False
@@ -307,6 +358,11 @@ def run(
     cache_dir: str | None = typer.Option(
         None, "--cache-dir", metavar="DIR", show_default=False,
         help="Pass cache folder (output.cache_dir; default $OPTIMIZE_CACHE/passes or ~/.cache/optimize/passes).",
+    ),
+    input_shape: list[str] | None = typer.Option(
+        None, "--input-shape", metavar="NAME=DIMS", show_default=False,
+        help="An input's shape for calibration, parity and latency, e.g. images=1x3x640x640 (repeatable; "
+        "overrides model.input_shapes; its first dim is the measured batch unless measure.batch is set).",
     ),
 ) -> None:
     """Run a pipeline: load MODEL, apply the passes in CONFIG, write a verified ONNX and a report."""
@@ -327,11 +383,13 @@ def run(
         threads=threads,
         seed=seed,
         trust_model=trust_model,
+        trust_code=trust_code,
         fail_on_gate=fail_on_gate,
         work_dir=Path(work_dir) if work_dir else None,
         resume=resume,
         cache=False if no_cache else None,
         cache_dir=cache_dir,
+        input_shapes=list(input_shape or []),
     )
 
     with _quiet_warnings(quiet), _sigterm_as_interrupt():
@@ -357,12 +415,12 @@ def run(
         except OptimizeError as exc:
             partial = getattr(exc, "report", None)
             if partial is not None:
-                _emit_report(partial, as_json)
+                _console_safe(_emit_report, partial, as_json)
             raise
         from optimize.distributed import is_main
 
         if is_main():  # under torchrun only rank 0 prints results; every rank exits with its code
-            _emit_report(result, as_json)
+            _console_safe(_emit_report, result, as_json)
         _check_status(result, fail_on_gate)
 
 
@@ -511,6 +569,11 @@ def inspect_cmd(
     trust_model: bool = typer.Option(
         False, "--trust-model", metavar="", help="Allow loading pickled whole modules (runs code from the file)."
     ),
+    input_shape: list[str] | None = typer.Option(
+        None, "--input-shape", metavar="NAME=DIMS", show_default=False,
+        help="An input's shape for calibration, parity and latency, e.g. images=1x3x640x640 (repeatable; "
+        "checked against the model's inputs and shown as example_shape).",
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", metavar="", help="No logs; only errors."),
     verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Debug logs and full tracebacks on errors."),
 ) -> None:
@@ -523,7 +586,8 @@ def inspect_cmd(
         from optimize.api import inspect_model
 
         with _stdout_to_stderr():
-            facts = inspect_model(model, trust_model=trust_model)
+            shapes = {"input_shapes": list(input_shape)} if input_shape else {}
+            facts = inspect_model(model, trust_model=trust_model, **shapes)
     if as_json:
         _emit_json(facts)
         return
@@ -558,6 +622,14 @@ def _parse_counts(value: str, flag: str) -> list[int]:
     return sorted(set(counts))
 
 
+def _shape_batches(flags: list[str] | None) -> list[int]:
+    """bench without --batch: the batch of --input-shape (the first dim), else 1."""
+    from optimize.shapes import shapes_from_flags
+
+    firsts = sorted({dims[0] for dims in shapes_from_flags(flags).values() if dims})
+    return firsts[:1] or [1]
+
+
 @app.command(epilog=EPILOG)
 @_handle_errors
 def bench(
@@ -569,7 +641,15 @@ def bench(
     threads: str | None = typer.Option(
         None, "--threads", metavar="N[,N...]", help="Thread counts to measure, e.g. 1,4 (default: 1, 2, 4, … all cores).", show_default=False
     ),
-    batch: str = typer.Option("1", "--batch", metavar="N[,N...]", help="Batch sizes to measure, e.g. 1,8."),
+    batch: str | None = typer.Option(
+        None, "--batch", metavar="N[,N...]", show_default=False,
+        help="Batch sizes to measure, e.g. 1,8 (default: the first dim of --input-shape, else 1).",
+    ),
+    input_shape: list[str] | None = typer.Option(
+        None, "--input-shape", metavar="NAME=DIMS", show_default=False,
+        help="An input's shape for calibration, parity and latency, e.g. images=1x3x640x640 (repeatable; "
+        "the batch dim is measured unless --batch is given).",
+    ),
     warmup: int = typer.Option(5, "--warmup", min=0, metavar="N", help="Untimed runs first."),
     repeat: int = typer.Option(30, "--repeat", min=3, metavar="N", help="Timed runs per model and setting."),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the results as one JSON document."),
@@ -587,7 +667,7 @@ def bench(
     _check_verbosity(quiet, verbose)
     setup_logging(quiet=quiet, verbose=verbose)
     thread_list = _parse_threads(threads)  # None: the library's default (1, 2, 4, … all cores)
-    batch_list = _parse_counts(batch, "--batch")
+    batch_list = _parse_counts(batch, "--batch") if batch is not None else _shape_batches(input_shape)
     with _quiet_warnings(quiet):
         from optimize.benchmark import bench_models
 
@@ -603,6 +683,7 @@ def bench(
                 device=device,
                 progress=display,
                 trust_model=trust_model,
+                **({"input_shapes": list(input_shape)} if input_shape else {}),
             )
     if as_json:
         _emit_json(result)
@@ -624,6 +705,9 @@ def batch(
         None, "--threads", min=1, metavar="N", help="Intra-op threads for every job (keep jobs × threads ≤ cores).", show_default=False
     ),
     as_json: bool = typer.Option(False, "--json", metavar="", help="Print the summary as one JSON document."),
+    trust_code: bool = typer.Option(
+        False, "--trust-code", metavar="", help="Allow the manifest and configs to name `module:callable` code that the jobs run."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", metavar="", help="No progress lines or warnings; only errors."),
     verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Print a failed job's whole stderr; full tracebacks."),
 ) -> None:
@@ -632,7 +716,7 @@ def batch(
     from optimize.batch import load_manifest, run_batch, summary_lines
 
     _check_verbosity(quiet, verbose)
-    job_list = load_manifest(manifest)  # every job's config validated: exit 2 before anything runs
+    job_list = load_manifest(manifest, trust_code=trust_code)  # every job's config validated: exit 2 before anything runs
     if jobs > 1 and not quiet:
         _err(f"warning: -j {jobs} runs jobs side by side on this machine: they compete for the CPU, so their latency "
              "numbers (speedup, max_latency_ms) distort each other; use -j 1 when the numbers matter, or one machine "
@@ -668,7 +752,7 @@ def batch(
 
                 _err(github_error(f"batch job {r.name}: exit {r.exit_code} {r.status}" + (f" — {r.error}" if r.error else ""), title="optimize batch"))
     if result.interrupted:
-        _err("terminated (SIGTERM)" if result.exit_code == 143 else "interrupted")
+        _err(_STOP_LINES.get(result.exit_code, "interrupted"))
     if result.exit_code:
         raise typer.Exit(result.exit_code)
 
@@ -689,6 +773,7 @@ def main(argv: list[str] | None = None) -> None:
     Commands map their own errors (`_handle_errors`); click maps usage errors to 2. This catches
     what escapes both (an interrupt during option parsing, a bug in a callback).
     """
+    _std_streams_open()
     try:
         code = app(args=argv, prog_name="optimize", standalone_mode=False)
     except SystemExit:

@@ -23,12 +23,14 @@ class RunOptions:
     threads: int | None = None  # --threads: overrides hardware.threads
     seed: int | None = None  # --seed: overrides seed
     trust_model: bool = False
+    trust_code: bool = False  # --trust-code: the config may name `module:callable` code to run
     fail_on_gate: bool = True
     progress: Progress = field(default_factory=NullProgress)
     work_dir: Path | None = None  # keep intermediate files here (default: a temp dir, removed)
     resume: bool = False  # --resume: training passes continue from their latest checkpoint
     cache: bool | None = None  # --no-cache: overrides output.cache
     cache_dir: str | None = None  # --cache-dir: overrides output.cache_dir
+    input_shapes: list[str] = field(default_factory=list)  # --input-shape NAME=1x3x640x640: model.input_shapes
 
 
 def config_overrides(opts: RunOptions) -> list[str]:
@@ -57,23 +59,31 @@ def _quote(value: str) -> str:
     return json.dumps(value)  # JSON strings are valid YAML scalars
 
 
-def inspect_model(spec: str, trust_model: bool = False) -> dict:
-    """`optimize inspect`: what a model file is, its inputs/outputs, ops, weights and sparsity."""
+def inspect_model(spec: str, trust_model: bool = False, input_shapes: list[str] | None = None) -> dict:
+    """`optimize inspect`: what a model file is, its inputs/outputs, ops, weights and sparsity.
+    `input_shapes` (`--input-shape NAME=1x3x640x640`) are checked against the inputs and shown
+    as each input's `example_shape` (with shapes from the file's metadata)."""
     import tempfile
 
     from optimize.inspect_onnx import op_counts, weight_stats
     from optimize.loaders import load_model
     from optimize.onnx_io import total_bytes
+    from optimize.shapes import apply_shapes, metadata_hints, shapes_from_flags
 
     handle = load_model(spec, trust_model=trust_model)
+    specs = apply_shapes(handle.inputs, shapes_from_flags(input_shapes), "--input-shape")
+    notes: list[str] = []
+    if handle.form == "onnx":
+        specs, notes = metadata_hints(handle.onnx_path, specs)
     info: dict = {
         "model": spec,
         "form": handle.form,
-        "inputs": [
-            {"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in handle.inputs
-        ],
+        "inputs": [_input_facts(s) for s in specs],
         "outputs": handle.outputs,
     }
+    if notes:
+        info["shape_notes"] = notes
+    handle = handle.replace(inputs=specs)
     if handle.form == "torch":
         info["parameters"] = sum(int(p.numel()) for p in handle.module.parameters())
         info["module"] = type(handle.module).__name__
@@ -89,6 +99,17 @@ def inspect_model(spec: str, trust_model: bool = False) -> dict:
         return info
     info.update(_onnx_facts(handle.onnx_path, op_counts, weight_stats, total_bytes))
     return info
+
+
+def _input_facts(s) -> dict:  # type: ignore[no-untyped-def]
+    from optimize.shapes import unresolved_message
+
+    facts: dict = {"name": s.name, "shape": list(s.shape), "dtype": s.dtype}
+    if s.example_shape is not None:
+        facts["example_shape"] = list(s.example_shape)
+    if s.unresolved_axes():
+        facts["unresolved"] = unresolved_message(s)
+    return facts
 
 
 def _onnx_facts(path, op_counts, weight_stats, total_bytes) -> dict:  # type: ignore[no-untyped-def]

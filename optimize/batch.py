@@ -21,12 +21,12 @@ their latency numbers (`speedup`, `max_latency_ms`); use -j 1 when the numbers m
 machine per job (a job array).
 
 Exit code of the batch: 0 when every job exited 0; otherwise the most severe job code by the order
-130/143 (interrupted) > 2 (rejected: usage, config or input) > 1 (a pass or the runtime failed;
+130/143/129 (interrupted) > 2 (rejected: usage, config or input) > 1 (a pass or the runtime failed;
 also a job killed by a signal) > 3 (a quality gate failed). Gates come last because a gate failure
 is a finished run with a verdict, while 1 and 2 mean a job did not produce its result. Ctrl-C
-(or SIGTERM) stops the running jobs (each gets one SIGTERM, which `optimize run` handles like
+(or SIGTERM, or SIGHUP) stops the running jobs (each gets one SIGTERM, which `optimize run` handles like
 Ctrl-C: temporary files removed, nothing under the final name; a second Ctrl-C kills them at once),
-starts no more, and the batch exits 130 (143).
+starts no more, and the batch exits 130 (143, 129).
 
 Hand-written scheduling (subprocess + polling) rather than concurrent.futures: the executor's
 worker threads cannot forward a signal to the job they wait on or stop it, and that is most of
@@ -54,7 +54,7 @@ from optimize.errors import ConfigError
 from optimize.yaml_source import YamlDocument, read_yaml, render_key_path
 
 # Higher wins when the batch's exit code is chosen; see the module docstring.
-EXIT_PRIORITY = {0: 0, 3: 1, 1: 2, 2: 3, 143: 4, 130: 5}
+EXIT_PRIORITY = {0: 0, 3: 1, 1: 2, 2: 3, 129: 4, 143: 4, 130: 5}
 STOP_GRACE_S = 60.0  # how long a stopped job may clean up before it is killed
 
 
@@ -84,6 +84,7 @@ class Job:
     output: str
     overrides: list[str]
     workdir: str  # the manifest's folder: the job runs there
+    trust_code: bool = False  # `batch --trust-code`: passed on to each job
 
 
 @dataclass
@@ -137,9 +138,10 @@ def _message(err: dict[str, Any]) -> str:
     return str(err.get("msg", "invalid value"))
 
 
-def load_manifest(path: str | Path) -> list[Job]:
+def load_manifest(path: str | Path, trust_code: bool = False) -> list[Job]:
     """Read and validate MANIFEST, resolve paths from its folder, and validate every job's config
-    (with its `set:`) and model path. Raises ConfigError (exit 2) pointing at the manifest line."""
+    (with its `set:`) and model path. Raises ConfigError (exit 2) pointing at the manifest line.
+    `module:callable` code named in the manifest or a job's config runs only with `trust_code`."""
     doc = read_yaml(path)
     base = Path(path).resolve().parent
     if not isinstance(doc.data, dict):
@@ -156,14 +158,32 @@ def load_manifest(path: str | Path) -> list[Job]:
     jobs: list[Job] = []
     outputs: dict[Path, int] = {}
     names: dict[str, int] = {}
+    files: list[tuple[dict[str, Path], dict[str, Path]]] = []
     for i, spec in enumerate(manifest.jobs):
-        jobs.append(_resolve(i, spec, base, doc, outputs, names))
+        jobs.append(_resolve(i, spec, base, doc, outputs, names, files, trust_code))
+    _check_across_jobs(files, doc)
     return jobs
 
 
+def _check_across_jobs(files: list[tuple[dict[str, Path], dict[str, Path]]], doc: YamlDocument) -> None:
+    """No job writes (by file identity) what any job reads: `a→b, b→c` would lose the original b."""
+    from optimize.errors import UsageError
+    from optimize.files import check_no_clash
+
+    reads = {f"jobs[{i}] {label}": p for i, (r, _) in enumerate(files) for label, p in r.items()}
+    for i, (_, writes) in enumerate(files):
+        try:
+            check_no_clash(reads, {f"jobs[{i}] {label}": p for label, p in writes.items()})
+        except UsageError as exc:
+            raise ConfigError(str(exc), file=doc.file, line=doc.line_of(("jobs", i)), key=f"jobs[{i}]") from None
+
+
 def _resolve(i: int, spec: JobSpec, base: Path, doc: YamlDocument, outputs: dict[Path, int],
-             names: dict[str, int]) -> Job:
+             names: dict[str, int], files: list[tuple[dict[str, Path], dict[str, Path]]], trust_code: bool) -> Job:
+    from optimize import charts
     from optimize.config import load_config
+    from optimize.files import read_paths, write_paths
+    from optimize.imports import check_trusted
 
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(message, file=doc.file, line=doc.line_of(("jobs", i, key)), key=f"jobs[{i}].{key}")
@@ -172,15 +192,18 @@ def _resolve(i: int, spec: JobSpec, base: Path, doc: YamlDocument, outputs: dict
     factory = ":" in spec.model and not model_path.exists()
     if not factory and not model_path.exists():
         raise fail("model", f"model not found: {model_path}")
+    if factory and not trust_code:
+        raise fail("model", f"'{spec.model}' is code the manifest would import and run; pass --trust-code to allow it")
     config = base / spec.config
     if not config.is_file():
         raise fail("config", f"config file not found: {config}")
     try:
-        load_config(config, spec.set)
+        cfg = load_config(config, spec.set)
     except ConfigError as exc:
         if exc.file == "--set":  # a bad override: point at this job's `set:` line
             raise fail("set", f"{exc.key + ': ' if exc.key else ''}{exc.message}") from None
         raise
+    check_trusted(cfg, trust_code, str(config))
     stem = spec.model.split(":")[-1] if factory else Path(spec.model).stem
     output = (base / spec.output) if spec.output else base / f"{stem}.opt.onnx"
     if output.suffix.lower() != ".onnx":
@@ -190,12 +213,15 @@ def _resolve(i: int, spec: JobSpec, base: Path, doc: YamlDocument, outputs: dict
         raise fail("output" if spec.output else "model",
                    f"two jobs would write {output}: jobs[{outputs[key]}] and jobs[{i}] (set output:)")
     outputs[key] = i
+    report = base / cfg.output.report if cfg.output.report else output.with_suffix(".report.json")
+    files.append((read_paths(spec.model if factory else str(model_path), cfg, str(config), base),
+                  write_paths(output, report, bool(cfg.output.markdown), charts.wanted(cfg))))
     name = spec.name or stem
     if name in names:
         raise fail("name" if spec.name else "model", f"job name '{name}' is used by jobs[{names[name]}] too (set name:)")
     names[name] = i
     return Job(index=i, name=name, model=spec.model if factory else str(model_path), config=str(config),
-               output=str(output), overrides=list(spec.set), workdir=str(base))
+               output=str(output), overrides=list(spec.set), workdir=str(base), trust_code=trust_code)
 
 
 # ---------------------------------------------------------------- running
@@ -207,6 +233,8 @@ def job_argv(job: Job, threads: int | None = None) -> list[str]:
             "--json", "-q", "--progress", "none"]
     for s in job.overrides:
         argv += ["--set", s]
+    if job.trust_code:
+        argv.append("--trust-code")
     if threads:
         argv += ["--threads", str(threads)]
     return argv
@@ -340,7 +368,7 @@ def _collect(r: _Running, interrupted: bool = False) -> JobResult:
         res.model_written, res.report = files.get("model"), files.get("report")
     if interrupted and code != 0:
         res.status, res.error = "interrupted", "stopped: the batch was interrupted"
-    elif code in (130, 143):
+    elif code in (129, 130, 143):
         res.status = "interrupted"
     elif code is not None and code < 0:
         res.status = f"killed (signal {-code})"

@@ -75,7 +75,9 @@ def interleaved(
     progress = progress or NullProgress()
     sessions = {name: session(path, threads=threads, device=device) for name, path in models.items()}
     feeds = {name: feeds_for(s, inputs) for name, s in sessions.items()}
-    batch = len(next(iter(inputs.values())))
+    from optimize.probes import sample_count
+
+    batch = sample_count(inputs)  # scalar inputs have no batch axis
     fastest_ms = float("inf")
     for name, s in sessions.items():
         for _ in range(max(warmup, 1)):
@@ -237,6 +239,14 @@ def _session_memory(path: str | Path, feeds_file: Path, threads: int) -> dict[st
     return {"peak_rss_mb": None, "model_peak_mb": None, "reason": f"not measured: {reason}"}
 
 
+def _with_probe_shapes(handle: Any, flags: list[str] | None) -> Any:
+    from optimize.shapes import resolve_for_model, shapes_from_flags
+
+    path = handle.onnx_path if handle.form == "onnx" else None
+    specs, _ = resolve_for_model(path, handle.inputs, shapes_from_flags(flags), "--input-shape")
+    return handle.replace(inputs=specs)
+
+
 def bench_models(
     model: str,
     vs: str | None = None,
@@ -247,8 +257,12 @@ def bench_models(
     device: str = "cpu",
     progress: Progress | None = None,
     trust_model: bool = False,
+    input_shapes: list[str] | None = None,
 ) -> dict[str, Any]:
     """`optimize bench`: MODEL (and OTHER, interleaved) over a batch sweep × thread sweep.
+
+    `input_shapes` (`--input-shape NAME=1x3x640x640`) give the shapes of inputs with symbolic dims
+    (else the file's metadata; a symbolic non-batch dim that nothing resolves is exit 2).
 
     For every (batch, threads): p50/p90/p99, throughput, outliers, `speedup_vs` (OTHER / MODEL, the
     median of interleaved per-round ratios) and `parallel_speedup` (MODEL's p50 at the first thread
@@ -274,6 +288,8 @@ def bench_models(
             if spec is None:
                 continue
             h = load_model(spec, trust_model=trust_model)
+            if label == "model":
+                h = _with_probe_shapes(h, input_shapes)
             if h.form == "torch":
                 from optimize.export import export_to_onnx
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from optimize.errors import ConfigError
 from optimize.yaml_source import YamlDocument, parse_yaml, read_yaml, render_key_path
@@ -60,6 +60,13 @@ class ModelSection(Section):
     inputs: list[InputSpecConfig] | None = Field(
         None, description="Model inputs, needed for torch models whose file does not carry them."
     )
+    input_shapes: dict[str, list[int]] | None = Field(
+        None,
+        description="Concrete shapes for inputs with symbolic dims, by input name ({images: [1, 3, 640, 640]}; "
+        "--input-shape images=1x3x640x640). Calibration, parity and latency run at these shapes; the first dim is "
+        "the measured batch unless measure.batch is set. A symbolic non-batch dim that nothing resolves (this, the "
+        "file's metadata, or the data for token inputs) is exit 2 before any work.",
+    )
     outputs: list[str] | None = Field(None, description="Output names for the exported ONNX.")
     weights: str | None = Field(
         None,
@@ -72,6 +79,14 @@ class ModelSection(Section):
     tokenizer: TokenizerSection = Field(
         default_factory=TokenizerSection, description="How text data sources (.txt, .jsonl) are tokenized (see model.tokenizer)."
     )
+
+    @field_validator("input_shapes")
+    @classmethod
+    def _positive_dims(cls, shapes: dict[str, list[int]] | None) -> dict[str, list[int]] | None:
+        for name, dims in (shapes or {}).items():
+            if any(d <= 0 for d in dims):
+                raise ValueError(f"input_shapes.{name}: every dim must be a positive integer, got {dims}")
+        return shapes
 
 
 class DataSourceConfig(Section):
@@ -147,6 +162,11 @@ class GatesSection(Section):
     min_sparsity: float | None = Field(None, ge=0, le=1, description="Smallest allowed weight sparsity.")
     min_parity_cosine: float | None = Field(
         None, ge=-1, le=1, description="Smallest allowed min cosine between input and output model outputs."
+    )
+    min_output_agreement: float | None = Field(
+        None, ge=0, le=1,
+        description="Smallest allowed share of equal elements between input and output model integer/bool outputs "
+        "(class indices, masks); min_parity_cosine implies it for a model whose outputs are all integer/bool.",
     )
     max_latency_ms: float | None = Field(None, gt=0, description="Largest allowed output latency (median, ms).")
     min_embedding_cosine: float | None = Field(

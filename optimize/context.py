@@ -89,5 +89,21 @@ class RunContext:
         if ds is not None:
             return ds.take(n).inputs, f"data.{role if getattr(self.config.data, role) else 'train'}"
         from optimize.data import random_dataset
+        from optimize.probes import RANDOM_IDS_SOURCE, RANDOM_SOURCE, token_id_inputs
 
-        return random_dataset(self.inputs, n, self.seed).inputs, "random inputs from the input spec"
+        self.resolve_shapes_from_data()
+        source = RANDOM_IDS_SOURCE if token_id_inputs(self.inputs) else RANDOM_SOURCE
+        return random_dataset(self.inputs, n, self.seed).inputs, source
+
+    def resolve_shapes_from_data(self) -> None:
+        """Symbolic dims left to the data (token inputs of a model with text data): take the sizes
+        of the first declared data set's arrays, so random probes match the data's shapes."""
+        if not any(s.unresolved_axes() for s in self.inputs):
+            return
+        from optimize.shapes import resolve_from_data
+
+        for role in ("eval", "calibration", "train"):
+            ds = self.data(role) if getattr(self.config.data, role, None) is not None else None
+            if ds is not None:
+                self.inputs = resolve_from_data(self.inputs, ds.inputs)
+                return

@@ -25,12 +25,16 @@ class Dataset:
     description: str = ""
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        from optimize.probes import sample_count
+
+        return sample_count(self.inputs)  # 0-d (scalar) inputs have no sample axis
 
     def take(self, n: int) -> Dataset:
+        from optimize.probes import slice_samples
+
         n = min(n, len(self))
         labels = None if self.labels is None else self.labels[:n]
-        return Dataset({k: v[:n] for k, v in self.inputs.items()}, labels, self.description)
+        return Dataset(slice_samples(self.inputs, 0, n), labels, self.description)
 
     def batches(
         self, batch_size: int, shuffle: bool = False, seed: int = 0
@@ -41,7 +45,7 @@ class Dataset:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             yield (
-                {k: v[idx] for k, v in self.inputs.items()},
+                {k: (v if v.ndim == 0 else v[idx]) for k, v in self.inputs.items()},
                 None if self.labels is None else self.labels[idx],
             )
 
@@ -101,8 +105,8 @@ def _bind_inputs(arrays: dict[str, np.ndarray], specs: list[TensorSpec], where: 
             if isinstance(need, int) and need > 0 and got != need:
                 raise DataError(f"{where}: '{spec.name}' axis {axis} is {got}, the model needs {need}")
         out[spec.name] = arr
-    n = {len(v) for v in out.values()}
-    if len(n) != 1:
+    n = {len(v) for v in out.values() if v.ndim > 0}  # a scalar input is one value for every sample
+    if len(n) > 1:
         raise DataError(f"{where}: inputs have different sample counts {sorted(n)}")
     return out
 
@@ -178,6 +182,9 @@ def _from_callable(source: str, where: str, base_dir: Path) -> tuple[dict[str, n
 
 
 def random_dataset(inputs: list[TensorSpec], n: int, seed: int = 0) -> Dataset:
+    """`n` random samples from the input spec, in each input's own dtype (generated in chunks: no
+    float64 copy). Scalar inputs hold one 0-d value. Calibration over many samples should use
+    `optimize.probes.random_batches`, which holds one batch at a time."""
     if not inputs:
         raise DataError("no data and no input spec: declare model.inputs or a data source")
     rng = np.random.default_rng(seed)

@@ -141,7 +141,7 @@ def graph_facts(path: str | Path, graph: str = "file") -> GraphFacts:
     """Classify every node of the ONNX file at `path` (external data is not read)."""
     import onnx
 
-    from optimize.inspect_onnx import _graphs
+    from optimize.inspect_onnx import all_graphs
 
     model = onnx.load(str(path), load_external_data=False)
     try:  # value types make fp16 / bf16 kernels visible; the graph itself is enough without them
@@ -151,7 +151,7 @@ def graph_facts(path: str | Path, graph: str = "file") -> GraphFacts:
     types: dict[str, str] = {}
     inits: dict[str, Any] = {}
     producers: dict[str, Any] = {}
-    graphs = list(_graphs(inferred.graph))
+    graphs = list(all_graphs(inferred.graph))
     for g in graphs:
         for vi in list(g.input) + list(g.output) + list(g.value_info):
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
@@ -339,7 +339,7 @@ def _node_kinds(graph: GraphFacts | None) -> dict[str, str]:
         return {}
     import onnx
 
-    from optimize.inspect_onnx import _graphs
+    from optimize.inspect_onnx import all_graphs
 
     model = onnx.load(graph.path, load_external_data=False)
     try:
@@ -347,14 +347,14 @@ def _node_kinds(graph: GraphFacts | None) -> dict[str, str]:
     except Exception:
         pass
     types: dict[str, str] = {}
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for vi in list(g.input) + list(g.output) + list(g.value_info):
             if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
                 types[vi.name] = _dtype_name(vi.type.tensor_type.elem_type)
         for init in g.initializer:
             types[init.name] = _dtype_name(init.data_type)
     out: dict[str, str] = {}
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for n in g.node:
             if n.op_type in COMPUTE_OPS and n.name:
                 out[n.name] = _kind(n, types)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from optimize.errors import UsageError
+
 Form = Literal["torch", "onnx"]
 
 # dtype names used in configs and specs -> numpy dtypes
@@ -28,6 +30,10 @@ DTYPES: dict[str, Any] = {
     "int32": np.int32,
     "int8": np.int8,
     "uint8": np.uint8,
+    "int16": np.int16,
+    "uint16": np.uint16,
+    "uint32": np.uint32,
+    "uint64": np.uint64,
     "bool": np.bool_,
 }
 
@@ -37,6 +43,11 @@ class TensorSpec:
     """One model input: name, shape (ints, or strings for symbolic dims such as 'batch'), dtype.
 
     `low`/`high` bound random values for this input (token ids need `high` = vocabulary size).
+    Symbolic dims other than the batch axis get their size from `example_shape` (the whole shape,
+    from `--input-shape` / `model.input_shapes`, the file's metadata, or the data) or, for every
+    such dim, `example_size` (a text model's sequence length). Nothing else invents a size: an
+    unresolved dim raises `UsageError` naming the flag that resolves it (optimize.shapes).
+    A 0-d input (shape `()`) is a scalar: it has no batch axis and is never batched.
     """
 
     name: str
@@ -45,31 +56,46 @@ class TensorSpec:
     low: float | None = None
     high: float | None = None
     batch_fixed: bool = False  # an ONNX file that declares a fixed first dimension
-    example_size: int = 1  # the size other symbolic dims take in example/random inputs (e.g. sequence length)
+    example_size: int | None = None  # the size every other symbolic dim takes (e.g. sequence length)
+    example_shape: tuple[int, ...] | None = None  # a full concrete shape (axis 0 = the declared batch)
+
+    @property
+    def is_scalar(self) -> bool:
+        return len(self.shape) == 0
+
+    def unresolved_axes(self) -> list[int]:
+        """Non-batch axes whose size nothing gives (symbolic in the model, no example size)."""
+        if self.example_shape is not None or self.example_size is not None:
+            return []
+        return [i for i, d in enumerate(self.shape) if i > 0 and not (isinstance(d, int) and d > 0)]
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
-        """The first axis is the batch axis (unless the file fixes it); other symbolic dims become
-        `example_size` (1 unless the loader knows better, e.g. a text model's sequence length)."""
+        """The shape of a batch of `batch` samples: axis 0 is the batch axis (unless the file fixes
+        it); other symbolic dims come from `example_shape` or `example_size`, never invented."""
+        missing = self.unresolved_axes()
+        if missing:
+            from optimize.shapes import unresolved_message
+
+            raise UsageError(unresolved_message(self))
         out = []
         for i, d in enumerate(self.shape):
-            if isinstance(d, int) and d > 0:
-                out.append(d if (i > 0 or self.batch_fixed) else batch)
+            fixed = isinstance(d, int) and d > 0
+            if i == 0:
+                out.append(d if fixed and self.batch_fixed else batch)  # type: ignore[arg-type]
+            elif fixed:
+                out.append(int(d))
+            elif self.example_shape is not None:
+                out.append(int(self.example_shape[i]))
             else:
-                out.append(batch if i == 0 else self.example_size)
+                out.append(int(self.example_size))  # type: ignore[arg-type]
         return tuple(out)
 
     def random(self, batch: int, rng: np.random.Generator) -> np.ndarray:
-        shape = self.concrete_shape(batch)
-        dt = DTYPES.get(self.dtype, np.float32)
-        if np.issubdtype(dt, np.integer):
-            low = int(self.low if self.low is not None else 0)
-            high = int(self.high if self.high is not None else 2)
-            return rng.integers(low, high, size=shape).astype(dt)
-        if dt == np.bool_:
-            return np.ones(shape, dtype=np.bool_)
-        low = float(self.low if self.low is not None else -1.0)
-        high = float(self.high if self.high is not None else 1.0)
-        return rng.uniform(low, high, size=shape).astype(dt)
+        """Random values in the input's own dtype (no float64 intermediate: memory stays at the
+        size of the result). A scalar input gives one 0-d value whatever `batch` is."""
+        from optimize.probes import random_array
+
+        return random_array(self, self.concrete_shape(batch), rng)
 
 
 @dataclass

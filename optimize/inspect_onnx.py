@@ -113,20 +113,20 @@ class WeightStats:
         return dict(c)
 
 
-def _graphs(graph: Any) -> Iterator[Any]:
+def all_graphs(graph: Any) -> Iterator[Any]:
     yield graph
     for node in graph.node:
         for attr in node.attribute:
             if attr.g and attr.g.ByteSize():
-                yield from _graphs(attr.g)
+                yield from all_graphs(attr.g)
             for g in attr.graphs:
-                yield from _graphs(g)
+                yield from all_graphs(g)
 
 
 def op_counts(path_or_model: Any) -> dict[str, int]:
     model = _as_model(path_or_model, load_data=False)
     c: Counter[str] = Counter()
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for n in g.node:
             key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
             c[key] += 1

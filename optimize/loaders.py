@@ -83,13 +83,52 @@ def _onnx_handle(path: Path, declared: list[TensorSpec]) -> ModelHandle:
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(f"{path}: not a valid ONNX model (ONNX checker: {first})") from None
+    _check_inputs(path, model)
     specs = onnx_input_specs(path)
     if declared:  # the config can fill in symbolic dims or value ranges
+        from optimize.shapes import check_names
+
+        check_names([d.name for d in declared], specs, f"{path}: model.inputs", ModelLoadError)
         by_name = {d.name: d for d in declared}
         specs = [by_name.get(s.name, s) for s in specs]
     return ModelHandle(
         form="onnx", inputs=specs, outputs=[o.name for o in model.graph.output], onnx_path=path, source=str(path)
     )
+
+
+def _check_inputs(path: Path, model: Any) -> None:
+    """Inputs the tool can feed: at least one; tensors of a numeric or bool type; no zero-size dim.
+    Scalars (0-d) are fine. Anything else is refused now (exit 2) naming the input, not later with
+    a runtime's message."""
+    from onnx import helper
+
+    from optimize.handle import DTYPES
+
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not inputs:
+        raise ModelLoadError(f"{path}: the model has no inputs, so there is nothing to feed it for calibration, parity "
+                             "or latency (a constant graph: nothing to optimize)")
+    for inp in inputs:
+        kind = inp.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise ModelLoadError(f"{path}: input '{inp.name}' is a {kind or 'untyped value'}, not a tensor; only tensor "
+                                 "inputs are supported")
+        tt = inp.type.tensor_type
+        try:
+            dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32"
+        except (KeyError, TypeError, ValueError):
+            dtype = helper.tensor_dtype_to_string(tt.elem_type) if tt.elem_type else "undefined"
+        if dtype == "object" or tt.elem_type == 8:  # TensorProto.STRING
+            raise ModelLoadError(f"{path}: input '{inp.name}' is a string tensor; only numeric and bool inputs can be "
+                                 "fed (preprocess the strings outside the model, e.g. tokenize them)")
+        if dtype not in DTYPES:
+            raise ModelLoadError(f"{path}: input '{inp.name}' has element type {dtype}, which this tool cannot feed "
+                                 f"(supported: {', '.join(DTYPES)})")
+        zero = [a for a, d in enumerate(tt.shape.dim) if d.HasField("dim_value") and d.dim_value == 0]
+        if zero:
+            raise ModelLoadError(f"{path}: input '{inp.name}' has a zero-size dim (axis {zero[0]}): it holds no values, "
+                                 "so nothing can be measured on it")
 
 
 def _check_versions(path: Path, model: Any) -> None:

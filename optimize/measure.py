@@ -29,7 +29,11 @@ F_PARALLEL = "single-thread latency / multi-thread latency (output model)"
 F_GPU = "CPU latency / GPU latency"
 F_DISTILL = "student accuracy / teacher accuracy (output model / input model, eval data)"
 F_ACCURACY = "top-1 accuracy on eval data: baseline (input), optimized (output), drop = baseline − optimized (points)"
-F_PARITY = "min over samples of cosine(input outputs, output outputs); max |difference|; all outputs finite"
+F_PARITY = (
+    "min over samples of cosine(input outputs, output outputs) over float outputs; agreement = min over integer/bool "
+    "outputs of the share of equal elements (the value when every output is integer/bool); max |difference|; "
+    "all outputs finite; null when the input model's outputs do not vary across the probes"
+)
 
 
 def _latency(t: Any) -> Latency:
@@ -70,12 +74,9 @@ def measure(
     ref = predict(base_sess, par_inputs, cfg.data.batch_size)
     got = predict(out_sess, par_inputs, cfg.data.batch_size)
     par = parity(ref, got)
-    n_par = len(next(iter(par_inputs.values())))
-    metrics["parity"] = Metric(
-        value=par["min_cosine"], formula=F_PARITY,
-        inputs={**par, "samples": n_par, "source": par_source},
-        reason=None if par["all_finite"] else "the output model produced NaN or Inf",
-    )
+    metrics["parity"] = parity_metric(par, ref, par_inputs, par_source, ctx.inputs, findings)
+    _second_shape(ctx, base_sess, out_sess, metrics["parity"], findings)
+    findings.extend(getattr(pl, "notes", None) or [])  # where probe shapes came from (file metadata)
     progress.finish("verify")
 
     # ---- accuracy on held-out data
@@ -118,7 +119,8 @@ def measure(
     if eval_ds is not None and len(eval_ds) >= m.batch:
         bench_inputs = eval_ds.take(m.batch).inputs
     else:
-        bench_inputs = {s.name: s.random(m.batch, rng) for s in baseline.inputs}
+        ctx.resolve_shapes_from_data()
+        bench_inputs = {s.name: s.random(m.batch, rng) for s in (ctx.inputs or baseline.inputs)}
     latency: dict[str, Latency] = {}
     timings = interleaved(
         {"input": baseline.onnx_path, "output": final.onnx_path}, bench_inputs, threads=ctx.threads,
@@ -234,6 +236,54 @@ def measure(
     return report
 
 
+def parity_metric(par: dict[str, Any], reference: list[np.ndarray], inputs: dict[str, np.ndarray], source: str,
+                  specs: list[Any], findings: list[str]) -> Metric:
+    """The parity metric: cosine (float outputs) / agreement (integer outputs) on the probe inputs,
+    `null` with the reason when the probes are degenerate (the input model's outputs do not vary
+    across them) or an output is non-finite; random token ids are marked as weak evidence."""
+    from optimize.probes import degenerate_reason, sample_count, token_id_inputs
+
+    n = sample_count(inputs)
+    shapes = {k: list(np.shape(v)) for k, v in inputs.items()}
+    info: dict[str, Any] = {**par, "samples": n, "source": source, "shapes": shapes, "evidence": "representative"}
+    random = source.startswith("random")
+    ids = token_id_inputs(specs) if random else []
+    if random:
+        info["evidence"] = "weak: random token ids" if ids else "random inputs from the input spec"
+    if ids:
+        findings.append(
+            f"parity was measured on random token ids ({', '.join(ids)}): weak evidence — random ids overstate quality "
+            "(0.997 on random ids vs 0.977 on real sentences in the field notes); set data.eval to a .txt/.jsonl file "
+            "of real text (tokenized with the model's tokenizer)"
+        )
+    if not par["all_finite"]:
+        return Metric(value=None, formula=F_PARITY, inputs=info, reason="the output model produced NaN or Inf")
+    degenerate = degenerate_reason(reference, n)
+    if degenerate is not None:
+        info["degenerate"] = True
+        what = ("set data.eval to representative inputs" + (" or --input-shape with the real input size" if random else ""))
+        reason = f"parity not meaningful: {degenerate}; {what}"
+        findings.append(reason)
+        return Metric(value=None, formula=F_PARITY, inputs=info, reason=reason)
+    return Metric(value=par["min_cosine"], formula=F_PARITY, inputs=info)
+
+
+def _second_shape(ctx: Any, base_sess: Any, out_sess: Any, metric: Metric, findings: list[str]) -> None:
+    """Parity again at a second size of each dim that stays symbolic (optimize.second_shape)."""
+    from optimize import second_shape
+
+    try:
+        second = second_shape.second_shape_parity(base_sess, out_sess, ctx.inputs, ctx.seed, ctx.config.data.batch_size)
+    except Exception:  # informative only: never fail the run over it
+        log.debug("second-shape parity failed", exc_info=True)
+        return
+    if second is not None:
+        metric.inputs["second_shape"] = second
+        note = second_shape.finding(second, metric.value)
+        if note:
+            findings.append(note)
+
+
 def _diagnostics(ctx: Any, baseline: Any, final: Any, inputs: dict[str, np.ndarray], ort_device: str, speedup: float,
                  metrics: dict[str, Metric], findings: list[str]) -> Any:
     """optimize.diagnose on the input and output models; never fails the run (null + a debug log)."""
@@ -296,10 +346,11 @@ def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
     """Each configured gate becomes a pass/fail line. A missing or NaN value fails its gate."""
     out: list[Gate] = []
 
-    def add(name: str, limit: float, value: float | None, ok_when_ge: bool, unit: str = "") -> None:
+    def add(name: str, limit: float, value: float | None, ok_when_ge: bool, unit: str = "", why: str | None = None) -> None:
         if value is None or value != value:  # None or NaN never passes
+            what = why or "not measured"
             out.append(Gate(name=name, limit=limit, value=None, passed=False,
-                            message=f"{name}: not measured, so it cannot pass (limit {limit}{unit})"))
+                            message=f"{name}: {what}, so it cannot pass (limit {limit}{unit}) FAILED"))
             return
         passed = value >= limit if ok_when_ge else value <= limit
         rel = (">=" if passed else "<") if ok_when_ge else ("<=" if passed else ">")
@@ -318,8 +369,14 @@ def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
         add("max_size_mb", gates.max_size_mb, size, ok_when_ge=False, unit=" MB")
     if gates.min_sparsity is not None:
         add("min_sparsity", gates.min_sparsity, m["sparsity"].value if "sparsity" in m else None, ok_when_ge=True)
+    par = m.get("parity")
     if gates.min_parity_cosine is not None:
-        add("min_parity_cosine", gates.min_parity_cosine, m["parity"].value if "parity" in m else None, ok_when_ge=True)
+        add("min_parity_cosine", gates.min_parity_cosine, par.value if par else None, ok_when_ge=True,
+            why=par.reason if par else None)
+    if gates.min_output_agreement is not None:
+        agree = par.inputs.get("agreement") if par and par.value is not None else None
+        why = (par.reason if par and par.value is None else "the model has no integer or bool outputs") if par else None
+        add("min_output_agreement", gates.min_output_agreement, agree, ok_when_ge=True, why=why)
     if gates.max_latency_ms is not None:
         lat = report.latency.get("output")
         add("max_latency_ms", gates.max_latency_ms, lat.median_ms if lat else None, ok_when_ge=False, unit=" ms")

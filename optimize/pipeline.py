@@ -8,7 +8,6 @@ import datetime as _dt
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +114,12 @@ def plan(opts: RunOptions) -> Plan:
     if config_file is None:
         raise UsageError("no pipeline given: pass -c PIPELINE.yaml (ready ones are in configs/)")
     cfg = load_config(config_file, config_overrides(opts))
+    from optimize.shapes import apply_to_config
+
+    apply_to_config(cfg, opts.input_shapes)  # --input-shape: an override of model.input_shapes
+    from optimize.imports import check_trusted
+
+    check_trusted(cfg, opts.trust_code, config_file)  # before the model loads: a config runs no code unasked
     if cfg.output.charts is True:  # charts required: matplotlib must be importable (exit 2 now, not after the work)
         from optimize.charts import require
 
@@ -123,6 +128,7 @@ def plan(opts: RunOptions) -> Plan:
     device = _resolve_device(cfg.hardware.device)
 
     handle: ModelHandle | None = None
+    shape_notes: list[str] = []
     if example:
         from optimize.handle import TensorSpec
 
@@ -132,7 +138,10 @@ def plan(opts: RunOptions) -> Plan:
     else:
         from optimize.loaders import load_model
 
+        # no progress line here: planning either succeeds quickly (ONNX data stays on disk) or exits 2
+        # with one line, and a progress line before that one line would break the contract
         handle = load_model(opts.model, model_cfg=cfg.model, trust_model=opts.trust_model, base_dir=base_dir)
+        handle, shape_notes = _resolve_shapes(handle, cfg)
         model_desc, form, inputs = handle.source, handle.form, handle.inputs
 
     output, report = _output_paths(cfg, opts.model or "", example)
@@ -142,6 +151,7 @@ def plan(opts: RunOptions) -> Plan:
             raise UsageError(f"output would overwrite the input model: {output}")
     if report.resolve() == output.resolve():
         raise UsageError("the report path equals the model output path")
+    _check_files(opts, cfg, config_file, base_dir, output, report)
 
     objects = [registry.get(p.type)(p) for p in cfg.passes]
     steps: list[PlannedStep] = []
@@ -196,7 +206,34 @@ def plan(opts: RunOptions) -> Plan:
     return Plan(
         config=cfg, config_dump=dump_config(cfg), steps=steps, model=model_desc, output_path=output,
         report_path=report, config_file=config_file, base_dir=base_dir, handle=handle, example=example, device=device,
+        notes=shape_notes,
     )
+
+
+def _resolve_shapes(handle: ModelHandle, cfg: Any) -> tuple[ModelHandle, list[str]]:
+    """Concrete probe shapes (model.input_shapes / --input-shape, the file's metadata) or exit 2
+    naming each symbolic dim that nothing resolves (optimize.shapes)."""
+    from optimize.shapes import resolve_for_model
+
+    where = "model.input_shapes (--input-shape)"
+    specs, notes = resolve_for_model(
+        handle.onnx_path if handle.form == "onnx" else None, handle.inputs, cfg.model.input_shapes, where, cfg
+    )
+    return handle.replace(inputs=specs), notes
+
+
+def _check_files(opts: RunOptions, cfg: Any, config_file: str | None, base_dir: Path, output: Path, report: Path) -> None:
+    """Before any work: no output is (by file identity) an input, the config or a data file; names
+    the file system may refuse are refused now; the report stays JSON."""
+    from optimize import charts, files
+
+    for path, what in ((output, "the output"), (report, "the report")):
+        files.check_output_name(path, what)
+    if report.suffix.lower() == ".md":
+        raise UsageError(f"--report {report}: the report is JSON, name it .json (the Markdown report is written beside it as .md)")
+    reads = files.read_paths(opts.model, cfg, config_file, base_dir)
+    writes = files.write_paths(output, report, bool(cfg.output.markdown), charts.wanted(cfg))
+    files.check_no_clash(reads, writes, Path(opts.work_dir) if opts.work_dir else None)
 
 
 def form_needs_inputs(steps: list[PlannedStep]) -> bool:
@@ -269,7 +306,13 @@ def run(opts: RunOptions) -> Any:
 
         opts.progress = NullProgress()
     own_work = opts.work_dir is None
-    work = Path(opts.work_dir or tempfile.mkdtemp(prefix="optimize-"))
+    if own_work:
+        from optimize.files import own_temp_work_dir
+
+        work, lock = own_temp_work_dir()
+    else:
+        lock = _claim_work_dir(pl, opts) if main else None
+        work = Path(opts.work_dir)  # type: ignore[arg-type]
     work.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"steps": [], "input_facts": None}
     try:
@@ -292,8 +335,24 @@ def run(opts: RunOptions) -> Any:
         raise err from exc
     finally:
         distributed.teardown()
+        if lock is not None:
+            lock.close()
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _claim_work_dir(pl: Plan, opts: RunOptions) -> Any:
+    """--work-dir: this run's own (new, empty, or a resume of the same input and config), locked."""
+    from optimize import files
+
+    reads = files.read_paths(opts.model, pl.config, pl.config_file, pl.base_dir)
+    try:
+        return files.claim_work_dir(Path(opts.work_dir), files.run_key(reads, pl.config_dump))  # type: ignore[arg-type]
+    except UsageError:
+        from optimize import distributed
+
+        distributed.teardown()
+        raise
 
 
 def _remove_stale(output: Path) -> None:
@@ -511,6 +570,7 @@ def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any) 
     if failed:
         target = target.with_name(target.name[: -len(".onnx")] + ".rejected.onnx")
         _remove_stale(pl.output_path)
+    opts.progress.start("write", f"write {target.name} and the report", None)  # seconds for a large model
     onnx_io.write_atomic(final.onnx_path, target)  # type: ignore[arg-type]
     report.files["model"] = str(target)
     tokenizer = getattr(pl.handle, "tokenizer", None)
@@ -527,6 +587,7 @@ def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any) 
     onnx_io.write_bytes_atomic(report.to_json().encode(), pl.report_path)
     if pl.config.output.markdown:
         onnx_io.write_bytes_atomic(to_markdown(report).encode(), md_path)
+    opts.progress.finish("write")
     if failed and opts.fail_on_gate:
         err = GateFailed([g.message for g in failed])
         err.report = report  # type: ignore[attr-defined]

@@ -140,7 +140,16 @@ def format_value(key: str, m: Metric) -> str:
             return f"embedding cosine mean {i.get('mean') or 0:.4f}, min {i.get('min') or 0:.4f} ({i.get('samples')} samples vs input)"
         return f"{i.get('optimized', 0):.2f}% (baseline {i.get('baseline', 0):.2f}%, drop {i.get('drop', 0):+.2f} pts)"
     if key == "parity":
-        return f"min cos {m.value:.5f}, max |Δ| {m.inputs.get('max_abs_diff', float('nan')):.3g}"
+        i = m.inputs
+        if i.get("compared_by") == "agreement":  # integer/bool outputs only: share of equal elements
+            return f"agreement {m.value:.5f}"
+        diff = i.get("max_abs_diff")
+        text = f"min cos {m.value:.5f}, max |Δ| {diff if diff is not None else float('nan'):.3g}"
+        if i.get("agreement") is not None:
+            text += f", agreement {i['agreement']:.5f}"
+        if str(i.get("evidence", "")).startswith("weak"):
+            text += " (weak evidence: random token ids)"
+        return text
     if key.endswith("speedup") or key in ("compression_ratio",):
         return f"{m.value:.2f}x"
     return f"{m.value:.4f}"

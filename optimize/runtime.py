@@ -31,7 +31,7 @@ def session(path: str | Path, threads: int = 1, device: str = "cpu") -> Any:
     try:
         return ort.InferenceSession(str(path), so, providers=providers)
     except Exception as exc:
-        raise VerificationError(f"{path}: ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:300]}") from None
+        raise VerificationError(f"{path}: ONNX Runtime cannot load the model: {_whole(exc)}") from None
 
 
 def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -46,50 +46,75 @@ def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def predict(sess: Any, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
-    """Run the session over all samples in batches; returns each output concatenated."""
-    n = len(next(iter(inputs.values())))
+    """Run the session over all samples in batches; returns each output concatenated. Scalar (0-d)
+    inputs are fed whole to every batch; a 0-d output becomes one value per batch."""
+    from optimize.probes import sample_count, slice_samples
+
+    n = sample_count(inputs)
     chunks: list[list[np.ndarray]] = []
     for start in range(0, n, batch_size):
-        batch = {k: v[start : start + batch_size] for k, v in inputs.items()}
-        chunks.append(sess.run(None, feeds_for(sess, batch)))
-    return [np.concatenate([c[i] for c in chunks], axis=0) for i in range(len(chunks[0]))]
+        chunks.append(sess.run(None, feeds_for(sess, slice_samples(inputs, start, start + batch_size))))
+    return [np.concatenate([np.atleast_1d(c[i]) for c in chunks], axis=0) for i in range(len(chunks[0]))]
+
+
+def _is_exact(arr: np.ndarray) -> bool:
+    """Integer and bool outputs (class indices, masks, counts) compare by exact agreement."""
+    return arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.integer)
 
 
 def parity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str, Any]:
-    """Per-sample cosine similarity and max abs difference over every output.
+    """Per-sample cosine similarity and max abs difference over every float output; the share of
+    equal elements (`agreement`, the minimum over outputs) over integer/bool outputs.
 
+    `min_cosine` is the float outputs' min cosine; for a model whose outputs are all integer/bool
+    it is the agreement (`compared_by` says which), so a cosine gate judges agreement there.
     NaN-safe: a non-finite value makes `all_finite` false and the cosine null, so it can never pass a
     `>=` gate by accident. A constant-zero output has cosine 0 against a non-zero reference.
     """
-    finite = all(bool(np.isfinite(c).all()) for c in candidate)
-    if not finite:
-        return {"min_cosine": None, "mean_cosine": None, "max_abs_diff": None, "all_finite": False}
-    cosines: list[np.ndarray] = []
-    max_abs = 0.0
     if len(reference) != len(candidate):
         raise VerificationError(f"output count changed: {len(reference)} → {len(candidate)}")
     for ref, cand in zip(reference, candidate, strict=True):
         if ref.shape != cand.shape:
             raise VerificationError(f"output shape changed: {ref.shape} → {cand.shape}")
-        # One value per sample (ndim <= 1): a per-sample cosine would only compare signs, so the
-        # whole output vector is compared as one.
-        per_sample = ref.ndim >= 2
-        r = (ref.reshape(len(ref), -1) if per_sample else ref.reshape(1, -1)).astype(np.float64)
-        c = (cand.reshape(len(cand), -1) if per_sample else cand.reshape(1, -1)).astype(np.float64)
-        num = (r * c).sum(axis=1)
-        den = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
-        both_zero = (np.linalg.norm(r, axis=1) == 0) & (np.linalg.norm(c, axis=1) == 0)
-        cos = np.where(den > 0, num / np.where(den > 0, den, 1), np.where(both_zero, 1.0, 0.0))
-        cosines.append(cos)
-        if r.size:
-            max_abs = max(max_abs, float(np.abs(r - c).max()))
+    exact = [(r, c) for r, c in zip(reference, candidate, strict=True) if _is_exact(r)]
+    floats = [(r, c) for r, c in zip(reference, candidate, strict=True) if not _is_exact(r)]
+    agreement = min((_agreement(r, c) for r, c in exact), default=None)
+    base = {"agreement": agreement, "integer_outputs": len(exact), "float_outputs": len(floats)}
+    finite = all(bool(np.isfinite(c).all()) for _, c in floats)
+    if not finite:
+        return {"min_cosine": None, "mean_cosine": None, "max_abs_diff": None, "all_finite": False,
+                "compared_by": "cosine", **base}
+    if not floats:
+        return {"min_cosine": agreement, "mean_cosine": agreement, "max_abs_diff": None, "all_finite": True,
+                "compared_by": "agreement", **base}
+    cosines = [_cosines(r, c) for r, c in floats]
+    max_abs = max((float(np.abs(r.astype(np.float64) - c.astype(np.float64)).max()) for r, c in floats if r.size),
+                  default=0.0)
     allcos = np.concatenate(cosines) if cosines else np.array([1.0])
     return {
         "min_cosine": float(allcos.min()),
         "mean_cosine": float(allcos.mean()),
         "max_abs_diff": max_abs,
         "all_finite": True,
+        "compared_by": "cosine+agreement" if exact else "cosine",
+        **base,
     }
+
+
+def _agreement(ref: np.ndarray, cand: np.ndarray) -> float:
+    return float((ref == cand).mean()) if ref.size else 1.0
+
+
+def _cosines(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    # One value per sample (ndim <= 1): a per-sample cosine would only compare signs, so the
+    # whole output vector is compared as one.
+    per_sample = ref.ndim >= 2
+    r = (ref.reshape(len(ref), -1) if per_sample else ref.reshape(1, -1)).astype(np.float64)
+    c = (cand.reshape(len(cand), -1) if per_sample else cand.reshape(1, -1)).astype(np.float64)
+    num = (r * c).sum(axis=1)
+    den = np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1)
+    both_zero = (np.linalg.norm(r, axis=1) == 0) & (np.linalg.norm(c, axis=1) == 0)
+    return np.where(den > 0, num / np.where(den > 0, den, 1), np.where(both_zero, 1.0, 0.0))
 
 
 def check_model(path: str | Path) -> None:
@@ -99,4 +124,9 @@ def check_model(path: str | Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise VerificationError(f"{path}: ONNX checker: {str(exc).splitlines()[0][:300]}") from None
+        raise VerificationError(f"{path}: ONNX checker: {_whole(exc)}") from None
+
+
+def _whole(exc: BaseException) -> str:
+    """A runtime's message on one line, never cut: its reason is often at the end."""
+    return " | ".join(ln.strip() for ln in str(exc).splitlines() if ln.strip()) or type(exc).__name__

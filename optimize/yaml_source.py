@@ -35,9 +35,15 @@ ConfigLoader.add_implicit_resolver(
 )
 
 
+MAX_DEPTH = 64  # nesting levels a config may use (PyYAML recurses once per level: a deep file crashes it)
+
+
 def safe_load(text: str) -> Any:
     """`yaml.safe_load` with `ConfigLoader` (used for `--set` values)."""
-    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
 
 
 class YamlDocument:
@@ -62,6 +68,8 @@ def _walk(
     node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: str | None, walked: set[int] | None = None
 ) -> None:
     lines.setdefault(path, node.start_mark.line + 1)
+    if len(path) > MAX_DEPTH:
+        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels", file=file, line=node.start_mark.line + 1)
     if walked is None:
         walked = set()
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
@@ -102,7 +110,10 @@ def _render(path: KeyPath) -> str:
 
 
 def parse_yaml(text: str, file: str | None = None) -> YamlDocument:
-    loader = ConfigLoader(text)
+    try:
+        loader = ConfigLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters (NUL) before any parsing
+        raise ConfigError(f"invalid YAML: {_one_line(exc)}", file=file) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -119,10 +130,16 @@ def parse_yaml(text: str, file: str | None = None) -> YamlDocument:
             problem = f"tag not allowed ({problem.strip()}); only plain YAML is accepted"
         raise ConfigError(f"invalid YAML{col}: {problem}", file=file, line=line) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=file) from None
+        raise ConfigError(f"invalid YAML: {_one_line(exc)}", file=file) from None
+    except RecursionError:
+        raise ConfigError(f"invalid YAML: nested deeper than {MAX_DEPTH} levels", file=file) from None
     finally:
         loader.dispose()
     return YamlDocument(data, lines, file)
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def read_yaml(path: str | Path) -> YamlDocument:

@@ -448,13 +448,13 @@ def _onnx_in_axes(use: Any, ndim: int) -> tuple[int, ...] | None:
 def _onnx_output_weights(model: Any, uses: list[Any]) -> set[str]:
     """Weights of the last weighted nodes on every path to a graph output (walking back from the
     main graph's outputs, into If/Loop/Scan bodies, stopping at the first weighted node)."""
-    from optimize.inspect_onnx import _graphs
+    from optimize.inspect_onnx import all_graphs
 
     weights_of: dict[tuple[str, ...], list[str]] = {}
     for u in uses:
         weights_of.setdefault(tuple(u.node.output), []).append(u.key)
     producers: dict[str, Any] = {}
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for n in g.node:
             for o in n.output:
                 producers[o] = n

@@ -83,9 +83,9 @@ class _Graph:
                     self.consumers.setdefault(name, []).append((n, i))
         # every tensor read by a subgraph is treated as used by an unknown op
         self.subgraph_reads: set[str] = set()
-        from optimize.inspect_onnx import _graphs
+        from optimize.inspect_onnx import all_graphs
 
-        for sg in list(_graphs(g))[1:]:
+        for sg in list(all_graphs(g))[1:]:
             for n in sg.node:
                 self.subgraph_reads.update(x for x in n.input if x)
         self.outputs = {o.name for o in g.output}
@@ -341,9 +341,9 @@ def run_onnx_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
         })
     # drop the constants nothing reads any more, and stale shapes
     used = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
-    from optimize.inspect_onnx import _graphs
+    from optimize.inspect_onnx import all_graphs
 
-    for sg in list(_graphs(proto.graph))[1:]:
+    for sg in list(all_graphs(proto.graph))[1:]:
         used |= {i for n in sg.node for i in n.input}
     for name in [i.name for i in proto.graph.initializer if i.name not in used]:
         proto.graph.initializer.remove(inits.get(name) or next(i for i in proto.graph.initializer if i.name == name))

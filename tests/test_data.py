@@ -205,7 +205,7 @@ def test_callable_errors(tmp_path: Path, data_module: str) -> None:
 def test_random_dataset_respects_dtypes_and_bounds() -> None:
     specs = [
         TensorSpec("ids", ("batch", 16), "int64", low=0, high=100),
-        TensorSpec("img", ("batch", 3, "h"), "float32", low=0.0, high=0.5),
+        TensorSpec("img", ("batch", 3, "h"), "float32", low=0.0, high=0.5, example_shape=(1, 3, 5)),
         TensorSpec("flag", ("batch",), "bool"),
         TensorSpec("small", (2, 3), "int32", batch_fixed=True),
     ]
@@ -215,7 +215,7 @@ def test_random_dataset_respects_dtypes_and_bounds() -> None:
     assert ids.min() >= 0 and ids.max() < 100
     assert ids.max() >= 90, "high was not used (default ints are 0..1)"
     assert len(np.unique(ids)) > 50
-    assert img.dtype == np.float32 and img.shape == (64, 3, 1)  # other symbolic dims become 1
+    assert img.dtype == np.float32 and img.shape == (64, 3, 5)  # other symbolic dims: the example shape
     assert img.min() >= 0.0 and img.max() < 0.5
     assert ds.inputs["flag"].dtype == np.bool_
     small = ds.inputs["small"]

@@ -54,7 +54,7 @@ def make():
 """
 
 # Options that keep each pass quick; every registered pass must appear in the fault test.
-PASS_OPTIONS = {"distill": "    epochs: 1\n", "prune": "    sparsity: 0.5\n"}
+PASS_OPTIONS = {"distill": "    epochs: 1\n", "prune": "    sparsity: 0.5\n", "quantize": "    random_calibration: true\n"}
 # torch models: the TorchScript exporter is several times faster than dynamo on 2 cores
 TORCH_EXTRA = "output:\n  exporter: torchscript\n"
 

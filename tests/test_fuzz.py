@@ -115,7 +115,7 @@ OPS = st.lists(st.tuples(st.sampled_from(["flip", "truncate", "insert", "delete"
 @given(ops=OPS)
 def test_any_mutated_model_file_plans_or_is_one_line_exit_2(capfd, tmp_path: Path, model_bytes: bytes, ops) -> None:
     cfg = tmp_path / "p.yaml"
-    cfg.write_text("schema_version: 1\npasses:\n  - type: prune\n    sparsity: 0.5\n  - type: quantize\n")
+    cfg.write_text("schema_version: 1\npasses:\n  - type: prune\n    sparsity: 0.5\n  - type: quantize\n    random_calibration: true\n")
     model = tmp_path / "m.onnx"
     model.write_bytes(mutate(model_bytes, ops))
     code, _, err = cli(capfd, "run", str(model), "-c", str(cfg), "--dry-run", "-q", "-o", str(tmp_path / "out.onnx"))
@@ -141,7 +141,7 @@ def test_any_mutated_model_runs_to_a_documented_exit_code(capfd, tmp_path: Path,
     """Full runs: a mutation that survives loading may change weights (any exit 0/1/3) but never
     crashes with a traceback or leaves a model under the final name on failure."""
     cfg = tmp_path / "p.yaml"
-    cfg.write_text("schema_version: 1\npasses:\n  - type: prune\n    sparsity: 0.5\n  - type: quantize\n" + FAST)
+    cfg.write_text("schema_version: 1\npasses:\n  - type: prune\n    sparsity: 0.5\n  - type: quantize\n    random_calibration: true\n" + FAST)
     model = tmp_path / "m.onnx"
     model.write_bytes(mutate(model_bytes, ops))
     out = tmp_path / "out.onnx"

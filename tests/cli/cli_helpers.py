@@ -24,6 +24,7 @@ passes:
   - type: prune
   - type: quantize
     bits: 8
+    random_calibration: true
 """
 
 BAD_YAML = """\

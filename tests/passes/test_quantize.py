@@ -16,8 +16,9 @@ from optimize.context import PlanContext, RunContext
 from optimize.errors import ConfigError
 from optimize.export import finalized_module
 from optimize.handle import ModelHandle, TensorSpec
-from optimize.inspect_onnx import _graphs, op_counts, weight_stats
-from passes.quantize import QuantizeConfig, QuantizePass, ort_fake_quantize
+from optimize.inspect_onnx import all_graphs, op_counts, weight_stats
+from passes.quantize import QuantizeConfig, QuantizePass
+from passes.quantize.grid import ort_fake_quantize
 
 
 @pytest.fixture
@@ -98,8 +99,8 @@ class TokenModel(nn.Module):
 
 
 TOKEN_INPUTS = [
-    TensorSpec("ids", ("batch", "seq"), "int64", low=0, high=50),
-    TensorSpec("mask", ("batch", "seq"), "int64", low=0, high=2),
+    TensorSpec("ids", ("batch", "seq"), "int64", low=0, high=50, example_size=5),  # seq: never invented
+    TensorSpec("mask", ("batch", "seq"), "int64", low=0, high=2, example_size=5),
 ]
 TOKEN_AXES = {"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}}
 
@@ -107,9 +108,9 @@ TOKEN_AXES = {"ids": {0: "batch", 1: "seq"}, "mask": {0: "batch", 1: "seq"}}
 def dequantized_weights(path) -> list[np.ndarray]:
     """Every integer weight of the file, dequantized (QDQ DequantizeLinear, or `_quantized` tensors)."""
     model = onnx.load(str(path))
-    inits = {i.name: numpy_helper.to_array(i) for g in _graphs(model.graph) for i in g.initializer}
+    inits = {i.name: numpy_helper.to_array(i) for g in all_graphs(model.graph) for i in g.initializer}
     out = []
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for n in g.node:
             if n.op_type != "DequantizeLinear" or n.input[0] not in inits:
                 continue
@@ -174,7 +175,7 @@ def test_dynamic_if_subgraph_is_quantized_and_runs(cfg, tmp_path, subgraph_model
         onnx_handle(subgraph_model.path, inputs), make_ctx(cfg, tmp_path, inputs)
     )
     model = onnx.load(str(res.model.onnx_path))
-    sub_ops = [n.op_type for g in list(_graphs(model.graph))[1:] for n in g.node]
+    sub_ops = [n.op_type for g in list(all_graphs(model.graph))[1:] for n in g.node]
     assert "MatMulInteger" in sub_ops  # the If branches were quantized, not just the main graph
 
     x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
@@ -267,9 +268,12 @@ def test_static_fixed_batch_model_is_fed_its_batch(cfg, tmp_path):
         torch.onnx.export(model, (torch.randn(1, 16),), str(tmp_path / "fixed.onnx"), dynamo=False,
                           input_names=["x"], output_names=["y"], opset_version=17)
     ctx = make_ctx(cfg, tmp_path, inputs)
-    ctx.sample_inputs = lambda role, n: ({"x": np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)}, "test data")
+    from optimize.data import Dataset
+
+    ctx._data["calibration"] = Dataset({"x": np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)},
+                                       None, "test data")
     res = QuantizePass(QuantizeConfig(mode="static")).run(onnx_handle(tmp_path / "fixed.onnx", inputs), ctx)
-    assert res.metrics["calibration_batches"] == 5 and res.metrics["calibration_source"] == "test data"
+    assert res.metrics["calibration_batches"] == 5 and res.metrics["calibration_samples"] == 5
 
 
 class RecordingProgress:
@@ -302,9 +306,10 @@ def test_calibration_reports_progress_and_survives_preprocess_failure(cfg, tmp_p
     assert res.metrics["preprocessed"] is False
     assert any("quant_pre_process" in n and "exploded" in n for n in res.notes)
     assert res.metrics["weights_quantized"] == 3
-    calls = ctx.progress.calls
+    calls = [c for c in ctx.progress.calls if c[1] == "quantize.calibrate"]
     assert calls[0] == ("start", "quantize.calibrate") and calls[-1] == ("finish", "quantize.calibrate")
     assert calls.count(("advance", "quantize.calibrate")) == 3
+    assert ("start", "quantize.prepare") in ctx.progress.calls  # a start line before the quantizer's work
 
 
 def test_no_integer_ops_is_noted(cfg, tmp_path):
@@ -355,7 +360,9 @@ def test_check_static_needs_data_or_spec(cfg):
     with pytest.raises(ConfigError) as err:
         QuantizePass(QuantizeConfig(mode="static")).check(plan(cfg, has_input_spec=False))
     assert err.value.key == "passes[0].quantize.mode" and "calibration" in err.value.message
-    QuantizePass(QuantizeConfig(mode="static")).check(plan(cfg, has_input_spec=True))
+    with pytest.raises(ConfigError, match="representative calibration data.*random_calibration: true"):
+        QuantizePass(QuantizeConfig(mode="static")).check(plan(cfg, has_input_spec=True))
+    QuantizePass(QuantizeConfig(mode="static", random_calibration=True)).check(plan(cfg, has_input_spec=True))
     QuantizePass(QuantizeConfig(mode="dynamic")).check(plan(cfg, has_input_spec=False))
 
 
@@ -387,7 +394,10 @@ def ort_scale(w: torch.Tensor) -> torch.Tensor:
 def test_qat_weights_on_int8_grid_grads_flow_hooks_removed(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 3, 8, 8))]
     model = small_cnn()
-    res = QuantizePass(QuantizeConfig(mode="static")).run(torch_handle(model, inputs), make_ctx(cfg, tmp_path, inputs))
+    # reduce_range off: the exact int8 grid is the point (auto would pick 7 bits on a CPU without VNNI)
+    res = QuantizePass(QuantizeConfig(mode="static", reduce_range=False)).run(
+        torch_handle(model, inputs), make_ctx(cfg, tmp_path, inputs)
+    )
     qat = res.model.module
     assert res.model.form == "torch" and qat is not model
     assert res.model.pending == [("quantize", res.model.pending[0][1])]

@@ -22,7 +22,7 @@ from optimize.inspect_onnx import iter_weight_uses, op_counts, weight_stats
 from optimize.onnx_io import total_bytes
 from optimize.runtime import parity, predict, session
 from passes.quantize import QuantizeConfig, QuantizePass
-from passes.quantize_auto import Candidate, Check, choose
+from passes.quantize.auto import Candidate, Check, choose
 
 CFG = "schema_version: 1\nmeasure: {repeat: 12, warmup: 2}\npasses: []\n"
 
@@ -67,7 +67,7 @@ def test_auto_lists_candidates_and_its_speed_claim_holds_on_remeasurement(tmp_pa
     inputs = [TensorSpec("x", ("batch", 256))]
     src = export(mlp((256, 1024, 256)), tmp_path / "mlp.onnx", (torch.randn(1, 256),))
     ctx = make_ctx(tmp_path, inputs)
-    res = QuantizePass(QuantizeConfig(format="auto")).run(handle(src, inputs), ctx)
+    res = QuantizePass(QuantizeConfig(format="auto", random_calibration=True)).run(handle(src, inputs), ctx)
 
     rows = res.metrics["candidates"]
     names = [r["name"] for r in rows]
@@ -160,9 +160,12 @@ def test_fallback_keeps_exactly_the_reported_layers_in_float(tmp_path, mode):
     inputs = [TensorSpec("x", ("batch", 16))]
     src = export(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
     ctx = make_ctx(tmp_path, inputs)
-    res = QuantizePass(QuantizeConfig(mode=mode, per_channel=False, parity_floor=0.995)).run(handle(src, inputs), ctx)
+    # reduce_range on: 7-bit weights behave alike on CPUs with and without VNNI (without it, 8-bit u8s8
+    # kernels saturate and no floor near 1 is reachable on this toy model)
+    cfg = QuantizeConfig(mode=mode, per_channel=False, parity_floor=0.95, reduce_range=True)
+    res = QuantizePass(cfg).run(handle(src, inputs), ctx)
 
-    assert res.metrics["parity_all_quantized"]["min_cosine"] < 0.995
+    assert res.metrics["parity_all_quantized"]["min_cosine"] < 0.95
     kept = res.metrics["float_nodes"]
     assert kept and kept[0] == "/2/Gemm"  # the outlier layer is the most sensitive
     assert max(res.metrics["sensitivity"], key=res.metrics["sensitivity"].get) == "/2/Gemm"
@@ -178,7 +181,7 @@ def test_fallback_keeps_exactly_the_reported_layers_in_float(tmp_path, mode):
     assert int_in_output  # every other layer is integer
     x, _ = ctx.sample_inputs("eval", ctx.config.measure.parity_samples)  # the samples the pass checked
     p = parity(predict(session(src), x), predict(session(out), x))
-    assert p["min_cosine"] >= 0.995
+    assert p["min_cosine"] >= 0.95
     assert p["min_cosine"] == pytest.approx(res.metrics["parity_after_fallback"]["min_cosine"], abs=1e-6)
 
 
@@ -196,15 +199,15 @@ def test_fallback_off_or_no_goal_leaves_the_model_fully_quantized(tmp_path):
 def test_auto_rejects_a_candidate_below_the_floor_and_adds_its_fallback(tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
     src = export(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
-    text = CFG.replace("passes: []", "gates: {min_parity_cosine: 0.995}\npasses: []")
-    res = QuantizePass(QuantizeConfig(format="auto", mode="dynamic", per_channel=False)).run(
+    text = CFG.replace("passes: []", "gates: {min_parity_cosine: 0.95}\npasses: []")
+    res = QuantizePass(QuantizeConfig(format="auto", mode="dynamic", per_channel=False, reduce_range=True)).run(
         handle(src, inputs), make_ctx(tmp_path, inputs, text))
     rows = {r["name"]: r for r in res.metrics["candidates"]}
     full = rows["int8 dynamic per-tensor"]
-    assert not full["passed"] and "floor 0.995 (gates.min_parity_cosine)" in full["reason"]
+    assert not full["passed"] and "floor 0.95 (gates.min_parity_cosine)" in full["reason"]
     fb = [r for n, r in rows.items() if n.startswith("int8 dynamic per-tensor + ")]
     assert len(fb) == 1 and fb[0]["passed"] and fb[0]["float_nodes"][0] == "/2/Gemm"
-    assert res.metrics["goal"]["min_parity_cosine"] == 0.995
+    assert res.metrics["goal"]["min_parity_cosine"] == 0.95
 
 
 # ---------------------------------------------------------------------------- int4 weight-only
@@ -346,7 +349,7 @@ def test_int4_fake_quant_matches_ort_quantizer(reduce_range):
     from onnx import TensorProto as TP
     from onnxruntime.quantization.quant_utils import quantize_data
 
-    from passes.quantize import ort_fake_quantize
+    from passes.quantize.grid import ort_fake_quantize
 
     w = torch.randn(6, 10)
     scheme = {"qtype": "int4", "per_channel": False, "symmetric": True, "reduce_range": reduce_range}

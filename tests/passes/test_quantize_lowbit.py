@@ -22,7 +22,7 @@ from optimize.export import finalized_module
 from optimize.handle import ModelHandle, TensorSpec
 from optimize.inspect_onnx import LOGICAL_BITS_KEY, weight_stats
 from passes.quantize import QuantizeConfig, QuantizePass
-from passes.quantize_lowbit import (
+from passes.quantize.lowbit import (
     TERNARY_THRESHOLD,
     fake_quant_module,
     project_numpy,
@@ -283,7 +283,7 @@ def test_report_quantization_ratio_uses_logical_bits_with_stored_ratio_beside(tm
     src = export(net(), tmp_path / "m.onnx")
     cfg = tmp_path / "p.yaml"
     cfg.write_text(f"schema_version: 1\npasses:\n  - type: quantize\n    bits: {bits}\n    calibration_samples: 16\n"
-                   + FAST)
+                   "    random_calibration: true\n" + FAST)
     out = tmp_path / "m.opt.onnx"
     report = pipeline.run(RunOptions(model=str(src), config=str(cfg), output=str(out)))
     q = report.metrics["quantization_ratio"]

@@ -33,7 +33,7 @@ def _write(tmp_path: Path, text: str) -> str:
 def test_auto_run_reports_every_candidate_and_counts_bits_from_the_file(tmp_path):
     torch.manual_seed(0)
     src = _export(nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)).eval(), tmp_path / "m.onnx", 256)
-    cfg = _write(tmp_path, "schema_version: 1\npasses:\n  - type: quantize\n    format: auto\n" + FAST)
+    cfg = _write(tmp_path, "schema_version: 1\npasses:\n  - type: quantize\n    format: auto\n    random_calibration: true\n" + FAST)
     out = tmp_path / "m.opt.onnx"
     report = pipeline.run(RunOptions(model=str(src), config=cfg, output=str(out)))
     step = report.steps[0]

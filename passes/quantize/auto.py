@@ -79,7 +79,9 @@ class Evaluator:
         cfg = ctx.config
         self.batch = cfg.data.batch_size
         self.inputs, self.source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
-        self.samples = len(next(iter(self.inputs.values()))) if self.inputs else 0
+        from optimize.probes import sample_count
+
+        self.samples = sample_count(self.inputs) if self.inputs else 0
         sess = session(float_path, threads=ctx.threads)
         self.reference = predict(sess, self.inputs, self.batch)
         self.eval_ds = None
@@ -126,6 +128,7 @@ class Candidate:
     median_ms: float | None = None
     speedup: float | None = None
     bytes: int | None = None
+    failed: bool = False  # could not be built, loaded or run: rejected, never timed
 
     def row(self, float_bytes: int) -> dict[str, Any]:
         c = self.check
@@ -143,6 +146,7 @@ class Candidate:
             "passed": self.passed,
             "reason": self.reason,
             "float_nodes": list(self.float_nodes),
+            "failed": self.failed,
         }
 
 

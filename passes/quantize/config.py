@@ -1,0 +1,130 @@
+"""The quantize pass's configuration: one statically written pydantic class, cross-field rules as a validator."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from passes.base import PassConfig
+from passes.quantize.auto import DEFAULT_AUTO_FLOOR
+
+
+class QuantizeConfig(PassConfig):
+    mode: Literal["dynamic", "static", "weight_only"] = Field(
+        "static",
+        description="dynamic: activations quantized at run time; static: calibrated activation ranges; "
+        "weight_only: block-wise integer MatMul weights (ONNX Runtime's MatMulNBits), float activations.",
+    )
+    bits: Literal[1, 2, 4, 8] = Field(
+        8, description="Weight bits. 4: mode weight_only (MatMulNBits), or mode static with format qdq (int4 QDQ weights, "
+        "symmetric; also for quantization-aware training). 1 (binary, α·sign(w)) and 2 (ternary, α·{-1, 0, 1}): "
+        "mode static with format qdq, stored as int8 codes with a per-channel scale; train them with QAT "
+        "(quantize before distill), accuracy usually collapses without it.",
+    )
+    format: Literal["qdq", "qoperator", "auto"] = Field(
+        "qdq",
+        description="static: QDQ (Quantize/DequantizeLinear pairs ONNX Runtime fuses) or QOperator (QLinear* ops); "
+        "auto: build the int8 forms that fit the model, measure each against the float input on this hardware, "
+        "keep the best passing one (float when none is faster).",
+    )
+    objective: Literal["latency", "size"] = Field(
+        "latency", description="format auto: keep the fastest passing candidate, or the smallest (sizes within 2% count as equal; the faster wins)."
+    )
+    per_channel: bool = Field(True, description="One scale per output channel instead of per tensor.")
+    weight_type: Literal["int8", "uint8"] = Field("int8", description="Stored weight type.")
+    activation_type: Literal["uint8", "int8"] = Field("uint8", description="static: activation type.")
+    calibration: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="static: calibration method.")
+    calibration_samples: int = Field(256, gt=0, le=1_000_000, description="static: samples used for calibration.")
+    random_calibration: bool = Field(
+        False,
+        description="static: accept activation ranges calibrated on random inputs drawn from the input spec when "
+        "no data.calibration / data.train is given. Off by default: random ranges rarely match real data (an OCR "
+        "classifier calibrated that way kept cosine 0.27 on real images while random-input parity said 1.0). "
+        "Never for token-id inputs.",
+    )
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto",
+        description="7-bit int8 weights. auto: on when the CPU measuring the run lacks int8 dot-product instructions "
+        "(VNNI), where ONNX Runtime's u8s8 kernels saturate 16-bit sums (cosine 0.92 instead of 1.0 measured on a "
+        "small MatMul model on AVX2); off with VNNI. Only for 8-bit weights of type int8.",
+    )
+    op_types: list[str] | None = Field(None, description="Only quantize these op types (default: the quantizer's own).")
+    exclude_nodes: list[str] = Field(default_factory=list, description="Node names to keep in float.")
+    parity_floor: float | None = Field(
+        None, ge=-1, le=1,
+        description="Smallest min cosine (against this pass's input) a quantized model must keep; below it, format "
+        f"auto rejects the candidate and the fallback keeps sensitive layers in float. Default: "
+        f"gates.min_parity_cosine, else {DEFAULT_AUTO_FLOOR} with format auto (not checked otherwise).",
+    )
+    fallback_max_layers: int = Field(
+        8, ge=0, le=10_000,
+        description="Accuracy-aware fallback: at most this many of the most sensitive layers kept in float to meet "
+        "the parity floor / gates.max_accuracy_drop (0: no fallback).",
+    )
+    block_size: int = Field(
+        32, ge=16, le=2048, description="weight_only: weights per quantization block along K (a power of two)."
+    )
+    symmetric_blocks: bool = Field(False, description="weight_only: symmetric blocks (no zero points).")
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
+        None,
+        description="weight_only: MatMulNBits compute type (4: int8 activations, usually fastest on CPU; "
+        "0/None: the runtime's default).",
+    )
+    fusion: Literal["none", "bert"] = Field(
+        "none",
+        description="Fuse transformer blocks (attention, layer norm, GELU) with ONNX Runtime's transformer "
+        "optimizer before quantizing.",
+    )
+    num_heads: int = Field(0, ge=0, le=4096, description="fusion: attention heads (0: detect from the graph).")
+    hidden_size: int = Field(0, ge=0, le=1_000_000, description="fusion: hidden size (0: detect from the graph).")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> QuantizeConfig:
+        if self.bits == 4 and not (self.mode == "weight_only" or (self.mode == "static" and self.format == "qdq")):
+            raise ValueError(
+                "bits 4 needs mode: weight_only (block-wise int4 MatMul weights) or mode: static with format: qdq "
+                "(int4 QDQ weights)"
+            )
+        if self.bits in (1, 2):
+            if not (self.mode == "static" and self.format == "qdq"):
+                raise ValueError(
+                    f"bits {self.bits} ({'binary' if self.bits == 1 else 'ternary'} weights) needs mode: static with "
+                    "format: qdq (int8 codes with a per-channel scale, run by ONNX Runtime's QDQ kernels)"
+                )
+            if self.weight_type != "int8":
+                raise ValueError(f"bits {self.bits} stores signed codes (-1, 0, 1): use weight_type: int8")
+        if self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two (got {self.block_size})")
+        if self.mode == "weight_only" and self.format == "auto":
+            raise ValueError("format auto chooses among int8 forms; use it with mode dynamic or static")
+        return self
+
+    def resolved(self) -> QuantizeConfig:
+        """This config with `reduce_range: auto` decided for the CPU the run measures on."""
+        if self.reduce_range != "auto":
+            return self
+        from optimize.hardware import has_int8_dot_product
+
+        reduce = self.bits == 8 and self.weight_type == "int8" and self.mode != "weight_only" and not has_int8_dot_product()
+        return self.model_copy(update={"reduce_range": reduce})
+
+
+def calibration_refusal(cfg: QuantizeConfig, config: Any, specs: list[Any], has_input_spec: bool) -> str | None:
+    """Why static calibration cannot run or would not be evidence here (None: it can)."""
+    from optimize.probes import random_ids_message, random_ids_would_be_used
+
+    data = config.data
+    if data.calibration is not None or data.train is not None:
+        return None
+    if not has_input_spec and not specs:
+        return "static quantization needs calibration data (data.calibration or data.train) or declared model.inputs"
+    ids = random_ids_would_be_used(config, specs)
+    if ids:
+        return random_ids_message(ids)
+    if not cfg.random_calibration:
+        return ("static quantization needs representative calibration data: set data.calibration (a .npz of "
+                "preprocessed inputs named as the model's inputs, a folder of images, or text with the model's "
+                "tokenizer), or random_calibration: true to accept ranges from random inputs (rarely right on "
+                "real data), or mode: dynamic")
+    return None

@@ -1,0 +1,282 @@
+"""The calls into ONNX Runtime's quantization tools: dynamic and static int8 (and int4 / binary /
+ternary QDQ weights), block-wise weight-only (MatMulNBits), transformer fusion, and
+`quant_pre_process`. Each takes the pass config and paths; none decides what to try (the pass does).
+
+The quantizers warn through the root logger and print to stdout; callers silence them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from passes.quantize.calibration import CALIBRATION_BATCH, CalibrationReader, calibration_feed
+
+if TYPE_CHECKING:
+    from optimize.context import RunContext
+    from passes.quantize.config import QuantizeConfig
+
+PASS_NAME = "quantize"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (runtime messages are long; the reason is first)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def quantize_file(
+    cfg: QuantizeConfig, qin: Any, out: Any, ctx: RunContext, large: bool, metrics: dict[str, Any],
+    notes: list[str], include: list[str] | None = None, exclude: list[str] | None = None,
+) -> None:
+    """Quantize `qin` into `out` with settings `cfg` (dynamic or static; not auto)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from optimize import onnx_io
+
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int4": QuantType.QInt4}
+    extra: dict[str, Any] = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    weight_type = "int4" if cfg.bits == 4 else cfg.weight_type
+    if cfg.bits in (1, 2, 4):
+        extra["WeightSymmetric"] = True
+    exclude = [*cfg.exclude_nodes, *(exclude or [])]
+    if cfg.mode == "dynamic":
+        ignored = sorted(
+            {"format", "activation_type", "calibration", "calibration_samples"} & cfg.model_fields_set
+        )
+        if ignored and cfg.format != "auto":
+            notes.append(f"{', '.join(ignored)}: apply to static quantization only; ignored in dynamic mode")
+        if cfg.op_types is not None and "Gemm" in cfg.op_types and "MatMul" not in cfg.op_types:
+            notes.append(
+                "dynamic quantization rewrites Gemm as MatMul + Add before quantizing: list MatMul in "
+                "op_types to quantize Gemm layers"
+            )
+        # ONNX Runtime renames a Gemm it rewrites to NAME_MatMul before applying node lists
+        alias = lambda names: [*names, *(f"{n}_MatMul" for n in names)]  # noqa: E731
+        quantize_dynamic(
+            str(qin), str(out), op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
+            reduce_range=cfg.reduce_range, weight_type=qtype[cfg.weight_type],
+            nodes_to_quantize=alias(include) if include else None,
+            nodes_to_exclude=alias(exclude) or None, use_external_data_format=large,
+            extra_options={**extra, "EnableSubgraph": True},
+        )
+        onnx_io.normalize_ir_version_file(out)  # runnable as written (old IR: initializer inputs)
+        return
+    ort_in, projected = qin, None
+    if cfg.bits in (1, 2):  # binary/ternary: project the float weights first (a no-op after QAT)
+        from pathlib import Path
+
+        from passes.quantize.lowbit import project_model
+
+        ort_in = Path(out).with_name(Path(out).stem + ".lowbit-float.onnx")
+        projected = project_model(qin, ort_in, cfg.bits, cfg.per_channel, cfg.op_types, exclude, include)
+        try:
+            static(cfg, ort_in, qin, out, ctx, large, metrics, notes, include, exclude, weight_type, extra)
+        finally:
+            for f in (ort_in, ort_in.with_name(ort_in.name + ".data")):
+                f.unlink(missing_ok=True)
+        materialize_lowbit(cfg, out, projected, metrics, notes)
+        return
+    static(cfg, qin, qin, out, ctx, large, metrics, notes, include, exclude, weight_type, extra)
+
+
+def materialize_lowbit(
+    cfg: QuantizeConfig, out: Any, projected: dict[str, Any], metrics: dict[str, Any], notes: list[str],
+) -> None:
+    """Rewrite ONNX Runtime's int8 weights of the projected layers as codes {-1, 0, 1} × α."""
+    from passes.quantize.lowbit import SCHEME_TEXT, lowbit_name, materialize_codes
+
+    done = materialize_codes(out, projected, cfg.bits)
+    metrics.update(
+        logical_bits=cfg.bits, lowbit_scheme=SCHEME_TEXT[cfg.bits],
+        lowbit_storage="int8 codes (binary -1/1, ternary -1/0/1) × float32 scale per output channel "
+        "(DequantizeLinear); activations quantized by ONNX Runtime's static QDQ quantizer",
+        lowbit_weights=len(done["codes"]),
+    )
+    if done["left_float"] or done["mismatched"]:
+        left = [*done["left_float"], *done["mismatched"]]
+        metrics["lowbit_left_float"] = left
+        notes.append(
+            f"{len(left)} layer(s) hold {lowbit_name(cfg.bits)} values but were not stored as int8 codes by "
+            f"ONNX Runtime's quantizer ({', '.join(left)}): they count at their stored bits"
+        )
+    if not projected:
+        notes.append(
+            f"no Conv/Gemm/MatMul weight could take {lowbit_name(cfg.bits)} values (a weight must be a float "
+            "initializer read directly by its layer)"
+        )
+
+
+def _ranges_cache(cfg: QuantizeConfig, ort_in: Any, qin: Any, samples: int) -> dict[str, Any]:
+    """ONNX Runtime's calibration cache (`calibration_cache_path`, onnxruntime >= 1.25) for the prepared
+    input: activation ranges do not depend on which nodes are quantized, so the accuracy-aware fallback
+    and `format: auto` calibrate once instead of once per variant (62 times on a real detector)."""
+    import hashlib
+    import inspect
+    from pathlib import Path
+
+    from onnxruntime.quantization import quantize_static
+
+    if ort_in != qin or "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        return {}  # binary/ternary: calibrated on the projected weights; older runtimes: no cache
+    key = hashlib.sha256(repr((cfg.calibration, samples, cfg.op_types)).encode()).hexdigest()[:16]
+    folder = Path(qin).parent / "ranges"
+    folder.mkdir(exist_ok=True)
+    return {"calibration_cache_path": str(folder / f"{Path(qin).stem}-{key}.json")}
+
+
+def static(
+    cfg: QuantizeConfig, ort_in: Any, qin: Any, out: Any, ctx: RunContext, large: bool,
+    metrics: dict[str, Any], notes: list[str], include: list[str] | None, exclude: list[str], weight_type: str,
+    extra: dict[str, Any],
+) -> None:
+    """ONNX Runtime's quantize_static on `ort_in` (calibrated in small batches) into `out`."""
+    import io
+    from contextlib import redirect_stdout
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from optimize import onnx_io
+    from optimize.errors import PassError
+    from optimize.inspect_onnx import all_graphs
+
+    qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int4": QuantType.QInt4}
+    batches, used, source = calibration_feed(qin, ctx, cfg.calibration_samples)
+    if not batches:
+        raise PassError(PASS_NAME, "no calibration samples (the calibration data set is empty)")
+    metrics.update(
+        calibration=cfg.calibration, calibration_samples=used, calibration_source=source,
+        calibration_batches=len(batches),
+        calibration_merge=f"ranges merged per batch of {CALIBRATION_BATCH} (bounded memory)",
+    )
+    if source.startswith("random"):
+        notes.append(
+            "static ranges calibrated on random inputs from the input spec: activation ranges may "
+            "not match real data; declare data.calibration for a meaningful calibration"
+        )
+    key = f"{PASS_NAME}.calibrate"
+    ctx.progress.start(key, "calibrating activation ranges", len(batches))
+    reader = CalibrationReader(batches, ctx.progress, key)
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[cfg.calibration]
+    try:
+        with redirect_stdout(io.StringIO()):  # the histogram collector prints per batch
+            quantize_static(
+                str(ort_in), str(out), reader,
+                quant_format=QuantFormat.QOperator if cfg.format == "qoperator" else QuantFormat.QDQ,
+                op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range, activation_type=qtype[cfg.activation_type],
+                weight_type=qtype[weight_type], nodes_to_quantize=include or None,
+                nodes_to_exclude=exclude or None,
+                use_external_data_format=large, calibrate_method=method,
+                # one batch per collect: ranges/histograms merged as they come (bounded memory)
+                extra_options={**extra, "CalibStridedMinMax": 1},
+                **_ranges_cache(cfg, ort_in, qin, used),
+            )
+    finally:
+        ctx.progress.finish(key)
+    onnx_io.normalize_ir_version_file(out)
+    if len(list(all_graphs(onnx.load(str(qin), load_external_data=False).graph))) > 1:
+        notes.append(
+            "static quantization leaves If/Loop/Scan bodies in float (ONNX Runtime quantizes "
+            "subgraphs in dynamic mode only)"
+        )
+    if cfg.format == "qoperator" and cfg.per_channel:
+        notes.append(
+            "QOperator per-channel kernels have measured far slower than QDQ on AVX2 CPUs without "
+            "VNNI (0.2x of float32 in the field notes); prefer format: qdq unless measured faster"
+        )
+
+# ------------------------------------------------------------------ goal, fallback, auto
+
+
+def weight_only(cfg: QuantizeConfig, qin: Any, out: Any, large: bool, metrics: dict[str, Any], notes: list[str]) -> None:
+    """int4/int8 block-wise MatMul weights with ONNX Runtime's MatMulNBits quantizer."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    if cfg.op_types is not None and not {"MatMul", "Gemm"} & set(cfg.op_types):
+        notes.append(f"weight_only quantizes MatMul/Gemm weights; op_types {cfg.op_types} selects none")
+    proto = onnx.load(str(qin))
+    wrapped = ONNXModel(proto)
+    gemms = sum(1 for n in proto.graph.node if n.op_type == "Gemm")
+    if gemms and (cfg.op_types is None or "Gemm" in cfg.op_types):
+        wrapped.replace_gemm_with_matmul()  # MatMulNBits replaces MatMul only
+        metrics["gemm_rewritten_as_matmul"] = gemms
+    quantizer = MatMulNBitsQuantizer(
+        wrapped.model, bits=cfg.bits, block_size=cfg.block_size, is_symmetric=cfg.symmetric_blocks,
+        accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=list(cfg.exclude_nodes),
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), large)
+    if cfg.accuracy_level != 4:
+        notes.append(
+            "weight_only keeps activations in float: the gain is size (and memory bandwidth); "
+            "accuracy_level: 4 lets ONNX Runtime compute with int8 activations, usually faster on CPU"
+        )
+
+
+def fuse(cfg: QuantizeConfig, src: Any, dst: Any, large: bool, metrics: dict[str, Any]) -> Any:
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from optimize.errors import PassError
+    from optimize.inspect_onnx import op_counts
+
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            opt = optimize_model(str(src), model_type=cfg.fusion, num_heads=cfg.num_heads,
+                                 hidden_size=cfg.hidden_size)
+            opt.save_model_to_file(str(dst), use_external_data_format=large)
+            stats = opt.get_fused_operator_statistics()
+    except Exception as exc:
+        raise PassError(PASS_NAME, f"ONNX Runtime's transformer fusion ({cfg.fusion}) failed: {first_line(exc)}") from exc
+    before, after = op_counts(src), op_counts(dst)
+    metrics["fusion"] = {
+        "model_type": cfg.fusion,
+        "fused_ops": {k: int(v) for k, v in stats.items() if v},
+        "nodes_before": sum(before.values()),
+        "nodes_after": sum(after.values()),
+    }
+    return dst
+
+
+def preprocess(src: Any, pre: Any, large: bool, notes: list[str]) -> Any:
+    import io
+    import logging
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quiet = logging.getLogger()
+    old_level = quiet.level
+    quiet.setLevel(max(old_level, logging.ERROR))
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            quant_pre_process(
+                str(src), str(pre), save_as_external_data=large, all_tensors_to_one_file=True,
+                external_data_location=pre.name + ".data" if large else None,
+            )
+        return pre
+    except Exception as exc:
+        notes.append(
+            f"ONNX Runtime's quant_pre_process (shape inference) failed ({first_line(exc)}); "
+            "quantized the model without it"
+        )
+        pre.unlink(missing_ok=True)
+        return src
+    finally:
+        quiet.setLevel(old_level)

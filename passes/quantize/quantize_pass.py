@@ -1,0 +1,206 @@
+"""The quantize pass: planning checks, the torch route (quantization-aware training, materialized after
+export) and the ONNX route (fuse → prepare → ONNX Runtime's `quant_pre_process` → a fixed format,
+`format: auto`, or weight-only → counts of what became integer)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from passes.base import Pass
+from passes.quantize import ort
+from passes.quantize.config import QuantizeConfig, calibration_refusal
+
+if TYPE_CHECKING:
+    from optimize.context import PlanContext, RunContext
+    from optimize.handle import ModelHandle
+    from passes.base import PassResult
+    from passes.quantize.job import Job
+
+class QuantizePass(Pass):
+    name = "quantize"
+    summary = (
+        "int8 with ONNX Runtime's quantizers: dynamic, or static calibrated (QDQ / QOperator), format auto "
+        "(measured candidates), int4 weight-only, binary/ternary weights (int8 codes); "
+        "before distill, quantization-aware training on ORT's exact weight grid"
+    )
+    config_cls = QuantizeConfig
+    accepts = frozenset({"torch", "onnx"})
+
+    # ------------------------------------------------------------------ planning
+
+    def form_for(self, current, later_passes):  # type: ignore[no-untyped-def]
+        if current == "torch" and any(getattr(p, "trains", False) for p in later_passes):
+            return "torch"  # quantization-aware training: simulate now, materialize after export
+        return "onnx"
+
+    def defers(self, form):  # type: ignore[no-untyped-def]
+        return form == "torch"
+
+    def check(self, plan: PlanContext) -> None:
+        from optimize.errors import ConfigError
+
+        cfg = self.config
+        assert isinstance(cfg, QuantizeConfig)
+        key = f"{plan.key}.quantize"
+        if plan.form_at_pass == "torch":  # quantization-aware training before distill
+            if cfg.format == "auto":
+                raise ConfigError(
+                    "format auto measures finished ONNX candidates; with quantization-aware training (quantize "
+                    "before distill) choose the format (qdq or qoperator) and mode", key=f"{key}.format",
+                )
+            if cfg.mode == "weight_only" or cfg.fusion != "none":
+                field = "mode" if cfg.mode == "weight_only" else "fusion"
+                raise ConfigError(
+                    f"{field} {getattr(cfg, field)} applies to ONNX models; quantization-aware training (quantize "
+                    "before distill) simulates int8 dynamic/static", key=f"{key}.{field}",
+                )
+        # format auto without an explicit mode tries static only when it can calibrate
+        needs_static = cfg.mode == "static" and (cfg.format != "auto" or "mode" in cfg.model_fields_set)
+        if needs_static and plan.form_at_pass == "onnx":  # (QAT re-calibrates on the pipeline's data)
+            reason = calibration_refusal(cfg, plan.config, list(getattr(plan.model, "inputs", None) or []),
+                                         plan.has_input_spec)
+            if reason is not None:
+                raise ConfigError(reason, key=f"{key}.mode")
+        if cfg.mode == "static" and cfg.activation_type == "int8" and cfg.weight_type == "uint8":
+            raise ConfigError(
+                "ONNX Runtime does not support int8 activations with uint8 weights; use weight_type: int8",
+                key=f"{key}.weight_type",
+            )
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, model: ModelHandle, ctx: RunContext) -> PassResult:
+        if model.form == "torch":
+            from passes.quantize.qat import qat_result
+
+            cfg = self.config
+            assert isinstance(cfg, QuantizeConfig)
+            return qat_result(model, cfg.resolved(), self.name)
+        return self._quantize_onnx(model, ctx, after_qat=False)
+
+    def finalize(self, model: ModelHandle, ctx: RunContext) -> PassResult:
+        result = self._quantize_onnx(model, ctx, after_qat=True)
+        pending = list(result.model.pending)
+        for i, (name, _) in enumerate(pending):
+            if name == self.name:
+                del pending[i]
+                break
+        result.model = result.model.replace(pending=pending)
+        return result
+
+    def _quantize_onnx(self, model: ModelHandle, ctx: RunContext, after_qat: bool) -> PassResult:
+        from optimize import onnx_io
+        from optimize.errors import PassError
+        from passes.base import PassResult
+        from passes.quantize.report import base_metrics, describe_result
+
+        cfg = self.config
+        assert isinstance(cfg, QuantizeConfig)
+        cfg = cfg.resolved()
+        if model.onnx_path is None:
+            raise PassError(self.name, "expected an ONNX model")
+        src = Path(model.onnx_path)
+        step = ctx.step_dir(self.name)
+        notes: list[str] = []
+        metrics = base_metrics(cfg, after_qat)
+        if self.config.reduce_range == "auto" and cfg.reduce_range:
+            notes.append("reduce_range on (7-bit weights): this CPU has no int8 dot-product instructions (VNNI), where "
+                         "ONNX Runtime's u8s8 kernels can saturate; set reduce_range: false for a VNNI target")
+        ctx.progress.start(f"{self.name}.prepare", "preparing the model for the quantizer", None)
+        try:
+            job, fused = self._prepare(cfg, src, step, ctx, metrics, notes)
+        finally:
+            ctx.progress.finish(f"{self.name}.prepare")
+        quiet = logging.getLogger()
+        old_level = quiet.level
+        quiet.setLevel(max(old_level, logging.ERROR))  # the quantizers warn through the root logger
+        try:
+            final = self._route(job, model, fused, step / "model.onnx", metrics, notes)
+        finally:
+            quiet.setLevel(old_level)
+            _cleanup(step, keep=("model.onnx", "model.onnx.data"))
+        if final != src:
+            onnx_io.normalize_ir_version_file(final)  # the quantizer raises the opset, not the IR version
+        describe_result(cfg, src, final, after_qat, metrics, notes)
+        return PassResult(model.replace(onnx_path=final), metrics, notes)
+
+    def _prepare(self, cfg: QuantizeConfig, src: Path, step: Path, ctx: RunContext, metrics: dict[str, Any],
+                 notes: list[str]) -> tuple[Job, Path]:
+        """Fusion (optional), then make the model quantizable, then ONNX Runtime's pre-processing."""
+        from optimize import onnx_io
+        from passes.quantize.job import Job, working_directory
+        from passes.quantize.prepare import PER_CHANNEL_QDQ_OPSET, prepare
+
+        large = onnx_io.total_bytes(src) > onnx_io.EXTERNAL_DATA_THRESHOLD
+        scratch = step / "scratch"
+        fused = ort.fuse(cfg, src, step / "fused.onnx", large, metrics) if cfg.fusion != "none" else src
+        per_channel_qdq = cfg.per_channel and (cfg.mode == "static" or cfg.format == "auto")
+        prepared = step / "prepared.onnx"
+        info = prepare(fused, prepared, min_opset=PER_CHANNEL_QDQ_OPSET if per_channel_qdq else None, large=large)
+        metrics["prepare"] = info.metrics()
+        notes.extend(info.notes)
+        job = Job(cfg, ctx, src, prepared, scratch, large)
+        if per_channel_qdq and info.opset_to is None and _opset(prepared) < PER_CHANNEL_QDQ_OPSET and cfg.mode == "static":
+            job.cfg = cfg.model_copy(update={"per_channel": False})
+            notes.append(f"per-tensor weights: per-channel QDQ needs opset {PER_CHANNEL_QDQ_OPSET} and the opset "
+                         "could not be converted")
+        with working_directory(scratch):
+            job.qin = ort.preprocess(prepared, step / "preprocessed.onnx", large, notes)
+        metrics["preprocessed"] = job.qin != prepared
+        return job, fused
+
+    def _route(self, job: Job, model: ModelHandle, fused: Path, out: Path, metrics: dict[str, Any],
+               notes: list[str]) -> Path:
+        from optimize.errors import OptimizeError, PassError
+        from passes.quantize.fallback import fixed_with_fallback
+        from passes.quantize.job import working_directory
+        from passes.quantize.search import run_auto
+
+        cfg = job.cfg
+        try:
+            if cfg.mode == "weight_only":
+                with working_directory(job.scratch):
+                    ort.weight_only(cfg, job.qin, out, job.large, metrics, notes)
+                return out
+            if cfg.format == "auto":
+                return run_auto(job, model.inputs, fused, out, metrics, notes)
+            repair = job.quantize(cfg, out, metrics, notes)
+            _report_repair(repair, metrics, notes)
+            return fixed_with_fallback(job, out, metrics, notes)
+        except OptimizeError:  # PassError, DataError: already say what is wrong
+            raise
+        except Exception as exc:
+            job.ctx.log.debug("quantization failed", exc_info=True)
+            raise PassError(self.name, f"ONNX Runtime's quantizer failed: {ort.first_line(exc)}") from exc
+
+
+def _report_repair(repair: Any, metrics: dict[str, Any], notes: list[str]) -> None:
+    metrics["repair_float_nodes"] = list(repair.float_nodes)
+    if repair.float_nodes:
+        notes.append(
+            f"kept {len(repair.float_nodes)} node(s) in float because ONNX Runtime's quantizer failed on them or its "
+            f"output did not load: {'; '.join(repair.reasons)}"
+        )
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    from passes.quantize.prepare import default_opset
+
+    return default_opset(onnx.load(str(path), load_external_data=False))
+
+
+def _cleanup(step: Path, keep: tuple[str, ...]) -> None:
+    """Remove the step's intermediate files (prepared, pre-processed, fused, scratch), keep the result."""
+    import shutil
+
+    for f in step.iterdir():
+        if f.name in keep:
+            continue
+        if f.is_dir():
+            shutil.rmtree(f, ignore_errors=True)
+        else:
+            f.unlink(missing_ok=True)
