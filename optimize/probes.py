@@ -102,6 +102,20 @@ def random_batches(specs: list[TensorSpec], n: int, batch: int, seed: int = 0) -
 # ---------------------------------------------------------------- batching with scalars
 
 
+# One inference call or calibration batch gets at most this many input elements (all inputs of the
+# batch together): a detector at 1x3x736x1088 (2.4M) then runs one image at a time, where 64 at once
+# had ONNX Runtime's activations killed by the kernel's OOM killer on a 24 GB machine.
+BATCH_INPUT_ELEMENTS = 1 << 22
+
+
+def bounded_batch(inputs: dict[str, np.ndarray], wanted: int) -> int:
+    """`wanted`, lowered so one batch holds at most BATCH_INPUT_ELEMENTS input elements (at least 1)."""
+    per_sample = sum(int(np.prod(v.shape[1:])) for v in inputs.values() if np.ndim(v) > 0)
+    if per_sample <= 0:
+        return max(1, wanted)
+    return max(1, min(wanted, BATCH_INPUT_ELEMENTS // per_sample))
+
+
 def sample_count(inputs: dict[str, np.ndarray]) -> int:
     """Samples in a feed: the first axis of the batched inputs; 1 when every input is a scalar."""
     sizes = [len(v) for v in inputs.values() if np.ndim(v) > 0]

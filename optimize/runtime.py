@@ -47,14 +47,33 @@ def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 def predict(sess: Any, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
     """Run the session over all samples in batches; returns each output concatenated. Scalar (0-d)
-    inputs are fed whole to every batch; a 0-d output becomes one value per batch."""
-    from optimize.probes import sample_count, slice_samples
+    inputs are fed whole to every batch; a 0-d output becomes one value per batch. Large samples
+    (a 736x1088 image) run in smaller batches, so activations stay within memory."""
+    from optimize.probes import bounded_batch, sample_count, slice_samples
 
     n = sample_count(inputs)
+    batch_size = bounded_batch(inputs, batch_size)
     chunks: list[list[np.ndarray]] = []
     for start in range(0, n, batch_size):
         chunks.append(sess.run(None, feeds_for(sess, slice_samples(inputs, start, start + batch_size))))
     return [np.concatenate([np.atleast_1d(c[i]) for c in chunks], axis=0) for i in range(len(chunks[0]))]
+
+
+def predict_reference(sess: Any, inputs: dict[str, np.ndarray], batch_size: int, source: str) -> list[np.ndarray]:
+    """`predict` for the FP32 reference on probe inputs. When the input model itself cannot run on
+    them (silero-vad's `sr` drawn at random is no sample rate it knows), that is a wrong probe, not a
+    broken pass: a DataError (exit 2) that says what to supply."""
+    from optimize.errors import DataError
+
+    try:
+        return predict(sess, inputs, batch_size)
+    except Exception as exc:  # noqa: BLE001 - any runtime failure of the unmodified model
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"the input model does not run on the probe inputs ({source}): {reason} — give realistic inputs: "
+            "data.eval / data.calibration (a .npz with one array per model input), or value ranges "
+            "(model.inputs low/high) for inputs such as a sample rate"
+        ) from exc
 
 
 def _is_exact(arr: np.ndarray) -> bool:

@@ -31,6 +31,7 @@ from typing import Any
 WEIGHTED_LAYER_OPS = ("MatMul", "Gemm", "Conv")
 DEFAULT_AUTO_FLOOR = 0.99  # min cosine vs the float input when no floor is configured (format: auto)
 SENSITIVITY_SAMPLES = 64  # calibration samples per single-layer quantization (sensitivity only)
+SENSITIVITY_BUDGET_S = 180.0  # the per-layer scan is skipped when it would take longer (said in the notes)
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Evaluator:
     """Runs models on the pass's evaluation inputs and compares them with the float input."""
 
     def __init__(self, ctx: Any, float_path: Path, *, want_accuracy: bool) -> None:
-        from optimize.runtime import predict, session
+        from optimize.runtime import predict_reference, session
 
         self.ctx = ctx
         cfg = ctx.config
@@ -83,7 +84,7 @@ class Evaluator:
 
         self.samples = sample_count(self.inputs) if self.inputs else 0
         sess = session(float_path, threads=ctx.threads)
-        self.reference = predict(sess, self.inputs, self.batch)
+        self.reference = predict_reference(sess, self.inputs, self.batch, self.source)
         self.eval_ds = None
         self.float_accuracy: float | None = None
         ds = ctx.data("eval") if want_accuracy else None
@@ -175,23 +176,16 @@ def weighted_layers(path: Path, op_types: list[str] | None, exclude: list[str]) 
 def fallback(
     quantize: QuantizeFn, settings: dict[str, Any], layers: list[str], evaluator: Evaluator, goal: Goal,
     max_layers: int, work: Path, progress: Any, key: str, base_exclude: list[str],
+    budget_s: float = SENSITIVITY_BUDGET_S,
 ) -> tuple[Path | None, Check | None, list[str], dict[str, float]]:
     """Keep the most sensitive layers in float until `goal` holds. Returns (path, check, float
     layers, sensitivity) of the first variant that meets the goal, or of the best one tried (by
-    error) when none does; path is None when no layer could be kept in float."""
+    error) when none does; path is None when no layer could be kept in float (or the sensitivity
+    scan would not fit `budget_s`)."""
     work.mkdir(parents=True, exist_ok=True)
-    sens_settings = dict(settings)
-    if settings.get("mode") == "static":
-        sens_settings["calibration_samples"] = min(int(settings.get("calibration_samples", 256)), SENSITIVITY_SAMPLES)
-    sensitivity: dict[str, float] = {}
-    progress.start(key, "per-layer sensitivity (each layer quantized alone)", len(layers))
-    for i, name in enumerate(layers):
-        out = work / f"sens-{i}.onnx"
-        quantize(sens_settings, out, include=[name], exclude=base_exclude)
-        sensitivity[name] = evaluator.check(out).error()
-        _remove(out)
-        progress.advance(key)
-    progress.finish(key)
+    sensitivity = _sensitivity(quantize, settings, layers, evaluator, work, progress, key, base_exclude, budget_s)
+    if sensitivity is None:
+        return None, None, [], {}
     order = sorted(layers, key=lambda n: -sensitivity[n])
     best: tuple[Path | None, Check | None, list[str]] = (None, None, [])
     limit = min(max_layers, len(order) - 1)  # at least one layer stays quantized
@@ -201,15 +195,44 @@ def fallback(
         quantize(settings, out, include=None, exclude=[*base_exclude, *kept])
         c = evaluator.check(out)
         ok, _ = goal.judge(c)
-        if best[1] is None or c.error() < best[1].error():
+        if ok or best[1] is None or c.error() < best[1].error():
             if best[0] is not None and best[0] != out:
                 _remove(best[0])
             best = (out, c, kept)
-        elif out != best[0]:
+        else:
             _remove(out)
         if ok:
             return out, c, kept, sensitivity
     return best[0], best[1], best[2], sensitivity
+
+
+def _sensitivity(
+    quantize: QuantizeFn, settings: dict[str, Any], layers: list[str], evaluator: Evaluator, work: Path,
+    progress: Any, key: str, base_exclude: list[str], budget_s: float,
+) -> dict[str, float] | None:
+    """Each layer quantized alone: the error it adds. None when the scan, timed on its first layers,
+    would take longer than `budget_s` (62 layers of a 736x1088 detector took over 5 minutes)."""
+    import time
+
+    sens_settings = dict(settings)
+    if settings.get("mode") == "static":
+        sens_settings["calibration_samples"] = min(int(settings.get("calibration_samples", 256)), SENSITIVITY_SAMPLES)
+    sensitivity: dict[str, float] = {}
+    progress.start(key, "per-layer sensitivity (each layer quantized alone)", len(layers))
+    started = time.monotonic()
+    try:
+        for i, name in enumerate(layers):
+            out = work / f"sens-{i}.onnx"
+            quantize(sens_settings, out, include=[name], exclude=base_exclude)
+            sensitivity[name] = evaluator.check(out).error()
+            _remove(out)
+            progress.advance(key)
+            spent = time.monotonic() - started
+            if i >= 1 and spent / (i + 1) * len(layers) > budget_s:
+                return None
+    finally:
+        progress.finish(key)
+    return sensitivity
 
 
 def _remove(path: Path) -> None:

@@ -46,15 +46,26 @@ class CalibrationReader:
 
 def calibration_feed(path: Any, ctx: Any, n: int) -> tuple[Any, int, str]:
     """(batches, samples used, source) for calibrating `path`: the declared data, or random inputs from
-    the input spec generated one batch at a time (memory independent of `n`)."""
+    the input spec generated one batch at a time (memory independent of `n`). Batches of large samples
+    are smaller (optimize.probes.bounded_batch): ONNX Runtime's calibrator keeps every activation of a
+    batch at once."""
+    import numpy as np
+
+    from optimize.probes import (
+        RANDOM_IDS_SOURCE,
+        RANDOM_SOURCE,
+        bounded_batch,
+        random_batches,
+        token_id_inputs,
+    )
+
     if ctx.data("calibration") is not None:
         samples, source = ctx.sample_inputs("calibration", n)
-        batches, used = calibration_batches(path, samples, CALIBRATION_BATCH)
+        batches, used = calibration_batches(path, samples, bounded_batch(samples, CALIBRATION_BATCH))
         return batches, used, source
-    from optimize.probes import RANDOM_IDS_SOURCE, RANDOM_SOURCE, random_batches, token_id_inputs
-
     ctx.resolve_shapes_from_data()
-    batches = random_batches(list(ctx.inputs), n, CALIBRATION_BATCH, ctx.seed)
+    one = {s.name: np.empty(s.concrete_shape(1), dtype=np.uint8) for s in ctx.inputs}  # shapes only
+    batches = random_batches(list(ctx.inputs), n, bounded_batch(one, CALIBRATION_BATCH), ctx.seed)
     source = RANDOM_IDS_SOURCE if token_id_inputs(list(ctx.inputs)) else RANDOM_SOURCE
     return batches, min(n, len(batches) * batches.batch), source
 

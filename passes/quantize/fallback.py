@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from passes.quantize.auto import Evaluator, Goal, fallback, weighted_layers
+from passes.quantize.auto import SENSITIVITY_BUDGET_S, Evaluator, Goal, fallback, weighted_layers
 
 if TYPE_CHECKING:
     from passes.quantize.job import Job
@@ -49,7 +49,11 @@ def fixed_with_fallback(job: Job, out: Path, metrics: dict[str, Any], notes: lis
     settings = {k: getattr(cfg, k) for k in ("mode", "format", "per_channel", "reduce_range")}
     path, best, kept, sens = run_fallback(job, settings, out.parent / "fallback", evaluator, goal)
     if path is None:
-        notes.append(f"the quantized model misses its goal ({reason}) and has no layer to keep in float")
+        why = ("the per-layer sensitivity scan would take longer than "
+               f"{SENSITIVITY_BUDGET_S:.0f} s on this model" if not sens else "it has no layer to keep in float")
+        if not weighted_layers(job.qin, cfg.op_types, cfg.exclude_nodes):
+            why = "it has no weighted layer to keep in float"
+        notes.append(f"the quantized model misses its goal ({reason}); no fallback: {why}")
         return out
     shutil.move(str(path), str(out))
     shutil.rmtree(out.parent / "fallback", ignore_errors=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from passes.quantize.calibration import CALIBRATION_BATCH, CalibrationReader, calibration_feed
+from passes.quantize.calibration import CalibrationReader, calibration_feed
 
 if TYPE_CHECKING:
     from optimize.context import RunContext
@@ -107,6 +107,12 @@ def materialize_lowbit(
         )
 
 
+def _batch_size(batches: Any) -> int:
+    from optimize.probes import sample_count
+
+    return int(getattr(batches, "batch", 0) or sample_count(batches[0]))
+
+
 def _ranges_cache(cfg: QuantizeConfig, ort_in: Any, qin: Any, samples: int) -> dict[str, Any]:
     """ONNX Runtime's calibration cache (`calibration_cache_path`, onnxruntime >= 1.25) for the prepared
     input: activation ranges do not depend on which nodes are quantized, so the accuracy-aware fallback
@@ -153,7 +159,7 @@ def static(
     metrics.update(
         calibration=cfg.calibration, calibration_samples=used, calibration_source=source,
         calibration_batches=len(batches),
-        calibration_merge=f"ranges merged per batch of {CALIBRATION_BATCH} (bounded memory)",
+        calibration_merge=f"ranges merged per batch of {_batch_size(batches)} (bounded memory)",
     )
     if source.startswith("random"):
         notes.append(

@@ -232,3 +232,27 @@ def test_reduce_range_auto_follows_the_cpus_int8_dot_product(monkeypatch):
     assert QuantizeConfig(mode="dynamic", reduce_range=False).resolved().reduce_range is False
     monkeypatch.setattr(hw, "has_int8_dot_product", lambda: True)
     assert QuantizeConfig(mode="static").resolved().reduce_range is False
+
+
+def test_a_reference_model_that_cannot_run_on_random_probes_asks_for_realistic_inputs(tmp_path):
+    """A 0-d input whose random value the model rejects (like silero-vad's sample rate): a DataError
+    (exit 2) that names what to supply, not 'the quantizer failed'."""
+    from optimize.errors import DataError
+
+    w = RNG.standard_normal((16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+         helper.make_node("Unsqueeze", ["rows", "axes"], ["shape0"]),
+         helper.make_node("Concat", ["shape0", "minus1"], ["shape"], axis=0),
+         helper.make_node("Reshape", ["h", "shape"], ["y"])],
+        "needs_rows",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16]),
+         helper.make_tensor_value_info("rows", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["R", "C"])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([0], np.int64), "axes"),
+                     numpy_helper.from_array(np.array([-1], np.int64), "minus1")],
+    )
+    src = save(graph, tmp_path / "rows.onnx", 17)
+    inputs = [TensorSpec("x", ("N", 16)), TensorSpec("rows", (), "int64", low=5, high=6)]  # 5 never divides N*8
+    with pytest.raises(DataError, match="does not run on the probe inputs.*give realistic inputs"):
+        QuantizePass(QuantizeConfig(format="auto", mode="dynamic")).run(handle(src, inputs), make_ctx(tmp_path, inputs))
