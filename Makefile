@@ -35,8 +35,10 @@ test-extras: install
 	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[dev,hf]'
 	$(if $(TF_PYTHON),OPTIMIZE_TF_PYTHON=$(TF_PYTHON),) $(BIN)/python -m pytest -q -m 'not gpu and not distributed' tests/test_frameworks.py tests/test_frameworks_hf.py tests/test_frameworks_tf.py
 
+# lint-imports: the layering contract in pyproject.toml ([tool.importlinter])
 lint: install
 	$(BIN)/ruff check optimize passes cli tests bench
+	$(BIN)/lint-imports
 
 # BENCH_ARGS: e.g. --quick, --only mlp, --wait-idle 300 (see bench/README.md)
 BENCH_ARGS ?=
@@ -44,4 +46,4 @@ bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf out .pytest_cache build *.egg-info
+	rm -rf out .pytest_cache .import_linter_cache build *.egg-info

@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=str(REPO / "bench" / "results-distill.md"))
     args = ap.parse_args(argv)
 
-    from optimize import students
     from optimize.export import copy_module
+    from passes import students
 
     teacher = _setup(args.threads)
     with tempfile.TemporaryDirectory(prefix="optimize-bench-distill-") as tmp:

@@ -16,17 +16,34 @@ def _iqr(v: Any) -> str:
     return f"{v[0]:.2f}–{v[1]:.2f}"
 
 
+def judge_interval(value: float | None, interval: Any, target: float, unit: str = "x") -> str:
+    """A speed target judged on the 95% interval of the ratio (optimize.speed): `met` only when the
+    lower bound clears the target, `missed` when the upper bound does not reach it, else
+    `inconclusive` — the measurement cannot tell."""
+    if value is None or not interval or interval[0] is None:
+        return "not measured"
+    lo, hi = interval
+    shown = f"{value:.2f}{unit}, 95% interval {lo:.2f}–{hi:.2f}"
+    if lo >= target:
+        return f"met ({shown}; lower bound ≥ {target}{unit})"
+    if hi < target:
+        return f"missed ({shown}; upper bound < {target}{unit})"
+    return f"inconclusive ({shown} contains {target}{unit})"
+
+
 def _speed_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
-        "| variant | median ms | speedup vs FP32 (pairwise median) | ratio IQR | size MB | size ratio (FP32 / this) | output cosine vs FP32 (min) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | median ms | speedup vs FP32 (pairwise median) | 95% interval | verdict | ratio IQR | size MB "
+        "| size ratio (FP32 / this) | output cosine vs FP32 (min) |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['variant']} | **error** | {r['error']} | | | | |")
+            out.append(f"| {r['variant']} | **error** | {r['error']} | | | | | | |")
             continue
         out.append(
-            f"| {r['variant']} | {_f(r['median_ms'], '.3f')} | {_f(r['speedup'], '.2f', 'x')} | {_iqr(r['speedup_iqr'])} "
+            f"| {r['variant']} | {_f(r['median_ms'], '.3f')} | {_f(r['speedup'], '.2f', 'x')} | {_iqr(r.get('speedup_ci'))} "
+            f"| {r.get('verdict') or '—'} | {_iqr(r['speedup_iqr'])} "
             f"| {_f(r['size_mb'], '.2f')} | {_f(r['size_ratio'], '.2f', 'x')} | {_f(r['cosine'], '.5f')} |"
         )
     return out
@@ -34,14 +51,15 @@ def _speed_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def _digits_table(rows: list[dict[str, Any]]) -> list[str]:
     out = [
-        "| model | test accuracy % | median ms (batch 1) | speedup (batch 1) | median ms (batch 32) | speedup (batch 32) | size MB | size ratio |",
+        "| model | test accuracy % | median ms (batch 1) | speedup (batch 1, 95% interval) | median ms (batch 32) "
+        "| speedup (batch 32, 95% interval) | size MB | size ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         out.append(
             f"| {r['variant']} | {_f(r['accuracy'], '.2f')} | {_f(r['median_ms_b1'], '.4f')} "
-            f"| {_f(r['speedup_b1'], '.2f', 'x')} (IQR {_iqr(r['speedup_b1_iqr'])}) | {_f(r['median_ms_b32'], '.4f')} "
-            f"| {_f(r['speedup_b32'], '.2f', 'x')} (IQR {_iqr(r['speedup_b32_iqr'])}) | {_f(r['size_mb'], '.4f')} "
+            f"| {_f(r['speedup_b1'], '.2f', 'x')} (95% {_iqr(r.get('speedup_b1_ci'))}) | {_f(r['median_ms_b32'], '.4f')} "
+            f"| {_f(r['speedup_b32'], '.2f', 'x')} (95% {_iqr(r.get('speedup_b32_ci'))}) | {_f(r['size_mb'], '.4f')} "
             f"| {_f(r['size_ratio'], '.2f', 'x')} |"
         )
     return out
@@ -112,6 +130,9 @@ def render(*, profile: dict[str, Any], cases: list[dict[str, Any]], mode: str, s
         "",
         *_load_warning(profile, cases),
         "## Targets",
+        "",
+        "Speed targets are judged on the 95% interval of the ratio: met when its lower bound clears the target, "
+        "missed when its upper bound does not reach it, inconclusive otherwise.",
         "",
         "| case | target | result |",
         "| --- | --- | --- |",

@@ -1,7 +1,9 @@
 """The benchmark suite: `make bench` (or `.venv/bin/python bench/run.py [--quick] [--only NAME]`).
 
-Seven cases, each measured side by side in one interleaved run (A B C A B C ..., ONNX Runtime
-spinning off, 2 threads by default) and reported as the median of per-round ratios against FP32:
+Seven cases, each measured side by side in one interleaved run (every variant once per round, in
+balanced orders; ONNX Runtime spinning off, 2 threads by default) and reported as the median of
+per-round ratios against FP32 with its 95% interval; speed targets are met / missed / inconclusive
+by that interval:
 
 1. `mlp`    — MLP 1024-4096-1024 at batch 1 and 64: FP32 ONNX vs ONNX Runtime's quantize_dynamic
               with defaults vs `optimize` with configs/onnx-int8.yaml vs `optimize` with a static
@@ -47,6 +49,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 from bench import report as md  # noqa: E402
+from bench.report import judge_interval  # noqa: E402
 
 CASES = ("mlp", "digits", "resnet", "bert", "resnet-auto", "int4", "digits-qat4")
 
@@ -108,20 +111,23 @@ def ratios(num: Any, den: Any) -> list[float]:
 
 
 def speed_columns(timings: dict[str, Any], base: str) -> dict[str, dict[str, Any]]:
-    """Per model: median ms, speedup = median of per-round base/model ratios, and its IQR."""
-    from optimize.benchmark import pairwise_ratio
-
+    """Per model: median ms, speedup = median of per-round base/model ratios, its 95% interval and
+    verdict (optimize.speed), and its IQR."""
     out: dict[str, dict[str, Any]] = {}
     for name, t in timings.items():
-        r = ratios(timings[base], t)
-        q1, q3 = (np.percentile(r, [25, 75]).tolist() if r else (None, None))
-        out[name] = {
-            "median_ms": t.median_ms,
-            "speedup": pairwise_ratio(timings[base], t),
-            "speedup_iqr": [q1, q3],
-            "runs": len(t.times_ms),
-        }
+        out[name] = {"median_ms": t.median_ms, **ratio_columns(ratios(timings[base], t)), "runs": len(t.times_ms)}
     return out
+
+
+def ratio_columns(r: list[float]) -> dict[str, Any]:
+    """speedup (median), speedup_ci (95% bootstrap interval), verdict and speedup_iqr of per-round ratios."""
+    from optimize.speed import estimate
+
+    if not r:
+        return {"speedup": None, "speedup_ci": None, "verdict": None, "speedup_iqr": [None, None]}
+    est = estimate(r)
+    return {"speedup": est.value, "speedup_ci": [est.low, est.high], "verdict": est.verdict,
+            "speedup_iqr": np.percentile(r, [25, 75]).tolist()}
 
 
 class PhaseTimer:
@@ -233,15 +239,16 @@ def torch_eager_row(factory: str, fp32: Path, inputs: dict[str, np.ndarray], thr
                     module(*args) if which == "torch" else sess.run(None, feed)
                 (torch_ms if which == "torch" else onnx_ms).append((time.perf_counter() - t0) * 1000.0 / inner)
     ratios = [a / b for a, b in zip(onnx_ms, torch_ms, strict=True) if b > 0]
-    q1, q3 = np.percentile(ratios, [25, 75]).tolist()
     return {"variant": f"torch eager FP32 ({torch.__version__}, interleaved with FP32 ONNX)",
-            "median_ms": float(np.median(torch_ms)), "speedup": float(np.median(ratios)), "speedup_iqr": [q1, q3],
+            "median_ms": float(np.median(torch_ms)), **ratio_columns(ratios),
             "runs": len(torch_ms), "size_mb": None, "size_ratio": None, "cosine": None}
 
 
 def tool_summary(report: Any, seconds: float) -> str:
+    from optimize.speed import format_ratio
+
     sp = report.metrics.get("speedup")
-    sp_txt = f"{sp.value:.2f}x" if sp is not None and sp.value is not None else "n/a"
+    sp_txt = format_ratio(sp.value, sp.interval, sp.verdict) if sp is not None and sp.value is not None else "n/a"
     lat = report.latency.get("output")
     where = f" at batch {lat.batch}, {lat.threads} threads" if lat else ""
     steps = ", ".join(f"{s.type}{' (inserted)' if s.inserted else ''} {s.seconds:.1f}s" for s in report.steps)
@@ -348,10 +355,11 @@ def case_mlp(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
         case["tables"].append({"caption": f"batch {batch}, {threads} threads", "kind": "speed", "rows": rows})
         for label in variants:
             if label.startswith("optimize"):
-                measured = cols[label]["speedup"] if label in cols else None
+                col = cols.get(label, {})
                 case["targets"].append({
                     "target": f"{label.split(' (')[0]}: speedup ≥ {MLP_TARGET[batch]}x at batch {batch}",
-                    "result": f"error: {errors[label]}" if label in errors else target_ge(measured, MLP_TARGET[batch]),
+                    "result": f"error: {errors[label]}" if label in errors
+                    else judge_interval(col.get("speedup"), col.get("speedup_ci"), MLP_TARGET[batch]),
                 })
     case["notes"].append(
         f"Output cosine: minimum over {s['parity_samples']} random inputs (uniform [-1, 1]) of the per-sample "
@@ -400,7 +408,9 @@ def case_digits(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
         rows.append({
             "variant": label, "accuracy": accuracy,
             "median_ms_b1": c1["median_ms"], "speedup_b1": c1["speedup"], "speedup_b1_iqr": c1["speedup_iqr"],
+            "speedup_b1_ci": c1["speedup_ci"],
             "median_ms_b32": c32["median_ms"], "speedup_b32": c32["speedup"], "speedup_b32_iqr": c32["speedup_iqr"],
+            "speedup_b32_ci": c32["speedup_ci"],
             "size_mb": sizes[label] / 1e6, "size_ratio": sizes["teacher (FP32 ONNX)"] / sizes[label],
         })
     case["tables"].append({"caption": f"{threads} threads; accuracy on the {len(x_te)}-sample digits test split",
@@ -415,7 +425,9 @@ def case_digits(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
         + (f", gates: {'; '.join(g.message for g in report.gates)}" if report.gates else "") + "."
     )
     if sp is not None and sp.value is not None:
-        case["notes"].append(f"The report's own speedup: {sp.value:.2f}x ({sp.formula}).")
+        from optimize.speed import format_ratio
+
+        case["notes"].append(f"The report's own speedup: {format_ratio(sp.value, sp.interval, sp.verdict)} ({sp.formula}).")
     case["targets"].append({"target": f"digits: accuracy within {DIGITS_MAX_DROP} points of the teacher",
                             "result": target_le(drop, DIGITS_MAX_DROP, " pts")})
     return case
@@ -527,7 +539,8 @@ def case_resnet(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
             case["targets"].append({"target": f"ResNet pruned 50%: {t}", "result": f"error: {errors[prune_label]}"})
     else:
         case["targets"].append({"target": f"ResNet pruned 50%: speedup ≥ {RESNET_SPEEDUP_TARGET}x",
-                                "result": target_ge(cols[prune_label]["speedup"], RESNET_SPEEDUP_TARGET)})
+                                "result": judge_interval(cols[prune_label]["speedup"], cols[prune_label]["speedup_ci"],
+                                                         RESNET_SPEEDUP_TARGET)})
         case["targets"].append({"target": f"ResNet pruned 50%: ≥ {RESNET_SIZE_TARGET}x smaller",
                                 "result": target_ge(sizes["FP32 ONNX"] / sizes[prune_label], RESNET_SIZE_TARGET)})
     case["notes"].append(
@@ -590,14 +603,13 @@ def _opt_variant(case: dict[str, Any], label: str, model: str | None, config: st
 
 
 def _ratio_target(label: str, timings: dict[str, Any], num: str, den: str, target: float) -> dict[str, str]:
-    """`den` vs `num` head to head: the median of per-round num/den ratios from the same interleaved run."""
-    from optimize.benchmark import pairwise_ratio
-
+    """`den` vs `num` head to head: the median of per-round num/den ratios from the same interleaved
+    run, judged on its 95% interval."""
     if num not in timings or den not in timings:
         return {"target": label, "result": "not measured (a variant errored)"}
-    r = ratios(timings[num], timings[den])
-    q1, q3 = np.percentile(r, [25, 75]).tolist() if r else (None, None)
-    res = target_ge(pairwise_ratio(timings[num], timings[den]), target)
+    c = ratio_columns(ratios(timings[num], timings[den]))
+    q1, q3 = c["speedup_iqr"]
+    res = judge_interval(c["speedup"], c["speedup_ci"], target)
     return {"target": label, "result": res + (f"; per-round IQR {q1:.2f}–{q3:.2f}" if q1 is not None else "")}
 
 
@@ -722,8 +734,9 @@ def case_bert(work: Path, threads: int, s: dict[str, Any]) -> dict[str, Any]:
                         ("kd", f"issue 5: prune + KD + int8 ≥ {BERT_KD_SPEED_TARGET}x faster than the FP32 teacher")):
         label = L[key]
         goal = BERT_PRUNE_TARGET if key == "prune" else BERT_KD_SPEED_TARGET
+        col = cols.get(label, {})
         case["targets"].append({"target": target, "result": f"error: {errors[label]}" if label in errors
-                                else target_ge(cols[label]["speedup"] if label in cols else None, goal)})
+                                else judge_interval(col.get("speedup"), col.get("speedup_ci"), goal)})
     case["targets"].append(_cos_target(f"issue 5: prune + KD + int8 cosine vs the teacher ≥ {BERT_KD_COSINE_TARGET} "
                                        "(Zipf ids)", cos.get(L["kd"]), BERT_KD_COSINE_TARGET))
     case["notes"].append(

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import math
 import os
 import sys
 import traceback
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 import typer
 
+from cli.io import check_verbosity, emit_json, out, quiet_warnings, stdout_to_stderr
 from optimize import __version__
 from optimize.errors import OptimizeError, UsageError
 
@@ -98,27 +96,6 @@ def _std_streams_open() -> None:
 def _one_line(message: str) -> str:
     parts = [p.strip() for p in str(message).splitlines() if p.strip()]
     return " | ".join(parts) if parts else ""
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    sys.stdout.flush()
-
-
-def _emit_json(data: Any) -> None:
-    """One strict JSON document on stdout. NaN/Infinity become null, as in the report file that
-    pydantic writes (`model_dump_json`), so every JSON parser accepts it."""
-    _out(json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False, default=str))
-
-
-def _finite(v: Any) -> Any:
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_finite(x) for x in v]
-    return v
 
 
 def _stdout_console() -> Any:
@@ -197,40 +174,6 @@ def _is_click_exception(exc: BaseException) -> bool:
     return isinstance(exc, _CLICK_EXCEPTION)
 
 
-def _check_verbosity(quiet: bool, verbose: bool) -> None:
-    if quiet and verbose:
-        raise UsageError("-q/--quiet and -v/--verbose cannot be used together")
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """While the library works, send everything written to stdout to stderr instead.
-
-    Libraries print (exporters, training loops, C++ runtimes writing to file descriptor 1); stdout
-    is reserved for results, so `--json` output stays exactly one JSON document. Redirects both
-    `sys.stdout` and, when stdout is a real file, file descriptor 1.
-    """
-    saved_fd = None
-    try:
-        fd = sys.stdout.fileno()
-        err_fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = err_fd = -1
-    if fd >= 0 and err_fd >= 0 and fd != err_fd:
-        sys.stdout.flush()
-        saved_fd = os.dup(fd)
-        os.dup2(err_fd, fd)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        if saved_fd is not None:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-            os.dup2(saved_fd, fd)
-            os.close(saved_fd)
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """While a command works, SIGTERM raises `Terminated` (a KeyboardInterrupt) so the Ctrl-C
@@ -262,22 +205,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@contextlib.contextmanager
-def _quiet_warnings(quiet: bool) -> Iterator[None]:
-    if not quiet:
-        yield
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
 # ---------------------------------------------------------------- root
 
 
 def _version_callback(value: bool) -> None:
     if value:
-        _out(f"optimize {__version__}")
+        out(f"optimize {__version__}")
         raise typer.Exit(0)
 
 
@@ -371,7 +304,7 @@ def run(
     from cli.progress import make_progress, setup_logging
     from optimize.api import RunOptions
 
-    _check_verbosity(quiet, verbose)
+    check_verbosity(quiet, verbose)
     setup_logging(quiet=quiet, verbose=verbose)
     opts = RunOptions(
         model=model,
@@ -392,25 +325,25 @@ def run(
         input_shapes=list(input_shape or []),
     )
 
-    with _quiet_warnings(quiet), _sigterm_as_interrupt():
+    with quiet_warnings(quiet), _sigterm_as_interrupt():
         from optimize import pipeline
 
         if dry_run:
-            with _stdout_to_stderr():
+            with stdout_to_stderr():
                 plan = pipeline.plan(opts)
             from cli.render import plan_to_dict, plan_yaml
 
             if as_json:
-                _emit_json(plan_to_dict(plan))
+                emit_json(plan_to_dict(plan))
             else:
-                _out(plan_yaml(plan))
+                out(plan_yaml(plan))
             return
 
         display = make_progress(progress, quiet=quiet)
         opts.progress = display
         result = None
         try:
-            with display, _stdout_to_stderr():
+            with display, stdout_to_stderr():
                 result = pipeline.run(opts)
         except OptimizeError as exc:
             partial = getattr(exc, "report", None)
@@ -438,7 +371,7 @@ def _emit_report(report: Any, as_json: bool) -> None:
     """The report on stdout (JSON or tables); every gate as one line on stderr (passed ones first);
     failed gates also as GitHub Actions error annotations when GITHUB_ACTIONS is true."""
     if as_json:
-        _emit_json(report.model_dump(mode="json"))
+        emit_json(report.model_dump(mode="json"))
     else:
         from cli.render import print_report
 
@@ -480,7 +413,7 @@ def validate(
         names = [p.type for p in cfg.passes]
         noun = "pass" if len(names) == 1 else "passes"
         chain = ": " + " → ".join(names) if names else ""
-        _out(f"ok: {path} ({len(names)} {noun}{chain})")
+        out(f"ok: {path} ({len(names)} {noun}{chain})")
     if worst:
         raise typer.Exit(worst)
 
@@ -496,12 +429,12 @@ def passes_cmd(
     verbose: bool = typer.Option(False, "-v", "--verbose", metavar="", help="Full tracebacks on errors."),
 ) -> None:
     """List the registered passes, or one pass's options."""
-    from passes import registry
+    from optimize import registry
 
     if name is None:
         rows = [_pass_info(registry.get(n), options=False) for n in registry.names()]
         if as_json:
-            _emit_json(rows)
+            emit_json(rows)
         else:
             from cli.render import passes_table
 
@@ -516,7 +449,7 @@ def passes_cmd(
         raise UsageError(f"unknown pass '{name}'{extra}; known: {', '.join(registry.names())}")
     info = _pass_info(registry.get(name), options=True)
     if as_json:
-        _emit_json(info)
+        emit_json(info)
     else:
         from cli.render import pass_detail
 
@@ -551,11 +484,11 @@ def schema(
     if report:
         from optimize.report import Report
 
-        _emit_json(Report.model_json_schema())
+        emit_json(Report.model_json_schema())
     else:
         from optimize.config import json_schema
 
-        _emit_json(json_schema())
+        emit_json(json_schema())
 
 
 # ---------------------------------------------------------------- inspect
@@ -580,16 +513,16 @@ def inspect_cmd(
     """Show a model's form, inputs, outputs, op counts, weights and sparsity."""
     from cli.progress import setup_logging
 
-    _check_verbosity(quiet, verbose)
+    check_verbosity(quiet, verbose)
     setup_logging(quiet=quiet, verbose=verbose)
-    with _quiet_warnings(quiet):
+    with quiet_warnings(quiet):
         from optimize.api import inspect_model
 
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             shapes = {"input_shapes": list(input_shape)} if input_shape else {}
             facts = inspect_model(model, trust_model=trust_model, **shapes)
     if as_json:
-        _emit_json(facts)
+        emit_json(facts)
         return
     from cli.render import counts_table, data_renderable
 
@@ -664,15 +597,15 @@ def bench(
     throughput, outliers, parallel speedup, memory."""
     from cli.progress import make_progress, setup_logging
 
-    _check_verbosity(quiet, verbose)
+    check_verbosity(quiet, verbose)
     setup_logging(quiet=quiet, verbose=verbose)
     thread_list = _parse_threads(threads)  # None: the library's default (1, 2, 4, … all cores)
     batch_list = _parse_counts(batch, "--batch") if batch is not None else _shape_batches(input_shape)
-    with _quiet_warnings(quiet):
+    with quiet_warnings(quiet):
         from optimize.benchmark import bench_models
 
         display = make_progress(progress, quiet=quiet)
-        with display, _stdout_to_stderr():
+        with display, stdout_to_stderr():
             result = bench_models(
                 model,
                 vs,
@@ -686,7 +619,7 @@ def bench(
                 **({"input_shapes": list(input_shape)} if input_shape else {}),
             )
     if as_json:
-        _emit_json(result)
+        emit_json(result)
         return
     from cli.render import bench_renderable
 
@@ -715,7 +648,7 @@ def batch(
     line per job (exit code 0, or the worst job's: 130 > 2 > 1 > 3)."""
     from optimize.batch import load_manifest, run_batch, summary_lines
 
-    _check_verbosity(quiet, verbose)
+    check_verbosity(quiet, verbose)
     job_list = load_manifest(manifest, trust_code=trust_code)  # every job's config validated: exit 2 before anything runs
     if jobs > 1 and not quiet:
         _err(f"warning: -j {jobs} runs jobs side by side on this machine: they compete for the CPU, so their latency "
@@ -741,10 +674,10 @@ def batch(
             if r.exit_code not in (0, None) and r.error:
                 _err(f"{r.name}: {r.error}")
     if as_json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
     else:
         for line in summary_lines(result):
-            _out(line)
+            out(line)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for r in result.jobs:
             if r.exit_code not in (0, None):

@@ -1,6 +1,6 @@
 """`optimize prune-scan`: the sensitivity table and the proposed `layer_sparsity` YAML.
 
-Registered on the app in cli/app.py; the work is `optimize.prune_scan.scan`.
+Registered on the app in cli/app.py; the work is `passes.prune_scan.scan`.
 """
 
 from __future__ import annotations
@@ -9,15 +9,17 @@ from typing import Any
 
 import typer
 
+from cli.io import check_verbosity, emit_json, out, quiet_warnings, stdout_to_stderr
+
 
 def _parse_ratios(value: str) -> tuple[float, ...]:
     from optimize.errors import UsageError
 
     try:
-        out = tuple(float(v) for v in value.split(",") if v.strip())
+        parsed = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise UsageError(f"--ratios: expected comma-separated fractions such as 0.25,0.5,0.75, got {value!r}") from None
-    return out
+    return parsed
 
 
 def prune_scan_cmd(
@@ -41,26 +43,25 @@ def prune_scan_cmd(
     per-layer ratios for a target as a YAML snippet."""
     import sys
 
-    from cli.app import _check_verbosity, _emit_json, _out, _quiet_warnings, _stdout_to_stderr
     from cli.progress import setup_logging
 
-    _check_verbosity(quiet, verbose)
+    check_verbosity(quiet, verbose)
     setup_logging(quiet=quiet, verbose=verbose)
 
     def progress(done: int, total: int, name: str) -> None:
         if not quiet:
             print(f"prune-scan: {done}/{total} {name}", file=sys.stderr, flush=True)
 
-    with _quiet_warnings(quiet):
-        from optimize.prune_scan import scan
+    with quiet_warnings(quiet):
+        from passes.prune_scan import scan
 
-        with _stdout_to_stderr():
+        with stdout_to_stderr():
             result: dict[str, Any] = scan(
                 model, config_path=config, method=method, ratios=_parse_ratios(ratios), min_cosine=min_cosine,
                 max_drop=max_drop, trust_model=trust_model, layers=list(layer) or None, progress=progress,
             )
     if as_json:
-        _emit_json(result)
+        emit_json(result)
         return
     from optimize.prune_report import scan_markdown
 
@@ -70,4 +71,4 @@ def prune_scan_cmd(
     if skipped:
         lines += ["", "Not scanned at every ratio:"] + skipped
     lines += ["", f"Proposed for {result['target']}:", "", "```yaml", result["yaml"].rstrip(), "```"]
-    _out("\n".join(lines))
+    out("\n".join(lines))

@@ -27,7 +27,7 @@ STATUS_STYLE = {"ok": "bold green", "gate_failed": "bold red", "failed": "bold r
 
 def report_renderable(report: Any) -> RenderableType:
     """The whole report as one rich renderable (header, metrics, latency, steps, gates, findings)."""
-    from optimize.report import METRIC_ORDER, format_value
+    from optimize.report import METRIC_ORDER, format_value, metric_note
 
     parts: list[RenderableType] = []
 
@@ -62,7 +62,7 @@ def report_renderable(report: Any) -> RenderableType:
         for key in keys:
             m = report.metrics[key]
             value = Text(format_value(key, m), style="dim" if m.value is None else "bold")
-            t.add_row(Text(key), value, Text(m.formula, style="dim"), Text(m.reason or ""))
+            t.add_row(Text(key), value, Text(m.formula, style="dim"), Text(metric_note(m)))
         parts.append(t)
 
     if report.latency:
@@ -407,7 +407,7 @@ def bench_renderable(result: dict[str, Any]) -> RenderableType:
             ]
             runtimes.setdefault(f"{timing.get('runtime', '?')} ({timing.get('device', '?')})", None)
             if has_vs:
-                cells.append(_ratio(row.get("speedup_vs")) if first else "")
+                cells.append(_ratio_interval(row) if first else "")
             cells.append(_ratio(row.get("parallel_speedup")) if first else "")
             t.add_row(*cells)
     head: dict[str, Any] = {labels.get(k, k): v for k, v in (result.get("models") or {}).items()}
@@ -429,6 +429,16 @@ def bench_renderable(result: dict[str, Any]) -> RenderableType:
     if mem.get("what"):
         notes.append(f"memory: {mem['what']}")
     return Group(*_spaced([data_renderable(head), t, Text("\n".join(notes), style="dim")]))
+
+
+def _ratio_interval(row: dict[str, Any]) -> str:
+    """`1.04x (0.95–1.12), no measurable change` when the row has an interval, else the plain ratio."""
+    from optimize.speed import format_ratio
+
+    value, interval = row.get("speedup_vs"), row.get("speedup_vs_interval")
+    if isinstance(value, int | float) and isinstance(interval, list) and len(interval) == 2:
+        return format_ratio(value, interval, row.get("speedup_vs_verdict"))
+    return _ratio(value)
 
 
 def _ms(x: Any) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ class Timing:
         }
 
 
+@dataclass
+class MoreRounds:
+    """Keep adding rounds after the configured ones while `done(times)` is false, up to
+    `max_rounds` rounds in all and `max_seconds` of extra timing (checked every `step` rounds)."""
+
+    done: Callable[[dict[str, list[float]]], bool]
+    max_rounds: int
+    max_seconds: float
+    step: int = 10
+
+
 def interleaved(
     models: dict[str, str | Path],
     inputs: dict[str, np.ndarray],
@@ -63,42 +75,95 @@ def interleaved(
     device: str = "cpu",
     progress: Progress | None = None,
     key: str = "bench",
+    model_threads: dict[str, int] | None = None,
+    more: MoreRounds | None = None,
 ) -> dict[str, Timing]:
     """Time each ONNX model on the same inputs, interleaved; returns a Timing per model name.
 
-    The order alternates every round (A B, B A, ...) so neither model always runs on a cache or
-    frequency state the other left. Sub-millisecond models are timed over several calls per sample
+    The order changes every round (`round_order`: A B, B A, ... for two models) so no model always
+    runs on a cache or frequency state another left. Sub-millisecond models are timed over several calls per sample
     (the same count for every model) so timer and scheduler noise do not dominate.
+    `model_threads` gives some models their own intra-op thread count (the same model at 1 and N
+    threads, interleaved, for parallel_speedup); `more` adds rounds while a ratio is undecided.
     """
     import onnxruntime as ort
 
     progress = progress or NullProgress()
-    sessions = {name: session(path, threads=threads, device=device) for name, path in models.items()}
+    per_model = {name: (model_threads or {}).get(name, threads) for name in models}
+    sessions = {name: session(path, threads=per_model[name], device=device) for name, path in models.items()}
     feeds = {name: feeds_for(s, inputs) for name, s in sessions.items()}
     from optimize.probes import sample_count
 
     batch = sample_count(inputs)  # scalar inputs have no batch axis
+    inner = _calls_per_sample(sessions, feeds, warmup)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    label = f"{threads} thread{'s' if threads > 1 else ''}" if len(set(per_model.values())) == 1 else \
+        " and ".join(sorted({str(t) for t in per_model.values()}, key=int)) + " threads"
+    progress.start(key, f"latency ({label}, batch {batch})", repeat)
+    _rounds(sessions, feeds, inner, times, 0, repeat, lambda: progress.advance(key))
+    if more is not None:
+        t0 = time.perf_counter()
+        while len(times[next(iter(times))]) < more.max_rounds and time.perf_counter() - t0 < more.max_seconds \
+                and not more.done(times):
+            done = len(times[next(iter(times))])
+            _rounds(sessions, feeds, inner, times, done, min(more.step, more.max_rounds - done), lambda: None)
+    progress.finish(key)
+    runtime = f"onnxruntime {ort.__version__}"
+    return {n: Timing(n, t, batch, per_model[n], warmup, runtime, device, inner) for n, t in times.items()}
+
+
+def _calls_per_sample(sessions: dict[str, Any], feeds: dict[str, Any], warmup: int) -> int:
+    """Warm every session up; calls per timed sample so the fastest model's sample lasts MIN_SAMPLE_MS."""
     fastest_ms = float("inf")
     for name, s in sessions.items():
         for _ in range(max(warmup, 1)):
             t0 = time.perf_counter()
             s.run(None, feeds[name])
             fastest_ms = min(fastest_ms, (time.perf_counter() - t0) * 1000.0)
-    inner = max(1, min(1000, int(MIN_SAMPLE_MS / max(fastest_ms, 1e-3))))
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    order = list(sessions)
-    progress.start(key, f"latency ({threads} thread{'s' if threads > 1 else ''}, batch {batch})", repeat)
-    for r in range(repeat):
-        for name in order if r % 2 == 0 else reversed(order):
+    return max(1, min(1000, int(MIN_SAMPLE_MS / max(fastest_ms, 1e-3))))
+
+
+def _rounds(sessions: dict[str, Any], feeds: dict[str, Any], inner: int, times: dict[str, list[float]],
+            first: int, count: int, tick: Callable[[], None]) -> None:
+    """`count` interleaved rounds in `round_order(r, ...)`, each model timed over `inner` calls."""
+    names = list(sessions)
+    for r in range(first, first + count):
+        for name in round_order(r, names):
             s, feed = sessions[name], feeds[name]
             t0 = time.perf_counter()
             for _ in range(inner):
                 s.run(None, feed)
             times[name].append((time.perf_counter() - t0) * 1000.0 / inner)
-        progress.advance(key)
-    progress.finish(key)
-    runtime = f"onnxruntime {ort.__version__}"
-    return {n: Timing(n, t, batch, threads, warmup, runtime, device, inner) for n, t in times.items()}
+        tick()
+
+
+def round_order(r: int, names: list[str]) -> list[str]:
+    """The order of round r: row r of a Williams design (a Latin square balanced for carry-over):
+    over n rounds (2n for an odd count) every model runs in every position, and right after every
+    other model, equally often. Two models alternate (A B, B A). Reversing every other round
+    instead runs the first and last model back to back at each round boundary, on a warm cache:
+    two identical models measured that way with two others read a median speedup of 0.94, not 1.0."""
+    rows = _williams(len(names))
+    return [names[i] for i in rows[r % len(rows)]]
+
+
+def _williams(n: int) -> list[list[int]]:
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:  # 0, 1, n-1, 2, n-2, ...
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(x + k) % n for x in first] for k in range(n)]
+    if n % 2 == 0:
+        return rows
+    pool, out = rows + [row[::-1] for row in rows], []  # odd n: every row and its mirror, chained so
+    while pool:  # that no round starts with the model that ended the one before
+        nxt = next((row for row in pool if not out or row[0] != out[-1][-1]), pool[0])
+        pool.remove(nxt)
+        out.append(nxt)
+    return out
 
 
 def pairwise_ratio(numerator: Timing, denominator: Timing) -> float:
@@ -106,26 +171,37 @@ def pairwise_ratio(numerator: Timing, denominator: Timing) -> float:
     return float(statistics.median(a / b for a, b in zip(numerator.times_ms, denominator.times_ms, strict=True) if b > 0))
 
 
-def torch_latency(module: Any, args: tuple[Any, ...], *, device: str, warmup: int, repeat: int, threads: int) -> Timing:
-    """Latency of a torch module (used for GPU timing, where ONNX Runtime has no GPU provider)."""
+def torch_interleaved(module: Any, args: tuple[Any, ...], *, devices: dict[str, str], warmup: int, repeat: int,
+                      threads: int) -> dict[str, Timing]:
+    """The same torch module on several devices (a copy per device), timed interleaved round by round
+    (used for gpu_speedup: CPU and CUDA, where ONNX Runtime has no GPU provider)."""
+    import copy
+
     import torch
 
-    module = module.to(device).eval()
-    args = tuple(a.to(device) for a in args)
-    if device == "cpu":
-        torch.set_num_threads(threads)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times = []
+    torch.set_num_threads(threads)
+    copies = {name: (copy.deepcopy(module).to(dev).eval(), tuple(a.to(dev) for a in args), dev)
+              for name, dev in devices.items()}
+
+    def call(name: str) -> float:
+        m, a, dev = copies[name]
+        t0 = time.perf_counter()
+        m(*a)
+        if dev.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1000.0
+
+    times: dict[str, list[float]] = {name: [] for name in copies}
+    order = list(copies)
     with torch.inference_mode():
-        for _ in range(warmup):
-            module(*args)
-        sync()
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            module(*args)
-            sync()
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return Timing("torch", times, int(args[0].shape[0]), threads, warmup, f"torch {torch.__version__}", device)
+        for _ in range(max(warmup, 1)):
+            for name in order:
+                call(name)
+        for r in range(repeat):
+            for name in order if r % 2 == 0 else reversed(order):
+                times[name].append(call(name))
+    version = f"torch {torch.__version__}"
+    return {n: Timing(n, t, int(args[0].shape[0]), threads, warmup, version, devices[n]) for n, t in times.items()}
 
 
 def default_threads(cores: int | None = None) -> list[int]:
@@ -314,9 +390,13 @@ def bench_models(
                 row: dict[str, Any] = {"batch": b, "threads": t}
                 row.update({k: latency_stats(v) for k, v in timings.items()})
                 if "vs" in timings:
-                    r = [a / c for a, c in zip(timings["vs"].times_ms, timings["model"].times_ms, strict=True) if c > 0]
-                    row["speedup_vs"] = pairwise_ratio(timings["vs"], timings["model"])
+                    from optimize.speed import estimate, round_ratios
+
+                    r = round_ratios(timings["vs"].times_ms, timings["model"].times_ms)
+                    est = estimate(r)
+                    row["speedup_vs"] = est.value
                     row["speedup_vs_iqr"] = [float(x) for x in np.percentile(r, [25, 75])]
+                    row["speedup_vs_interval"], row["speedup_vs_verdict"] = [est.low, est.high], est.verdict
                 first = first or timings["model"]
                 row["parallel_speedup"] = first.median_ms / timings["model"].median_ms if t != threads[0] else 1.0
                 rows.append(row)
@@ -328,6 +408,7 @@ def bench_models(
             "bench_process_peak_rss_mb = this process's peak (getrusage), libraries included"
         )
         from optimize.hardware import cpu_info
+        from optimize.speed import F_INTERVAL, TOLERANCE
 
         hw = cpu_info()
         return {
@@ -341,7 +422,8 @@ def bench_models(
             "memory": memory,
             "hardware": {"cpu": hw.get("cpu"), "cores": hw.get("cores"), "isa": hw.get("isa")},
             "formulas": {
-                "speedup_vs": "OTHER latency / MODEL latency (median of interleaved per-round ratios; > 1: MODEL is faster)",
+                "speedup_vs": "OTHER latency / MODEL latency (median of interleaved per-round ratios; > 1: MODEL is faster); "
+                "speedup_vs_interval: " + F_INTERVAL + f" (tolerance ±{TOLERANCE:.0%})",
                 "parallel_speedup": f"MODEL p50 at {threads[0]} thread(s) / MODEL p50 at this thread count (same batch)",
                 "throughput_per_s": "batch × 1000 / p50_ms (samples per second)",
                 "outliers": "samples above Q3 + 1.5 × IQR (kept in the percentiles)",

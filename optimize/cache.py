@@ -288,7 +288,7 @@ _HANDLE_FIELDS = ("form", "inputs", "outputs", "exporter", "opset", "pending", "
 def run_step(cache: PassCache | None, *, step_type: str, pass_config: dict[str, Any], inserted: bool, current: Any,
              ctx: Any, tool_version: str, run: Any) -> tuple[Any, bool]:
     """Run one step through the cache: (PassResult, served from the cache?). `run()` computes it."""
-    from passes.base import PassResult
+    from optimize.pass_api import PassResult
 
     if cache is None or current.form != "onnx" or current.onnx_path is None:
         return run(), False

@@ -123,6 +123,16 @@ class MeasureSection(Section):
     warmup: int = Field(5, ge=0, le=10000, description="Untimed runs before timing.")
     repeat: int = Field(30, gt=2, le=100000, description="Timed runs per model (interleaved A/B).")
     single_thread: bool = Field(True, description="Also measure with 1 thread for parallel_speedup.")
+    speed_tolerance: float = Field(
+        0.03, ge=0, lt=1,
+        description="Band around 1 within which a speed ratio is 'no measurable change': faster needs the 95% "
+        "interval's lower bound above 1 + this, slower its upper bound below 1 − this.",
+    )
+    max_repeat: int | None = Field(
+        None, gt=2, le=1000000,
+        description="While a speed ratio's interval straddles the tolerance band, rounds are added up to this many "
+        "(default 3 × repeat; at most 10 s of extra timing). Equal to repeat: no extra rounds.",
+    )
     parity_samples: int = Field(64, gt=0, le=100000, description="Samples used for output parity.")
 
 
@@ -158,6 +168,12 @@ class GatesSection(Section):
         None, ge=0, le=100, description="Largest allowed accuracy drop, in percentage points."
     )
     min_speedup: float | None = Field(None, gt=0, description="Smallest allowed speedup (input latency / output latency).")
+    speed_bound: Literal["upper", "lower"] = Field(
+        "upper",
+        description="Which end of the speedup's 95% interval min_speedup judges: upper = fail only when the "
+        "measurement shows the limit missed (an interval containing the limit passes with a finding); "
+        "lower = pass only when the lower bound clears the limit.",
+    )
     max_size_mb: float | None = Field(None, gt=0, description="Largest allowed output size in MB (10^6 bytes).")
     min_sparsity: float | None = Field(None, ge=0, le=1, description="Smallest allowed weight sparsity.")
     min_parity_cosine: float | None = Field(
@@ -177,7 +193,7 @@ class GatesSection(Section):
 
 @functools.cache
 def _pass_union() -> Any:
-    from passes import registry
+    from optimize import registry
 
     classes = []
     for name, cls in registry.all_passes().items():
@@ -238,7 +254,7 @@ def _friendly(err: dict[str, Any], loc: tuple[Any, ...], data: Any) -> str:
             msg += f" (allowed: {', '.join(sorted(allowed))})"
         return msg
     if kind == "union_tag_invalid":
-        from passes import registry
+        from optimize import registry
 
         tag = str(ctx.get("tag", ""))
         hint = difflib.get_close_matches(tag, registry.names(), n=1)
@@ -266,7 +282,7 @@ def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
         if isinstance(node, list) and isinstance(part, int):
             node = node[part] if part < len(node) else None
             if loc[:1] == ("passes",) and i == 1 and isinstance(node, dict):
-                from passes import registry
+                from optimize import registry
 
                 try:
                     model = registry.get(str(node.get("type"))).config_cls

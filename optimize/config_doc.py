@@ -71,7 +71,7 @@ def _table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
 
 def render() -> str:
     from optimize import config as c
-    from passes import registry
+    from optimize import registry
 
     out = [HEADER]
     sections = [

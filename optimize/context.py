@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ class RunContext:
     def log(self) -> logging.Logger:
         return log
 
+    def with_input_model(self, model: ModelHandle) -> RunContext:
+        """A copy whose pipeline input (the distillation teacher) is `model`. The loaded datasets
+        are shared, so a pass run inside another (prune's fine-tune) reads the same data."""
+        return dataclasses.replace(self, input_model=model, _data=self._data)
+
     def step_dir(self, name: str) -> Path:
         """A fresh directory for one pass's outputs (passes never overwrite their input)."""
         d = self.work_dir / f"{self.step_index:02d}-{name}"
@@ -89,11 +95,11 @@ class RunContext:
         if ds is not None:
             return ds.take(n).inputs, f"data.{role if getattr(self.config.data, role) else 'train'}"
         from optimize.data import random_dataset
-        from optimize.probes import RANDOM_IDS_SOURCE, RANDOM_SOURCE, token_id_inputs
+        from optimize.probes import RANDOM_IDS_SOURCE, RANDOM_SOURCE, probe_count, token_id_inputs
 
         self.resolve_shapes_from_data()
         source = RANDOM_IDS_SOURCE if token_id_inputs(self.inputs) else RANDOM_SOURCE
-        return random_dataset(self.inputs, n, self.seed).inputs, source
+        return random_dataset(self.inputs, probe_count(self.inputs, n), self.seed).inputs, source
 
     def resolve_shapes_from_data(self) -> None:
         """Symbolic dims left to the data (token inputs of a model with text data): take the sizes

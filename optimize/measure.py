@@ -24,29 +24,27 @@ F_PARAMS_REMOVED = "1 − output weights / input weights"
 F_EFFECTIVE = "1 − non-zero output weights / input weights"
 F_QRATIO = "Σ bits per weight × count / Σ 32 × count (output model)"
 F_COMPRESSION = "input ONNX bytes / output ONNX bytes"
-F_SPEEDUP = "input latency / output latency (median of interleaved pairwise ratios; same runtime, device, threads, batch)"
-F_PARALLEL = "single-thread latency / multi-thread latency (output model)"
-F_GPU = "CPU latency / GPU latency"
-F_DISTILL = "student accuracy / teacher accuracy (output model / input model, eval data)"
+F_DISTILL = (
+    "student accuracy / teacher accuracy on data.eval, measured by the distill step right after training (the student "
+    "as trained, the teacher = the pipeline's input model in FP32, same data)"
+)
+F_RETAINED = "output model accuracy / input model accuracy on data.eval (end to end: every step included)"
 F_ACCURACY = "top-1 accuracy on eval data: baseline (input), optimized (output), drop = baseline − optimized (points)"
 F_PARITY = (
-    "min over samples of cosine(input outputs, output outputs) over float outputs; agreement = min over integer/bool "
+    "min over samples of cosine(input outputs, output outputs) over float outputs (an output of rank >= 3 whose "
+    "channels differ in RMS by more than 100x is compared with each channel divided by its RMS); agreement = min over integer/bool "
     "outputs of the share of equal elements (the value when every output is integer/bool); max |difference|; "
     "all outputs finite; null when the input model's outputs do not vary across the probes"
 )
-
-
-def _latency(t: Any) -> Latency:
-    return Latency(**t.summary())
 
 
 def measure(
     *, pl: Any, ctx: Any, baseline: Any, final: Any, last_torch: Any, state: dict[str, Any], started: float,
     started_at: str, env: dict[str, Any], hw: dict[str, Any],
 ) -> Report:
-    from optimize.benchmark import interleaved, pairwise_ratio
-    from optimize.pipeline import _model_facts
-    from optimize.runtime import check_model, parity, predict, session
+    from optimize.model_facts import model_facts as _model_facts
+    from optimize.runtime import check_model, parity, predict, predict_reference, session
+    from optimize.speed_metrics import gpu_speedup, measure_speed, speed_finding
 
     cfg = pl.config
     progress = ctx.progress
@@ -71,7 +69,7 @@ def measure(
     base_sess = session(baseline.onnx_path, threads=ctx.threads, device=ort_device)
     out_sess = session(final.onnx_path, threads=ctx.threads, device=ort_device)
     par_inputs, par_source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
-    ref = predict(base_sess, par_inputs, cfg.data.batch_size)
+    ref = predict_reference(base_sess, par_inputs, cfg.data.batch_size, par_source)
     got = predict(out_sess, par_inputs, cfg.data.batch_size)
     par = parity(ref, got)
     metrics["parity"] = parity_metric(par, ref, par_inputs, par_source, ctx.inputs, findings)
@@ -103,15 +101,12 @@ def measure(
         )
         metrics["accuracy"] = Metric.missing(F_ACCURACY, f"accuracy not measured: {why}")
 
-    distilled = any(s.type == "distill" for s in state["steps"])
-    if distilled and acc_base and acc_out is not None:
-        metrics["distillation_ratio"] = Metric(
-            value=acc_out / acc_base, formula=F_DISTILL, inputs={"student": acc_out, "teacher": acc_base}
-        )
-    else:
-        metrics["distillation_ratio"] = Metric.missing(
-            F_DISTILL, "no distill pass in the pipeline" if not distilled else "accuracy not measured"
-        )
+    metrics["distillation_ratio"] = distillation_metric(state["steps"])
+    metrics["accuracy_retained"] = (
+        Metric(value=acc_out / acc_base, formula=F_RETAINED, inputs={"output": acc_out, "input": acc_base})
+        if acc_base and acc_out is not None
+        else Metric.missing(F_RETAINED, metrics["accuracy"].reason or "the input model's accuracy is 0")
+    )
 
     # ---- latency: interleaved, spinning off, same threads and batch
     m = cfg.measure
@@ -121,41 +116,15 @@ def measure(
     else:
         ctx.resolve_shapes_from_data()
         bench_inputs = {s.name: s.random(m.batch, rng) for s in (ctx.inputs or baseline.inputs)}
-    latency: dict[str, Latency] = {}
-    timings = interleaved(
-        {"input": baseline.onnx_path, "output": final.onnx_path}, bench_inputs, threads=ctx.threads,
-        warmup=m.warmup, repeat=m.repeat, device=ort_device, progress=progress, key="latency",
-    )
-    latency["input"], latency["output"] = _latency(timings["input"]), _latency(timings["output"])
-    speedup = pairwise_ratio(timings["input"], timings["output"])
-    metrics["speedup"] = Metric(
-        value=speedup, formula=F_SPEEDUP,
-        inputs={"input_ms": timings["input"].median_ms, "output_ms": timings["output"].median_ms,
-                "threads": ctx.threads, "batch": m.batch, "runs": m.repeat,
-                "round_ratios": [a / b for a, b in zip(timings["input"].times_ms, timings["output"].times_ms, strict=True) if b > 0]},
-    )
-    slow_at = len(findings) if speedup < 1.0 else None  # its likely cause is added after the diagnostics
-    if speedup < 1.0:
-        findings.append(
-            f"the output model is SLOWER than the input: speedup {speedup:.2f}x at {ctx.threads} threads, batch {m.batch}"
-        )
-    if m.single_thread and ctx.threads > 1:
-        t1 = interleaved(
-            {"input": baseline.onnx_path, "output": final.onnx_path}, bench_inputs, threads=1,
-            warmup=m.warmup, repeat=m.repeat, device=ort_device, progress=progress, key="latency-1t",
-        )
-        latency["input_1t"], latency["output_1t"] = _latency(t1["input"]), _latency(t1["output"])
-        metrics["parallel_speedup"] = Metric(
-            value=t1["output"].median_ms / timings["output"].median_ms, formula=F_PARALLEL,
-            inputs={"single_thread_ms": t1["output"].median_ms, "multi_thread_ms": timings["output"].median_ms,
-                    "threads": ctx.threads, "note": "medians of separate runs, not interleaved"},
-        )
-    else:
-        metrics["parallel_speedup"] = Metric.missing(
-            F_PARALLEL, "only one thread configured" if ctx.threads <= 1 else "measure.single_thread is false"
-        )
-
-    metrics["gpu_speedup"] = _gpu_speedup(ctx, last_torch, bench_inputs, timings["output"], latency, ort_device, findings)
+    speed = measure_speed(ctx, baseline, final, bench_inputs, ort_device)
+    latency: dict[str, Latency] = speed.latency
+    metrics.update(speed.metrics)
+    slower = speed.speedup.verdict == "slower"
+    slow_at = len(findings) if slower else None  # its likely cause is added after the diagnostics
+    note = speed_finding(speed.speedup, ctx.threads, m.batch)
+    if note:
+        findings.append(note)
+    metrics["gpu_speedup"] = gpu_speedup(ctx, last_torch, bench_inputs, latency, ort_device, findings)
 
     # ---- weights, sizes, formats (counted from the files)
     in_facts = state["input_facts"]
@@ -204,10 +173,11 @@ def measure(
             "between subgraphs or nodes was duplicated (ONNX Runtime's quantizer copies shared weights per use)"
         )
 
-    diagnostics = _diagnostics(ctx, baseline, final, bench_inputs, ort_device, speedup, metrics, findings)
+    diagnostics = _diagnostics(ctx, baseline, final, bench_inputs, ort_device,
+                               speed.speedup.value if slower else None, metrics, findings)
     if slow_at is not None:
         causes = diagnostics.likely_causes if diagnostics is not None else []
-        findings[slow_at] += (" — likely cause: " + "; ".join(causes)) if causes else _slow_cause(state, hw)
+        findings[slow_at] += (" — likely cause: " + "; ".join(causes)) if causes else _slow_cause(out_facts)
 
     report = Report(
         tool={"name": "optimize", "version": __version__},
@@ -227,6 +197,7 @@ def measure(
         diagnostics=diagnostics,
     )
     report.gates = evaluate_gates(cfg.gates, report)
+    report.findings.extend(g.message for g in report.gates if g.passed and "inconclusive" in g.message)
     if not par["all_finite"]:
         report.gates.append(Gate(name="finite_outputs", limit=1, value=0, passed=False,
                                  message="finite_outputs: the output model produced NaN or Inf"))
@@ -304,42 +275,33 @@ def _diagnostics(ctx: Any, baseline: Any, final: Any, inputs: dict[str, np.ndarr
     return diag
 
 
-def _slow_cause(state: dict[str, Any], hw: dict[str, Any]) -> str:
+def _slow_cause(out_facts: dict[str, Any]) -> str:
+    """The cause of a slowdown when diagnostics did not run: named only with its evidence (integer
+    kernels counted in the output file, on a CPU without int8 dot-product instructions)."""
+    from optimize.diagnose import INTEGER_OPS
     from optimize.hardware import has_int8_dot_product
 
-    quantized = any(s.type == "quantize" for s in state["steps"])
-    if quantized and not has_int8_dot_product():
+    integer = {op: n for op, n in (out_facts.get("ops") or {}).items() if op in INTEGER_OPS}
+    if integer and not has_int8_dot_product():
+        listed = ", ".join(f"{n} {op}" for op, n in sorted(integer.items()))
         return (
-            " — likely cause: this CPU has no int8 dot-product instructions (VNNI/AMX), so int8 kernels gain little "
-            "and Quantize/Dequantize overhead dominates on small layers; consider keeping FP32 or structured pruning"
+            f" — likely cause: the output runs integer kernels ({listed}) and this CPU has no int8 dot-product "
+            "instructions (VNNI/AMX), so they gain little over FP32 (diagnostics did not run; see the log with -v)"
         )
-    if quantized:
-        return " — likely cause: tiny layers where Quantize/Dequantize overhead dominates"
-    return ""
+    return " — cause not diagnosed (diagnostics did not run; see the log with -v)"
 
 
-def _gpu_speedup(ctx: Any, last_torch: Any, inputs: dict[str, np.ndarray], cpu_timing: Any,
-                 latency: dict[str, Latency], ort_device: str, findings: list[str]) -> Metric:
-    if ctx.device != "cuda":
-        return Metric.missing(F_GPU, "not measured: --device is cpu" if ctx.device == "cpu" else "no GPU visible")
-    if ort_device == "cuda":
-        return Metric.missing(F_GPU, "ONNX Runtime CUDA timing is reported as the output latency itself")
-    if last_torch is None:
-        return Metric.missing(F_GPU, "no torch form of the model to time on the GPU, and ONNX Runtime has no CUDA provider")
-    import torch
-
-    from optimize.benchmark import torch_latency
-    from optimize.export import finalized_module
-
-    module = finalized_module(last_torch.module)
-    args = tuple(torch.from_numpy(inputs[s.name]) for s in last_torch.inputs)
-    cfg = ctx.config.measure
-    gpu = torch_latency(module, args, device="cuda", warmup=cfg.warmup, repeat=cfg.repeat, threads=ctx.threads)
-    cpu = torch_latency(module, args, device="cpu", warmup=cfg.warmup, repeat=cfg.repeat, threads=ctx.threads)
-    latency["torch_cuda"], latency["torch_cpu"] = _latency(gpu), _latency(cpu)
-    findings.append("gpu_speedup compares the last torch form of the model on CPU and CUDA (torch runtime)")
-    return Metric(value=cpu.median_ms / gpu.median_ms, formula=F_GPU + " (torch, same model, same batch)",
-                  inputs={"cpu_ms": cpu.median_ms, "gpu_ms": gpu.median_ms})
+def distillation_metric(steps: list[Any]) -> Metric:
+    """distillation_ratio from the last distill step's own measurement (right after training)."""
+    step = next((s for s in reversed(steps) if s.type == "distill"), None)
+    if step is None:
+        return Metric.missing(F_DISTILL, "no distill pass in the pipeline")
+    sm = step.metrics or {}
+    if sm.get("distillation_ratio") is None:
+        return Metric.missing(F_DISTILL, f"not measured by the distill step: {sm.get('accuracy_reason') or 'no accuracy'}")
+    return Metric(value=sm["distillation_ratio"], formula=F_DISTILL,
+                  inputs={"student": sm.get("student_accuracy"), "teacher": sm.get("teacher_accuracy"),
+                          "samples": sm.get("eval_samples"), "step": step.index})
 
 
 def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
@@ -363,7 +325,14 @@ def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
         drop = acc.inputs.get("drop") if acc and acc.value is not None else None
         add("max_accuracy_drop", gates.max_accuracy_drop, drop, ok_when_ge=False, unit=" pts")
     if gates.min_speedup is not None:
-        add("min_speedup", gates.min_speedup, m["speedup"].value if "speedup" in m else None, ok_when_ge=True, unit="x")
+        sp = m.get("speedup")
+        if sp is None or sp.value is None or sp.value != sp.value:
+            add("min_speedup", gates.min_speedup, None, ok_when_ge=True, unit="x", why=sp.reason if sp else None)
+        else:  # judged on the interval (optimize.speed.judge_min); a metric without one: its value
+            from optimize.speed import judge_min
+
+            j = judge_min("min_speedup", gates.min_speedup, sp.value, sp.interval, gates.speed_bound)
+            out.append(Gate(name="min_speedup", limit=gates.min_speedup, value=sp.value, passed=j.passed, message=j.message))
     if gates.max_size_mb is not None:
         size = report.output.bytes / 1e6 if report.output and report.output.bytes is not None else None
         add("max_size_mb", gates.max_size_mb, size, ok_when_ge=False, unit=" MB")

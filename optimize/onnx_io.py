@@ -201,7 +201,7 @@ def write_bytes_atomic(data: bytes, target: str | Path) -> Path:
 _COPY_CHUNK = 64 << 20
 
 
-def _external_key(tensor: Any) -> tuple[str, int, int | None]:
+def external_key(tensor: Any) -> tuple[str, int, int | None]:
     from onnx.external_data_helper import ExternalDataInfo
 
     info = ExternalDataInfo(tensor)
@@ -236,7 +236,7 @@ def count_nonzero(tensor: Any, base_dir: str | Path | None) -> int | None:
     if tensor.data_type not in simple:
         return None
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
-    location, offset, length = _external_key(tensor)
+    location, offset, length = external_key(tensor)
     count = 1
     for d in tensor.dims:
         count *= int(d)
@@ -306,7 +306,7 @@ def _copy_tensors(tensors: list[Any], tmp_data: Path, data_name: str, src_dir: P
                 _set_location(t, data_name, offset, n)
                 offset += n
                 continue
-            key = _external_key(t)
+            key = external_key(t)
             location, start, length = key
             if key in replace:
                 raw = replace[key]()

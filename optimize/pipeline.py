@@ -27,6 +27,7 @@ from optimize.errors import (
     VerificationError,
 )
 from optimize.handle import ModelHandle
+from optimize.model_facts import model_facts, weight_count
 
 log = logging.getLogger("optimize")
 
@@ -107,7 +108,7 @@ def _output_paths(cfg: Any, model_spec: str, example: bool) -> tuple[Path, Path]
 
 def plan(opts: RunOptions) -> Plan:
     """Validate config, model, chain and outputs before any work. Raises exit-2 errors."""
-    from passes import registry
+    from optimize import registry
 
     example = opts.model is None
     config_file = opts.config or (str(default_config_path()) if example else None)
@@ -240,54 +241,6 @@ def form_needs_inputs(steps: list[PlannedStep]) -> bool:
     return any(s.type == "export" for s in steps)
 
 
-# ---------------------------------------------------------------- helpers
-
-
-def _sha256(path: Path) -> str:
-    from optimize.cache import sha256_file
-
-    return sha256_file(path)
-
-
-def _torch_weight_count(module: Any) -> int:
-    import torch
-
-    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.Embedding)
-    return sum(int(m.weight.numel()) for m in module.modules() if isinstance(m, kinds) and m.weight is not None)
-
-
-def weight_count(handle: ModelHandle) -> int | None:
-    try:
-        if handle.form == "torch":
-            return _torch_weight_count(handle.module)
-        from optimize.inspect_onnx import weight_stats
-
-        return weight_stats(handle.onnx_path).total
-    except Exception:  # counting is informative; never fail a run over it
-        log.debug("weight count failed", exc_info=True)
-        return None
-
-
-def _model_facts(path: Path, form: str = "onnx", handle: ModelHandle | None = None) -> dict[str, Any]:
-    from optimize.inspect_onnx import op_counts, weight_stats
-    from optimize.onnx_io import total_bytes
-
-    ws = weight_stats(path)
-    return {
-        "path": str(path),
-        "form": form,
-        "sha256": _sha256(path),
-        "bytes": total_bytes(path),
-        "weights": ws.total,
-        "nonzero_weights": ws.nonzero,
-        "weight_bits": ws.bit_sum,
-        "weight_dtypes": ws.by_dtype(),
-        "ops": op_counts(path),
-        "exporter": handle.exporter if handle else None,
-        "opset": handle.opset if handle else None,
-    }
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -414,11 +367,9 @@ def _run_step(step: PlannedStep, obj: Any, current: ModelHandle, ctx: RunContext
 
 
 def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], started: float, started_at: str) -> Any:
-    from optimize import hardware
+    from optimize import hardware, registry
     from optimize.export import ExportError, export_to_onnx
     from optimize.report import Step
-    from passes import registry
-    from passes.export import ExportConfig, ExportPass
 
     cfg = pl.config
     threads = cfg.hardware.threads or (os.cpu_count() or 1)
@@ -451,7 +402,7 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
         progress.finish("baseline")
     else:
         baseline = handle
-    state["input_facts"] = _model_facts(baseline.onnx_path, handle.form, baseline)  # type: ignore[arg-type]
+    state["input_facts"] = model_facts(baseline.onnx_path, handle.form, baseline)  # type: ignore[arg-type]
     state["input_facts"]["path"] = handle.source
 
     current = handle
@@ -474,7 +425,8 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
         before = weight_count(current)
         form_in = current.form
         if step.inserted and step.type == "export":
-            obj: Any = ExportPass(ExportConfig())
+            export_cls = registry.get("export")
+            obj: Any = export_cls(export_cls.config_cls())
         else:
             obj = step.pass_obj
         label = f"{step.type}" + (" (inserted)" if step.inserted else "")

@@ -1,4 +1,4 @@
-"""Probe inputs: random values drawn from the input spec (memory-bounded, in the model's dtype),
+"""Probe inputs: random batches drawn from the input spec (values from `TensorSpec.random`),
 scalar-aware batching, token-id detection, and whether a set of reference outputs can tell models
 apart at all (degenerate probes).
 
@@ -22,10 +22,6 @@ import numpy as np
 
 from optimize.handle import DTYPES, TensorSpec
 
-# Random values are generated this many elements at a time, so no float64 copy of the whole
-# probe set ever exists (1.65 GB peak at 4,096 samples of a 0.6 MB input before).
-CHUNK_ELEMENTS = 1 << 20
-
 # Degenerate probes: the FP32 model's outputs barely vary across the probe inputs when every
 # output's per-sample cosine to the mean output is above this (or every output is all zero).
 DEGENERATE_COSINE = 0.9999
@@ -35,38 +31,6 @@ RANDOM_IDS_SOURCE = "random token ids from the input spec (weak evidence)"
 
 _ID_NAME = re.compile(r"(^|[_.])(input_?ids|token_?ids|ids|tokens?|input)$|_ids$", re.IGNORECASE)
 _NOT_IDS = re.compile(r"mask|type|position|segment|length|len$", re.IGNORECASE)
-
-
-# ---------------------------------------------------------------- random values
-
-
-def random_array(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Random values for `spec` in its own dtype, drawn in chunks along the first axis."""
-    dt = np.dtype(DTYPES.get(spec.dtype, np.float32))
-    out = np.empty(shape, dtype=dt)
-    if out.size == 0:
-        return out
-    flat = out.reshape(-1)
-    for start in range(0, flat.size, CHUNK_ELEMENTS):
-        stop = min(flat.size, start + CHUNK_ELEMENTS)
-        flat[start:stop] = _draw(spec, dt, stop - start, rng)
-    return out
-
-
-def _draw(spec: TensorSpec, dt: np.dtype, n: int, rng: np.random.Generator) -> np.ndarray:
-    if dt == np.bool_:
-        return np.ones(n, dtype=np.bool_)  # masks and flags: "on" is the common, meaningful value
-    if np.issubdtype(dt, np.integer):
-        low = int(spec.low if spec.low is not None else 0)
-        high = int(spec.high if spec.high is not None else 2)
-        return rng.integers(low, high, size=n, dtype=dt)
-    low = float(spec.low if spec.low is not None else -1.0)
-    high = float(spec.high if spec.high is not None else 1.0)
-    gen_dtype = np.float64 if dt == np.float64 else np.float32  # Generator.random: float32/64 only
-    vals = rng.random(n, dtype=gen_dtype)
-    vals *= high - low
-    vals += low
-    return vals.astype(dt, copy=False)
 
 
 class RandomBatches(Sequence):
@@ -114,6 +78,17 @@ def bounded_batch(inputs: dict[str, np.ndarray], wanted: int) -> int:
     if per_sample <= 0:
         return max(1, wanted)
     return max(1, min(wanted, BATCH_INPUT_ELEMENTS // per_sample))
+
+
+# Random probe sets hold at most this many input elements: 64 random 736x1088 images took minutes
+# per model on 2 cores for no more evidence than 27 of them give (random inputs are weak evidence).
+PROBE_ELEMENTS = 1 << 26
+
+
+def probe_count(specs: list[TensorSpec], wanted: int) -> int:
+    """`wanted` random samples, fewer for large inputs (at least 8)."""
+    per_sample = sum(int(np.prod(s.concrete_shape(1))) for s in specs if s.shape)
+    return wanted if per_sample <= 0 else max(min(wanted, 8), min(wanted, PROBE_ELEMENTS // per_sample))
 
 
 def sample_count(inputs: dict[str, np.ndarray]) -> int:

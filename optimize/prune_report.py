@@ -76,7 +76,7 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
 
 
 def scan_markdown(scan: dict[str, Any]) -> list[str]:
-    """The sensitivity table of `optimize.prune_scan.scan` as Markdown."""
+    """The sensitivity table of `passes.prune_scan.scan` as Markdown."""
     ratios = scan["ratios"]
     metric = scan["metric"]
     lines = [f"| layer | {' | '.join(f'{r:g}' for r in ratios)} | proposed |", "| --- |" + " --- |" * (len(ratios) + 1)]

@@ -25,6 +25,16 @@ class Metric(_M):
     formula: str = Field(description="How the value is computed, as text.")
     inputs: dict[str, Any] = Field(default_factory=dict, description="The numbers the formula used.")
     reason: str | None = Field(None, description="Why the value is null (or a caveat).")
+    interval: list[float] | None = Field(
+        None, min_length=2, max_length=2,
+        description="Speed ratios: [low, high], the 95% percentile-bootstrap interval of the median of the "
+        "interleaved per-round ratios (inputs.round_ratios).",
+    )
+    verdict: Literal["faster", "slower", "no measurable change"] | None = Field(
+        None, description="Speed ratios: faster when interval[0] > 1 + tolerance, slower when interval[1] < "
+        "1 − tolerance, else no measurable change.",
+    )
+    tolerance: float | None = Field(None, description="Speed ratios: the band around 1 the verdict uses (0.03 = ±3%).")
 
     @classmethod
     def missing(cls, formula: str, reason: str) -> Metric:
@@ -66,8 +76,11 @@ class Step(_M):
     form_in: str
     form_out: str
     seconds: float
-    params_before: int | None = None
-    params_after: int | None = None
+    params_before: int | None = Field(
+        None, description="Weights before the step, counted like input/output `weights`: every weight of a weighted op "
+        "(torch form: every parameter with two or more dimensions; biases and norm scales are not weights).",
+    )
+    params_after: int | None = Field(None, description="Weights after the step, counted like params_before.")
     metrics: dict[str, Any] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     inserted: bool = Field(False, description="True when the pipeline inserted this step (e.g. an export).")
@@ -127,6 +140,7 @@ METRIC_ORDER = [
     "quantization_ratio",
     "compression_ratio",
     "distillation_ratio",
+    "accuracy_retained",
     "parity",
 ]
 
@@ -150,9 +164,23 @@ def format_value(key: str, m: Metric) -> str:
         if str(i.get("evidence", "")).startswith("weak"):
             text += " (weak evidence: random token ids)"
         return text
-    if key.endswith("speedup") or key in ("compression_ratio",):
+    if key.endswith("speedup"):
+        from optimize.speed import format_ratio
+
+        return format_ratio(m.value, m.interval, m.verdict)
+    if key == "compression_ratio":
         return f"{m.value:.2f}x"
     return f"{m.value:.4f}"
+
+
+def metric_note(m: Metric) -> str:
+    """The note beside a metric: its reason, and for a speed ratio the rounds it took."""
+    note = m.reason or ""
+    rounds, configured = m.inputs.get("runs"), m.inputs.get("rounds_configured")
+    if m.interval is not None and rounds:
+        extra = f" ({configured} configured; more added while the interval was undecided)" if configured and rounds > configured else ""
+        note = (note + "; " if note else "") + f"{rounds} interleaved rounds{extra}, tolerance ±{(m.tolerance or 0):.0%}"
+    return note
 
 
 def to_markdown(report: Report) -> str:
@@ -169,7 +197,7 @@ def to_markdown(report: Report) -> str:
         m = report.metrics.get(key)
         if m is None:
             continue
-        lines.append(f"| {key} | {format_value(key, m)} | {m.formula} | {m.reason or ''} |")
+        lines.append(f"| {key} | {format_value(key, m)} | {m.formula} | {metric_note(m)} |")
     if report.latency:
         lines += ["", "## Latency", "", "| model | median ms | p90 ms | runs | batch | threads | runtime |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for key, lat in report.latency.items():

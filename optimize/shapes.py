@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from optimize.errors import UsageError
-from optimize.handle import TensorSpec
+from optimize.handle import TensorSpec, unresolved_message
 
 _SHAPE_RE = re.compile(r"^\s*(?P<name>.+?)\s*=\s*(?P<dims>\d+(\s*[x,]\s*\d+)*)?\s*$")
 
@@ -157,20 +157,6 @@ def _metadata_image_size(path: Any) -> tuple[str, tuple[int, int]] | None:
 
 def _fmt(shape: tuple[Any, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def unresolved_message(spec: TensorSpec) -> str:
-    """One line naming each unresolved dim of `spec` and the exact flag to add."""
-    axes = spec.unresolved_axes()
-    names = ", ".join(f"{spec.shape[a] if isinstance(spec.shape[a], str) and spec.shape[a] not in ('', '?') else '?'} "
-                      f"(axis {a})" for a in axes)
-    example = "x".join(
-        ("1" if i == 0 and not (isinstance(d, int) and d > 0) else
-         str(d) if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and d not in ("", "?") else f"D{i}"))
-        for i, d in enumerate(spec.shape)
-    )
-    return (f"model input '{spec.name}' has symbolic dims {names}: add --input-shape {spec.name}={example} "
-            "(with sizes in place of the names), or model.input_shapes in the config")
 
 
 def resolved_by_data(spec: TensorSpec, config: Any) -> bool:

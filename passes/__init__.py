@@ -1,1 +1,1 @@
-"""The passes: one module per pass, registered by name in `passes.registry`."""
+"""The passes: one module per pass, registered by name in `optimize.registry`."""

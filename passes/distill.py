@@ -21,7 +21,7 @@ carries: torch parametrizations (pruning masks, fake quantization) and forward p
 Weights that are exactly zero and not under a parametrization (pruning that left no mask) are held
 at zero too (`keep_zeros`). With `student: {width | depth | factory}` the student is a smaller
 architecture derived from the teacher (initialized from its weights) or the user's own
-(`optimize/students.py`). The teacher is only run forward, in eval mode, under
+(`passes/students.py`). The teacher is only run forward, in eval mode, under
 `torch.no_grad()`; its weights are never touched.
 
 Training: AdamW/Adam/SGD, linear warm-up then cosine/linear/constant learning rate, gradient
@@ -51,13 +51,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from optimize.errors import ConfigError, PassError
-from passes.base import Pass, PassConfig
+from optimize.pass_api import Pass, PassConfig
 
 if TYPE_CHECKING:
     from optimize.context import PlanContext, RunContext
     from optimize.data import Dataset
     from optimize.handle import ModelHandle
-    from passes.base import PassResult
+    from optimize.pass_api import PassResult
 
 RANDOM_SAMPLES_DEFAULT = 1024
 
@@ -287,7 +287,7 @@ class DistillPass(Pass):
     def run(self, model: ModelHandle, ctx: RunContext) -> PassResult:
         import torch
 
-        from passes.base import PassResult
+        from optimize.pass_api import PassResult
 
         cfg = self.config
         fail = self._fail
@@ -329,7 +329,7 @@ class DistillPass(Pass):
         # ---- the student
         torch.manual_seed(ctx.seed)
         if cfg.student is not None:
-            from optimize.students import build_student
+            from passes.students import build_student
 
             student, student_metrics, student_notes = build_student(cfg.student, teacher_handle, ctx, f"{self._key}.student")
             metrics.update(student_metrics)
@@ -339,7 +339,7 @@ class DistillPass(Pass):
 
             student = copy_module(model.module)
             metrics["student"] = "the current model"
-        from optimize.students import param_count
+        from passes.students import param_count
 
         metrics["teacher_params"] = param_count(teacher)
         metrics["student_params"] = param_count(student)

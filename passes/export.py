@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from passes.base import Pass, PassConfig
+from optimize.pass_api import Pass, PassConfig
 
 
 class ExportConfig(PassConfig):
@@ -25,7 +25,7 @@ class ExportPass(Pass):
     def run(self, model, ctx):  # type: ignore[no-untyped-def]
         from optimize.errors import PassError
         from optimize.export import ExportError, export_to_onnx
-        from passes.base import PassResult
+        from optimize.pass_api import PassResult
 
         out = ctx.config.output
         path = ctx.step_dir(self.name) / "model.onnx"

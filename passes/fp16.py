@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from passes.base import Pass, PassConfig
+from optimize.pass_api import Pass, PassConfig
 
 
 class Fp16Config(PassConfig):
@@ -22,7 +22,7 @@ class Fp16Pass(Pass):
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         from optimize import onnx_io
-        from passes.base import PassResult
+        from optimize.pass_api import PassResult
 
         proto = onnx_io.load(model.onnx_path)
         kwargs = {"keep_io_types": self.config.keep_io_types}

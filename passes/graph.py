@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from passes.base import Pass, PassConfig
+from optimize.pass_api import Pass, PassConfig
 
 
 class GraphConfig(PassConfig):
@@ -26,7 +26,7 @@ class GraphPass(Pass):
         import onnxruntime as ort
 
         from optimize.inspect_onnx import op_counts
-        from passes.base import PassResult
+        from optimize.pass_api import PassResult
 
         out = ctx.step_dir(self.name) / "model.onnx"
         so = ort.SessionOptions()

@@ -25,13 +25,13 @@ its notes; only structured pruning shrinks the matmuls.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from passes.base import Pass, PassConfig, PassResult
+from optimize.pass_api import Pass, PassConfig, PassResult
+from passes import prune_torch as PT
 
 
 class PruneConfig(PassConfig):
@@ -129,23 +129,6 @@ _NM_GPU = (
 _ONNX_FLOAT = {"FLOAT", "FLOAT16", "DOUBLE", "BFLOAT16"}
 # weighted ONNX ops that are embedding lookups, not layers: kept unless `include` names them
 _EMBEDDING_OPS = {"Gather"}
-
-
-def _matches(names: list[str], patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
-
-
-def _selected(cfg: PruneConfig, names: list[str]) -> bool:
-    """A layer is selected when it matches an `include` pattern (or there are none) and no
-    `exclude` pattern. `names` holds every name the layer goes by (module, parameter, node)."""
-    if cfg.include and not _matches(names, cfg.include):
-        return False
-    return not _matches(names, cfg.exclude)
-
-
-def _short_list(items: list[str], limit: int = 8) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _keep_largest(absval: np.ndarray, n_zero: int) -> np.ndarray:
@@ -255,71 +238,10 @@ def _layer_entry(name: str, before: tuple[int, ...], after: tuple[int, ...], zer
 # torch: the mask parametrization
 # --------------------------------------------------------------------------------------------
 
-_MASK_CLASS: Any = None
-
-
-def _weight_mask_class() -> Any:
-    """`WeightMask`: a parametrization whose forward is `X * mask` (mask is a bool buffer, so it
-    moves with `.to(device)` and is saved in `state_dict`). Built on first use so importing this
-    module does not import torch; `passes.prune.WeightMask` resolves to it."""
-    global _MASK_CLASS
-    if _MASK_CLASS is None:
-        import torch
-
-        class WeightMask(torch.nn.Module):
-            def __init__(self, mask: torch.Tensor) -> None:
-                super().__init__()
-                self.register_buffer("mask", mask.to(torch.bool))
-
-            def forward(self, X: torch.Tensor) -> torch.Tensor:
-                return X * self.mask
-
-            def extra_repr(self) -> str:
-                return f"density={self.mask.float().mean().item():.3f}"
-
-        WeightMask.__module__ = __name__
-        WeightMask.__qualname__ = "WeightMask"
-        _MASK_CLASS = WeightMask
-    return _MASK_CLASS
-
-
 def __getattr__(name: str) -> Any:  # PEP 562: `from passes.prune import WeightMask`
     if name == "WeightMask":
-        return _weight_mask_class()
+        return PT.weight_mask_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _apply_mask(module: Any, keep: np.ndarray) -> None:
-    """Mask `module.weight`: tighten an existing WeightMask in place, else register one (after any
-    parametrization already there)."""
-    import torch
-    from torch.nn.utils import parametrize
-
-    if keep.all():
-        return
-    mask_cls = _weight_mask_class()
-    mask = torch.from_numpy(np.ascontiguousarray(keep)).to(module.weight.device)
-    if parametrize.is_parametrized(module, "weight"):
-        for p in module.parametrizations.weight:
-            if isinstance(p, mask_cls):
-                p.mask &= mask
-                return
-    parametrize.register_parametrization(module, "weight", mask_cls(mask))
-
-
-def _torch_layers(module: Any) -> list[tuple[str, Any]]:
-    """Conv / ConvTranspose / Linear modules with a materialized weight, in module order."""
-    import torch
-    from torch import nn
-
-    out = []
-    for name, m in module.named_modules():
-        if not isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            continue
-        w = getattr(m, "weight", None)
-        if isinstance(w, torch.Tensor) and not isinstance(w, nn.parameter.UninitializedParameter):
-            out.append((name, m))
-    return out
 
 
 def _torch_in_axes(m: Any) -> tuple[int, ...]:
@@ -333,61 +255,6 @@ def _torch_in_axes(m: Any) -> tuple[int, ...]:
 
 def _weight_np(m: Any) -> np.ndarray:
     return m.weight.detach().float().cpu().numpy()
-
-
-def _example_args(model: Any, ctx: Any) -> tuple[Any, ...] | None:
-    """Example inputs from the declared input spec, on the module's device; None when unknown."""
-    import torch
-
-    specs = model.inputs or getattr(ctx, "inputs", None) or []
-    if not specs:
-        return None
-    rng = np.random.default_rng(getattr(ctx, "seed", 0))
-    dev = next((p.device for p in model.module.parameters()), torch.device("cpu"))
-    return tuple(torch.from_numpy(s.random(2, rng)).to(dev) for s in specs)
-
-
-def _torch_output_layers(module: Any, layers: list[tuple[str, Any]], args: tuple[Any, ...] | None) -> tuple[set[str], str]:
-    """The layers whose outputs are the model's outputs: found by running the model once with
-    hooks (a layer whose output tensor is returned as is; else the last layer to run). Without
-    example inputs, the last Conv/Linear in module order."""
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    if not layers:
-        return set(), ""
-    fallback = ({layers[-1][0]}, "the last Conv/Linear in module order")
-    if args is None:
-        return fallback
-    order: list[str] = []
-    produced: dict[str, list[Any]] = {}
-
-    def hook_for(name: str) -> Any:
-        def hook(_m: Any, _i: Any, out: Any) -> None:
-            order.append(name)
-            produced.setdefault(name, []).extend(t for t in tree_leaves(out) if isinstance(t, torch.Tensor))
-
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers]
-    was_training = module.training
-    try:
-        module.eval()
-        with torch.no_grad():
-            result = module(*args)
-    except Exception:  # an unusual forward signature: fall back to module order
-        return fallback
-    finally:
-        for h in handles:
-            h.remove()
-        module.train(was_training)
-    leaves = [t for t in tree_leaves(result) if isinstance(t, torch.Tensor)]
-    direct = {n for n, ts in produced.items() if any(t is leaf for t in ts for leaf in leaves)}
-    if direct:
-        return direct, "its output is a model output"
-    if order:
-        return {order[-1]}, "the last Conv/Linear to run"
-    return fallback
 
 
 def _torch_sparsity_metrics(layers: list[tuple[str, Any]], selected: set[str]) -> dict[str, Any]:
@@ -579,15 +446,15 @@ class PrunePass(Pass):
         cfg = self.config
         module = copy_module(model.module)  # deepcopy that leaves the input's parametrizations alone
         params_before = sum(p.numel() for p in module.parameters())
-        layers = _torch_layers(module)
+        layers = PT.torch_layers(module)
         notes: list[str] = []
         out_layers: set[str] = set()
         if cfg.keep_output_layer:
-            out_layers, why = _torch_output_layers(module, layers, _example_args(model.replace(module=module), ctx))
+            out_layers, why = PT.torch_output_layers(module, layers, PT.example_args(model.replace(module=module), ctx))
             if out_layers:
-                notes.append(f"output layer kept whole: {_short_list(sorted(out_layers))} ({why})")
+                notes.append(f"output layer kept whole: {PT.short_list(sorted(out_layers))} ({why})")
         chosen = [
-            (n, m) for n, m in layers if n not in out_layers and _selected(cfg, [n, f"{n}.weight"])
+            (n, m) for n, m in layers if n not in out_layers and PT.selected(cfg, [n, f"{n}.weight"])
         ]
         shapes = {n: tuple(m.weight.shape) for n, m in chosen}
         per_layer = {
@@ -613,7 +480,7 @@ class PrunePass(Pass):
                         {n: r * frac for n, r in per_layer.items()},
                     )
                     for n, m in chosen:
-                        _apply_mask(m, keeps[n])
+                        PT.apply_mask(m, keeps[n])
                         pruned.add(n)
                         ctx.progress.advance(key)
                 else:
@@ -623,17 +490,17 @@ class PrunePass(Pass):
                         if keep is None:
                             skipped.append(n)
                         else:
-                            _apply_mask(m, keep)
+                            PT.apply_mask(m, keep)
                             pruned.add(n)
                         ctx.progress.advance(key)
                     if skipped:
                         notes.append(
                             f"N:M skipped {len(skipped)} layer(s) whose input dimension is not divisible by "
-                            f"{cfg.m}: {_short_list(skipped)}"
+                            f"{cfg.m}: {PT.short_list(skipped)}"
                         )
                 if not gradual:
                     break
-                sel = _torch_sparsity_metrics(_torch_layers(module), pruned)
+                sel = _torch_sparsity_metrics(PT.torch_layers(module), pruned)
                 row: dict[str, Any] = {
                     "step": k + 1, "target_sparsity": round(cfg.sparsity * frac, 6),
                     "sparsity": sel["selected_sparsity"],
@@ -658,8 +525,14 @@ class PrunePass(Pass):
         if gradual:
             metrics["schedule"] = {"steps": cfg.steps, "kind": cfg.schedule, "quality_on": eval_desc}
             metrics["per_step"] = step_rows
-        macs = U.torch_macs(module, _example_args(model.replace(module=module), ctx))
-        metrics["macs_before"] = metrics["macs_after"] = macs
+        # masks keep every tensor's shape, so a dense runtime does the same MACs; both are measured
+        # (before: on the input module, after: on the pruned one), never one copied to the other, on
+        # the masks baked into plain weights: Torch-Pruning's counter misses parametrized layers
+        from optimize.export import finalized_module
+
+        args = PT.example_args(model, ctx)
+        metrics["macs_before"] = U.torch_macs(finalized_module(model.module), args)
+        metrics["macs_after"] = U.torch_macs(finalized_module(module), args)
         ctx.log.info("prune: %s, %d layer(s), sparsity of selected weights %.3f",
                      cfg.method, len(pruned), metrics["selected_sparsity"])
         return PassResult(model.replace(module=module), metrics=metrics, notes=notes)
@@ -669,7 +542,7 @@ class PrunePass(Pass):
         shapes: dict[str, tuple[int, ...]], params_before: int, extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         cfg = self.config
-        layers = _torch_layers(module)
+        layers = PT.torch_layers(module)
         entries = []
         for n, m in layers:
             if n in pruned:
@@ -689,7 +562,7 @@ class PrunePass(Pass):
         metrics.update(
             params_before=int(params_before),
             params_after=int(params_after),
-            params_nonzero_after=int(sum(int(p.count_nonzero().item()) for p in _effective_params(module))),
+            params_nonzero_after=int(sum(int(p.count_nonzero().item()) for p in PT.effective_params(module))),
             layers_pruned=len(entries),
             layers=entries,
         )
@@ -733,10 +606,10 @@ class PrunePass(Pass):
         chosen: dict[str, list[Any]] = {}
         for name, us in by_name.items():
             names = [name, us[0].name, *(u.node.name for u in us if u.node.name)]
-            if any(u.node.op_type in _EMBEDDING_OPS for u in us) and not (cfg.include and _matches(names, cfg.include)):
+            if any(u.node.op_type in _EMBEDDING_OPS for u in us) and not (cfg.include and PT.matches(names, cfg.include)):
                 embeddings.append(name)
                 continue
-            if not _selected(cfg, names):
+            if not PT.selected(cfg, names):
                 continue
             if name in out_weights:
                 kept_out.append(name)
@@ -797,7 +670,7 @@ class PrunePass(Pass):
             for n, us in chosen.items():
                 t = us[0].tensor
                 if onnx_io.uses_external(t):
-                    replace[onnx_io._external_key(t)] = raw_of(n)
+                    replace[onnx_io.external_key(t)] = raw_of(n)
                 else:
                     new = pruned(n)
                     if new is not None:
@@ -808,11 +681,11 @@ class PrunePass(Pass):
         keeps = {n: True for n in chosen if n in entries_by_name}
         entries = [entries_by_name[n] for n in chosen if n in entries_by_name]
         if no_layout:
-            notes.append(f"N:M skipped {len(no_layout)} weight(s) whose input axis is unknown: {_short_list(no_layout)}")
+            notes.append(f"N:M skipped {len(no_layout)} weight(s) whose input axis is unknown: {PT.short_list(no_layout)}")
         if not_divisible:
             notes.append(
                 f"N:M skipped {len(not_divisible)} weight(s) whose input dimension is not divisible by "
-                f"{cfg.m}: {_short_list(not_divisible)}"
+                f"{cfg.m}: {PT.short_list(not_divisible)}"
             )
         stats = weight_stats(path)
         dense = [t for t in stats.tensors if t.op_type not in _EMBEDDING_OPS]
@@ -823,13 +696,13 @@ class PrunePass(Pass):
         sel_zero = sel_tot - sum(t.nonzero for t in sel)
 
         if kept_out:
-            notes.append(f"output layer kept whole: {_short_list(kept_out)}")
+            notes.append(f"output layer kept whole: {PT.short_list(kept_out)}")
         if embeddings:
             notes.append(
-                f"embedding table(s) not pruned (add an include pattern to prune them): {_short_list(embeddings)}"
+                f"embedding table(s) not pruned (add an include pattern to prune them): {PT.short_list(embeddings)}"
             )
         if non_float:
-            notes.append(f"non-float weights skipped (already quantized): {_short_list(non_float)}")
+            notes.append(f"non-float weights skipped (already quantized): {PT.short_list(non_float)}")
         if not keeps:
             notes.append("no weight matched the selection: nothing pruned")
         notes.append(_NO_SPEEDUP)
@@ -859,29 +732,3 @@ class PrunePass(Pass):
         return PassResult(model.replace(onnx_path=path), metrics=metrics, notes=notes)
 
 
-def _tensor_leaves(out: Any) -> list[Any]:
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-
-
-def _effective_params(module: Any) -> list[Any]:
-    """Every parameter as the forward sees it: a parametrized weight through its masks."""
-    from torch.nn.utils import parametrize
-
-    out = []
-    for sub in module.modules():
-        out.extend(sub.parameters(recurse=False))
-        if parametrize.is_parametrized(sub):
-            for tname in sub.parametrizations.keys():
-                out.append(getattr(sub, tname).detach())
-    # the originals of parametrized tensors live in ParametrizationList modules: drop them
-    originals = {
-        id(plist.original)
-        for sub in module.modules()
-        if parametrize.is_parametrized(sub)
-        for plist in sub.parametrizations.values()
-        if hasattr(plist, "original")
-    }
-    return [p for p in out if id(p) not in originals]

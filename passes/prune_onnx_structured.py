@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from passes.base import PassResult
+from optimize.pass_api import PassResult
 
 UNARY = {
     "Relu", "Gelu", "Erf", "Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Softplus", "Softsign", "HardSigmoid",
@@ -274,7 +274,7 @@ def run_onnx_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
     from optimize.errors import PassError
     from optimize.inspect_onnx import weight_stats
     from optimize.runtime import check_model, parity, predict, session
-    from passes import prune as P
+    from passes import prune_torch as PT
     from passes import prune_util as U
 
     cfg = pass_obj.config
@@ -295,10 +295,10 @@ def run_onnx_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
         node = cand.producer
         names = [cand.weight, node.name, f"{node.name}.weight"]
         if cand.blocked:
-            if P._selected(cfg, names):
+            if PT.selected(cfg, names):
                 blocked.append(f"{node.name or cand.weight}: {cand.blocked}")
             continue
-        if not P._selected(cfg, names):
+        if not PT.selected(cfg, names):
             continue
         ratio = U.layer_ratio(names, cfg.layer_sparsity, cfg.sparsity)
         keep_n = cand.channels - int(round(ratio * cand.channels))
@@ -391,7 +391,7 @@ def run_onnx_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
         layers_pruned=len(entries), layers=entries,
     )
     if blocked:
-        notes.append(f"structured ONNX pruning skipped {len(blocked)} weighted node(s): {P._short_list(blocked, 6)}")
+        notes.append(f"structured ONNX pruning skipped {len(blocked)} weighted node(s): {PT.short_list(blocked, 6)}")
     if not entries:
         notes.append("structured ONNX pruning found no producer/consumer chain it could shrink: nothing removed")
     notes.append(

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from passes.base import PassResult
+from optimize.pass_api import PassResult
 
 
 def _torch_importance(cfg: Any) -> Any:
@@ -37,7 +37,7 @@ def _taylor_grads(module: Any, ctx: Any, names: list[str], samples: int, task: s
     import torch
     import torch.nn.functional as F
 
-    from passes.prune import _tensor_leaves
+    from passes.prune_torch import tensor_leaves
 
     ds = ctx.data("calibration")
     if ds is None:
@@ -55,7 +55,7 @@ def _taylor_grads(module: Any, ctx: Any, names: list[str], samples: int, task: s
     try:
         for start in range(0, len(ds), 32):
             xs = [torch.from_numpy(np.ascontiguousarray(ds.inputs[k][start : start + 32])).to(dev) for k in keys]
-            out = _tensor_leaves(module(*xs))[0].float()
+            out = tensor_leaves(module(*xs))[0].float()
             if task == "classification" and out.dim() == 2 and labels_ok:
                 y = torch.from_numpy(ds.labels[start : start + 32]).to(dev)
                 loss, used = F.cross_entropy(out, y), "cross-entropy against data labels"
@@ -87,7 +87,7 @@ def run_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
 
     from optimize.errors import PassError
     from optimize.export import copy_module
-    from passes import prune as P
+    from passes import prune_torch as PT
     from passes import prune_transformer as T
     from passes import prune_util as U
 
@@ -95,7 +95,7 @@ def run_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
     name = pass_obj.name
     module = copy_module(model.module)
     params_before = sum(p.numel() for p in module.parameters())
-    args = P._example_args(model.replace(module=module), ctx)
+    args = PT.example_args(model.replace(module=module), ctx)
     if args is None:
         raise PassError(name, "structured pruning traces the model: declare model.inputs (name, shape, dtype)")
     notes: list[str] = []
@@ -104,7 +104,7 @@ def run_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
 
     # Masks from an earlier prune are baked into the weights for tracing and put back after;
     # any other reparametrization (simulated quantization) cannot follow a change of shape.
-    mask_cls = P._weight_mask_class()
+    mask_cls = PT.weight_mask_class()
     masked = []
     for sub_name, sub in module.named_modules():
         if parametrize.is_parametrized(sub):
@@ -127,17 +127,17 @@ def run_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
     if converted:
         notes.append(
             f"nn.MultiheadAttention replaced by SplitHeadAttention (same weights, separate q/k/v) in "
-            f"{P._short_list(converted)} so heads can be removed"
+            f"{PT.short_list(converted)} so heads can be removed"
         )
     attention = T.find_attention(module)
 
-    layers = P._torch_layers(module)
+    layers = PT.torch_layers(module)
     shapes = {n: tuple(m.weight.shape) for n, m in layers}
     counts_before = _param_counts(module)
     macs_before = U.torch_macs(module, args)
-    out_layers, why = P._torch_output_layers(module, layers, args)
+    out_layers, why = PT.torch_output_layers(module, layers, args)
     if out_layers:
-        notes.append(f"output layer's outputs kept: {P._short_list(sorted(out_layers))} ({why})")
+        notes.append(f"output layer's outputs kept: {PT.short_list(sorted(out_layers))} ({why})")
         if not cfg.keep_output_layer:
             notes.append("keep_output_layer is false, but structured pruning never removes the model's output features")
     writers: list[str] = []
@@ -151,11 +151,11 @@ def run_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
         if writers:
             notes.append(
                 f"hidden size kept: {len(writers)} residual-stream writer(s) not pruned "
-                f"({P._short_list(writers, 4)}); heads and FFN neurons are removed"
+                f"({PT.short_list(writers, 4)}); heads and FFN neurons are removed"
             )
     ignored = [
         m for n, m in layers
-        if n in out_layers or n in writers or not P._selected(cfg, [n, f"{n}.weight"])
+        if n in out_layers or n in writers or not PT.selected(cfg, [n, f"{n}.weight"])
     ]
     ratio_dict = {}
     for n, m in layers:
@@ -170,7 +170,7 @@ def run_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
     def forward_shapes() -> list[tuple[int, ...]]:
         with torch.no_grad():
             module.eval()
-            return [tuple(t.shape) for t in P._tensor_leaves(module(*args))]
+            return [tuple(t.shape) for t in PT.tensor_leaves(module(*args))]
 
     was_training = module.training
     try:
@@ -229,11 +229,11 @@ def run_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
             try:
                 new_shapes = forward_shapes()
             except Exception as exc:
-                changed = [n for n, m in P._torch_layers(module) if tuple(m.weight.shape) != shapes.get(n)]
+                changed = [n for n, m in PT.torch_layers(module) if tuple(m.weight.shape) != shapes.get(n)]
                 raise PassError(
                     name,
                     f"the pruned model no longer runs ({type(exc).__name__}: {exc}); resized layers: "
-                    f"{P._short_list(changed)}; exclude (prune.exclude) the layer the error names, or, on a "
+                    f"{PT.short_list(changed)}; exclude (prune.exclude) the layer the error names, or, on a "
                     "residual/attention model, the layers that write the residual stream (attention output "
                     "projections, FFN output layers) so the hidden size is kept",
                 ) from None
@@ -266,9 +266,9 @@ def run_structured(pass_obj: Any, model: Any, ctx: Any) -> PassResult:
         sub = module.get_submodule(sub_name)
         w = getattr(sub, "weight", None)
         if isinstance(w, torch.Tensor):
-            P._apply_mask(sub, (w.detach() != 0).cpu().numpy())
+            PT.apply_mask(sub, (w.detach() != 0).cpu().numpy())
 
-    after = P._torch_layers(module)
+    after = PT.torch_layers(module)
     pruned = {n for n, m in after if n in shapes and tuple(m.weight.shape) != shapes[n]}
     extra = {
         n: {"removed_fraction": round(1 - m.weight.numel() / int(np.prod(shapes[n])), 6)}

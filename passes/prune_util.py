@@ -52,9 +52,9 @@ def compressed_bytes(arrays: Iterable[np.ndarray]) -> tuple[int, int]:
 
 def torch_weight_arrays(module: Any) -> list[np.ndarray]:
     """Every parameter as the forward sees it (masks applied), as numpy, in module order."""
-    from passes.prune import _effective_params
+    from passes.prune_torch import effective_params
 
-    return [p.detach().float().cpu().numpy() for p in _effective_params(module)]
+    return [p.detach().float().cpu().numpy() for p in effective_params(module)]
 
 
 def torch_macs(module: Any, args: tuple[Any, ...] | None) -> int | None:
@@ -188,7 +188,7 @@ def torch_outputs(module: Any, ds: Any, names: list[str], batch: int = 64) -> li
     """The first tensor output of `module` over the dataset, batched, as numpy."""
     import torch
 
-    from passes.prune import _tensor_leaves
+    from passes.prune_torch import tensor_leaves
 
     dev = next((p.device for p in module.parameters()), torch.device("cpu"))
     was_training = module.training
@@ -199,7 +199,7 @@ def torch_outputs(module: Any, ds: Any, names: list[str], batch: int = 64) -> li
             keys = names if names and all(k in ds.inputs for k in names) else list(ds.inputs)
             for start in range(0, len(ds), batch):
                 xs = [torch.from_numpy(np.ascontiguousarray(ds.inputs[k][start : start + batch])).to(dev) for k in keys]
-                outs.append(_tensor_leaves(module(*xs))[0].float().cpu().numpy())
+                outs.append(tensor_leaves(module(*xs))[0].float().cpu().numpy())
     finally:
         module.train(was_training)
     return [np.concatenate(outs, axis=0)]
@@ -223,17 +223,17 @@ def quality(module: Any, ds: Any, names: list[str], reference: list[np.ndarray] 
 def finetune(module: Any, model: Any, ctx: Any, epochs: int, lr: float) -> tuple[Any, dict[str, Any]]:
     """Train `module` for `epochs` with the distill pass's loop (teacher: the pipeline's input
     model, else `model`, the prune pass's input). Returns (trained module, distill metrics)."""
-    import dataclasses
+    from optimize import registry
+    from optimize.context import RunContext
 
-    from passes.distill import DistillConfig, DistillPass
-
+    # found by name, as the pipeline finds passes: distill derives width students through prune,
+    # so a module import here would make prune and distill import each other
+    distill = registry.get("distill")
     teacher = getattr(ctx, "input_model", None)
     if teacher is None or teacher.form != "torch" or teacher.module is None:
         teacher = model
-    sub_ctx = dataclasses.replace(ctx, input_model=teacher) if dataclasses.is_dataclass(ctx) else ctx
-    if sub_ctx is not ctx:
-        sub_ctx._data = ctx._data  # share the loaded datasets
-    res = DistillPass(DistillConfig(epochs=epochs, lr=lr)).run(model.replace(module=module), sub_ctx)
+    sub_ctx = ctx.with_input_model(teacher) if isinstance(ctx, RunContext) else ctx
+    res = distill(distill.config_cls(epochs=epochs, lr=lr)).run(model.replace(module=module), sub_ctx)
     keep = ("train_loss", "student_accuracy", "teacher_accuracy", "train_seconds")
     return res.model.module, {k: res.metrics.get(k) for k in keep}
 

@@ -63,9 +63,39 @@ def test_speed_table_renders_rows_without_sizes_or_iqr():
          "speedup_iqr": [None, None], "size_mb": None, "size_ratio": None, "cosine": None},
         {"variant": "broken", "error": "RuntimeError: x"},
     ]
+    rows[0].update(speedup_ci=[0.98, 1.02], verdict="no measurable change")
     lines = md.RENDER["speed"](rows)
-    assert lines[3] == "| torch eager FP32 (separate run, not interleaved) | 4.000 | 0.50x | — | — | — | — |"
+    assert lines[2] == "| FP32 ONNX | 2.000 | 1.00x | 0.98–1.02 | no measurable change | 1.00–1.00 | 1.00 | 1.00x | 1.00000 |"
+    assert lines[3] == "| torch eager FP32 (separate run, not interleaved) | 4.000 | 0.50x | — | — | — | — | — | — |"
     assert "**error**" in lines[4]
+
+
+@pytest.mark.parametrize(("interval", "verdict"), [
+    ((1.10, 1.30), "met"),            # the lower bound clears the target
+    ((1.00, 1.00), "met"),            # exactly at the target (a point interval)
+    ((0.80, 0.99), "missed"),         # the upper bound does not reach it
+    ((0.95, 1.08), "inconclusive"),   # the interval contains the target
+    ((0.99, 1.00), "inconclusive"),   # the upper bound reaches it, the lower does not
+])
+def test_speed_targets_are_judged_on_the_interval(interval, verdict):
+    result = md.judge_interval(1.0, list(interval), 1.0)
+    assert result.split(" ")[0] == verdict, result
+    assert f"95% interval {interval[0]:.2f}–{interval[1]:.2f}" in result
+
+
+def test_a_target_without_a_measurement_is_not_judged():
+    assert md.judge_interval(None, None, 1.0) == "not measured"
+    assert md.judge_interval(1.2, None, 1.0) == "not measured"
+
+
+def test_ratio_columns_give_the_interval_and_verdict_of_the_rounds():
+    from bench.run import ratio_columns
+
+    same = ratio_columns([1.0, 0.99, 1.01] * 20)
+    assert same["verdict"] == "no measurable change" and same["speedup_ci"][0] <= 1.0 <= same["speedup_ci"][1]
+    faster = ratio_columns([3.0, 2.9, 3.2, 3.1] * 10)
+    assert faster["verdict"] == "faster" and faster["speedup_ci"][0] > 2.8
+    assert md.judge_interval(faster["speedup"], faster["speedup_ci"], 2.5).startswith("met")
 
 
 # ---------------------------------------------------------------------------- configs and factories

@@ -294,7 +294,7 @@ def _find(obj, key):
 
 
 def test_json_schema_has_passes_and_a_discriminator() -> None:
-    from passes import registry
+    from optimize import registry
 
     schema = json_schema()
     assert "passes" in schema["properties"]

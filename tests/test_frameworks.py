@@ -67,7 +67,7 @@ def test_mindspore_file_says_how_to_export_onnx(tmp_path, suffix):
 
 
 def test_hf_folder_without_transformers_names_the_extra(tmp_path, monkeypatch):
-    monkeypatch.setattr(frameworks, "has_module", lambda name: False)
+    monkeypatch.setattr(frameworks.common, "has_module", lambda name: False)
     with pytest.raises(ModelLoadError, match=r"pip install 'optimize\[hf\]'") as info:
         load_model(str(hf_folder(tmp_path)))
     assert "\n" not in str(info.value)
@@ -75,7 +75,7 @@ def test_hf_folder_without_transformers_names_the_extra(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["savedmodel", "keras"])
 def test_tensorflow_without_the_extra_names_it(tmp_path, monkeypatch, kind):
-    monkeypatch.setattr(frameworks, "has_module", lambda name: False)
+    monkeypatch.setattr(frameworks.common, "has_module", lambda name: False)
     monkeypatch.delenv("OPTIMIZE_TF_PYTHON", raising=False)
     if kind == "keras":
         path = tmp_path / "m.keras"

@@ -140,3 +140,43 @@ def test_accuracy_with_a_null_value_fails_even_if_a_drop_was_recorded() -> None:
     report.metrics["accuracy"] = Metric(value=None, formula="f", inputs={"drop": 0.1}, reason="non-finite outputs")
     (g,) = evaluate_gates(gates_for("max_accuracy_drop", 1.0), report)
     assert g.passed is False
+
+
+# ---- min_speedup on the speedup's 95% interval (issue 14). A metric without an interval (as in the
+# cases above) is judged on its value; with one, the gate fails only when the measurement shows the
+# limit missed, unless gates.speed_bound: lower asks for the lower bound.
+
+
+def _speed_report(value: float, interval: tuple[float, float]) -> Report:
+    report = make_report(speedup=value)
+    report.metrics["speedup"] = Metric(value=value, formula="f", interval=list(interval), verdict="faster", tolerance=0.03)
+    return report
+
+
+def _speed_gate(limit: float, value: float, interval: tuple[float, float], bound: str | None = None):
+    extra = f"\n  speed_bound: {bound}" if bound else ""
+    cfg = load_config_text(f"schema_version: 1\npasses: []\ngates:\n  min_speedup: {limit}{extra}\n", file="g.yaml")
+    (g,) = evaluate_gates(cfg.gates, _speed_report(value, interval))
+    return g
+
+
+def test_min_speedup_fails_when_the_whole_interval_is_below_the_limit() -> None:
+    g = _speed_gate(1.0, 0.9, (0.85, 0.97))
+    assert not g.passed and g.value == pytest.approx(0.9) and "FAILED" in g.message
+
+
+def test_min_speedup_inside_the_interval_is_inconclusive_and_passes() -> None:
+    g = _speed_gate(1.0, 0.98, (0.9, 1.05))  # the point estimate is below the limit, the interval contains it
+    assert g.passed and "inconclusive" in g.message and "95% interval 0.9–1.05" in g.message
+
+
+def test_speed_bound_lower_needs_the_lower_bound_above_the_limit() -> None:
+    assert not _speed_gate(1.0, 1.02, (0.97, 1.08), "lower").passed
+    assert _speed_gate(1.0, 1.2, (1.01, 1.3), "lower").passed
+
+
+def test_speed_bound_rejects_other_values() -> None:
+    from optimize.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_config_text("schema_version: 1\npasses: []\ngates:\n  speed_bound: middle\n", file="g.yaml")

@@ -25,7 +25,7 @@ FAST = "measure: {repeat: 3, warmup: 1, parity_samples: 32, batch: 4}\n"
 PASSES = "  - type: prune\n    method: magnitude\n    sparsity: 0.3\n  - type: quantize\n    mode: dynamic\n"
 
 
-def _fixed_interleaved(models, inputs, *, threads, warmup=5, repeat=30, device="cpu", progress=None, key="bench"):
+def _fixed_interleaved(models, inputs, *, threads, warmup=5, repeat=30, device="cpu", progress=None, key="bench", **_):
     batch = len(next(iter(inputs.values())))
     ms = {"input": 2.0, "output": 1.0}
     return {n: Timing(n, [ms.get(n, 1.0)] * repeat, batch, threads, warmup, "fixed (test)", device) for n in models}
@@ -153,7 +153,7 @@ def test_no_fail_on_gate_exits_0_and_keeps_gate_failed(setup, measured):
     assert json.loads(r.stdout)["status"] == "gate_failed"
     assert json.loads(out.with_suffix(".report.json").read_text())["status"] == "gate_failed"
     assert not out.exists() and out.with_name("nofail.opt.rejected.onnx").is_file()
-    assert "gate min_speedup: 2x < 3.0x FAILED" in r.stderr.splitlines()
+    assert "gate min_speedup: 2x (95% interval 2–2) < 3.0x FAILED" in r.stderr.splitlines()
 
 
 def test_github_actions_annotations(setup, measured):
@@ -161,6 +161,6 @@ def test_github_actions_annotations(setup, measured):
     r, _ = _invoke(d, model, "gha", "  min_speedup: 3\n  min_sparsity: 0.01\n", env={"GITHUB_ACTIONS": "true"})
     assert r.exit_code == 3
     lines = r.stderr.splitlines()
-    assert "::error title=optimize gate::gate min_speedup: 2x < 3.0x FAILED" in lines
+    assert "::error title=optimize gate::gate min_speedup: 2x (95%25 interval 2–2) < 3.0x FAILED"  # % escaped as %25 in lines
     assert not any(line.startswith("::error") and "min_sparsity" in line for line in lines)  # passed: no annotation
     assert any(line.startswith("gate min_sparsity: ") and line.endswith("passed") for line in lines)

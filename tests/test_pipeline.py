@@ -172,7 +172,7 @@ def test_non_finite_output_fails_builtin_gate(tmp_path, mlp_onnx, monkeypatch):
     from passes import graph
 
     def poison(self, model, ctx):
-        from passes.base import PassResult
+        from optimize.pass_api import PassResult
 
         m = onnx.load(str(model.onnx_path))
         for init in m.graph.initializer:

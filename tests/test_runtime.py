@@ -189,3 +189,19 @@ def test_check_model_runs_shape_inference(tmp_path: Path) -> None:
     onnx.save_model(model, str(path))
     with pytest.raises(VerificationError):
         check_model(path)
+
+
+def test_parity_balances_an_output_whose_channels_differ_in_scale():
+    """YOLOv8-like output (batch, 4 boxes in pixels + 2 scores in 0..1, anchors): scores broken by
+    0.3 must show, though the boxes alone would keep a plain cosine near 1."""
+    from optimize.runtime import parity
+
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.uniform(0, 640, (3, 4, 50)), rng.uniform(0, 0.2, (3, 2, 50))], axis=1)
+    broken = ref.copy()
+    broken[:, 4:] += rng.uniform(0, 0.3, (3, 2, 50))
+    plain = float(np.min([(a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(ref, broken, strict=True)]))
+    p = parity([ref.astype(np.float32)], [broken.astype(np.float32)])
+    assert plain > 0.999 and p["min_cosine"] < 0.95 and p["scale_balanced_outputs"] == 1
+    same_scale = rng.standard_normal((3, 6, 50))
+    assert parity([same_scale], [same_scale])["scale_balanced_outputs"] == 0

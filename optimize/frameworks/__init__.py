@@ -15,54 +15,20 @@ Nothing here imports torch, transformers or tensorflow at import time.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from optimize.errors import ModelLoadError
-
-HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-HF_OTHER_WEIGHTS = ("tf_model.h5", "flax_model.msgpack")
-MINDSPORE_SUFFIXES = (".mindir", ".ckpt")
-KERAS_SUFFIXES = (".keras",)
-
-MINDSPORE_EXPORT = (
-    "export ONNX from MindSpore with mindspore.export(net, input, file_name='model', file_format='ONNX') "
-    "(net: the network with its weights, input: a Tensor of the input's shape), then run: "
-    "optimize run model.onnx -c PIPELINE.yaml"
+from optimize.frameworks.common import (
+    HF_OTHER_WEIGHTS,
+    HF_WEIGHTS,
+    KERAS_SUFFIXES,
+    MINDSPORE_EXPORT,
+    MINDSPORE_SUFFIXES,
+    detect,
+    folder_hint,
+    has_module,
 )
-
-
-def has_module(name: str) -> bool:
-    """Whether `name` can be imported here (without importing it)."""
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def detect(path: Path) -> str | None:
-    """'hf', 'savedmodel', 'keras' or 'mindspore'; None when the core loaders handle the path."""
-    if path.is_dir():
-        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
-            return "savedmodel"
-        if (path / "config.json").is_file() or (path / "modules.json").is_file():
-            return "hf"
-        return None
-    suffix = path.suffix.lower()
-    if suffix in MINDSPORE_SUFFIXES:
-        return "mindspore"
-    if suffix in KERAS_SUFFIXES:
-        return "keras"
-    return None
-
-
-def folder_hint() -> str:
-    """What a model folder must hold, for the error about a folder that is none of these."""
-    return (
-        "expected a model file (.onnx, .pt, .pt2, .keras), a Hugging Face model folder (config.json + "
-        "model.safetensors + tokenizer files) or a TensorFlow SavedModel folder (saved_model.pb)"
-    )
 
 
 def load(kind: str, path: Path, *, model_cfg: Any = None, trust_model: bool = False) -> Any:
@@ -88,4 +54,7 @@ def load(kind: str, path: Path, *, model_cfg: Any = None, trust_model: bool = Fa
     raise ModelLoadError(f"{path}: unknown framework '{kind}'")
 
 
-__all__ = ["detect", "load", "has_module", "folder_hint", "MINDSPORE_EXPORT"]
+__all__ = [
+    "detect", "load", "has_module", "folder_hint", "MINDSPORE_EXPORT", "HF_WEIGHTS", "HF_OTHER_WEIGHTS",
+    "KERAS_SUFFIXES", "MINDSPORE_SUFFIXES",
+]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from optimize.errors import ConfigError, ModelLoadError
+from optimize.frameworks.common import HF_OTHER_WEIGHTS, HF_WEIGHTS, quiet_transformers
 from optimize.frameworks.text_data import TokenizerInfo
 from optimize.handle import ModelHandle, TensorSpec
 
@@ -40,21 +41,6 @@ POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len")  # sentence-transformers
 EXAMPLE_TOKENS = 16  # sequence length of example/random inputs (export, tracing)
 TASKS = {"feature-extraction": "embedding", "sequence-classification": "classification",
          "token-classification": "classification"}
-
-
-def quiet_transformers() -> None:
-    """Offline and quiet: no hub access, no progress bars, errors only."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except Exception:  # an old or partial transformers: only cosmetics are lost
-        pass
 
 
 def _read_json(path: Path, where: str) -> Any:
@@ -211,7 +197,7 @@ def _max_length(config: Any, tokenizer: Any, st: dict[str, Any] | None) -> int:
 
 def load_hf_folder(folder: Path, model_cfg: Any = None, *, trust_model: bool = False) -> ModelHandle:
     """Load a Hugging Face / sentence-transformers folder into a torch handle (see module doc)."""
-    from optimize.frameworks import has_module
+    from optimize.frameworks.common import has_module  # looked up per call: tests patch it
 
     if not has_module("transformers"):
         raise ModelLoadError(
@@ -220,8 +206,6 @@ def load_hf_folder(folder: Path, model_cfg: Any = None, *, trust_model: bool = F
     quiet_transformers()
     st = sentence_transformers_layout(folder)
     tdir = st["transformer"] if st else folder
-    from optimize.frameworks import HF_OTHER_WEIGHTS, HF_WEIGHTS
-
     if not any((tdir / w).is_file() for w in HF_WEIGHTS):
         others = [w for w in HF_OTHER_WEIGHTS if (tdir / w).is_file()]
         if others:

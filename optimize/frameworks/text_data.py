@@ -148,11 +148,10 @@ def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None, opt
 
 def load_tokenizer(path: Path, where: str) -> Any:
     """`AutoTokenizer.from_pretrained(path)`, offline, with one-line errors."""
-    from optimize.frameworks import has_module
+    from optimize.frameworks.common import has_module, quiet_transformers
 
     if not has_module("transformers"):
         raise DataError(f"{where}: tokenizing text needs the [hf] extra: pip install 'optimize[hf]'")
-    from optimize.frameworks.hf import quiet_transformers
 
     quiet_transformers()
     from transformers import AutoTokenizer

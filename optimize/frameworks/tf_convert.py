@@ -93,7 +93,7 @@ def _worker(python: str, args: list[str], path: Path) -> dict[str, Any]:
 
 
 def _check_installed(path: Path, python: str) -> None:
-    from optimize.frameworks import has_module
+    from optimize.frameworks.common import has_module
 
     if python == sys.executable and not (has_module("tensorflow") and has_module("tf2onnx")):
         raise ModelLoadError(f"{path}: converting TensorFlow/Keras models needs the [tensorflow] extra: {EXTRA_HINT}")
@@ -126,12 +126,13 @@ def convert(path: Path, kind: str, out_dir: Path, opset: int = 17) -> tuple[Path
 
 def load_tensorflow(path: Path, kind: str, model_cfg: Any = None) -> Any:
     """Convert, then load the ONNX file like any other (config `model.inputs` may fill in dims)."""
-    from optimize.loaders import _onnx_handle, specs_from_config
+    from optimize.handle import specs_from_config
+    from optimize.onnx_load import onnx_handle
 
     out_dir = Path(tempfile.mkdtemp(prefix="optimize-tf2onnx-"))
     atexit.register(shutil.rmtree, out_dir, True)
     target, converter = convert(path, kind, out_dir)
-    handle = _onnx_handle(target, specs_from_config(getattr(model_cfg, "inputs", None)))
+    handle = onnx_handle(target, specs_from_config(getattr(model_cfg, "inputs", None)))
     import onnx
 
     opset = next((o.version for o in onnx.load(str(target), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), None)

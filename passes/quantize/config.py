@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from passes.base import PassConfig
+from optimize.pass_api import PassConfig
 from passes.quantize.auto import DEFAULT_AUTO_FLOOR
 
 
@@ -42,6 +42,12 @@ class QuantizeConfig(PassConfig):
         "no data.calibration / data.train is given. Off by default: random ranges rarely match real data (an OCR "
         "classifier calibrated that way kept cosine 0.27 on real images while random-input parity said 1.0). "
         "Never for token-id inputs.",
+    )
+    float_tail: bool = Field(
+        True,
+        description="static: keep the nodes after the last weighted layer (a detector's Sigmoid/Concat/box "
+        "decoding) in float. They hold no integer kernel; quantized, one int8 scale spans values of very "
+        "different size (YOLOv8's boxes and class scores: scores off by up to 1.3).",
     )
     reduce_range: bool | Literal["auto"] = Field(
         "auto",

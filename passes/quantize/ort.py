@@ -107,6 +107,24 @@ def materialize_lowbit(
         )
 
 
+def _float_tail(cfg: QuantizeConfig, qin: Any, include: list[str] | None, metrics: dict[str, Any],
+                notes: list[str]) -> list[str]:
+    """The post-processing tail kept in float (passes/quantize/tail.py), unless `float_tail: false`."""
+    from pathlib import Path
+
+    from passes.quantize.tail import float_tail
+
+    if not cfg.float_tail or include:
+        return []
+    tail = float_tail(Path(qin))
+    metrics["float_tail_nodes"] = len(tail)
+    if tail:
+        shown = ", ".join(tail[:8]) + (f", … ({len(tail)} in all)" if len(tail) > 8 else "")
+        notes.append(f"kept the post-processing after the last weighted layer in float ({shown}): no integer "
+                     "kernel is lost, and one int8 scale across e.g. boxes and scores is avoided (float_tail)")
+    return tail
+
+
 def _batch_size(batches: Any) -> int:
     from optimize.probes import sample_count
 
@@ -154,6 +172,7 @@ def static(
 
     qtype = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int4": QuantType.QInt4}
     batches, used, source = calibration_feed(qin, ctx, cfg.calibration_samples)
+    tail = _float_tail(cfg, qin, include, metrics, notes)
     if not batches:
         raise PassError(PASS_NAME, "no calibration samples (the calibration data set is empty)")
     metrics.update(
@@ -182,7 +201,7 @@ def static(
                 op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
                 reduce_range=cfg.reduce_range, activation_type=qtype[cfg.activation_type],
                 weight_type=qtype[weight_type], nodes_to_quantize=include or None,
-                nodes_to_exclude=exclude or None,
+                nodes_to_exclude=[*exclude, *tail] or None,
                 use_external_data_format=large, calibrate_method=method,
                 # one batch per collect: ranges/histograms merged as they come (bounded memory)
                 extra_options={**extra, "CalibStridedMinMax": 1},

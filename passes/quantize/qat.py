@@ -17,7 +17,7 @@ from passes.quantize.grid import ort_fake_quantize, scale_zero_point, type_range
 
 if TYPE_CHECKING:
     from optimize.handle import ModelHandle
-    from passes.base import PassResult
+    from optimize.pass_api import PassResult
     from passes.quantize.config import QuantizeConfig
 
 ACTIVATION_EMA = 0.01  # QAT activation observers: weight of each new batch's min/max
@@ -288,7 +288,7 @@ def setup_qat(module: Any, cfg: QuantizeConfig) -> tuple[Any, dict[str, Any]]:
 
 def qat_result(model: ModelHandle, cfg: QuantizeConfig, name: str) -> PassResult:
     """The QAT step's result: a fake-quantized copy of the module, materialization deferred to after export."""
-    from passes.base import PassResult
+    from optimize.pass_api import PassResult
 
     qat, info = setup_qat(model.module, cfg)
     metrics: dict[str, Any] = {

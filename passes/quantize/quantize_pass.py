@@ -8,14 +8,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from passes.base import Pass
+from optimize.pass_api import Pass
 from passes.quantize import ort
 from passes.quantize.config import QuantizeConfig, calibration_refusal
 
 if TYPE_CHECKING:
     from optimize.context import PlanContext, RunContext
     from optimize.handle import ModelHandle
-    from passes.base import PassResult
+    from optimize.pass_api import PassResult
     from passes.quantize.job import Job
 
 class QuantizePass(Pass):
@@ -93,7 +93,7 @@ class QuantizePass(Pass):
     def _quantize_onnx(self, model: ModelHandle, ctx: RunContext, after_qat: bool) -> PassResult:
         from optimize import onnx_io
         from optimize.errors import PassError
-        from passes.base import PassResult
+        from optimize.pass_api import PassResult
         from passes.quantize.report import base_metrics, describe_result
 
         cfg = self.config

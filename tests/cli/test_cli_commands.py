@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cli.app import app, main
-from passes import registry
+from optimize import registry
 
 pytest_plugins = ["cli_fixtures"]  # fixtures: runner, good_yaml, bad_yaml, fake_pipeline
 

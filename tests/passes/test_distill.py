@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
-from optimize import example
+from optimize import example, registry
 from optimize.config import load_config_text
 from optimize.context import PlanContext, RunContext
 from optimize.data import digits
@@ -21,7 +21,6 @@ from optimize.errors import ConfigError, PassError
 from optimize.export import finalized_module
 from optimize.handle import ModelHandle, TensorSpec
 from optimize.loaders import load_weights
-from passes import registry
 from passes.distill import DistillConfig, DistillPass
 
 DIGITS_SPEC = [TensorSpec("x", ("batch", 1, 8, 8))]

@@ -17,7 +17,7 @@ from optimize.config import load_config_text
 from optimize.context import RunContext
 from optimize.errors import PassError
 from optimize.handle import ModelHandle, TensorSpec
-from optimize.inspect_onnx import all_graphs, op_counts
+from optimize.inspect_onnx import all_graphs, op_counts, weight_stats
 from passes.quantize import QuantizeConfig, QuantizePass
 
 RNG = np.random.default_rng(3)
@@ -131,6 +131,9 @@ def test_constant_node_weights_on_opset_11_become_a_loadable_per_channel_qdq_mod
     assert cosine(run(src, {"x": x}), run(out, {"x": x})) > 0.98  # it loads and it is right
     deq = [n for n in onnx.load(str(out)).graph.node if n.op_type == "DequantizeLinear"]
     assert any(a.name == "axis" for n in deq for a in n.attribute)  # per-channel weights kept
+    before, after = weight_stats(src), weight_stats(out)  # Constant-node weights counted on both sides
+    assert before.total == after.total == 8 * 3 * 9 + 4 * 8 * 9
+    assert {t.bits for t in after.tensors} == {8}
 
 
 def test_dynamic_quantizes_if_bodies_that_read_outer_scope_weights(tmp_path):
@@ -256,3 +259,35 @@ def test_a_reference_model_that_cannot_run_on_random_probes_asks_for_realistic_i
     inputs = [TensorSpec("x", ("N", 16)), TensorSpec("rows", (), "int64", low=5, high=6)]  # 5 never divides N*8
     with pytest.raises(DataError, match="does not run on the probe inputs.*give realistic inputs"):
         QuantizePass(QuantizeConfig(format="auto", mode="dynamic")).run(handle(src, inputs), make_ctx(tmp_path, inputs))
+
+
+def test_a_detection_heads_post_processing_stays_float_in_static_qdq(tmp_path):
+    """Conv → boxes (×100, pixels) and Conv → Sigmoid → scores, concatenated like YOLOv8's output:
+    with the tail quantized, one scale spans both and the scores break; kept float they hold."""
+    w_box = RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    w_cls = RNG.standard_normal((2, 3, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w_box"], ["b0"], name="box_conv"),
+        helper.make_node("Mul", ["b0", "pixels"], ["boxes"], name="box_scale"),
+        helper.make_node("Conv", ["x", "w_cls"], ["c0"], name="cls_conv"),
+        helper.make_node("Sigmoid", ["c0"], ["scores"], name="cls_sigmoid"),
+        helper.make_node("Concat", ["boxes", "scores"], ["y"], name="head_concat", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8, 8])],
+        initializer=[numpy_helper.from_array(w_box, "w_box"), numpy_helper.from_array(w_cls, "w_cls"),
+                     numpy_helper.from_array(np.array(100.0, np.float32), "pixels")],
+    )
+    src = save(graph, tmp_path / "head.onnx", 17)
+    inputs = [TensorSpec("x", ("N", 3, 8, 8))]
+    x = RNG.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
+    ref = run(src, {"x": x})[:, 4:]
+    worst = {}
+    for tail in (True, False):
+        res = QuantizePass(QuantizeConfig(mode="static", random_calibration=True, float_tail=tail)).run(
+            handle(src, inputs), make_ctx(tmp_path / str(tail), inputs))
+        worst[tail] = float(np.abs(run(res.model.onnx_path, {"x": x})[:, 4:] - ref).max())
+        if tail:
+            assert res.metrics["float_tail_nodes"] >= 2  # cls_sigmoid, head_concat (the Mul may fold into its Conv)
+    assert worst[True] < 0.05 < worst[False], worst  # scores in [0, 1]: one shared scale moves them far

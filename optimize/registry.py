@@ -1,6 +1,7 @@
 """The one registry of passes: explicit names, no plugin magic.
 
-Each entry names a module and a class; the module is imported on first use. Pass modules are
+Each entry names a module and a class; the module is imported on first use (by name, so the
+library never imports `passes/`: the dependency runs passes → optimize only). Pass modules are
 light at import time (their heavy imports live in `run`), so building the config schema, which
 needs every pass's config class, stays fast.
 """
@@ -11,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from passes.base import Pass
+    from optimize.pass_api import Pass
 
 _PASSES: dict[str, str] = {
     "prune": "passes.prune:PrunePass",

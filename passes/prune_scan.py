@@ -34,9 +34,9 @@ def _config(config_path: str | None) -> Any:
 def _candidates(handle: Any, method: str) -> list[str]:
     """Layer names (torch modules) or weight names (ONNX) that a scan visits."""
     if handle.form == "torch":
-        from passes.prune import _torch_layers
+        from passes.prune_torch import torch_layers
 
-        return [n for n, _ in _torch_layers(handle.module)]
+        return [n for n, _ in torch_layers(handle.module)]
     from optimize import onnx_io
     from optimize.inspect_onnx import iter_weight_uses
 

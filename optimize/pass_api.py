@@ -1,4 +1,8 @@
-"""What every pass is: a name, a pydantic config, the model forms it accepts, and `run`.
+"""The pass contract: a name, a pydantic config, the model forms it accepts, and `run`.
+
+It lives in the library so the engine (pipeline, cache, config schema) depends only on this
+contract; the pass modules under `passes/` implement it and the engine finds them by name through
+`optimize.registry`, never by importing them.
 
 Pass modules import only light things at module level (pydantic, this file); torch, onnx and
 onnxruntime are imported inside `run` so `optimize --help` stays instant.
