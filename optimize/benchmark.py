@@ -258,7 +258,7 @@ def _rss_mb() -> float | None:
         return None
 
 
-def _peak_rss_mb() -> float | None:
+def peak_rss_mb() -> float | None:
     """Peak resident memory of this process so far (getrusage ru_maxrss: KiB on Linux, bytes on macOS)."""
     try:
         import resource
@@ -275,7 +275,7 @@ import json, sys
 from pathlib import Path
 import numpy as np
 import onnxruntime as ort
-from optimize.benchmark import _peak_rss_mb
+from optimize.benchmark import peak_rss_mb
 from optimize.runtime import feeds_for, session
 feeds = dict(np.load(sys.argv[2]))
 
@@ -292,7 +292,7 @@ except OSError:
     base, how = None, "getrusage ru_maxrss (imports included)"
 s = session(sys.argv[1], threads=int(sys.argv[3]))
 s.run(None, feeds_for(s, feeds))
-peak = status("VmHWM") if base is not None else _peak_rss_mb()
+peak = status("VmHWM") if base is not None else peak_rss_mb()
 print(json.dumps({"peak_rss_mb": peak, "model_peak_mb": None if base is None else peak - base, "method": how}))
 """
 
@@ -400,7 +400,7 @@ def bench_models(
                 first = first or timings["model"]
                 row["parallel_speedup"] = first.median_ms / timings["model"].median_ms if t != threads[0] else 1.0
                 rows.append(row)
-        memory["bench_process_peak_rss_mb"] = _peak_rss_mb()
+        memory["bench_process_peak_rss_mb"] = peak_rss_mb()
         memory["what"] = (
             "per model, in a fresh Python process with onnxruntime imported: model_peak_mb = peak resident memory "
             "while creating the ONNX Runtime session and running it once at the largest batch and thread count, "

@@ -42,6 +42,7 @@ def measure(
     *, pl: Any, ctx: Any, baseline: Any, final: Any, last_torch: Any, state: dict[str, Any], started: float,
     started_at: str, env: dict[str, Any], hw: dict[str, Any],
 ) -> Report:
+    from optimize.benchmark import peak_rss_mb
     from optimize.model_facts import model_facts as _model_facts
     from optimize.runtime import check_model, parity, predict, predict_reference, session
     from optimize.speed_metrics import gpu_speedup, measure_speed, speed_finding
@@ -204,6 +205,7 @@ def measure(
     if any(not g.passed for g in report.gates):
         report.status = "gate_failed"
     report.seconds = round(time.time() - started, 3)
+    report.peak_rss_mb = peak_rss_mb()
     return report
 
 

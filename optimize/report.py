@@ -104,6 +104,10 @@ class Report(_M):
     error: str | None = None
     started_at: str
     seconds: float
+    peak_rss_mb: float | None = Field(
+        None, description="Peak resident memory of the run's process in MB (getrusage ru_maxrss, imports included; "
+        "null where the platform has no resource module)."
+    )
     seed: int
     config: dict[str, Any]
     environment: dict[str, Any]

@@ -225,3 +225,8 @@ def test_every_number_is_recomputable_from_the_files(ok_run, work):
     recorded = {k: v for k, v in doc["diagnostics"]["output"]["file"].items() if k != "path"}
     assert recorded == fresh
     assert doc["diagnostics"]["output"]["runtime"]["kernels"].get("integer", 0) == 2
+
+
+def test_the_report_states_the_runs_peak_memory(ok_run):
+    doc, _ = ok_run
+    assert 20 < doc["peak_rss_mb"] < 100_000  # MB of a real process (torch + onnxruntime loaded), not bytes
