@@ -41,7 +41,7 @@ def model(tmp_path: Path, mlp_bytes: bytes) -> Path:
     return p
 
 
-def refused(capfd, *args: str | Path, fragments: tuple[str, ...] = ()) -> str:
+def assert_refused(capfd, *args: str | Path, fragments: tuple[str, ...] = ()) -> str:
     code, _, err = cli(capfd, "run", *[str(a) for a in args], "-q")
     return assert_one_line_error(code, err, 2, *fragments)
 
@@ -53,7 +53,7 @@ def test_rejected_model_never_takes_the_inputs_name(capfd, tmp_path: Path, mlp_b
     src = tmp_path / "x.rejected.onnx"
     src.write_bytes(mlp_bytes)
     cfg = write_config(tmp_path, GRAPH, FAILING_GATE)
-    refused(capfd, src, "-c", cfg, "-o", tmp_path / "x.onnx", fragments=("the rejected model", "x.rejected.onnx"))
+    assert_refused(capfd, src, "-c", cfg, "-o", tmp_path / "x.onnx", fragments=("the rejected model", "x.rejected.onnx"))
     assert src.read_bytes() == mlp_bytes
     assert not (tmp_path / "x.onnx").exists()
 
@@ -65,7 +65,7 @@ def test_output_named_like_the_inputs_external_data(capfd, tmp_path: Path, mlp_b
     onnx.save_model(m, str(folder / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="w.onnx", size_threshold=0)
     weights = (folder / "w.onnx").read_bytes()
-    refused(capfd, folder / "ext.onnx", "-c", write_config(tmp_path, GRAPH), "-o", folder / "w.onnx",
+    assert_refused(capfd, folder / "ext.onnx", "-c", write_config(tmp_path, GRAPH), "-o", folder / "w.onnx",
             fragments=("the input model (w.onnx)",))
     assert (folder / "w.onnx").read_bytes() == weights
 
@@ -74,13 +74,13 @@ def test_hard_link_to_the_input(capfd, tmp_path: Path, model: Path, mlp_bytes: b
     out = tmp_path / "out" / "other.onnx"
     out.parent.mkdir()
     os.link(model, out)
-    refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", out, fragments=("the input model",))
+    assert_refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", out, fragments=("the input model",))
     assert model.read_bytes() == mlp_bytes
 
 
 def test_symlinked_folder_to_the_input(capfd, tmp_path: Path, model: Path, mlp_bytes: bytes) -> None:
     (tmp_path / "alias").symlink_to(model.parent, target_is_directory=True)
-    refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", tmp_path / "alias" / model.name,
+    assert_refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", tmp_path / "alias" / model.name,
             fragments=("the input model",))
     assert model.read_bytes() == mlp_bytes
 
@@ -95,7 +95,7 @@ def test_bind_mount_of_the_inputs_folder(capfd, tmp_path: Path, model: Path, mlp
     if done.returncode != 0:
         pytest.skip(f"mount --bind failed: {done.stderr.decode(errors='replace').strip()}")
     try:
-        refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", mnt / model.name, fragments=("the input model",))
+        assert_refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", mnt / model.name, fragments=("the input model",))
         assert model.read_bytes() == mlp_bytes
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10)
@@ -104,11 +104,11 @@ def test_bind_mount_of_the_inputs_folder(capfd, tmp_path: Path, model: Path, mlp
 def test_report_pointing_at_the_config(capfd, tmp_path: Path, model: Path) -> None:
     cfg = write_config(tmp_path, GRAPH)
     text = cfg.read_text()
-    refused(capfd, model, "-c", cfg, "-o", tmp_path / "o.onnx", "--report", cfg, fragments=("the config file",))
+    assert_refused(capfd, model, "-c", cfg, "-o", tmp_path / "o.onnx", "--report", cfg, fragments=("the config file",))
     assert cfg.read_text() == text
     # the same file spelt another way: through `..`
     other = tmp_path / "in" / ".." / cfg.name
-    refused(capfd, model, "-c", cfg, "-o", tmp_path / "o.onnx", "--report", other, fragments=("the config file",))
+    assert_refused(capfd, model, "-c", cfg, "-o", tmp_path / "o.onnx", "--report", other, fragments=("the config file",))
     assert cfg.read_text() == text
 
 
@@ -120,13 +120,13 @@ def test_markdown_report_pointing_at_a_data_file(capfd, tmp_path: Path, model: P
     os.link(tmp_path / "d.npz", data)
     cfg = write_config(tmp_path, GRAPH, f"data:\n  eval: {{source: '{tmp_path / 'd.npz'}'}}\n")
     before = (tmp_path / "d.npz").read_bytes()
-    refused(capfd, model, "-c", cfg, "-o", tmp_path / "d.onnx", fragments=("the Markdown report", "data.eval.source"))
+    assert_refused(capfd, model, "-c", cfg, "-o", tmp_path / "d.onnx", fragments=("the Markdown report", "data.eval.source"))
     assert (tmp_path / "d.npz").read_bytes() == before
 
 
 def test_report_named_md_is_refused(capfd, tmp_path: Path, model: Path) -> None:
     out = tmp_path / "o.onnx"
-    refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", out, "--report", tmp_path / "r.md",
+    assert_refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", out, "--report", tmp_path / "r.md",
             fragments=("name it .json",))
     assert_nothing_written(out)
 
@@ -134,7 +134,7 @@ def test_report_named_md_is_refused(capfd, tmp_path: Path, model: Path) -> None:
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS file systems refuse non-UTF-8 names themselves")
 def test_output_name_not_utf8_refused_up_front(capfd, tmp_path: Path, model: Path) -> None:
     bad = os.fsdecode(bytes(tmp_path / "o") + b"\xff.onnx")
-    refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", bad, fragments=("not valid UTF-8",))
+    assert_refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", bad, fragments=("not valid UTF-8",))
     assert [p for p in tmp_path.iterdir() if p.name.startswith("o")] == []
 
 
@@ -174,7 +174,7 @@ def data_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_config_callable_needs_trust_code(capfd, tmp_path: Path, model: Path, data_module: str) -> None:
     cfg = write_config(tmp_path, GRAPH, f"data:\n  eval: {{source: '{data_module}:make'}}\n")
     out = tmp_path / "o.onnx"
-    refused(capfd, model, "-c", cfg, "-o", out, fragments=("data.eval.source", "--trust-code"))
+    assert_refused(capfd, model, "-c", cfg, "-o", out, fragments=("data.eval.source", "--trust-code"))
     assert not (tmp_path / f"{data_module}.ran").exists(), "the config's code ran without --trust-code"
     assert_nothing_written(out)
     code, _, err = cli(capfd, "run", str(model), "-c", str(cfg), "-o", str(out), "-q", "--trust-code")
@@ -186,12 +186,12 @@ def test_config_callable_needs_trust_code(capfd, tmp_path: Path, model: Path, da
 def test_config_never_names_a_standard_library_callable(capfd, tmp_path: Path, model: Path, spec: str) -> None:
     cfg = write_config(tmp_path, GRAPH, f"data:\n  eval: {{source: '{spec}'}}\n")
     for extra in ((), ("--trust-code",)):
-        refused(capfd, model, "-c", cfg, "-o", tmp_path / "o.onnx", *extra, fragments=("standard-library", spec))
+        assert_refused(capfd, model, "-c", cfg, "-o", tmp_path / "o.onnx", *extra, fragments=("standard-library", spec))
 
 
 def test_student_factory_in_config_needs_trust_code(capfd, tmp_path: Path, model: Path, data_module: str) -> None:
     cfg = write_config(tmp_path, f"  - type: distill\n    student: {{factory: '{data_module}:make'}}\n")
-    refused(capfd, model, "-c", cfg, "-o", tmp_path / "o.onnx", fragments=("student.factory", "--trust-code"))
+    assert_refused(capfd, model, "-c", cfg, "-o", tmp_path / "o.onnx", fragments=("student.factory", "--trust-code"))
     assert not (tmp_path / f"{data_module}.ran").exists()
 
 
@@ -223,7 +223,7 @@ def test_work_dir_that_is_a_file(capfd, tmp_path: Path, model: Path) -> None:
     work = tmp_path / "work"
     work.write_text("not a folder")
     out = tmp_path / "o.onnx"
-    refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", out, "--work-dir", work, fragments=("is a file",))
+    assert_refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", out, "--work-dir", work, fragments=("is a file",))
     assert_nothing_written(out)
     assert work.read_text() == "not a folder"
 
@@ -232,7 +232,7 @@ def test_work_dir_holding_the_input(capfd, tmp_path: Path, mlp_bytes: bytes) -> 
     work = tmp_path / "work"
     work.mkdir()
     (work / "m.onnx").write_bytes(mlp_bytes)
-    refused(capfd, work / "m.onnx", "-c", write_config(tmp_path, GRAPH), "-o", tmp_path / "o.onnx", "--work-dir", work,
+    assert_refused(capfd, work / "m.onnx", "-c", write_config(tmp_path, GRAPH), "-o", tmp_path / "o.onnx", "--work-dir", work,
             fragments=("--work-dir", "the input model"))
     assert (work / "m.onnx").read_bytes() == mlp_bytes
 
@@ -241,7 +241,7 @@ def test_work_dir_of_someone_else_is_refused(capfd, tmp_path: Path, model: Path)
     work = tmp_path / "work"
     work.mkdir()
     (work / "notes.txt").write_text("mine")
-    refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", tmp_path / "o.onnx", "--work-dir", work,
+    assert_refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", tmp_path / "o.onnx", "--work-dir", work,
             fragments=("not empty",))
     assert (work / "notes.txt").read_text() == "mine"
 
@@ -253,7 +253,7 @@ def test_work_dir_resumes_the_same_run_and_refuses_another(capfd, tmp_path: Path
     assert cli(capfd, *args)[0] == 0
     assert cli(capfd, *args)[0] == 0  # same input and config: a resume
     other = write_config(tmp_path, "  - type: prune\n    sparsity: 0.5\n", name="other.yaml")
-    refused(capfd, model, "-c", other, "-o", tmp_path / "o2.onnx", "--work-dir", work, fragments=("another input or config",))
+    assert_refused(capfd, model, "-c", other, "-o", tmp_path / "o2.onnx", "--work-dir", work, fragments=("another input or config",))
     assert not (tmp_path / "o2.onnx").exists()
 
 
@@ -267,7 +267,7 @@ def test_work_dir_in_use_by_a_running_run(capfd, tmp_path: Path, model: Path) ->
     out.unlink()
     with open(work / WORK_LOCK, "a+") as held:  # what a concurrent run holds while it works
         fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        refused(capfd, model, "-c", cfg, "-o", out, "--work-dir", work, fragments=("in use by another run",))
+        assert_refused(capfd, model, "-c", cfg, "-o", out, "--work-dir", work, fragments=("in use by another run",))
     assert_nothing_written(out)
 
 
@@ -407,14 +407,14 @@ def test_config_parse_failures_are_exit_2(capfd, tmp_path: Path, model: Path, te
     cfg = tmp_path / "p.yaml"
     cfg.write_text(text)
     out = tmp_path / "o.onnx"
-    refused(capfd, model, "-c", cfg, "-o", out, fragments=(str(cfg), "invalid YAML"))
+    assert_refused(capfd, model, "-c", cfg, "-o", out, fragments=(str(cfg), "invalid YAML"))
     assert_nothing_written(out)
     code, _, err = cli(capfd, "validate", str(cfg))
     assert_one_line_error(code, err, 2, "invalid YAML")
 
 
 def test_deep_set_value_is_exit_2(capfd, tmp_path: Path, model: Path) -> None:
-    refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", tmp_path / "o.onnx", "--set", "seed=" + "[" * 5000,
+    assert_refused(capfd, model, "-c", write_config(tmp_path, GRAPH), "-o", tmp_path / "o.onnx", "--set", "seed=" + "[" * 5000,
             fragments=("--set seed",))
 
 
