@@ -127,6 +127,27 @@ def check_no_clash(reads: dict[str, Path], writes: dict[str, Path], work_dir: Pa
             raise UsageError(f"--work-dir {work_dir} holds {inside[0]} ({inside[1]}): use a folder of its own")
 
 
+def check_rejected_name(rejected: Path, report: Path) -> None:
+    """A failed gate writes NAME.rejected.onnx, a name the user never typed: it may only replace a
+    file this tool wrote there (the report beside it names that file and its sha256). Exit 2 before
+    any work otherwise, so an unrelated file of that name is never lost."""
+    if not rejected.exists():
+        return
+    from optimize.cache import sha256_file
+
+    try:
+        doc = json.loads(report.read_text(encoding="utf-8"))
+        ours = (identity(Path(doc["files"]["model"])) == identity(rejected)
+                and doc["output"]["sha256"] == sha256_file(rejected))
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise UsageError(
+            f"{rejected} exists and no report of this tool ({report}) says it wrote it: a failed gate would "
+            "replace it with the rejected model; move it away or choose another output name (-o)"
+        )
+
+
 def _inside(folder: Path, files: Iterable[tuple[str, Path]]) -> tuple[str, Path] | None:
     target = identity(folder)
     if target is None:

@@ -235,6 +235,7 @@ def _check_files(opts: RunOptions, cfg: Any, config_file: str | None, base_dir: 
     reads = files.read_paths(opts.model, cfg, config_file, base_dir)
     writes = files.write_paths(output, report, bool(cfg.output.markdown), charts.wanted(cfg))
     files.check_no_clash(reads, writes, Path(opts.work_dir) if opts.work_dir else None)
+    files.check_rejected_name(writes["the rejected model"], report)
 
 
 def form_needs_inputs(steps: list[PlannedStep]) -> bool:

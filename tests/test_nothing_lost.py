@@ -58,6 +58,18 @@ def test_rejected_model_never_takes_the_inputs_name(capfd, tmp_path: Path, mlp_b
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_rejected_model_replaces_only_a_file_this_tool_wrote(capfd, tmp_path: Path, model: Path) -> None:
+    cfg, out = write_config(tmp_path, GRAPH, FAILING_GATE), tmp_path / "o.onnx"
+    rejected = tmp_path / "o.rejected.onnx"
+    code, _, err = cli(capfd, "run", str(model), "-c", str(cfg), "-o", str(out), "-q")
+    assert code == 3 and rejected.is_file(), err
+    code, _, err = cli(capfd, "run", str(model), "-c", str(cfg), "-o", str(out), "-q")  # a re-run replaces its own
+    assert code == 3, err
+    rejected.write_bytes(b"the user's own file, not a model")  # no report of this tool names these bytes
+    assert_refused(capfd, model, "-c", cfg, "-o", out, fragments=("o.rejected.onnx", "no report of this tool"))
+    assert rejected.read_bytes() == b"the user's own file, not a model"
+
+
 def test_output_named_like_the_inputs_external_data(capfd, tmp_path: Path, mlp_bytes: bytes) -> None:
     folder = tmp_path / "dir"
     folder.mkdir()
