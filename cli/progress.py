@@ -283,3 +283,6 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
             logger.addHandler(_handler)
         logger.setLevel(level)
         logger.propagate = False
+    from optimize.runtime import route_runtime_logs
+
+    route_runtime_logs(verbose)

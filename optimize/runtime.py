@@ -45,6 +45,15 @@ def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return {n: inputs[n] for n in names}
 
 
+def route_runtime_logs(verbose: bool) -> None:
+    """ONNX Runtime's own (C++) logger follows the tool's verbosity: warnings only with -v. Without
+    this, sessions the quantizers create inside ONNX Runtime print hundreds of "Removing initializer"
+    lines with raw colour escapes to stderr, even with -q and outside a terminal."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(2 if verbose else 3)
+
+
 def predict(sess: Any, inputs: dict[str, np.ndarray], batch_size: int = 64) -> list[np.ndarray]:
     """Run the session over all samples in batches; returns each output concatenated. Scalar (0-d)
     inputs are fed whole to every batch; a 0-d output becomes one value per batch. Large samples

@@ -265,7 +265,9 @@ def test_signal_mid_pass(capfd, tmp_path: Path, onnx_model: Path, sig: int, code
     assert [ln for ln in err.splitlines() if ln.strip()][-1] == line
     assert_nothing_written(out)
     assert not work_dir.exists(), "the temporary work folder was left behind"
-    assert list(tmp.iterdir()) == []
+    # onnxruntime 1.32 writes a 51-byte session id file, $TMPDIR/.ses, whenever it is imported (by
+    # any program, success or not); it is the runtime's, not a run's leftover
+    assert [p for p in tmp.iterdir() if p.name != ".ses"] == []
     # a re-run succeeds
     assert run_cli(capfd, onnx_model, cfg, out)[0] == 0
     assert out.is_file()
