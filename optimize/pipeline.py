@@ -106,11 +106,8 @@ def _output_paths(cfg: Any, model_spec: str, example: bool) -> tuple[Path, Path]
     return out, report
 
 
-def plan(opts: RunOptions) -> Plan:
-    """Validate config, model, chain and outputs before any work. Raises exit-2 errors."""
-    from optimize import registry
-
-    example = opts.model is None
+def _checked_config(opts: RunOptions, example: bool) -> tuple[Any, str]:
+    """The config with flags applied, checked before any model is loaded (exit 2 on any problem)."""
     config_file = opts.config or (str(default_config_path()) if example else None)
     if config_file is None:
         raise UsageError("no pipeline given: pass -c PIPELINE.yaml (ready ones are in configs/)")
@@ -125,6 +122,15 @@ def plan(opts: RunOptions) -> Plan:
         from optimize.charts import require
 
         require(config_file)
+    return cfg, config_file
+
+
+def plan(opts: RunOptions) -> Plan:
+    """Validate config, model, chain and outputs before any work. Raises exit-2 errors."""
+    from optimize import registry
+
+    example = opts.model is None
+    cfg, config_file = _checked_config(opts, example)
     base_dir = Path.cwd()
     device = _resolve_device(cfg.hardware.device)
 
