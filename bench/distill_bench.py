@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from optimize.export import copy_module
-    from passes import students
+    from passes.distill import students
 
     teacher = _setup(args.threads)
     with tempfile.TemporaryDirectory(prefix="optimize-bench-distill-") as tmp:

@@ -15,6 +15,76 @@ from typing import Any
 from optimize.errors import UsageError
 
 
+def err(line: str) -> None:
+    """One line to stderr, unformatted (no rich wrapping: CI logs and grep want whole lines). A
+    broken stderr (closed, full) loses the line, never the exit code."""
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        silence(2)
+
+
+def silence(fd: int) -> None:
+    """Point a broken console stream at /dev/null, so later writes and the flush at exit succeed."""
+    with contextlib.suppress(Exception):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def console_safe(show: Any, *args: Any) -> None:
+    """Show a result whose files are already written: a closed pipe (`--json | true`), a full disk
+    (`>/dev/full`) or a closed stderr changes neither those files nor the exit code it earned."""
+    try:
+        show(*args)
+    except (OSError, ValueError, AttributeError):
+        silence(1)
+        silence(2)
+
+
+def std_streams_open() -> None:
+    """A closed stdin/stdout/stderr at start is reopened on /dev/null: otherwise the next file the
+    run opens takes its number, and console writes (ours, or a C library's) would land in it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout from now on
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115
+
+
+PIPED_WIDTH = 120  # stdout is a file or a pipe and nobody said how wide the reader is
+
+
+def result_width() -> int:
+    """The width results are laid out for: COLUMNS when set; else the terminal stdout is on; else
+    the terminal the user sits at (`optimize run | less`: stderr or stdin is still one); else 120."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    for stream in (sys.stdout, sys.stderr, sys.__stdin__):
+        try:
+            if stream is not None and stream.isatty():
+                return os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            continue
+    return PIPED_WIDTH
+
+
+def stdout_console() -> Any:
+    """Rich console for results, as wide as `result_width` says."""
+    from rich.console import Console
+
+    return Console(file=sys.stdout, width=result_width())
+
+
 def out(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()

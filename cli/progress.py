@@ -78,15 +78,15 @@ class PlainProgress:
     def start(self, key: str, description: str, total: int | None) -> None:
         with self._lock:
             now = self._clock()
-            self._tasks[key] = _Task(description=description, total=total, started=now)
+            self._tasks[key] = _Task(description=one_label(key, description), total=total, started=now)
             suffix = f" (0/{total})" if total else ""
-            self._write(f"[{key}] {description}{suffix}")
+            self._write(_join(f"[{key}]", self._tasks[key].description) + suffix)
 
     def advance(self, key: str, steps: int = 1, info: str | None = None) -> None:
         with self._lock:
             task = self._tasks.get(key)
             if task is None:  # advance without start: be forgiving
-                task = self._tasks[key] = _Task(description=key, total=None, started=self._clock())
+                task = self._tasks[key] = _Task(description="", total=None, started=self._clock())
             task.completed += steps
             if info is not None:
                 task.info = info
@@ -96,7 +96,7 @@ class PlainProgress:
                 return
             task.last_line = now
             count = f"{task.completed}/{task.total}" if task.total else str(task.completed)
-            self._write(_join(f"[{key}] {task.description} {count}", task.info))
+            self._write(_join(_join(f"[{key}]", task.description) + f" {count}", task.info))
 
     def finish(self, key: str, info: str | None = None) -> None:
         with self._lock:
@@ -163,7 +163,7 @@ class RichProgress:
         with self._lock:
             try:
                 self._ids[key] = self._progress.add_task(
-                    escape(description), total=total, key=escape(key), info=""
+                    escape(one_label(key, description)), total=total, key=escape(key), info=""
                 )
             except Exception:  # noqa: BLE001
                 pass
@@ -174,7 +174,7 @@ class RichProgress:
         with self._lock:
             try:
                 if key not in self._ids:
-                    self._ids[key] = self._progress.add_task(escape(key), total=None, key=escape(key), info="")
+                    self._ids[key] = self._progress.add_task("", total=None, key=escape(key), info="")
                 fields: dict[str, Any] = {}
                 if info is not None:
                     fields["info"] = escape(info)
@@ -221,6 +221,30 @@ def _is_terminal(stream: Any) -> bool:
         return bool(stream.isatty())
     except Exception:  # noqa: BLE001
         return False
+
+
+def one_label(key: str, description: str) -> str:
+    """The description without the key it repeats, so a line carries one label: key `pipeline`,
+    description `pipeline` → ``; key `latency`, `latency (1 and 2 threads)` → `1 and 2 threads`."""
+    word = key.rsplit(".", 1)[-1]
+    text = description.strip()
+    if text == word or text == key:
+        return ""
+    for prefix in (key + " ", word + " "):
+        if text.startswith(prefix):
+            rest = text[len(prefix):].strip()
+            return rest[1:-1] if _wrapped(rest) else rest
+    return text
+
+
+def _wrapped(text: str) -> bool:
+    """True when `text` is one parenthesized group: `(a (b))`, not `(a) (b)`."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and i < len(text) - 1:
+            return False
+    return text.startswith("(") and depth == 0
 
 
 def _join(head: str, info: str | None) -> str:

@@ -1,6 +1,6 @@
 """Terminal renderings: the report as rich tables, dry-run plans, pass options, inspect/bench facts.
 
-The report's JSON (`Report.model_dump(mode="json")`) and Markdown (`optimize.report.to_markdown`)
+The report's JSON (`Report.model_dump(mode="json")`) and Markdown (`optimize.report_md.to_markdown`)
 live in the library; this module is the third rendering and the only one that uses rich. All text
 that comes from users or models is inserted as `Text`, never as markup, so a `[` in a path or
 message is printed as is.
@@ -15,147 +15,9 @@ import typing
 from typing import Any
 
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-
-STATUS_STYLE = {"ok": "bold green", "gate_failed": "bold red", "failed": "bold red"}
-
-
-# ---------------------------------------------------------------- report
-
-
-def report_renderable(report: Any) -> RenderableType:
-    """The whole report as one rich renderable (header, metrics, latency, steps, gates, findings)."""
-    from optimize.report import METRIC_ORDER, format_value, metric_note
-
-    parts: list[RenderableType] = []
-
-    head = Table.grid(padding=(0, 2))
-    head.add_column(style="bold")
-    head.add_column()
-    head.add_row("status", Text(report.status, style=STATUS_STYLE.get(report.status, "bold")))
-    if report.error:
-        head.add_row("error", Text(report.error, style="red"))
-    out = report.output
-    head.add_row("model", Text(f"{_model_label(report.input)} → {_model_label(out) if out else '—'}"))
-    head.add_row("size", Text(f"{_bytes(report.input.bytes)} → {_bytes(out.bytes) if out else '—'}"))
-    if report.input.weights is not None or (out and out.weights is not None):
-        head.add_row(
-            "weights",
-            Text(f"{_num(report.input.weights)} → {_num(out.weights) if out else '—'}"),
-        )
-    hw = report.hardware or {}
-    device = report.config.get("hardware", {}).get("device") if isinstance(report.config, dict) else None
-    where = ", ".join(x for x in (str(device) if device else "", str(hw.get("cpu") or ""), str(hw.get("gpu") or "")) if x)
-    if where:
-        head.add_row("hardware", Text(where))
-    head.add_row("time", Text(f"{report.seconds:.1f}s (seed {report.seed})"))
-    parts.append(head)
-
-    if report.metrics:
-        t = _table("Metrics", ["metric", "value", "formula", "note"], nowrap=("metric", "value"))
-        t.expand = True  # formulas are long: use the width, shared by ratio
-        t.columns[2].ratio, t.columns[3].ratio = 3, 2
-        keys = [k for k in METRIC_ORDER if k in report.metrics]
-        keys += [k for k in report.metrics if k not in METRIC_ORDER]
-        for key in keys:
-            m = report.metrics[key]
-            value = Text(format_value(key, m), style="dim" if m.value is None else "bold")
-            t.add_row(Text(key), value, Text(m.formula, style="dim"), Text(metric_note(m)))
-        parts.append(t)
-
-    if report.latency:
-        t = _table("Latency", ["model", "median ms", "p90 ms", "min ms", "runs", "batch", "threads", "runtime"])
-        for key, lat in report.latency.items():
-            t.add_row(
-                Text(key),
-                f"{lat.median_ms:.3f}",
-                f"{lat.p90_ms:.3f}",
-                f"{lat.min_ms:.3f}",
-                str(lat.runs),
-                str(lat.batch),
-                str(lat.threads),
-                Text(f"{lat.runtime} ({lat.device})"),
-            )
-        parts.append(t)
-
-    if report.steps:
-        t = _table("Steps", ["#", "pass", "form", "seconds", "params", "notes"], nowrap=("pass", "form", "params"))
-        for s in report.steps:
-            params = f"{_num(s.params_before)} → {_num(s.params_after)}" if s.params_before is not None else ""
-            name = Text(s.type) + (Text(" (inserted)", style="dim") if s.inserted else Text(""))
-            t.add_row(str(s.index), name, f"{s.form_in} → {s.form_out}", f"{s.seconds:.2f}", params, Text("; ".join(s.notes)))
-        parts.append(t)
-
-    if report.gates:
-        t = _table("Gates", ["gate", "limit", "value", "result", "message"])
-        for g in report.gates:
-            result = Text("pass", style="green") if g.passed else Text("FAIL", style="bold red")
-            t.add_row(Text(g.name), _fmt(g.limit), _fmt(g.value), result, Text(g.message))
-        parts.append(t)
-
-    if report.findings:
-        findings = Text()
-        for i, f in enumerate(report.findings):
-            if i:
-                findings.append("\n")
-            findings.append("warning: ", style="yellow")
-            findings.append(f)
-        parts.append(findings)
-
-    diag = getattr(report, "diagnostics", None)
-    if diag is not None:
-        parts.append(diagnostics_renderable(diag))
-
-    if report.files:
-        files = Table.grid(padding=(0, 2))
-        files.add_column(style="bold")
-        files.add_column()
-        for kind, path in report.files.items():
-            files.add_row(f"wrote {kind}", Text(path))
-        parts.append(files)
-
-    return Group(*_spaced(parts))
-
-
-def diagnostics_renderable(diag: Any) -> RenderableType:
-    """"Why is it (not) faster?": kernels as ONNX Runtime runs them, kernel-time shares, causes."""
-    from optimize.diagnose import KINDS
-
-    t = _table("Why is it (not) faster? (ONNX Runtime's optimized graph)", ["", "input", "output"], nowrap=("",))
-    graphs = [diag.input.runtime or diag.input.file, diag.output.runtime or diag.output.file]
-
-    def cells(fn: Any) -> list[str]:
-        return ["—" if g is None else fn(g) for g in graphs]
-
-    for kind in KINDS:
-        if any(g is not None and g.kernels.get(kind) for g in graphs):
-            t.add_row(f"{kind} kernels", *cells(lambda g, k=kind: str(g.kernels.get(k, 0))))
-    t.add_row("weights in integer kernels",
-              *cells(lambda g: "—" if g.integer_weight_share is None else f"{g.integer_weight_share:.0%}"))
-    t.add_row("unfused Q→DQ pairs", *cells(lambda g: str(g.qdq_pairs_unfused)))
-    t.add_row("weights dequantized to float", *cells(lambda g: str(g.dequantized_weights_to_float)))
-    profs = [diag.input.profile, diag.output.profile]
-    if any(profs):
-        t.add_row("kernel ms per run", *["—" if p is None else f"{p.total_kernel_ms:.3f}" for p in profs])
-        kinds = list(dict.fromkeys(k for p in profs if p for k in p.ms_by_kind))
-        for k in kinds:
-            t.add_row(f"  {k} time", *["—" if p is None else f"{p.share_by_kind.get(k, 0.0):.0%}" for p in profs])
-    parts: list[RenderableType] = [t]
-    if diag.likely_causes:
-        causes = Text()
-        for i, c in enumerate(diag.likely_causes):
-            if i:
-                causes.append("\n")
-            causes.append("likely cause: ", style="yellow")
-            causes.append(c)
-        parts.append(causes)
-    return Group(*parts)
-
-
-def print_report(report: Any, console: Console) -> None:
-    console.print(report_renderable(report))
 
 
 def gate_failure_lines(report: Any) -> list[str]:
@@ -168,10 +30,10 @@ def gate_failure_lines(report: Any) -> list[str]:
             lines.append(f"gate {g.message.strip()}")  # the library's wording, with units
             continue
         if g.value is None:
-            lines.append(f"gate {g.name}: not measured (limit {_fmt(g.limit)}) FAILED")
+            lines.append(f"gate {g.name}: not measured (limit {fmt_number(g.limit)}) FAILED")
             continue
         op = "<" if g.name.startswith("min_") else ">" if g.name.startswith("max_") else "vs"
-        lines.append(f"gate {g.name}: {_fmt(g.value)} {op} {_fmt(g.limit)} FAILED")
+        lines.append(f"gate {g.name}: {fmt_number(g.value)} {op} {fmt_number(g.limit)} FAILED")
     return lines
 
 
@@ -185,7 +47,7 @@ def gate_passed_lines(report: Any) -> list[str]:
             lines.append(f"gate {g.message.strip()} passed")
         else:
             op = ">=" if g.name.startswith("min_") else "<=" if g.name.startswith("max_") else "vs"
-            lines.append(f"gate {g.name}: {_fmt(g.value)} {op} {_fmt(g.limit)} passed")
+            lines.append(f"gate {g.name}: {fmt_number(g.value)} {op} {fmt_number(g.limit)} passed")
     return lines
 
 
@@ -319,7 +181,7 @@ def pass_options(config_cls: Any) -> list[dict[str, Any]]:
 
 
 def passes_table(rows: list[dict[str, Any]]) -> Table:
-    t = _table(None, ["pass", "accepts", "summary"])
+    t = new_table(None, ["pass", "accepts", "summary"])
     for r in rows:
         t.add_row(Text(r["name"], style="bold"), ", ".join(r["accepts"]), Text(r["summary"]))
     return t
@@ -332,7 +194,7 @@ def pass_detail(info: dict[str, Any]) -> RenderableType:
     if info.get("trains"):
         head.append("  (trains)")
     head.append("\n" + info["summary"])
-    t = _table("Options", ["option", "type", "default", "description"])
+    t = new_table("Options", ["option", "type", "default", "description"])
     for o in info["options"]:
         kind = o["type"] + (f" ({o['constraints']})" if o["constraints"] else "")
         default = Text("required", style="bold") if o["required"] else Text(_yamlish(o["default"]))
@@ -360,14 +222,14 @@ def data_renderable(data: Any, title: str | None = None) -> RenderableType:
             parts.append(grid)
         for k, v in nested.items():
             parts.append(data_renderable(v, title=str(k)))
-        body = Group(*_spaced(parts))
+        body = Group(*spaced(parts))
         return Group(Text(title, style="bold underline"), body) if title else body
     if isinstance(data, list):
         if data and all(isinstance(x, dict) for x in data):
             columns: list[str] = []
             for row in data:
                 columns += [c for c in row if c not in columns]
-            t = _table(title, columns)
+            t = new_table(title, columns)
             for row in data:
                 t.add_row(*(Text(_yamlish(row.get(c, ""))) for c in columns))
             return t
@@ -386,11 +248,11 @@ def bench_renderable(result: dict[str, Any]) -> RenderableType:
     rows = result.get("results") if isinstance(result, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return data_renderable(result)
-    labels = {"model": "MODEL", "vs": "OTHER"}
+    labels = {"model": "MODEL", "vs": "BASELINE"}
     has_vs = any("speedup_vs" in r for r in rows)
     columns = ["batch", "threads", "model", "p50 ms", "p90 ms", "p99 ms", "per s", "outliers"]
-    columns += ["vs OTHER"] * has_vs + ["parallel"]
-    t = _table("Latency", columns, nowrap=tuple(columns))
+    columns += ["vs BASELINE"] * has_vs + ["parallel"]
+    t = new_table("Latency" + SPEEDUP_VS * has_vs, columns, nowrap=tuple(columns))
     runtimes: dict[str, None] = {}
     for row in rows:
         for label in ("model", "vs"):
@@ -428,7 +290,11 @@ def bench_renderable(result: dict[str, Any]) -> RenderableType:
     notes = [f"{k}: {v}" for k, v in (result.get("formulas") or {}).items() if has_vs or k != "speedup_vs"]
     if mem.get("what"):
         notes.append(f"memory: {mem['what']}")
-    return Group(*_spaced([data_renderable(head), t, Text("\n".join(notes), style="dim")]))
+    return Group(*spaced([data_renderable(head), t, Text("\n".join(notes), style="dim")]))
+
+
+# One direction everywhere, as `run`'s speedup: BASELINE latency / MODEL latency, > 1 when MODEL is faster.
+SPEEDUP_VS = " (vs BASELINE = BASELINE latency / MODEL latency; > 1: MODEL is faster)"
 
 
 def _ratio_interval(row: dict[str, Any]) -> str:
@@ -450,7 +316,7 @@ def _ratio(x: Any) -> str:
 
 
 def counts_table(title: str, counts: dict[str, int]) -> Table:
-    t = _table(title, ["name", "count"])
+    t = new_table(title, ["name", "count"])
     for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         t.add_row(Text(k), str(v))
     return t
@@ -459,14 +325,15 @@ def counts_table(title: str, counts: dict[str, int]) -> Table:
 # ---------------------------------------------------------------- helpers
 
 
-def _table(title: str | None, columns: list[str], nowrap: tuple[str, ...] = ()) -> Table:
+def new_table(title: str | None, columns: list[str], nowrap: tuple[str, ...] = ()) -> Table:
+    """A plain table; a cell wraps between words (rich folds a word only when it is wider than the column)."""
     t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold", no_wrap=c in nowrap)
     return t
 
 
-def _spaced(parts: list[RenderableType]) -> list[RenderableType]:
+def spaced(parts: list[RenderableType]) -> list[RenderableType]:
     out: list[RenderableType] = []
     for i, p in enumerate(parts):
         if i:
@@ -475,26 +342,7 @@ def _spaced(parts: list[RenderableType]) -> list[RenderableType]:
     return out
 
 
-def _model_label(facts: Any) -> str:
-    if facts is None:
-        return "—"
-    return f"{facts.path or '(in memory)'} [{facts.form}]"
-
-
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
-
-
-def _num(n: int | None) -> str:
-    return "?" if n is None else f"{n:,}"
-
-
-def _fmt(x: float | None) -> str:
+def fmt_number(x: float | None) -> str:
     if x is None:
         return "null"
     if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):

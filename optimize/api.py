@@ -112,9 +112,34 @@ def _input_facts(s) -> dict:  # type: ignore[no-untyped-def]
     return facts
 
 
+def _onnx_header(path: Path | str) -> dict:
+    """Output names, shapes (symbolic dims as their names, unknown ones as "?") and dtypes; the
+    opsets by domain; the producer; the IR version. Weights stored outside the file are not read."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+
+    def value_facts(v: onnx.ValueInfoProto) -> dict:
+        t = v.type.tensor_type
+        shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else None
+        return {"name": v.name, "shape": shape if t.HasField("shape") else None, "dtype": dtype}
+
+    producer = f"{m.producer_name} {m.producer_version}".strip()
+    used = {n.domain or "" for n in m.graph.node} | {n.domain or "" for f in m.functions for n in f.node} | {""}
+    return {
+        "outputs": [value_facts(o) for o in m.graph.output],
+        # the domains the nodes use (quantizers import a dozen they never use)
+        "opset": {(i.domain or "ai.onnx"): int(i.version) for i in m.opset_import if (i.domain or "") in used},
+        "producer": producer or None,
+        "ir_version": int(m.ir_version),
+    }
+
+
 def _onnx_facts(path, op_counts, weight_stats, total_bytes) -> dict:  # type: ignore[no-untyped-def]
     ws = weight_stats(path)
     return {
+        **_onnx_header(path),
         "bytes": total_bytes(path),
         "ops": op_counts(path),
         "weights": ws.total,

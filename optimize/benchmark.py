@@ -351,55 +351,18 @@ def bench_models(
     import tempfile
 
     from optimize.errors import UsageError
-    from optimize.handle import ModelHandle
-    from optimize.loaders import load_model
 
     if device == "cuda":
         raise UsageError("bench --device cuda needs ONNX Runtime's CUDA provider, which is not installed here")
     threads = sorted(set(threads)) if threads else default_threads()
     batches = sorted(set([batch] if isinstance(batch, int) else batch))
     with tempfile.TemporaryDirectory(prefix="optimize-bench-") as tmp:
-        handles: dict[str, ModelHandle] = {}
-        for label, spec in (("model", model), ("vs", vs)):
-            if spec is None:
-                continue
-            h = load_model(spec, trust_model=trust_model)
-            if label == "model":
-                h = _with_probe_shapes(h, input_shapes)
-            if h.form == "torch":
-                from optimize.export import export_to_onnx
-
-                h = export_to_onnx(h, Path(tmp) / f"{label}.onnx")
-            handles[label] = h
-        memory: dict[str, Any] = {}
-        rng = np.random.default_rng(0)
-        feeds_file = Path(tmp) / "inputs.npz"
-        np.savez(feeds_file, **{sp.name: sp.random(max(batches), rng) for sp in handles["model"].inputs})
-        for label, h in handles.items():  # each model in its own process, so the numbers do not mix
-            memory[label] = _session_memory(h.onnx_path, feeds_file, max(threads))
-        rows: list[dict[str, Any]] = []
-        for b in batches:
-            rng = np.random.default_rng(0)
-            inputs = {s.name: s.random(b, rng) for s in handles["model"].inputs}
-            first: Timing | None = None
-            for t in threads:
-                timings = interleaved(
-                    {k: h.onnx_path for k, h in handles.items()}, inputs, threads=t, warmup=warmup, repeat=repeat,
-                    device=device, progress=progress, key=f"bench-b{b}-t{t}",
-                )
-                row: dict[str, Any] = {"batch": b, "threads": t}
-                row.update({k: latency_stats(v) for k, v in timings.items()})
-                if "vs" in timings:
-                    from optimize.speed import estimate, round_ratios
-
-                    r = round_ratios(timings["vs"].times_ms, timings["model"].times_ms)
-                    est = estimate(r)
-                    row["speedup_vs"] = est.value
-                    row["speedup_vs_iqr"] = [float(x) for x in np.percentile(r, [25, 75])]
-                    row["speedup_vs_interval"], row["speedup_vs_verdict"] = [est.low, est.high], est.verdict
-                first = first or timings["model"]
-                row["parallel_speedup"] = first.median_ms / timings["model"].median_ms if t != threads[0] else 1.0
-                rows.append(row)
+        handles = _bench_handles(model, vs, Path(tmp), trust_model, input_shapes)
+        memory = _bench_memory(handles, Path(tmp), max(batches), max(threads))
+        rows = [
+            row for b in batches
+            for row in _bench_rows(handles, b, threads, warmup=warmup, repeat=repeat, device=device, progress=progress)
+        ]
         memory["bench_process_peak_rss_mb"] = peak_rss_mb()
         memory["what"] = (
             "per model, in a fresh Python process with onnxruntime imported: model_peak_mb = peak resident memory "
@@ -408,7 +371,6 @@ def bench_models(
             "bench_process_peak_rss_mb = this process's peak (getrusage), libraries included"
         )
         from optimize.hardware import cpu_info
-        from optimize.speed import F_INTERVAL, TOLERANCE
 
         hw = cpu_info()
         return {
@@ -421,11 +383,72 @@ def bench_models(
             "results": rows,
             "memory": memory,
             "hardware": {"cpu": hw.get("cpu"), "cores": hw.get("cores"), "isa": hw.get("isa")},
-            "formulas": {
-                "speedup_vs": "OTHER latency / MODEL latency (median of interleaved per-round ratios; > 1: MODEL is faster); "
-                "speedup_vs_interval: " + F_INTERVAL + f" (tolerance ±{TOLERANCE:.0%})",
-                "parallel_speedup": f"MODEL p50 at {threads[0]} thread(s) / MODEL p50 at this thread count (same batch)",
-                "throughput_per_s": "batch × 1000 / p50_ms (samples per second)",
-                "outliers": "samples above Q3 + 1.5 × IQR (kept in the percentiles)",
-            },
+            "formulas": _bench_formulas(threads[0]),
         }
+
+
+def _bench_handles(model: str, vs: str | None, tmp: Path, trust_model: bool, input_shapes: list[str] | None) -> dict[str, Any]:
+    """MODEL (and OTHER) as ONNX handles, torch models exported into `tmp`."""
+    from optimize.loaders import load_model
+
+    handles: dict[str, Any] = {}
+    for label, spec in (("model", model), ("vs", vs)):
+        if spec is None:
+            continue
+        h = load_model(spec, trust_model=trust_model)
+        if label == "model":
+            h = _with_probe_shapes(h, input_shapes)
+        if h.form == "torch":
+            from optimize.export import export_to_onnx
+
+            h = export_to_onnx(h, tmp / f"{label}.onnx")
+        handles[label] = h
+    return handles
+
+
+def _bench_memory(handles: dict[str, Any], tmp: Path, batch: int, threads: int) -> dict[str, Any]:
+    """Each model's session memory, measured in its own process so the numbers do not mix."""
+    rng = np.random.default_rng(0)
+    feeds_file = tmp / "inputs.npz"
+    np.savez(feeds_file, **{sp.name: sp.random(batch, rng) for sp in handles["model"].inputs})
+    return {label: _session_memory(h.onnx_path, feeds_file, threads) for label, h in handles.items()}
+
+
+def _bench_rows(handles: dict[str, Any], b: int, threads: list[int], *, warmup: int, repeat: int, device: str,
+                progress: Progress | None) -> list[dict[str, Any]]:
+    """One row per thread count at batch `b`: latency stats, speedup_vs, parallel_speedup."""
+    rng = np.random.default_rng(0)
+    inputs = {s.name: s.random(b, rng) for s in handles["model"].inputs}
+    first: Timing | None = None
+    rows = []
+    for t in threads:
+        timings = interleaved(
+            {k: h.onnx_path for k, h in handles.items()}, inputs, threads=t, warmup=warmup, repeat=repeat,
+            device=device, progress=progress, key=f"bench-b{b}-t{t}",
+        )
+        row: dict[str, Any] = {"batch": b, "threads": t}
+        row.update({k: latency_stats(v) for k, v in timings.items()})
+        if "vs" in timings:
+            from optimize.speed import estimate, round_ratios
+
+            r = round_ratios(timings["vs"].times_ms, timings["model"].times_ms)
+            est = estimate(r)
+            row["speedup_vs"] = est.value
+            row["speedup_vs_iqr"] = [float(x) for x in np.percentile(r, [25, 75])]
+            row["speedup_vs_interval"], row["speedup_vs_verdict"] = [est.low, est.high], est.verdict
+        first = first or timings["model"]
+        row["parallel_speedup"] = first.median_ms / timings["model"].median_ms if t != threads[0] else 1.0
+        rows.append(row)
+    return rows
+
+
+def _bench_formulas(first_threads: int) -> dict[str, str]:
+    from optimize.speed import F_INTERVAL, TOLERANCE
+
+    return {
+        "speedup_vs": "OTHER latency / MODEL latency (median of interleaved per-round ratios; > 1: MODEL is faster); "
+        "speedup_vs_interval: " + F_INTERVAL + f" (tolerance ±{TOLERANCE:.0%})",
+        "parallel_speedup": f"MODEL p50 at {first_threads} thread(s) / MODEL p50 at this thread count (same batch)",
+        "throughput_per_s": "batch × 1000 / p50_ms (samples per second)",
+        "outliers": "samples above Q3 + 1.5 × IQR (kept in the percentiles)",
+    }

@@ -1,8 +1,9 @@
 """Content-keyed cache of pass outputs, so a re-run (or `optimize run --resume` after a kill)
 reuses the passes that already finished instead of recomputing them.
 
-What is cached: steps whose input and output are ONNX files (prune, quantize, graph, fp16 on an
-ONNX model), when the pass is deterministic for its config (see `cacheable`). Torch-form steps
+What is cached: steps whose input and output are ONNX files, of passes that declare themselves
+`cacheable` (prune, quantize, graph, fp16), unless the config makes the pass nondeterministic
+(`Pass.cache_exclusion`, e.g. quantize's format auto). Torch-form steps
 (distill, torch prune/quantize, export) are not cached: their input is a live module, not a file;
 distill resumes from its own training checkpoints instead (`--resume`).
 
@@ -14,6 +15,9 @@ The key is the sha256 of a JSON document holding:
 - the tool version and the library versions (`optimize.hardware.versions()`: python, torch, onnx,
   onnxruntime, onnxscript, torch-pruning, numpy), and a cache format number.
 A different library version therefore gives a different key: a miss, never a reuse.
+
+`output.cache_max_gb` limits the folder's size: after each store, entries are removed least recently
+used first (a hit counts as a use: it touches the entry document's mtime) until the rest fits.
 
 An entry is `DIR/KEY[:2]/KEY/` holding the output model (+ `model.onnx.data`), and `entry.json`
 (the key document, the pass's metrics and notes, and the sha256 and size of every file). It is
@@ -40,16 +44,15 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optimize.pass_api import Pass
 
 log = logging.getLogger("optimize")
 
 FORMAT = 1
 ENTRY = "entry.json"
-
-# quantize settings whose result depends on timing (measured speed) or on a search: not cached
-_QUANTIZE_NONDETERMINISTIC = ("format", "auto")
-
 
 def default_dir() -> Path:
     """$OPTIMIZE_CACHE/passes, else $XDG_CACHE_HOME/optimize/passes, else ~/.cache/optimize/passes."""
@@ -60,18 +63,15 @@ def default_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "optimize" / "passes"
 
 
-def cacheable(step_type: str, pass_config: dict[str, Any], form_in: str, form_out: str, inserted: bool) -> str | None:
+def cacheable(pass_obj: Pass, form_in: str, form_out: str, inserted: bool) -> str | None:
     """None when the step's output may be cached, else the reason it is not."""
     if form_in != "onnx" or form_out != "onnx":
         return "torch-form step (the input is a live module, not a file)"
     if inserted:
         return "inserted step (materializes work deferred by an earlier torch pass)"
-    if step_type not in ("prune", "quantize", "graph", "fp16"):
-        return f"{step_type} is not known to be deterministic"
-    if step_type == "quantize":
-        if pass_config.get("format") == "auto" or pass_config.get("goal") or pass_config.get("search"):
-            return "quantize chooses its format from measured latency (not deterministic)"
-    return None
+    if not pass_obj.cacheable:
+        return f"{pass_obj.name} is not known to be deterministic"
+    return pass_obj.cache_exclusion()
 
 
 def sha256_file(path: Path) -> str:
@@ -135,8 +135,10 @@ class Hit:
 
 
 class PassCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int | None = None) -> None:
         self.root = Path(root)
+        # size limit (output.cache_max_gb): after each store, least recently used entries go first
+        self.max_bytes = max_bytes
 
     # ---------------------------------------------------------------- keys
 
@@ -195,6 +197,7 @@ class PassCache:
             for name, info in files.items():
                 if sha256_file(into / name) != info["sha256"]:
                     raise ValueError(f"{name}: changed while being read")
+            os.utime(meta_path)  # its last use: the size limit evicts least recently used entries first
             return Hit(into / "model.onnx", meta.get("metrics", {}), list(meta.get("notes", [])))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("pass cache: ignoring entry %s (%s); recomputing", d, exc)
@@ -232,6 +235,7 @@ class PassCache:
                     return False  # stored concurrently: keep theirs
                 raise
             tmp = None
+            self.evict()
             return True
         except (OSError, ValueError) as exc:
             log.warning("pass cache: could not store an entry in %s (%s)", self.root, exc)
@@ -239,6 +243,36 @@ class PassCache:
         finally:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    # ---------------------------------------------------------------- size limit
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """(last use, bytes, folder) of every entry, least recently used first."""
+        found = []
+        for meta in self.root.glob(f"??/*/{ENTRY}"):
+            try:
+                size = sum(f.stat().st_size for f in meta.parent.iterdir() if f.is_file())
+                found.append((meta.stat().st_mtime, size, meta.parent))
+            except OSError:  # removed meanwhile by another run
+                continue
+        return sorted(found)
+
+    def evict(self) -> int:
+        """Remove least recently used entries until the cache fits `max_bytes`; how many went."""
+        if self.max_bytes is None:
+            return 0
+        entries = self.entries()
+        total = sum(size for _, size, _ in entries)
+        removed = 0
+        for _, size, d in entries:
+            if total <= self.max_bytes:
+                break
+            self._remove(d)
+            total -= size
+            removed += 1
+        if removed:
+            log.info("pass cache: removed %d least recently used entries (limit %.3g GB)", removed, self.max_bytes / 1e9)
+        return removed
 
     def _remove(self, d: Path) -> None:
         """Remove an entry: renamed aside first, so a concurrent reader never sees it half-deleted."""
@@ -274,26 +308,29 @@ def for_run(cfg: Any) -> PassCache | None:
     if out is not None and not getattr(out, "cache", True):
         return None
     explicit = getattr(out, "cache_dir", None) if out is not None else None
+    max_gb = getattr(out, "cache_max_gb", None) if out is not None else None
+    max_bytes = int(max_gb * 1e9) if max_gb is not None else None
     if explicit:
-        return PassCache(Path(explicit).expanduser())
+        return PassCache(Path(explicit).expanduser(), max_bytes)
     env = os.environ.get("OPTIMIZE_PASS_CACHE", "").strip()
     if env.lower() in ("off", "0", "false", "no"):
         return None
-    return PassCache(Path(env).expanduser() if env else default_dir())
+    return PassCache(Path(env).expanduser() if env else default_dir(), max_bytes)
 
 
 _HANDLE_FIELDS = ("form", "inputs", "outputs", "exporter", "opset", "pending", "source")
 
 
-def run_step(cache: PassCache | None, *, step_type: str, pass_config: dict[str, Any], inserted: bool, current: Any,
+def run_step(cache: PassCache | None, *, pass_obj: Pass, pass_config: dict[str, Any], inserted: bool, current: Any,
              ctx: Any, tool_version: str, run: Any) -> tuple[Any, bool]:
     """Run one step through the cache: (PassResult, served from the cache?). `run()` computes it."""
     from optimize.pass_api import PassResult
 
     if cache is None or current.form != "onnx" or current.onnx_path is None:
         return run(), False
-    if cacheable(step_type, pass_config, current.form, "onnx", inserted) is not None:
+    if cacheable(pass_obj, current.form, "onnx", inserted) is not None:
         return run(), False
+    step_type = pass_obj.name
     from optimize.hardware import versions
 
     try:

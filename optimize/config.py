@@ -1,8 +1,10 @@
 """The pipeline configuration: a pydantic schema (extra keys forbidden everywhere), YAML loading
 with file:line errors, and `--set KEY=VALUE` overrides.
 
-The `passes:` list is a discriminated union on `type`, built from the pass registry, so each pass's
-options are validated by that pass's own config class at load time, not mid-run.
+`PipelineConfig` is written out here; its `passes:` items are a union discriminated on `type` over
+the registered passes' config classes (each declares `type: Literal["NAME"]`). The union is built
+when the schema is first needed (`defer_build`), through the registry, so the library never imports
+a pass module, and each pass's options are validated by its own config class at load time.
 """
 
 from __future__ import annotations
@@ -10,19 +12,33 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import CoreSchema
 
+from optimize import config_messages
 from optimize.errors import ConfigError
+from optimize.pass_api import PassConfig
+from optimize.strict_bool import check_bool_field
 from optimize.yaml_source import YamlDocument, parse_yaml, read_yaml, render_key_path
 from optimize.yaml_source import safe_load as yaml_safe_load
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    _strict_bools = field_validator("*", mode="before")(check_bool_field)
 
 
 class InputSpecConfig(Section):
@@ -161,6 +177,11 @@ class OutputSection(Section):
         description="Pass cache folder (--cache-dir); default $OPTIMIZE_PASS_CACHE (a folder, or 'off'), "
         "else $OPTIMIZE_CACHE/passes, else ~/.cache/optimize/passes.",
     )
+    cache_max_gb: float | None = Field(
+        None, gt=0,
+        description="Largest size of the pass cache folder in GB (10^9 bytes): after each store, the least recently "
+        "used entries are removed until the rest fits; default: no limit.",
+    )
 
 
 class GatesSection(Section):
@@ -191,23 +212,26 @@ class GatesSection(Section):
     )
 
 
+class _ByPassType:
+    """Validates a `passes:` item as the union of the registered passes' config classes,
+    discriminated on `type` (built on first use: the registry imports the pass modules by name)."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return handler.generate_schema(_pass_union())
+
+
 @functools.cache
 def _pass_union() -> Any:
     from optimize import registry
 
-    classes = []
-    for name, cls in registry.all_passes().items():
-        classes.append(
-            create_model(
-                name,
-                __base__=cls.config_cls,
-                type=(Literal[name], Field(description=f"Pass name: {name}")),
-            )
-        )
-    return Annotated[Union[tuple(classes)], Field(discriminator="type")]  # noqa: UP007
+    classes = tuple(cls.config_cls for cls in registry.all_passes().values())
+    return Annotated[Union[classes], Field(discriminator="type")]  # noqa: UP007
 
 
-class _PipelineBase(Section):
+class PipelineConfig(Section):
+    # the whole pipeline file (a comment, not a docstring: a docstring becomes the schema's description)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+
     schema_version: Literal[1] = Field(description="Config format version; must be 1.")
     name: str | None = Field(None, description="A name for this pipeline, copied into the report.")
     seed: int = Field(0, ge=0, description="Seed for every random choice (data order, random inputs).")
@@ -217,22 +241,27 @@ class _PipelineBase(Section):
     measure: MeasureSection = Field(default_factory=MeasureSection)
     output: OutputSection = Field(default_factory=OutputSection)
     gates: GatesSection = Field(default_factory=GatesSection)
-
-
-@functools.cache
-def pipeline_model() -> type[BaseModel]:
-    return create_model(
-        "PipelineConfig",
-        __base__=_PipelineBase,
-        passes=(list[_pass_union()], Field(description="Ordered list of passes: {type: NAME, ...options}.")),
+    passes: list[Annotated[PassConfig, _ByPassType()]] = Field(
+        description="Ordered list of passes: {type: NAME, ...options}."
     )
 
 
-PipelineConfig = Any  # the dynamically built class; see pipeline_model()
-
-
 def json_schema() -> dict[str, Any]:
-    return pipeline_model().model_json_schema()
+    """The JSON Schema; each pass's options are the definition named after the pass."""
+    from optimize import registry
+
+    text = json.dumps(PipelineConfig.model_json_schema())
+    for name, cls in registry.all_passes().items():
+        text = text.replace(f'"#/$defs/{cls.config_cls.__name__}"', f'"#/$defs/{name}"')
+    schema = json.loads(text)
+    defs = schema.get("$defs", {})
+    for name, cls in registry.all_passes().items():
+        if cls.config_cls.__name__ in defs:
+            defs[name] = {**defs.pop(cls.config_cls.__name__), "title": name}
+            # `type` defaults to the pass name in code, but a pipeline file must say it
+            defs[name]["properties"]["type"].pop("default", None)
+            defs[name]["required"] = sorted({*defs[name].get("required", []), "type"})
+    return schema
 
 
 # ---------------------------------------------------------------- error rendering
@@ -241,9 +270,6 @@ def json_schema() -> dict[str, Any]:
 def _friendly(err: dict[str, Any], loc: tuple[Any, ...], data: Any) -> str:
     kind = err.get("type", "")
     ctx = err.get("ctx") or {}
-    if kind == "literal_error":
-        expected = str(ctx.get("expected", "")).replace(" or ", ", ")
-        return f"must be one of {expected}"
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1], data)
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
@@ -262,19 +288,12 @@ def _friendly(err: dict[str, Any], loc: tuple[Any, ...], data: Any) -> str:
         return f"unknown pass type '{tag}'{extra}; known: {', '.join(registry.names())}"
     if kind == "union_tag_not_found":
         return "each pass needs a 'type' key"
-    if kind == "value_error" and ctx.get("error") is not None:  # a validator's own message, without "Value error, "
-        return str(ctx["error"])
-    if kind == "missing":
-        return "required key missing"
-    for bound, word in (("gt", "greater than"), ("ge", "at least"), ("lt", "less than"), ("le", "at most")):
-        if bound in ctx:
-            return f"must be {word} {ctx[bound]} (got {err.get('input')!r})"
-    return str(err.get("msg", "invalid value"))
+    return config_messages.message(err)
 
 
 def _allowed_keys(loc: tuple[Any, ...], data: Any) -> list[str]:
     """Field names of the model at `loc` (best effort; used only for 'did you mean')."""
-    model: Any = pipeline_model()
+    model: Any = PipelineConfig
     node = data
     i = 0
     while i < len(loc):
@@ -316,6 +335,10 @@ def _raise_validation(exc: ValidationError, doc: YamlDocument, overridden: list[
     first = errors[0]
     loc = tuple(first["loc"])
     message = _friendly(first, loc, doc.data)
+    union = config_messages.union_group(errors)
+    if union is not None:  # one message for the value, not one per union member
+        loc, message = union
+        errors = [e for e in errors if tuple(e["loc"])[: len(loc)] != loc] + [first]
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     key = render_key_path(loc) if loc else None
     path = _yaml_path(loc)
@@ -372,7 +395,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 # ---------------------------------------------------------------- loading
 
 
-def validate_document(doc: YamlDocument, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+def validate_document(doc: YamlDocument, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     data = copy.deepcopy(doc.data)
     if data is None:
         raise ConfigError("config is empty; it needs at least 'schema_version: 1' and 'passes:'", file=doc.file, line=1)
@@ -385,19 +408,19 @@ def validate_document(doc: YamlDocument, overrides: list[str] | tuple[str, ...] 
     if "schema_version" not in data:
         raise ConfigError("required key missing; add 'schema_version: 1'", file=doc.file, line=1, key="schema_version")
     try:
-        return pipeline_model().model_validate(data)
+        return PipelineConfig.model_validate(data)
     except ValidationError as exc:
         _raise_validation(exc, YamlDocument(data, doc.lines, doc.file), overridden)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     return validate_document(read_yaml(path), overrides)
 
 
-def load_config_text(text: str, overrides: list[str] | tuple[str, ...] = (), file: str = "<string>") -> Any:
+def load_config_text(text: str, overrides: list[str] | tuple[str, ...] = (), file: str = "<string>") -> PipelineConfig:
     return validate_document(parse_yaml(text, file), overrides)
 
 
-def dump_config(cfg: Any) -> dict[str, Any]:
+def dump_config(cfg: PipelineConfig) -> dict[str, Any]:
     """The effective config as plain data (what --dry-run prints and the report records)."""
     return cfg.model_dump(mode="json")

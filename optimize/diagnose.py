@@ -28,6 +28,7 @@ import json
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,91 +149,117 @@ def graph_facts(path: str | Path, graph: str = "file") -> GraphFacts:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:
         inferred = model
-    types: dict[str, str] = {}
-    inits: dict[str, Any] = {}
-    producers: dict[str, Any] = {}
     graphs = list(all_graphs(inferred.graph))
-    for g in graphs:
-        for vi in list(g.input) + list(g.output) + list(g.value_info):
-            if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-                types[vi.name] = _dtype_name(vi.type.tensor_type.elem_type)
-        for init in g.initializer:
-            types[init.name] = _dtype_name(init.data_type)
-            inits[init.name] = init
-        for n in g.node:
-            for o in n.output:
-                producers[o] = n
-            if n.op_type == "Constant":
-                for a in n.attribute:
-                    if a.name == "value" and a.t is not None:
-                        types[n.output[0]] = _dtype_name(a.t.data_type)
-                        inits[n.output[0]] = a.t
+    index = _GraphIndex.of(graphs)
+    counts = _NodeCounts()
+    for n in (n for g in graphs for n in g.node):
+        counts.add(n, index)
+    return counts.facts(graph, str(path))
 
-    def stored(name: str, depth: int = 0) -> tuple[Any, bool] | None:
+
+@dataclass
+class _GraphIndex:
+    """Value types, stored tensors (initializers and Constant values) and producers, by value name."""
+
+    types: dict[str, str] = field(default_factory=dict)
+    inits: dict[str, Any] = field(default_factory=dict)
+    producers: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, graphs: list[Any]) -> _GraphIndex:
+        ix = cls()
+        for g in graphs:
+            for vi in list(g.input) + list(g.output) + list(g.value_info):
+                if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+                    ix.types[vi.name] = _dtype_name(vi.type.tensor_type.elem_type)
+            for init in g.initializer:
+                ix.types[init.name] = _dtype_name(init.data_type)
+                ix.inits[init.name] = init
+            for n in g.node:
+                for o in n.output:
+                    ix.producers[o] = n
+                if n.op_type == "Constant":
+                    for a in n.attribute:
+                        if a.name == "value" and a.t is not None:
+                            ix.types[n.output[0]] = _dtype_name(a.t.data_type)
+                            ix.inits[n.output[0]] = a.t
+        return ix
+
+    def stored(self, name: str, depth: int = 0) -> tuple[Any, bool] | None:
         """The stored tensor behind an input, through up to three DequantizeLinear / QuantizeLinear
         (a fake-quant Q→DQ on a float weight) / Cast / Transpose / Reshape nodes; the flag says
         whether a DequantizeLinear was on the way."""
-        if name in inits:
-            return inits[name], False
-        p = producers.get(name)
+        if name in self.inits:
+            return self.inits[name], False
+        p = self.producers.get(name)
         if p is None or depth >= 3 or not p.input or p.op_type not in _WEIGHT_PATH:
             return None
-        found = stored(p.input[0], depth + 1)
+        found = self.stored(p.input[0], depth + 1)
         return None if found is None else (found[0], found[1] or p.op_type == "DequantizeLinear")
 
-    ops: Counter[str] = Counter()
-    kernels: Counter[str] = Counter()
-    by_op: dict[str, Counter[str]] = {}
-    weights: Counter[str] = Counter()
-    pairs = deq_float = per_channel = casts = nodes = 0
-    for g in graphs:
-        for n in g.node:
-            nodes += 1
-            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-            ops[key] += 1
-            if n.op_type == "Cast":
-                casts += 1
-            if n.op_type == "DequantizeLinear" and n.input:
-                p = producers.get(n.input[0])
-                if p is not None and p.op_type == "QuantizeLinear":
-                    pairs += 1
-            if n.op_type not in COMPUTE_OPS:
+
+@dataclass
+class _NodeCounts:
+    """Running counts over the nodes of a model's graphs (graph_facts)."""
+
+    ops: Counter[str] = field(default_factory=Counter)
+    kernels: Counter[str] = field(default_factory=Counter)
+    by_op: dict[str, Counter[str]] = field(default_factory=dict)
+    weights: Counter[str] = field(default_factory=Counter)
+    pairs: int = 0
+    deq_float: int = 0
+    per_channel: int = 0
+    casts: int = 0
+    nodes: int = 0
+
+    def add(self, n: Any, ix: _GraphIndex) -> None:
+        self.nodes += 1
+        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+        self.ops[key] += 1
+        if n.op_type == "Cast":
+            self.casts += 1
+        if n.op_type == "DequantizeLinear" and n.input:
+            p = ix.producers.get(n.input[0])
+            if p is not None and p.op_type == "QuantizeLinear":
+                self.pairs += 1
+        if n.op_type not in COMPUTE_OPS:
+            return
+        kind = _kind(n, ix.types)
+        self.kernels[kind] += 1
+        self.by_op.setdefault(n.op_type, Counter())[kind] += 1
+        if n.op_type in QOPERATOR_WEIGHT_SCALE:
+            idx = QOPERATOR_WEIGHT_SCALE[n.op_type]
+            if idx < len(n.input) and n.input[idx] in ix.inits and _numel(ix.inits[n.input[idx]].dims) > 1:
+                self.per_channel += 1
+        for name in n.input:
+            s = ix.stored(name) if name else None
+            if s is None:
                 continue
-            kind = _kind(n, types)
-            kernels[kind] += 1
-            by_op.setdefault(n.op_type, Counter())[kind] += 1
-            if n.op_type in QOPERATOR_WEIGHT_SCALE:
-                idx = QOPERATOR_WEIGHT_SCALE[n.op_type]
-                if idx < len(n.input) and n.input[idx] in inits and _numel(inits[n.input[idx]].dims) > 1:
-                    per_channel += 1
-            for name in n.input:
-                if not name:
-                    continue
-                s = stored(name)
-                if s is None:
-                    continue
-                tensor, dequantized = s
-                if len(tensor.dims) < 2:  # biases, scales, zero points, shapes
-                    continue
-                k_attr = {a.name: a.i for a in n.attribute if a.name in ("K", "N")}
-                packed = n.op_type in WEIGHT_ONLY_OPS and k_attr.get("K") and k_attr.get("N")
-                weights[kind] += k_attr["K"] * k_attr["N"] if packed else _numel(tensor.dims)
-                if dequantized and kind in ("float", "fp16", "bf16"):
-                    deq_float += 1
-    total_w = sum(weights.values())
-    int_w = weights["integer"] + weights["int_weight_only"]
-    total_k = sum(kernels.values())
-    int_k = kernels["integer"] + kernels["int_weight_only"]
-    return GraphFacts(
-        graph=graph, path=str(path), nodes=nodes, ops=dict(sorted(ops.items())),
-        kernels={k: kernels[k] for k in KINDS if kernels[k]},
-        kernels_by_op={op: dict(c) for op, c in sorted(by_op.items())},
-        weights_by_kind={k: weights[k] for k in KINDS if weights[k]},
-        integer_weight_share=int_w / total_w if total_w else None,
-        integer_op_share=int_k / total_k if total_k else None,
-        qdq_pairs_unfused=pairs, dequantized_weights_to_float=deq_float, qoperator_per_channel=per_channel,
-        casts=casts,
-    )
+            tensor, dequantized = s
+            if len(tensor.dims) < 2:  # biases, scales, zero points, shapes
+                continue
+            k_attr = {a.name: a.i for a in n.attribute if a.name in ("K", "N")}
+            packed = n.op_type in WEIGHT_ONLY_OPS and k_attr.get("K") and k_attr.get("N")
+            self.weights[kind] += k_attr["K"] * k_attr["N"] if packed else _numel(tensor.dims)
+            if dequantized and kind in ("float", "fp16", "bf16"):
+                self.deq_float += 1
+
+    def facts(self, graph: str, path: str) -> GraphFacts:
+        weights, kernels = self.weights, self.kernels
+        total_w = sum(weights.values())
+        int_w = weights["integer"] + weights["int_weight_only"]
+        total_k = sum(kernels.values())
+        int_k = kernels["integer"] + kernels["int_weight_only"]
+        return GraphFacts(
+            graph=graph, path=path, nodes=self.nodes, ops=dict(sorted(self.ops.items())),
+            kernels={k: kernels[k] for k in KINDS if kernels[k]},
+            kernels_by_op={op: dict(c) for op, c in sorted(self.by_op.items())},
+            weights_by_kind={k: weights[k] for k in KINDS if weights[k]},
+            integer_weight_share=int_w / total_w if total_w else None,
+            integer_op_share=int_k / total_k if total_k else None,
+            qdq_pairs_unfused=self.pairs, dequantized_weights_to_float=self.deq_float,
+            qoperator_per_channel=self.per_channel, casts=self.casts,
+        )
 
 
 def _kind(node: Any, types: dict[str, str]) -> str:
@@ -514,46 +541,59 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.0%}"
 
 
+def _graph_rows(cols: list[GraphFacts | None]) -> list[list[str]]:
+    """Rows of the kernel table; a row with no value in any column is left out."""
+    def row(label: str, fn: Any) -> list[str]:
+        return [label] + ["—" if g is None else fn(g) for g in cols]
+
+    rows = [row("nodes", lambda g: str(g.nodes))]
+    for kind in KINDS:
+        if any(g is not None and g.kernels.get(kind) for g in cols):
+            rows.append(row(f"{kind} compute kernels", lambda g, k=kind: str(g.kernels.get(k, 0))))
+    rows += [
+        row("weights in integer kernels", lambda g: _pct(g.integer_weight_share)),
+        row("unfused Q→DQ pairs", lambda g: str(g.qdq_pairs_unfused)),
+        row("weights dequantized into float kernels", lambda g: str(g.dequantized_weights_to_float)),
+        row("QOperator per-channel nodes", lambda g: str(g.qoperator_per_channel)),
+        row("Cast nodes", lambda g: str(g.casts)),
+    ]
+    return [r for r in rows if any(c != "—" for c in r[1:])]
+
+
+def _profile_lines(diag: Diagnostics) -> list[str]:
+    from optimize.md_format import table
+
+    profs = [diag.input.profile, diag.output.profile]
+    if not any(profs):
+        return []
+    kinds = list(dict.fromkeys(k for p in profs if p for k in p.ms_by_kind))
+    rows = [["total ms"] + [f"{p.total_kernel_ms:.3f}" if p else "—" for p in profs]]
+    rows += [[k] + [f"{p.ms_by_kind.get(k, 0.0):.3f} ms ({p.share_by_kind.get(k, 0.0):.0%})" if p else "—" for p in profs]
+             for k in kinds]
+    lines = [""] + table(["kernel time per run (ONNX Runtime profiler)", "input", "output"], rows, ["", "right", "right"])
+    out = diag.output.profile
+    if out and out.top_ops:
+        lines += ["", "Most expensive ops in the output: " + ", ".join(
+            f"{o.op} ({o.kind}, {o.nodes} nodes) {o.ms:.3f} ms {o.share:.0%}" for o in out.top_ops[:5]) + "."]
+    return lines
+
+
 def markdown_lines(diag: Diagnostics) -> list[str]:
-    """The "Why is it (not) faster?" section of the Markdown report."""
+    """The "Why is it (not) faster?" section of the Markdown report (cells escaped by
+    optimize.md_format; rows and tables without any value left out)."""
+    from optimize.md_format import one_line, table
+
     lines = ["", "## Why is it (not) faster?", ""]
     if diag.likely_causes:
-        lines += ["**Likely causes of the slowdown:**", ""] + [f"- {c}" for c in diag.likely_causes] + [""]
+        lines += ["**Likely causes of the slowdown:**", ""] + [f"- {one_line(c)}" for c in diag.likely_causes] + [""]
     lines += [
         f"ONNX Runtime settings: {diag.runtime_settings.get('provider')}, {diag.runtime_settings.get('threads')} threads, "
         f"{diag.runtime_settings.get('graph_optimization_level')}. CPU int8 dot product (VNNI/AMX): "
         f"{'yes' if diag.int8_dot_product else 'no' if diag.int8_dot_product is False else 'unknown'}.",
-        "",
-        "| | input file | input as run | output file | output as run |",
-        "| --- | --- | --- | --- | --- |",
     ]
-    cols = [diag.input.file, diag.input.runtime, diag.output.file, diag.output.runtime]
-
-    def row(label: str, fn: Any) -> str:
-        return f"| {label} | " + " | ".join("—" if g is None else fn(g) for g in cols) + " |"
-
-    lines.append(row("nodes", lambda g: str(g.nodes)))
-    for kind in KINDS:
-        if any(g is not None and g.kernels.get(kind) for g in cols):
-            lines.append(row(f"{kind} compute kernels", lambda g, k=kind: str(g.kernels.get(k, 0))))
-    lines.append(row("weights in integer kernels", lambda g: _pct(g.integer_weight_share)))
-    lines.append(row("unfused Q→DQ pairs", lambda g: str(g.qdq_pairs_unfused)))
-    lines.append(row("weights dequantized into float kernels", lambda g: str(g.dequantized_weights_to_float)))
-    lines.append(row("QOperator per-channel nodes", lambda g: str(g.qoperator_per_channel)))
-    lines.append(row("Cast nodes", lambda g: str(g.casts)))
-    profs = [("input", diag.input.profile), ("output", diag.output.profile)]
-    if any(p for _, p in profs):
-        lines += ["", "| kernel time per run (ONNX Runtime profiler) | input | output |", "| --- | ---: | ---: |"]
-        kinds = list(dict.fromkeys(k for _, p in profs if p for k in p.ms_by_kind))
-        lines.append("| total ms | " + " | ".join(f"{p.total_kernel_ms:.3f}" if p else "—" for _, p in profs) + " |")
-        for k in kinds:
-            lines.append(f"| {k} | " + " | ".join(
-                f"{p.ms_by_kind.get(k, 0.0):.3f} ms ({p.share_by_kind.get(k, 0.0):.0%})" if p else "—" for _, p in profs) + " |")
-        out = diag.output.profile
-        if out and out.top_ops:
-            lines += ["", "Most expensive ops in the output: " + ", ".join(
-                f"{o.op} ({o.kind}, {o.nodes} nodes) {o.ms:.3f} ms {o.share:.0%}" for o in out.top_ops[:5]) + "."]
-    for label, d in (("input", diag.input), ("output", diag.output)):
-        if d.reason:
-            lines.append(f"- {label}: {d.reason}")
-    return lines
+    rows = _graph_rows([diag.input.file, diag.input.runtime, diag.output.file, diag.output.runtime])
+    if rows:
+        lines += [""] + table(["", "input file", "input as run", "output file", "output as run"], rows)
+    lines += _profile_lines(diag)
+    reasons = [f"- {label}: {one_line(d.reason)}" for label, d in (("input", diag.input), ("output", diag.output)) if d.reason]
+    return lines + ([""] + reasons if reasons else [])

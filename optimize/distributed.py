@@ -195,13 +195,13 @@ def receive() -> Any:
     raise err
 
 
-def conclude(state: dict[str, Any], exc: BaseException | None = None, report: Any = None) -> None:
+def conclude(passes_done: bool, exc: BaseException | None = None, report: Any = None) -> None:
     """Rank 0, once the passes are done: tell the waiting ranks how the run ended (no-op otherwise).
 
     Before the passes are done the other ranks are not waiting (they are training, or already
     failed), so nothing is sent: torchrun stops the job when a rank exits non-zero.
     """
-    if not state.get("passes_done") or not is_main() or not active():
+    if not passes_done or not is_main() or not active():
         return
     from optimize.errors import GateFailed
 

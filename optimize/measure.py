@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from optimize import __version__
 from optimize.errors import VerificationError
 from optimize.report import Gate, Latency, Metric, ModelFacts, Report
+
+if TYPE_CHECKING:
+    from optimize.lineage import Lineage
 
 log = logging.getLogger("optimize")
 
@@ -38,56 +42,108 @@ F_PARITY = (
 )
 
 
+@dataclass
+class Verified:
+    """What verification established: the ONNX Runtime sessions of both models on the target, the
+    device they run on, and the raw parity (with `all_finite`)."""
+
+    base_sess: Any
+    out_sess: Any
+    ort_device: str
+    parity: dict[str, Any]
+
+
 def measure(
-    *, pl: Any, ctx: Any, baseline: Any, final: Any, last_torch: Any, state: dict[str, Any], started: float,
+    *, pl: Any, ctx: Any, baseline: Any, final: Any, last_torch: Any, lineage: Lineage, started: float,
     started_at: str, env: dict[str, Any], hw: dict[str, Any],
 ) -> Report:
+    """Verify the final model, measure every metric against the baseline, apply the gates."""
     from optimize.benchmark import peak_rss_mb
-    from optimize.model_facts import model_facts as _model_facts
-    from optimize.runtime import check_model, parity, predict, predict_reference, session
-    from optimize.speed_metrics import gpu_speedup, measure_speed, speed_finding
+    from optimize.model_facts import model_facts
 
     cfg = pl.config
-    progress = ctx.progress
     findings: list[str] = []
     metrics: dict[str, Metric] = {}
+    ver = verify(ctx, baseline, final, metrics, findings)
+    findings.extend(getattr(pl, "notes", None) or [])  # where probe shapes came from (file metadata)
+    eval_ds = ctx.data("eval")
+    accuracy_metrics(ctx, ver, eval_ds, lineage, metrics)
+    bench_inputs = _bench_inputs(ctx, baseline, eval_ds)
+    speedup, latency, slow_at = speed_metrics(ctx, baseline, final, last_torch, bench_inputs, ver.ort_device, metrics, findings)
+    in_facts = lineage.input_facts or {}
+    out_facts = model_facts(final.onnx_path, "onnx", final)
+    weight_metrics(in_facts, out_facts, final.onnx_path, baseline is pl.handle, metrics)
+    findings.extend(weight_findings(in_facts, out_facts, metrics))
+    diagnostics = _diagnostics(ctx, baseline, final, bench_inputs, ver.ort_device, speedup, metrics, findings)
+    if slow_at is not None:
+        causes = diagnostics.likely_causes if diagnostics is not None else []
+        findings[slow_at] += (" — likely cause: " + "; ".join(causes)) if causes else _slow_cause(out_facts)
 
-    # ---- verify: checker, loads in ONNX Runtime on the target, finite outputs, parity
-    progress.start("verify", "verify (checker, ONNX Runtime load, parity)", None)
+    report = Report(
+        tool={"name": "optimize", "version": __version__}, status="ok", started_at=started_at, seconds=0.0,
+        seed=cfg.seed, config=pl.config_dump, environment=env, hardware=hw, input=ModelFacts(**in_facts),
+        output=ModelFacts(**out_facts), steps=lineage.steps, metrics=metrics, latency=latency, findings=findings,
+        diagnostics=diagnostics,
+    )
+    apply_gates(report, cfg.gates, all_finite=bool(ver.parity["all_finite"]))
+    report.seconds = round(time.time() - started, 3)
+    report.peak_rss_mb = peak_rss_mb()
+    return report
+
+
+# ---------------------------------------------------------------- verification
+
+
+def verify(ctx: Any, baseline: Any, final: Any, metrics: dict[str, Metric], findings: list[str]) -> Verified:
+    """The checker, a load in ONNX Runtime on the target, finite outputs and parity (metrics['parity'])."""
+    from optimize.runtime import check_model, parity, predict, predict_reference, session
+
+    cfg = ctx.config
+    ctx.progress.start("verify", "verify (checker, ONNX Runtime load, parity)", None)
     check_model(final.onnx_path)
-    device = ctx.device
-    ort_device = "cpu"
-    if device == "cuda":
-        import onnxruntime as ort
-
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            ort_device = "cuda"
-        else:
-            findings.append(
-                "ONNX Runtime here has no CUDA provider: the ONNX models were verified and timed on the CPU; "
-                "GPU latency was measured with torch"
-            )
+    ort_device = _ort_device(ctx.device, findings)
     base_sess = session(baseline.onnx_path, threads=ctx.threads, device=ort_device)
     out_sess = session(final.onnx_path, threads=ctx.threads, device=ort_device)
     par_inputs, par_source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
     ref = predict_reference(base_sess, par_inputs, cfg.data.batch_size, par_source)
-    got = predict(out_sess, par_inputs, cfg.data.batch_size)
-    par = parity(ref, got)
+    par = parity(ref, predict(out_sess, par_inputs, cfg.data.batch_size))
     metrics["parity"] = parity_metric(par, ref, par_inputs, par_source, ctx.inputs, findings)
     _second_shape(ctx, base_sess, out_sess, metrics["parity"], findings)
-    findings.extend(getattr(pl, "notes", None) or [])  # where probe shapes came from (file metadata)
-    progress.finish("verify")
+    ctx.progress.finish("verify")
+    return Verified(base_sess, out_sess, ort_device, par)
 
-    # ---- accuracy on held-out data
-    eval_ds = ctx.data("eval")
+
+def _ort_device(device: str, findings: list[str]) -> str:
+    """Where ONNX Runtime runs the models: CUDA when asked for and its provider is here, else the CPU."""
+    if device != "cuda":
+        return "cpu"
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return "cuda"
+    findings.append(
+        "ONNX Runtime here has no CUDA provider: the ONNX models were verified and timed on the CPU; "
+        "GPU latency was measured with torch"
+    )
+    return "cpu"
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def accuracy_metrics(ctx: Any, ver: Verified, eval_ds: Any, lineage: Lineage, metrics: dict[str, Metric]) -> None:
+    """accuracy (top-1 on labelled held-out data), distillation_ratio and accuracy_retained."""
+    from optimize.runtime import predict
+
+    cfg = ctx.config
     acc_base = acc_out = None
     if eval_ds is not None and eval_ds.labels is not None and cfg.model.task == "classification":
-        progress.start("accuracy", f"accuracy on {len(eval_ds)} eval samples", None)
-        pb = predict(base_sess, eval_ds.inputs, cfg.data.batch_size)[0]
-        po = predict(out_sess, eval_ds.inputs, cfg.data.batch_size)[0]
+        ctx.progress.start("accuracy", f"accuracy on {len(eval_ds)} eval samples", None)
+        pb = predict(ver.base_sess, eval_ds.inputs, cfg.data.batch_size)[0]
+        po = predict(ver.out_sess, eval_ds.inputs, cfg.data.batch_size)[0]
         acc_base = float((pb.argmax(axis=-1) == eval_ds.labels).mean() * 100)
         acc_out = float((po.argmax(axis=-1) == eval_ds.labels).mean() * 100) if np.isfinite(po).all() else None
-        progress.finish("accuracy")
+        ctx.progress.finish("accuracy")
     if acc_base is not None and acc_out is not None:
         metrics["accuracy"] = Metric(
             value=acc_out, formula=F_ACCURACY,
@@ -101,51 +157,53 @@ def measure(
             else "the output model produced non-finite outputs"
         )
         metrics["accuracy"] = Metric.missing(F_ACCURACY, f"accuracy not measured: {why}")
-
-    metrics["distillation_ratio"] = distillation_metric(state["steps"])
+    metrics["distillation_ratio"] = distillation_metric(lineage.steps)
     metrics["accuracy_retained"] = (
         Metric(value=acc_out / acc_base, formula=F_RETAINED, inputs={"output": acc_out, "input": acc_base})
         if acc_base and acc_out is not None
         else Metric.missing(F_RETAINED, metrics["accuracy"].reason or "the input model's accuracy is 0")
     )
 
-    # ---- latency: interleaved, spinning off, same threads and batch
-    m = cfg.measure
-    rng = np.random.default_rng(ctx.seed)
+
+def _bench_inputs(ctx: Any, baseline: Any, eval_ds: Any) -> dict[str, np.ndarray]:
+    """One latency batch: eval data when there is enough, else random inputs from the input spec."""
+    m = ctx.config.measure
     if eval_ds is not None and len(eval_ds) >= m.batch:
-        bench_inputs = eval_ds.take(m.batch).inputs
-    else:
-        ctx.resolve_shapes_from_data()
-        bench_inputs = {s.name: s.random(m.batch, rng) for s in (ctx.inputs or baseline.inputs)}
+        return eval_ds.take(m.batch).inputs
+    ctx.resolve_shapes_from_data()
+    rng = np.random.default_rng(ctx.seed)
+    return {s.name: s.random(m.batch, rng) for s in (ctx.inputs or baseline.inputs)}
+
+
+def speed_metrics(ctx: Any, baseline: Any, final: Any, last_torch: Any, bench_inputs: dict[str, np.ndarray],
+                  ort_device: str, metrics: dict[str, Metric], findings: list[str]) -> tuple[float | None, dict[str, Latency], int | None]:
+    """Latency (interleaved, spinning off, same threads and batch), speedups and gpu_speedup:
+    (the speedup when the output is slower, else None; latencies; index of the slowdown finding)."""
+    from optimize.speed_metrics import gpu_speedup, measure_speed, speed_finding
+
     speed = measure_speed(ctx, baseline, final, bench_inputs, ort_device)
     latency: dict[str, Latency] = speed.latency
     metrics.update(speed.metrics)
     slower = speed.speedup.verdict == "slower"
     slow_at = len(findings) if slower else None  # its likely cause is added after the diagnostics
-    note = speed_finding(speed.speedup, ctx.threads, m.batch)
+    note = speed_finding(speed.speedup, ctx.threads, ctx.config.measure.batch)
     if note:
         findings.append(note)
     metrics["gpu_speedup"] = gpu_speedup(ctx, last_torch, bench_inputs, latency, ort_device, findings)
+    return (speed.speedup.value if slower else None), latency, slow_at
 
-    # ---- weights, sizes, formats (counted from the files)
-    in_facts = state["input_facts"]
-    out_facts = _model_facts(final.onnx_path, "onnx", final)
+
+def weight_metrics(in_facts: dict[str, Any], out_facts: dict[str, Any], out_path: Any, input_is_onnx: bool,
+                   metrics: dict[str, Metric]) -> None:
+    """sparsity, density, quantization_ratio, params_removed, effective_sparsity, compression_ratio
+    (counted from the files)."""
     total, nonzero = out_facts["weights"], out_facts["nonzero_weights"]
     in_total = in_facts["weights"]
     if total:
         metrics["sparsity"] = Metric(value=(total - nonzero) / total, formula=F_SPARSITY,
                                      inputs={"zero": total - nonzero, "total": total})
         metrics["density"] = Metric(value=nonzero / total, formula=F_DENSITY, inputs={"nonzero": nonzero, "total": total})
-        from optimize.inspect_onnx import logical_weight_bits
-
-        stored_bits = out_facts["weight_bits"]
-        logical_bits = logical_weight_bits(final.onnx_path)  # binary/ternary codes stored in int8: fewer bits
-        q_inputs: dict[str, Any] = {"bits": logical_bits if logical_bits is not None else stored_bits,
-                                    "weights": total, "dtypes": out_facts["weight_dtypes"]}
-        if logical_bits is not None:
-            q_inputs.update(bits_are="logical", logical_bits=logical_bits, stored_bits=stored_bits,
-                            stored_ratio=stored_bits / (32 * total))
-        metrics["quantization_ratio"] = Metric(value=q_inputs["bits"] / (32 * total), formula=F_QRATIO, inputs=q_inputs)
+        metrics["quantization_ratio"] = _quantization_ratio(out_facts, out_path)
     else:
         for k, f in (("sparsity", F_SPARSITY), ("density", F_DENSITY), ("quantization_ratio", F_QRATIO)):
             metrics[k] = Metric.missing(f, "the output model has no weights of weighted ops")
@@ -160,53 +218,40 @@ def measure(
     metrics["compression_ratio"] = Metric(
         value=in_facts["bytes"] / out_facts["bytes"], formula=F_COMPRESSION,
         inputs={"input_bytes": in_facts["bytes"], "output_bytes": out_facts["bytes"],
-                "input_file": "the input ONNX file" if baseline is pl.handle else "the input model exported to FP32 ONNX"},
+                "input_file": "the input ONNX file" if input_is_onnx else "the input model exported to FP32 ONNX"},
     )
-    if metrics["sparsity"].value and metrics["sparsity"].value > 0.05 and metrics["params_removed"].value is not None \
-            and metrics["params_removed"].value < 0.01:
-        findings.append(
+
+
+def _quantization_ratio(out_facts: dict[str, Any], out_path: Any) -> Metric:
+    from optimize.inspect_onnx import logical_weight_bits
+
+    total = out_facts["weights"]
+    stored_bits = out_facts["weight_bits"]
+    logical_bits = logical_weight_bits(out_path)  # binary/ternary codes stored in int8: fewer bits
+    q_inputs: dict[str, Any] = {"bits": logical_bits if logical_bits is not None else stored_bits,
+                                "weights": total, "dtypes": out_facts["weight_dtypes"]}
+    if logical_bits is not None:
+        q_inputs.update(bits_are="logical", logical_bits=logical_bits, stored_bits=stored_bits,
+                        stored_ratio=stored_bits / (32 * total))
+    return Metric(value=q_inputs["bits"] / (32 * total), formula=F_QRATIO, inputs=q_inputs)
+
+
+def weight_findings(in_facts: dict[str, Any], out_facts: dict[str, Any], metrics: dict[str, Metric]) -> list[str]:
+    """What the weight counts say about speed and size."""
+    found = []
+    sparsity, removed = metrics["sparsity"].value, metrics["params_removed"].value
+    if sparsity and sparsity > 0.05 and removed is not None and removed < 0.01:
+        found.append(
             "unstructured zeros do not make ONNX Runtime's dense CPU kernels faster; they shrink the compressed file, "
             "not latency (structured pruning removes work)"
         )
+    total, in_total = out_facts["weights"], in_facts["weights"]
     if total and in_total and total > in_total:
-        findings.append(
+        found.append(
             f"the output stores more weight elements than the input ({in_total:,} → {total:,}): a weight shared "
             "between subgraphs or nodes was duplicated (ONNX Runtime's quantizer copies shared weights per use)"
         )
-
-    diagnostics = _diagnostics(ctx, baseline, final, bench_inputs, ort_device,
-                               speed.speedup.value if slower else None, metrics, findings)
-    if slow_at is not None:
-        causes = diagnostics.likely_causes if diagnostics is not None else []
-        findings[slow_at] += (" — likely cause: " + "; ".join(causes)) if causes else _slow_cause(out_facts)
-
-    report = Report(
-        tool={"name": "optimize", "version": __version__},
-        status="ok",
-        started_at=started_at,
-        seconds=0.0,
-        seed=cfg.seed,
-        config=pl.config_dump,
-        environment=env,
-        hardware=hw,
-        input=ModelFacts(**in_facts),
-        output=ModelFacts(**out_facts),
-        steps=state["steps"],
-        metrics=metrics,
-        latency=latency,
-        findings=findings,
-        diagnostics=diagnostics,
-    )
-    report.gates = evaluate_gates(cfg.gates, report)
-    report.findings.extend(g.message for g in report.gates if g.passed and "inconclusive" in g.message)
-    if not par["all_finite"]:
-        report.gates.append(Gate(name="finite_outputs", limit=1, value=0, passed=False,
-                                 message="finite_outputs: the output model produced NaN or Inf"))
-    if any(not g.passed for g in report.gates):
-        report.status = "gate_failed"
-    report.seconds = round(time.time() - started, 3)
-    report.peak_rss_mb = peak_rss_mb()
-    return report
+    return found
 
 
 def parity_metric(par: dict[str, Any], reference: list[np.ndarray], inputs: dict[str, np.ndarray], source: str,
@@ -294,8 +339,11 @@ def _slow_cause(out_facts: dict[str, Any]) -> str:
 
 
 def distillation_metric(steps: list[Any]) -> Metric:
-    """distillation_ratio from the last distill step's own measurement (right after training)."""
-    step = next((s for s in reversed(steps) if s.type == "distill"), None)
+    """distillation_ratio from the last distill step's own measurement (right after training): the
+    last step of a pass that trains (`Pass.trains`)."""
+    from optimize import registry
+
+    step = next((s for s in reversed(steps) if s.type in registry.names() and registry.get(s.type).trains), None)
     if step is None:
         return Metric.missing(F_DISTILL, "no distill pass in the pipeline")
     sm = step.metrics or {}
@@ -304,6 +352,21 @@ def distillation_metric(steps: list[Any]) -> Metric:
     return Metric(value=sm["distillation_ratio"], formula=F_DISTILL,
                   inputs={"student": sm.get("student_accuracy"), "teacher": sm.get("teacher_accuracy"),
                           "samples": sm.get("eval_samples"), "step": step.index})
+
+
+# ---------------------------------------------------------------- gates
+
+
+def apply_gates(report: Report, gates: Any, all_finite: bool) -> None:
+    """Every gate of the report: the configured ones (inconclusive passes also as findings) and the
+    built-in finite_outputs; any failure makes the status gate_failed."""
+    report.gates = evaluate_gates(gates, report)
+    report.findings.extend(g.message for g in report.gates if g.passed and "inconclusive" in g.message)
+    if not all_finite:
+        report.gates.append(Gate(name="finite_outputs", limit=1, value=0, passed=False,
+                                 message="finite_outputs: the output model produced NaN or Inf"))
+    if any(not g.passed for g in report.gates):
+        report.status = "gate_failed"
 
 
 def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
@@ -354,4 +417,4 @@ def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
     return out
 
 
-__all__ = ["measure", "evaluate_gates", "VerificationError"]
+__all__ = ["measure", "verify", "apply_gates", "evaluate_gates", "VerificationError"]

@@ -14,7 +14,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from optimize.strict_bool import check_bool_field
 
 if TYPE_CHECKING:
     from optimize.context import PlanContext, RunContext
@@ -22,9 +24,21 @@ if TYPE_CHECKING:
 
 
 class PassConfig(BaseModel):
-    """Base of every pass's options. `type` is the pass name (the YAML discriminator)."""
+    """Base of every pass's options. `type` is the pass name (the YAML discriminator): each pass's
+    config narrows it to `Literal["NAME"] = "NAME"`, so `optimize.config.PipelineConfig` validates
+    `passes:` as a union discriminated on it."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    type: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # strict booleans on every option; not a "*" validator, which pydantic refuses on `type`
+        # (the discriminator). Runs before pydantic collects the class's validators.
+        super().__init_subclass__(**kwargs)
+        names = [n for n in cls.__dict__.get("__annotations__", {}) if n != "type" and not n.startswith("_")]
+        if names:
+            cls._strict_bools = field_validator(*names, mode="before", check_fields=False)(check_bool_field)
 
 
 @dataclass
@@ -42,6 +56,15 @@ class Pass(ABC):
     config_cls: ClassVar[type[PassConfig]]
     accepts: ClassVar[frozenset[str]]  # subset of {"torch", "onnx"}
     trains: ClassVar[bool] = False  # True for passes that train the torch model (distill)
+    # What the engine reads instead of comparing pass names:
+    produces_onnx: ClassVar[bool] = False  # turns a torch model into ONNX; the planner inserts it where needed
+    # on an ONNX input, the output is a function of the input, config, data, seed, device, threads
+    # and versions, so the pass cache may keep it (optimize/cache.py)
+    cacheable: ClassVar[bool] = False
+
+    def cache_exclusion(self) -> str | None:
+        """For a cacheable pass: why this config's result is not deterministic (None: it is)."""
+        return None
 
     def __init__(self, config: PassConfig) -> None:
         self.config = config

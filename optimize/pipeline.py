@@ -15,8 +15,8 @@ from typing import Any
 
 from optimize import __version__
 from optimize.api import RunOptions, config_overrides
-from optimize.config import dump_config, load_config
-from optimize.context import PlanContext, RunContext
+from optimize.config import PipelineConfig, dump_config, load_config
+from optimize.context import RunContext
 from optimize.errors import (
     ConfigError,
     GateFailed,
@@ -27,7 +27,10 @@ from optimize.errors import (
     VerificationError,
 )
 from optimize.handle import ModelHandle
+from optimize.lineage import Lineage
 from optimize.model_facts import model_facts, weight_count
+from optimize.pass_api import PassResult
+from optimize.planner import PlannedStep, form_needs_inputs, plan_steps
 
 log = logging.getLogger("optimize")
 
@@ -40,25 +43,8 @@ def default_config_path() -> Path:
 
 
 @dataclass
-class PlannedStep:
-    index: int | None  # position in `passes:`; None for steps the pipeline inserts
-    type: str
-    form_in: str
-    form_out: str
-    inserted: bool = False
-    pass_obj: Any = None
-    why: str | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "index": self.index, "type": self.type, "form_in": self.form_in, "form_out": self.form_out,
-            "inserted": self.inserted, "why": self.why,
-        }
-
-
-@dataclass
 class Plan:
-    config: Any
+    config: PipelineConfig
     config_dump: dict[str, Any]
     steps: list[PlannedStep]
     model: str
@@ -127,8 +113,6 @@ def _checked_config(opts: RunOptions, example: bool) -> tuple[Any, str]:
 
 def plan(opts: RunOptions) -> Plan:
     """Validate config, model, chain and outputs before any work. Raises exit-2 errors."""
-    from optimize import registry
-
     example = opts.model is None
     cfg, config_file = _checked_config(opts, example)
     base_dir = Path.cwd()
@@ -160,51 +144,7 @@ def plan(opts: RunOptions) -> Plan:
         raise UsageError("the report path equals the model output path")
     _check_files(opts, cfg, config_file, base_dir, output, report)
 
-    objects = [registry.get(p.type)(p) for p in cfg.passes]
-    steps: list[PlannedStep] = []
-    pending: list[str] = []
-
-    def add_export(why: str) -> None:
-        steps.append(PlannedStep(None, "export", "torch", "onnx", inserted=True, why=why))
-        for name in pending:
-            steps.append(PlannedStep(None, name, "onnx", "onnx", inserted=True, why="materialize after export"))
-        pending.clear()
-
-    for i, (p, obj) in enumerate(zip(cfg.passes, objects, strict=True)):
-        want = obj.form_for(form, objects[i + 1 :])
-        if want != form:
-            if want == "onnx":
-                add_export(f"{p.type} runs on ONNX")
-            else:
-                raise ConfigError(
-                    f"{p.type} needs a torch model, but the model is ONNX at this point "
-                    f"({'input is ONNX' if i == 0 or handle is not None and handle.form == 'onnx' else 'after an export'}); "
-                    "there is no ONNX → torch converter for it",
-                    file=config_file, key=f"passes[{i}].{p.type}",
-                )
-        pc = PlanContext(
-            config=cfg, input_form="torch" if example else handle.form,  # type: ignore[union-attr]
-            has_input_spec=bool(inputs), index=i, form_at_pass=want, later=objects[i + 1 :], earlier=objects[:i],
-            model=handle,
-        )
-        try:
-            obj.check(pc)
-        except ConfigError as exc:
-            if exc.file is None:
-                exc.file = config_file
-                exc.args = (exc.render(),)
-            raise
-        out_form = "onnx" if p.type == "export" else want
-        steps.append(PlannedStep(i, p.type, want, out_form, pass_obj=obj))
-        if p.type == "export":
-            for name in pending:
-                steps.append(PlannedStep(None, name, "onnx", "onnx", inserted=True, why="materialize after export"))
-            pending.clear()
-        elif obj.defers(want):
-            pending.append(p.type)
-        form = out_form
-    if form == "torch":
-        add_export("the output is ONNX")
+    steps = plan_steps(cfg, config_file, handle, form, has_inputs=bool(inputs))
     if not inputs and form_needs_inputs(steps):
         raise ConfigError(
             "the model's inputs are unknown: declare model.inputs (name, shape, dtype)", file=config_file, key="model.inputs"
@@ -244,10 +184,6 @@ def _check_files(opts: RunOptions, cfg: Any, config_file: str | None, base_dir: 
     files.check_rejected_name(writes["the rejected model"], report)
 
 
-def form_needs_inputs(steps: list[PlannedStep]) -> bool:
-    return any(s.type == "export" for s in steps)
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -274,24 +210,24 @@ def run(opts: RunOptions) -> Any:
         lock = _claim_work_dir(pl, opts) if main else None
         work = Path(opts.work_dir)  # type: ignore[arg-type]
     work.mkdir(parents=True, exist_ok=True)
-    state: dict[str, Any] = {"steps": [], "input_facts": None}
+    lineage = Lineage()
     try:
-        result = _execute(pl, opts, work, state, started, started_at)
-        distributed.conclude(state, None, result)
+        result = _execute(pl, opts, work, lineage, started, started_at)
+        distributed.conclude(lineage.passes_done, None, result)
         return result
     except (OptimizeError, KeyboardInterrupt) as exc:
         if main:
             _remove_stale(pl.output_path)
         if main and isinstance(exc, OptimizeError) and not isinstance(exc, GateFailed) and not isinstance(exc, UsageError):
-            exc.report = _failure_report(pl, state, exc, started, started_at)  # type: ignore[attr-defined]
-        distributed.conclude(state, exc)
+            exc.report = _failure_report(pl, lineage, exc, started, started_at)  # type: ignore[attr-defined]
+        distributed.conclude(lineage.passes_done, exc)
         raise
     except Exception as exc:  # a bug or an unexpected library failure: exit 1, still say where
         err = OptimizeError(f"internal: {type(exc).__name__}: {exc}")
         if main:
             _remove_stale(pl.output_path)
-            err.report = _failure_report(pl, state, err, started, started_at)  # type: ignore[attr-defined]
-        distributed.conclude(state, err)
+            err.report = _failure_report(pl, lineage, err, started, started_at)  # type: ignore[attr-defined]
+        distributed.conclude(lineage.passes_done, err)
         raise err from exc
     finally:
         distributed.teardown()
@@ -324,7 +260,7 @@ def _remove_stale(output: Path) -> None:
             pass
 
 
-def _failure_report(pl: Plan, state: dict[str, Any], exc: Exception, started: float, started_at: str) -> Any:
+def _failure_report(pl: Plan, lineage: Lineage, exc: Exception, started: float, started_at: str) -> Any:
     from optimize import hardware, onnx_io
     from optimize.report import ModelFacts, Report
 
@@ -339,11 +275,17 @@ def _failure_report(pl: Plan, state: dict[str, Any], exc: Exception, started: fl
             config=pl.config_dump,
             environment=hardware.versions(),
             hardware=hardware.describe(),
-            input=ModelFacts(**state["input_facts"]) if state.get("input_facts") else ModelFacts(path=pl.model, form="unknown"),
-            steps=state["steps"],
+            input=ModelFacts(**lineage.input_facts) if lineage.input_facts else ModelFacts(path=pl.model, form="unknown"),
+            steps=lineage.steps,
         )
         onnx_io.write_bytes_atomic(report.to_json().encode(), pl.report_path)
         report.files["report"] = str(pl.report_path)
+        if pl.config.output.markdown:  # the Markdown beside it, written atomically like the JSON
+            from optimize.report_md import to_markdown
+
+            md_path = pl.report_path.with_suffix(".md")
+            onnx_io.write_bytes_atomic(to_markdown(report).encode(), md_path)
+            report.files["markdown"] = str(md_path)
         return report
     except Exception:
         log.debug("could not write the failure report", exc_info=True)
@@ -373,106 +315,23 @@ def _run_step(step: PlannedStep, obj: Any, current: ModelHandle, ctx: RunContext
         raise PassError(step.type, f"{type(exc).__name__}: {msg}", index=step.index) from exc
 
 
-def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], started: float, started_at: str) -> Any:
-    from optimize import hardware, registry
-    from optimize.export import ExportError, export_to_onnx
-    from optimize.report import Step
+def _execute(pl: Plan, opts: RunOptions, work: Path, lineage: Lineage, started: float, started_at: str) -> Any:
+    from optimize import distributed, hardware
 
     cfg = pl.config
     threads = cfg.hardware.threads or (os.cpu_count() or 1)
     _seed_everything(cfg.seed, threads)
-    progress = opts.progress
-
-    handle = pl.handle
-    if handle is None:  # the built-in example: train (once, cached) the teacher
-        from optimize.example import ensure_teacher
-        from optimize.loaders import load_model
-
-        progress.start("teacher", "built-in example: teacher CNN on digits (cached after the first run)", None)
-        weights = ensure_teacher()
-        progress.finish("teacher")
-        cfg.model.weights = str(weights)
-        handle = load_model(EXAMPLE_FACTORY, model_cfg=cfg.model)
-
+    handle = pl.handle if pl.handle is not None else _example_teacher(cfg, opts.progress)
     ctx = RunContext(
-        config=cfg, work_dir=work, device=pl.device, threads=threads, seed=cfg.seed, progress=progress,
+        config=cfg, work_dir=work, device=pl.device, threads=threads, seed=cfg.seed, progress=opts.progress,
         input_model=handle, inputs=list(handle.inputs), base_dir=pl.base_dir, resume=opts.resume,
     )
-
-    # The baseline everything is measured against: the input model as FP32 ONNX on the same runtime.
-    if handle.form == "torch":
-        progress.start("baseline", "export the input model (baseline for every comparison)", None)
-        try:
-            baseline = export_to_onnx(handle, work / "input" / "model.onnx", cfg.output.opset, cfg.output.exporter)
-        except ExportError as exc:
-            raise PassError("export", f"the input model: {exc}") from None
-        progress.finish("baseline")
-    else:
-        baseline = handle
-    state["input_facts"] = model_facts(baseline.onnx_path, handle.form, baseline)  # type: ignore[arg-type]
-    state["input_facts"]["path"] = handle.source
-
-    current = handle
-    last_torch = handle if handle.form == "torch" else None
-    total = len(pl.steps)
-    progress.start("pipeline", "pipeline", total)
-    from optimize import distributed
+    baseline = _baseline(handle, ctx)
+    lineage.input_facts = {**model_facts(baseline.onnx_path, handle.form, baseline), "path": handle.source}  # type: ignore[arg-type]
 
     follower = distributed.active() and not distributed.is_main()  # stops after the last training step
-    last_training = max((i for i, s in enumerate(pl.steps, 1) if getattr(s.pass_obj, "trains", False)), default=0)
-    from optimize import cache as pass_cache_mod
-
-    # content-keyed pass outputs: re-runs and --resume reuse them (only the writing rank)
-    pass_cache = pass_cache_mod.for_run(cfg) if distributed.is_main() else None
-    for n, step in enumerate(pl.steps, start=1):
-        if follower and n > last_training:
-            break
-        ctx.step_index = n
-        t0 = time.perf_counter()
-        before = weight_count(current)
-        form_in = current.form
-        if step.inserted and step.type == "export":
-            export_cls = registry.get("export")
-            obj: Any = export_cls(export_cls.config_cls())
-        else:
-            obj = step.pass_obj
-        label = f"{step.type}" + (" (inserted)" if step.inserted else "")
-        progress.advance("pipeline", 0, info=label)
-        cached = False
-        if step.inserted and step.type != "export":
-            name, pcfg = next((x for x in current.pending if x[0] == step.type), (None, None))
-            if name is None:
-                raise PassError(step.type, "nothing was deferred to materialize (internal planning error)")
-            try:
-                result = registry.get(name)(pcfg).finalize(current, ctx)
-            except (OptimizeError, KeyboardInterrupt):
-                raise
-            except Exception as exc:
-                raise PassError(step.type, f"materializing after export: {type(exc).__name__}: {exc}") from exc
-            result.model = result.model.replace(pending=[x for x in current.pending if x[0] != name])
-            pcfg_dump = pcfg.model_dump(mode="json")
-        else:
-            pcfg_dump = obj.config.model_dump(mode="json")
-            result, cached = pass_cache_mod.run_step(
-                pass_cache, step_type=step.type, pass_config=pcfg_dump, inserted=step.inserted, current=current,
-                ctx=ctx, tool_version=__version__, run=lambda: _run_step(step, obj, current, ctx),  # noqa: B023
-            )
-            if step.type == "export" or (step.inserted and step.type == "export"):
-                result.model = result.model.replace(pending=current.pending)
-        seconds = time.perf_counter() - t0
-        current = result.model
-        if current.form == "torch":
-            last_torch = current
-        state["steps"].append(
-            Step(
-                index=n, pass_index=step.index, type=step.type, config=pcfg_dump, form_in=form_in, form_out=current.form,
-                seconds=round(seconds, 3), params_before=before, params_after=weight_count(current),
-                metrics=_jsonable(result.metrics), notes=list(result.notes), inserted=step.inserted, cached=cached,
-            )
-        )
-        progress.advance("pipeline", 1, info=f"{label} {seconds:.1f}s")
-    progress.finish("pipeline")
-    state["passes_done"] = True
+    current, last_torch = _run_passes(pl, ctx, handle, lineage, follower)
+    lineage.passes_done = True
     if follower:  # rank 0 exports, measures and writes; this rank returns (or raises) its outcome
         return distributed.receive()
     if current.form != "onnx" or current.onnx_path is None:
@@ -481,7 +340,7 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
     from optimize.measure import measure
 
     report = measure(
-        pl=pl, ctx=ctx, baseline=baseline, final=current, last_torch=last_torch, state=state,
+        pl=pl, ctx=ctx, baseline=baseline, final=current, last_torch=last_torch, lineage=lineage,
         started=started, started_at=started_at, env=hardware.versions(), hw=hardware.describe(),
     )
     if cfg.model.task == "embedding" or cfg.gates.min_embedding_cosine is not None:
@@ -495,6 +354,109 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, state: dict[str, Any], star
 
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise OutputError(f"cannot write the outputs in {pl.output_path.parent}: {reason} (errno {exc.errno})") from exc
+
+
+def _example_teacher(cfg: PipelineConfig, progress: Any) -> ModelHandle:
+    """The built-in example: train (once, cached) the teacher CNN and load it."""
+    from optimize.example import ensure_teacher
+    from optimize.loaders import load_model
+
+    progress.start("teacher", "built-in example: teacher CNN on digits (cached after the first run)", None)
+    weights = ensure_teacher()
+    progress.finish("teacher")
+    cfg.model.weights = str(weights)
+    return load_model(EXAMPLE_FACTORY, model_cfg=cfg.model)
+
+
+def _baseline(handle: ModelHandle, ctx: RunContext) -> ModelHandle:
+    """What everything is measured against: the input model as FP32 ONNX on the same runtime."""
+    if handle.form != "torch":
+        return handle
+    from optimize.export import ExportError, export_to_onnx
+
+    cfg = ctx.config
+    ctx.progress.start("baseline", "export the input model (baseline for every comparison)", None)
+    try:
+        baseline = export_to_onnx(handle, ctx.work_dir / "input" / "model.onnx", cfg.output.opset, cfg.output.exporter)
+    except ExportError as exc:
+        raise PassError("export", f"the input model: {exc}") from None
+    ctx.progress.finish("baseline")
+    return baseline
+
+
+def _run_passes(pl: Plan, ctx: RunContext, handle: ModelHandle, lineage: Lineage,
+                follower: bool) -> tuple[ModelHandle, ModelHandle | None]:
+    """Every planned step in order, each recorded in the lineage: (final model, last torch model)."""
+    from optimize import cache, distributed
+
+    progress = ctx.progress
+    current, last_torch = handle, (handle if handle.form == "torch" else None)
+    progress.start("pipeline", "pipeline", len(pl.steps))
+    last_training = max((i for i, s in enumerate(pl.steps, 1) if s.pass_obj is not None and s.pass_obj.trains), default=0)
+    # content-keyed pass outputs: re-runs and --resume reuse them (only the writing rank)
+    pass_cache = cache.for_run(pl.config) if distributed.is_main() else None
+    for n, step in enumerate(pl.steps, start=1):
+        if follower and n > last_training:
+            break
+        ctx.step_index = n
+        t0 = time.perf_counter()
+        before, form_in = weight_count(current), current.form
+        label = f"{step.type}" + (" (inserted)" if step.inserted else "")
+        progress.advance("pipeline", 0, info=label)
+        result, pcfg_dump, cached = _run_one(step, current, ctx, pass_cache)
+        seconds = time.perf_counter() - t0
+        current = result.model
+        if current.form == "torch":
+            last_torch = current
+        lineage.steps.append(_step_record(n, step, pcfg_dump, form_in, current, seconds, before, result, cached))
+        progress.advance("pipeline", 1, info=f"{label} {seconds:.1f}s")
+    progress.finish("pipeline")
+    return current, last_torch
+
+
+def _step_record(n: int, step: PlannedStep, pcfg_dump: dict[str, Any], form_in: str, model: ModelHandle,
+                 seconds: float, before: int | None, result: PassResult, cached: bool) -> Any:
+    from optimize.report import Step
+
+    return Step(
+        index=n, pass_index=step.index, type=step.type, config=pcfg_dump, form_in=form_in, form_out=model.form,
+        seconds=round(seconds, 3), params_before=before, params_after=weight_count(model),
+        metrics=_jsonable(result.metrics), notes=list(result.notes), inserted=step.inserted, cached=cached,
+    )
+
+
+def _run_one(step: PlannedStep, current: ModelHandle, ctx: RunContext, pass_cache: Any) -> tuple[PassResult, dict[str, Any], bool]:
+    """One step, through the pass cache: (result, the pass config as run, served from the cache?)."""
+    from optimize import cache
+
+    obj = step.pass_obj
+    if obj is None:
+        return _materialize(step, current, ctx)
+    pcfg_dump = obj.config.model_dump(mode="json")
+    result, cached = cache.run_step(
+        pass_cache, pass_obj=obj, pass_config=pcfg_dump, inserted=step.inserted, current=current,
+        ctx=ctx, tool_version=__version__, run=lambda: _run_step(step, obj, current, ctx),
+    )
+    if obj.produces_onnx:  # work deferred by earlier passes stays pending until after the export
+        result.model = result.model.replace(pending=current.pending)
+    return result, pcfg_dump, cached
+
+
+def _materialize(step: PlannedStep, current: ModelHandle, ctx: RunContext) -> tuple[PassResult, dict[str, Any], bool]:
+    """Complete the work a pass deferred (`Pass.finalize`) now that the model is ONNX."""
+    from optimize import registry
+
+    name, pcfg = next(((n, c) for n, c in current.pending if n == step.type), (None, None))
+    if name is None:
+        raise PassError(step.type, "nothing was deferred to materialize (internal planning error)")
+    try:
+        result = registry.get(name)(pcfg).finalize(current, ctx)
+    except (OptimizeError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise PassError(step.type, f"materializing after export: {type(exc).__name__}: {exc}") from exc
+    result.model = result.model.replace(pending=[x for x in current.pending if x[0] != name])
+    return result, pcfg.model_dump(mode="json"), False
 
 
 def _jsonable(obj: Any) -> Any:
@@ -522,7 +484,7 @@ def _write_charts(pl: Plan, report: Any, model_path: Path) -> None:
 
 def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any) -> Any:
     from optimize import onnx_io
-    from optimize.report import to_markdown
+    from optimize.report_md import to_markdown
 
     failed = [g for g in report.gates if not g.passed]
     target = pl.output_path

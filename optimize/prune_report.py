@@ -1,14 +1,20 @@
 """Markdown sections for a prune step's metrics: the per-layer table, MACs before/after, the
 compressed size, the gradual schedule's per-step table and a sensitivity scan. Used by
-`optimize.report.to_markdown` and by `optimize prune-scan`."""
+`optimize.report_md.to_markdown` and by `optimize prune-scan`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from optimize.md_format import human_bytes, table
+
 
 def _shape(v: Any) -> str:
     return "×".join(str(d) for d in v) if isinstance(v, list) else "—"
+
+
+def _size(v: Any) -> str:
+    return human_bytes(v) if isinstance(v, int | float) else _fmt(v)
 
 
 def _fmt(v: Any) -> str:
@@ -27,19 +33,14 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
         return lines
     lines += ["", f"### {title}", ""]
     if layers:
-        lines += [
-            "| layer | shape before | shape after | sparsity | params removed |",
-            "| --- | --- | --- | --- | --- |",
-        ]
+        rows = []
         for e in layers:
             removed = e.get("params_removed", e.get("weights_removed", e.get("zeros")))
             name = e["name"] + (f" ({e['kind']})" if e.get("kind") else "")
             sparsity = e.get("sparsity")
-            lines.append(
-                f"| {name} | {_shape(e.get('shape_before'))} | {_shape(e.get('shape_after'))} | "
-                f"{_fmt(sparsity) if sparsity is not None else '—'} | {_fmt(removed)} |"
-            )
-        lines.append("")
+            rows.append([name, _shape(e.get("shape_before")), _shape(e.get("shape_after")),
+                         _fmt(sparsity) if sparsity is not None else "—", _fmt(removed)])
+        lines += table(["layer", "shape before", "shape after", "sparsity", "params removed"], rows) + [""]
     facts = []
     if metrics.get("params_before") is not None:
         facts.append(f"params {metrics['params_before']} → {metrics.get('params_after')}")
@@ -52,8 +53,8 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
     c = metrics.get("compressed_bytes")
     if isinstance(c, dict):
         facts.append(
-            f"weights compressed (zlib) {c.get('zip_before')} → {c.get('zip_after')} bytes "
-            f"(raw {c.get('raw_before')} → {c.get('raw_after')})"
+            f"weights compressed (zlib) {_size(c.get('zip_before'))} → {_size(c.get('zip_after'))} "
+            f"(raw {_size(c.get('raw_before'))} → {_size(c.get('raw_after'))})"
         )
     g = metrics.get("nm_gpu")
     if isinstance(g, dict):
@@ -69,19 +70,15 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
         keys = [k for k in rows[0] if k != "step"]
         for r in rows[1:]:
             keys += [k for k in r if k not in keys and k != "step"]
-        lines += ["", "| step | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
-        for r in rows:
-            lines.append(f"| {r['step']} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+        lines += [""] + table(["step", *keys], [[r.get("step"), *(_fmt(r.get(k)) for k in keys)] for r in rows])
     return lines
 
 
 def scan_markdown(scan: dict[str, Any]) -> list[str]:
-    """The sensitivity table of `passes.prune_scan.scan` as Markdown."""
+    """The sensitivity table of `passes.prune.scan.scan` as Markdown."""
     ratios = scan["ratios"]
     metric = scan["metric"]
-    lines = [f"| layer | {' | '.join(f'{r:g}' for r in ratios)} | proposed |", "| --- |" + " --- |" * (len(ratios) + 1)]
-    for row in scan["layers"]:
-        cells = [_fmt(row["scores"].get(f"{r:g}")) for r in ratios]
-        lines.append(f"| {row['name']} | {' | '.join(cells)} | {_fmt(row['proposed'])} |")
+    rows = [[row["name"], *(_fmt(row["scores"].get(f"{r:g}")) for r in ratios), _fmt(row["proposed"])] for row in scan["layers"]]
+    lines = table(["layer", *(f"{r:g}" for r in ratios), "proposed"], rows)
     lines += ["", f"Scores: {metric}."]
     return lines

@@ -15,9 +15,9 @@ if TYPE_CHECKING:
     from optimize.pass_api import Pass
 
 _PASSES: dict[str, str] = {
-    "prune": "passes.prune:PrunePass",
+    "prune": "passes.prune.prune_pass:PrunePass",
     "quantize": "passes.quantize:QuantizePass",
-    "distill": "passes.distill:DistillPass",
+    "distill": "passes.distill.distill_pass:DistillPass",
     "export": "passes.export:ExportPass",
     "graph": "passes.graph:GraphPass",
     "fp16": "passes.fp16:Fp16Pass",

@@ -1,7 +1,7 @@
 """The report: a plain data object built from the lineage and the measurements.
 
-JSON (versioned; `Report.model_json_schema()` is its published schema), Markdown (here) and the
-terminal table (cli/render.py) are three renderings of the same object. Every metric carries its
+JSON (versioned; `Report.model_json_schema()` is its published schema), Markdown
+(optimize/report_md.py) and the terminal table (cli/render.py) are three renderings of the same object. Every metric carries its
 value, its formula as text and its inputs; anything not measured is `null` with a reason.
 """
 
@@ -185,55 +185,3 @@ def metric_note(m: Metric) -> str:
         extra = f" ({configured} configured; more added while the interval was undecided)" if configured and rounds > configured else ""
         note = (note + "; " if note else "") + f"{rounds} interleaved rounds{extra}, tolerance ±{(m.tolerance or 0):.0%}"
     return note
-
-
-def to_markdown(report: Report) -> str:
-    lines = [f"# optimize report — {report.status}", ""]
-    if report.error:
-        lines += [f"**Error:** {report.error}", ""]
-    inp, out = report.input, report.output
-    lines += ["| | input | output |", "| --- | --- | --- |"]
-    lines.append(f"| model | `{inp.path}` | `{out.path if out else '—'}` |")
-    lines.append(f"| bytes | {inp.bytes} | {out.bytes if out else '—'} |")
-    lines.append(f"| weights | {inp.weights} | {out.weights if out else '—'} |")
-    lines += ["", "## Metrics", "", "| metric | value | formula | note |", "| --- | --- | --- | --- |"]
-    for key in METRIC_ORDER:
-        m = report.metrics.get(key)
-        if m is None:
-            continue
-        lines.append(f"| {key} | {format_value(key, m)} | {m.formula} | {metric_note(m)} |")
-    if report.latency:
-        lines += ["", "## Latency", "", "| model | median ms | p90 ms | runs | batch | threads | runtime |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        for key, lat in report.latency.items():
-            lines.append(
-                f"| {key} | {lat.median_ms:.3f} | {lat.p90_ms:.3f} | {lat.runs} | {lat.batch} | {lat.threads} | {lat.runtime} ({lat.device}) |"
-            )
-    from optimize.charts import markdown_lines as chart_lines  # PNGs beside this file, when written
-
-    lines += chart_lines(report)
-    if report.steps:
-        lines += ["", "## Steps", "", "| # | pass | form | seconds | params before → after | notes |", "| --- | --- | --- | --- | --- | --- |"]
-        for s in report.steps:
-            params = f"{s.params_before} → {s.params_after}" if s.params_before is not None else ""
-            name = s.type + (" (inserted)" if s.inserted else "")
-            lines.append(f"| {s.index} | {name} | {s.form_in} → {s.form_out} | {s.seconds:.2f} | {params} | {'; '.join(s.notes)} |")
-        from optimize.prune_report import prune_markdown
-
-        for s in report.steps:
-            if s.type == "prune":
-                lines += prune_markdown(f"Step {s.index}: prune ({s.metrics.get('method')})", s.metrics)
-    if report.gates:
-        lines += ["", "## Gates", "", "| gate | limit | value | result |", "| --- | --- | --- | --- |"]
-        for g in report.gates:
-            lines.append(f"| {g.name} | {g.limit} | {g.value} | {'pass' if g.passed else 'FAIL'} |")
-    if report.findings:
-        lines += ["", "## Findings", ""] + [f"- {f}" for f in report.findings]
-    if report.diagnostics is not None:
-        from optimize.diagnose import markdown_lines
-
-        lines += markdown_lines(report.diagnostics)
-    hw = report.hardware
-    lines += ["", "## Environment", "", f"- CPU: {hw.get('cpu')} ({hw.get('cores')} cores; {', '.join(hw.get('isa', []))})"]
-    lines.append(f"- GPU: {hw.get('gpu') or 'none'}")
-    lines.append("- " + ", ".join(f"{k} {v}" for k, v in report.environment.items()))
-    return "\n".join(lines) + "\n"

@@ -148,7 +148,12 @@ def read_yaml(path: str | Path) -> YamlDocument:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("config file not found", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise ConfigError("is a directory; give a pipeline YAML file (e.g. configs/default.yaml)", file=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not a text file: byte {exc.start} is not UTF-8; a pipeline is a YAML text file",
+                          file=str(path)) from None
+    except OSError as exc:
         raise ConfigError(f"cannot read config: {exc}", file=str(path)) from None
     return parse_yaml(text, str(path))
 

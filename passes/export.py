@@ -10,6 +10,7 @@ from optimize.pass_api import Pass, PassConfig
 
 
 class ExportConfig(PassConfig):
+    type: Literal["export"] = Field("export", description="Pass name: export")
     opset: int | None = Field(None, ge=13, le=23, description="ONNX opset (default: output.opset).")
     exporter: Literal["auto", "dynamo", "torchscript"] | None = Field(
         None, description="torch.onnx exporter (default: output.exporter)."
@@ -21,6 +22,7 @@ class ExportPass(Pass):
     summary = "torch → ONNX with a dynamic batch axis; exporter and opset recorded"
     config_cls = ExportConfig
     accepts = frozenset({"torch"})
+    produces_onnx = True
 
     def run(self, model, ctx):  # type: ignore[no-untyped-def]
         from optimize.errors import PassError

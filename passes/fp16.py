@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from optimize.pass_api import Pass, PassConfig
 
 
 class Fp16Config(PassConfig):
+    type: Literal["fp16"] = Field("fp16", description="Pass name: fp16")
     keep_io_types: bool = Field(True, description="Keep float32 model inputs and outputs.")
     op_block_list: list[str] | None = Field(None, description="Op types kept in float32 (default: the converter's list).")
 
@@ -17,6 +20,7 @@ class Fp16Pass(Pass):
     summary = "float32 → float16 weights and compute (ONNX Runtime's converter), float32 I/O kept"
     config_cls = Fp16Config
     accepts = frozenset({"onnx"})
+    cacheable = True
 
     def run(self, model, ctx):  # type: ignore[no-untyped-def]
         from onnxruntime.transformers.float16 import convert_float_to_float16

@@ -10,6 +10,7 @@ from optimize.pass_api import Pass, PassConfig
 
 
 class GraphConfig(PassConfig):
+    type: Literal["graph"] = Field("graph", description="Pass name: graph")
     level: Literal["basic"] = Field(
         "basic",
         description="ONNX Runtime optimization level saved to the file; only 'basic' is portable across hardware.",
@@ -21,6 +22,7 @@ class GraphPass(Pass):
     summary = "ONNX Runtime graph optimizations (constant folding, redundant-node removal) saved offline"
     config_cls = GraphConfig
     accepts = frozenset({"onnx"})
+    cacheable = True
 
     def run(self, model, ctx):  # type: ignore[no-untyped-def]
         import onnxruntime as ort

@@ -152,12 +152,19 @@ def test_a_failed_store_leaves_no_partial_entry_and_the_run_succeeds(capfd, tmp_
 
 
 def test_format_auto_and_torch_steps_are_not_cached(capfd, tmp_path: Path) -> None:
+    from optimize import registry
     from optimize.cache import cacheable
 
-    assert cacheable("quantize", {"format": "auto"}, "onnx", "onnx", False) is not None
-    assert cacheable("distill", {}, "torch", "torch", False) is not None
-    assert cacheable("quantize", {"format": "qdq"}, "onnx", "onnx", True) is not None  # materialize after QAT
-    assert cacheable("prune", {}, "onnx", "onnx", False) is None
+    def make(name: str, **options):  # a pass object as the planner builds it
+        cls = registry.get(name)
+        return cls(cls.config_cls(**options))
+
+    assert cacheable(make("quantize", format="auto"), "onnx", "onnx", False) is not None
+    assert cacheable(make("quantize", format="qdq"), "onnx", "onnx", False) is None
+    assert cacheable(make("distill"), "torch", "torch", False) is not None
+    assert cacheable(make("quantize", format="qdq"), "onnx", "onnx", True) is not None  # materialize after QAT
+    assert cacheable(make("prune"), "onnx", "onnx", False) is None
+    assert cacheable(make("export"), "onnx", "onnx", False) is not None  # not declared cacheable
 
 
 def test_default_folder_and_env(monkeypatch, tmp_path: Path) -> None:
@@ -264,3 +271,25 @@ def test_resume_after_a_kill_continues_from_the_cached_passes(tmp_path: Path, se
     )
     assert fresh.returncode == 0, fresh.stderr
     assert out.read_bytes() == (tmp_path / "f.onnx").read_bytes()
+
+
+def test_size_limit_evicts_the_least_recently_used_entries(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from optimize import cache as cache_mod
+
+    model = make_mlp_onnx(tmp_path / "in" / "m.onnx")
+    one = cache_mod.PassCache(tmp_path / "c")  # no limit: learn one entry's size
+    assert one.store("a" * 64, {}, model, {}, [])
+    size = one.entries()[0][1]
+    cfg = SimpleNamespace(output=SimpleNamespace(cache=True, cache_dir=str(tmp_path / "c"), cache_max_gb=2.5 * size / 1e9))
+    limited = cache_mod.for_run(cfg)
+    assert limited is not None and limited.max_bytes == int(2.5 * size)
+    assert limited.store("b" * 64, {}, model, {}, [])
+    # "a" is older than "b", but a hit makes it the most recently used
+    for when, d in enumerate(entries(tmp_path / "c"), start=1):  # a, then b: explicit, distinct times
+        os.utime(d / "entry.json", (when, when))
+    assert limited.lookup("a" * 64, tmp_path / "into") is not None
+    assert limited.store("c" * 64, {}, model, {}, [])  # three entries do not fit in 2.5: "b" goes
+    assert sorted(p.name[:1] for p in entries(tmp_path / "c")) == ["a", "c"]
+    assert sum(s for _, s, _ in limited.entries()) <= limited.max_bytes

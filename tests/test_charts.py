@@ -14,9 +14,15 @@ import pytest
 from optimize import charts, pipeline
 from optimize.api import RunOptions
 from optimize.errors import ConfigError
-from optimize.report import Latency, Metric, ModelFacts, Report, Step, to_markdown
+from optimize.report import Latency, Metric, ModelFacts, Report, Step
+from optimize.report_md import to_markdown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _charts_drawn(charts_on):
+    """The suite turns `output.charts: auto` off (tests/conftest.py); these tests are about charts."""
 FAST = "measure: {repeat: 3, warmup: 1, parity_samples: 8}\nhardware: {threads: 2}\n"
 
 

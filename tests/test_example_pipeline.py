@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from gfm_tables import assert_tables_whole
 from onnx import numpy_helper
 
 from optimize import pipeline
@@ -61,6 +62,10 @@ def test_default_pipeline_report_matches_the_file(tmp_path):
     assert m["accuracy"].inputs["samples"] == 360  # the held-out digits split
     on_disk = json.loads(Path(report.files["report"]).read_text())
     assert on_disk["metrics"]["sparsity"]["value"] == pytest.approx(zeros / total)
+    # the Markdown of `make demo`'s pipeline: every table whole on GitHub (prune, diagnostics included)
+    md = Path(report.files["markdown"]).read_text(encoding="utf-8")
+    assert_tables_whole(md)
+    assert md.startswith("# digits_cnn: ") and "### Step 1: prune (structured)" in md
 
 
 @pytest.mark.slow

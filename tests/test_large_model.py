@@ -210,7 +210,7 @@ def test_onnx_prune_on_external_data_matches_the_inline_model(tmp_path: Path, sc
 
 def test_global_cut_drops_exactly_n_with_ties(tmp_path: Path) -> None:
     """Ties at the threshold: exactly round(sparsity × total) weights are zeroed."""
-    from passes.prune import _GlobalCut
+    from passes.prune.masks import GlobalCut
 
     arrays = {"a": np.array([[1.0, 1.0], [1.0, 2.0]], np.float32), "b": np.array([[1.0, 3.0, -1.0]], np.float32)}
 
@@ -218,7 +218,7 @@ def test_global_cut_drops_exactly_n_with_ties(tmp_path: Path) -> None:
         def __init__(self, shape):
             self.tensor = type("P", (), {"dims": list(shape)})()
 
-    cut = _GlobalCut({k: [T(v.shape)] for k, v in arrays.items()}, arrays.__getitem__, 0.5)
+    cut = GlobalCut({k: [T(v.shape)] for k, v in arrays.items()}, arrays.__getitem__, 0.5)
     dropped = sum(int((~cut.keep(v)).sum()) for v in arrays.values())
     assert dropped == round(0.5 * 7) == 4
 
@@ -258,7 +258,7 @@ def test_onnx_prune_count_and_write_hold_one_tensor_not_the_model(tmp_path: Path
     model_bytes = (src.parent / "m.onnx.data").stat().st_size
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     code = ("from optimize import onnx_io; onnx_io.EXTERNAL_DATA_THRESHOLD = 0\n"
-            "from passes import prune_util; prune_util.COMPRESS_LIMIT_BYTES = 0\n" + MEMORY_PROBE)
+            "from passes.prune import util; util.COMPRESS_LIMIT_BYTES = 0\n" + MEMORY_PROBE)
     proc = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path), str(Path(__file__).parent)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -143,7 +143,7 @@ def test_read_yaml_missing_file(tmp_path: Path) -> None:
 def test_read_yaml_not_utf8(tmp_path: Path) -> None:
     p = tmp_path / "latin.yaml"
     p.write_bytes(b"name: caf\xe9\n")
-    with pytest.raises(ConfigError, match=r"cannot read config"):
+    with pytest.raises(ConfigError, match=r"not a text file: byte 9 is not UTF-8"):
         read_yaml(p)
 
 

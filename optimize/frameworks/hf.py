@@ -16,7 +16,7 @@ The folder is loaded for its task with transformers' Auto classes, offline
 The loaded model is wrapped in `HFTextModel`: a plain `nn.Module` whose positional inputs are the
 tokenizer's (`input_ids`, `attention_mask`, and `token_type_ids` when the tokenizer emits it) and
 whose one output is a tensor, so the torch passes (structured pruning of heads and FFN neurons
-through passes/prune_transformer.py, distillation, quantization) and the ONNX export treat it
+through passes/prune/transformer.py, distillation, quantization) and the ONNX export treat it
 like any other model. The inputs are int64 with symbolic `batch` and `sequence` dims; random ids
 are drawn below the vocabulary size.
 

@@ -11,6 +11,7 @@ from passes.quantize.auto import DEFAULT_AUTO_FLOOR
 
 
 class QuantizeConfig(PassConfig):
+    type: Literal["quantize"] = Field("quantize", description="Pass name: quantize")
     mode: Literal["dynamic", "static", "weight_only"] = Field(
         "static",
         description="dynamic: activations quantized at run time; static: calibrated activation ranges; "

@@ -27,6 +27,7 @@ class QuantizePass(Pass):
     )
     config_cls = QuantizeConfig
     accepts = frozenset({"torch", "onnx"})
+    cacheable = True
 
     # ------------------------------------------------------------------ planning
 
@@ -37,6 +38,11 @@ class QuantizePass(Pass):
 
     def defers(self, form):  # type: ignore[no-untyped-def]
         return form == "torch"
+
+    def cache_exclusion(self) -> str | None:
+        if getattr(self.config, "format", None) == "auto":
+            return "quantize chooses its format from measured latency (not deterministic)"
+        return None
 
     def check(self, plan: PlanContext) -> None:
         from optimize.errors import ConfigError

@@ -78,7 +78,7 @@ def test_inspect_json(runner, fake_inspect):
 def test_inspect_table(runner, fake_inspect):
     r = runner.invoke(app, ["inspect", "m.onnx"])
     assert r.exit_code == 0, r.stderr
-    for text in ("form", "onnx", "inputs", "logits", "Gemm", "Ops"):
+    for text in ("form", "onnx", "Inputs", "Outputs", "logits", "batch* × 64", "symbolic dims", "Gemm", "Ops"):
         assert text in r.stdout
     assert r.stdout.index("Gemm") < r.stdout.index("Relu")  # most frequent op first
 
@@ -110,7 +110,7 @@ def test_bench_default_threads_and_table(runner, fake_bench):
     r = runner.invoke(app, ["bench", "a.onnx", "--vs", "b.onnx", "--progress", "none"])
     assert r.exit_code == 0, r.stderr
     assert fake_bench[-1]["threads"] is None  # the library picks its default
-    for text in ("Latency", "MODEL", "OTHER", "a.onnx", "b.onnx", "1.50x", "2.00x", "p50 ms", "p99 ms", "per s",
+    for text in ("Latency", "MODEL", "BASELINE", "> 1: MODEL is faster", "a.onnx", "b.onnx", "1.50x", "2.00x", "p50 ms", "p99 ms", "per s",
                  "outliers", "model 12.5 MB"):
         assert text in r.stdout, text
 

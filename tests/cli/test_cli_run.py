@@ -61,7 +61,7 @@ def test_human_summary_on_stdout(runner, fake_pipeline):
     r = runner.invoke(app, ["run", "--progress", "none"])
     assert r.exit_code == 0, r.stderr
     out = r.stdout
-    for text in ("status", "Metrics", "speedup", "0.82x", "null", "no GPU [cuda] present", "Latency", "warning:", "[check VNNI]"):
+    for text in ("status", "verdict", "speedup", "0.82x", "no GPU [cuda] present", "median ms", "warning:", "[check VNNI]"):
         assert text in out, text
     assert out.index("speedup") < out.index("sparsity")  # METRIC_ORDER
     assert "noise a library printed" not in out

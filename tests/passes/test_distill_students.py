@@ -118,7 +118,7 @@ def test_depth_student_on_a_named_sequential_and_its_errors(tmp_path: Path) -> N
     assert result.metrics["student_blocks"] == [0, 5]  # round(0.34 × 6) = 2 blocks: the first and the last
     assert len(result.model.module[1]) == 2 and len(teacher[1]) == 6
 
-    from passes.students import drop_blocks
+    from passes.distill.students import drop_blocks
 
     src = Deep()
     last = src.blocks[3].fc.weight.detach().clone()

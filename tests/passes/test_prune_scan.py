@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from optimize.config import load_config_text
-from passes.prune_scan import scan
+from passes.prune.scan import scan
 
 
 def test_scan_proposes_the_largest_ratio_within_target(tmp_path):

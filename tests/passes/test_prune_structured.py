@@ -15,8 +15,8 @@ from optimize.data import Dataset
 from optimize.errors import ConfigError
 from optimize.handle import ModelHandle, TensorSpec
 from passes.prune import PruneConfig, PrunePass
-from passes.prune_transformer import SplitHeadAttention
-from passes.prune_util import compressed_bytes, schedule
+from passes.prune.transformer import SplitHeadAttention
+from passes.prune.util import compressed_bytes, schedule
 
 
 def run(handle, ctx, **options):

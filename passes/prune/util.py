@@ -3,8 +3,7 @@ steps, quality per step, MACs, compressed size and the "will sparsity become spe
 
 - Schedules follow Zhu & Gupta (2017): after step k of K the target is `s · k/K` (linear) or
   `s · (1 − (1 − k/K)³)` (cubic: large steps first, while the network still has slack).
-- Fine-tuning between steps is the distill pass's training loop, called as a function (teacher: the
-  pipeline's input model), so masks and the loss are exactly those of `distill`.
+- Fine-tuning between steps is in `finetune.py` (the distill package's training loop).
 - MACs of torch models come from Torch-Pruning (`count_ops_and_params`); ONNX MACs are counted here
   from inferred shapes (Conv, ConvTranspose, MatMul, Gemm), since no installed library counts them.
 - The compressed size is the weights' bytes through zlib (DEFLATE, as in a .zip): zeros from
@@ -52,7 +51,7 @@ def compressed_bytes(arrays: Iterable[np.ndarray]) -> tuple[int, int]:
 
 def torch_weight_arrays(module: Any) -> list[np.ndarray]:
     """Every parameter as the forward sees it (masks applied), as numpy, in module order."""
-    from passes.prune_torch import effective_params
+    from passes.prune.torch_common import effective_params
 
     return [p.detach().float().cpu().numpy() for p in effective_params(module)]
 
@@ -188,7 +187,7 @@ def torch_outputs(module: Any, ds: Any, names: list[str], batch: int = 64) -> li
     """The first tensor output of `module` over the dataset, batched, as numpy."""
     import torch
 
-    from passes.prune_torch import tensor_leaves
+    from passes.prune.torch_common import tensor_leaves
 
     dev = next((p.device for p in module.parameters()), torch.device("cpu"))
     was_training = module.training
@@ -218,24 +217,6 @@ def quality(module: Any, ds: Any, names: list[str], reference: list[np.ndarray] 
         q["min_cosine"] = None if p["min_cosine"] is None else round(p["min_cosine"], 6)
         q["mean_cosine"] = None if p["mean_cosine"] is None else round(p["mean_cosine"], 6)
     return q
-
-
-def finetune(module: Any, model: Any, ctx: Any, epochs: int, lr: float) -> tuple[Any, dict[str, Any]]:
-    """Train `module` for `epochs` with the distill pass's loop (teacher: the pipeline's input
-    model, else `model`, the prune pass's input). Returns (trained module, distill metrics)."""
-    from optimize import registry
-    from optimize.context import RunContext
-
-    # found by name, as the pipeline finds passes: distill derives width students through prune,
-    # so a module import here would make prune and distill import each other
-    distill = registry.get("distill")
-    teacher = getattr(ctx, "input_model", None)
-    if teacher is None or teacher.form != "torch" or teacher.module is None:
-        teacher = model
-    sub_ctx = ctx.with_input_model(teacher) if isinstance(ctx, RunContext) else ctx
-    res = distill(distill.config_cls(epochs=epochs, lr=lr)).run(model.replace(module=module), sub_ctx)
-    keep = ("train_loss", "student_accuracy", "teacher_accuracy", "train_seconds")
-    return res.model.module, {k: res.metrics.get(k) for k in keep}
 
 
 def onnx_weight_arrays(path: Any) -> Iterator[np.ndarray]:

@@ -34,14 +34,14 @@ def _config(config_path: str | None) -> Any:
 def _candidates(handle: Any, method: str) -> list[str]:
     """Layer names (torch modules) or weight names (ONNX) that a scan visits."""
     if handle.form == "torch":
-        from passes.prune_torch import torch_layers
+        from passes.prune.torch_common import torch_layers
 
         return [n for n, _ in torch_layers(handle.module)]
     from optimize import onnx_io
     from optimize.inspect_onnx import iter_weight_uses
 
     if method == "structured":
-        from passes.prune_onnx_structured import analyse
+        from passes.prune.onnx_structured import analyse
 
         return [c.producer.name or c.weight for c in analyse(onnx_io.load(handle.onnx_path))]
     seen: list[str] = []
@@ -53,7 +53,7 @@ def _candidates(handle: Any, method: str) -> list[str]:
 
 def _outputs(handle: Any, ds: Any) -> list[np.ndarray]:
     if handle.form == "torch":
-        from passes.prune_util import torch_outputs
+        from passes.prune.util import torch_outputs
 
         return torch_outputs(handle.module, ds, [s.name for s in handle.inputs])
     from optimize.runtime import predict, session
@@ -78,9 +78,8 @@ def scan(
     """Run the scan; returns a JSON-able dict (ratios, metric, baseline, per-layer rows, YAML)."""
     from optimize.context import RunContext
     from optimize.data import random_dataset
-    from optimize.errors import OptimizeError, UsageError
+    from optimize.errors import UsageError
     from optimize.loaders import load_model
-    from passes.prune import PruneConfig, PrunePass
 
     if method not in ("structured", "magnitude"):
         raise UsageError(f"--method must be structured or magnitude, not {method!r}")
@@ -111,25 +110,7 @@ def scan(
         names = layers or _candidates(handle, method)
         rows = []
         for i, name in enumerate(names):
-            scores: dict[str, float | None] = {}
-            reason = None
-            for r in ratios:
-                ctx.step_index = i
-                try:
-                    pc = PruneConfig(method=method, sparsity=r, include=[name], keep_output_layer=True)
-                    res = PrunePass(pc).run(handle, ctx)
-                except OptimizeError as exc:
-                    reason = str(exc).splitlines()[0][:200]
-                    scores[f"{r:g}"] = None
-                    continue
-                if not res.metrics.get("layers"):
-                    reason = next(
-                        (n for n in res.notes if "skipped" in n or "kept" in n or "nothing" in n),
-                        "nothing pruned (coupled to an ignored layer, or the output layer)",
-                    )
-                    scores[f"{r:g}"] = None
-                    break
-                scores[f"{r:g}"] = _score(_outputs(res.model, ds), ref, labels)
+            scores, reason = _scan_layer(handle, ctx, i, name, method, ratios, (ds, ref, labels))
             ok = [
                 r for r in ratios
                 if scores.get(f"{r:g}") is not None
@@ -152,6 +133,37 @@ def scan(
         "layer_sparsity": proposals,
         "yaml": yaml_snippet(method, proposals, target),
     }
+
+
+def _scan_layer(
+    handle: Any, ctx: Any, i: int, name: str, method: str, ratios: tuple[float, ...], quality: tuple[Any, Any, Any],
+) -> tuple[dict[str, float | None], str | None]:
+    """(score per ratio, why a ratio could not be scanned) of one layer pruned alone."""
+    from optimize.errors import OptimizeError
+    from passes.prune.config import PruneConfig
+    from passes.prune.prune_pass import PrunePass
+
+    ds, ref, labels = quality
+    scores: dict[str, float | None] = {}
+    reason = None
+    for r in ratios:
+        ctx.step_index = i
+        try:
+            pc = PruneConfig(method=method, sparsity=r, include=[name], keep_output_layer=True)
+            res = PrunePass(pc).run(handle, ctx)
+        except OptimizeError as exc:
+            reason = str(exc).splitlines()[0][:200]
+            scores[f"{r:g}"] = None
+            continue
+        if not res.metrics.get("layers"):
+            reason = next(
+                (n for n in res.notes if "skipped" in n or "kept" in n or "nothing" in n),
+                "nothing pruned (coupled to an ignored layer, or the output layer)",
+            )
+            scores[f"{r:g}"] = None
+            break
+        scores[f"{r:g}"] = _score(_outputs(res.model, ds), ref, labels)
+    return scores, reason
 
 
 def yaml_snippet(method: str, proposals: dict[str, float], target: str) -> str:

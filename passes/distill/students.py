@@ -183,7 +183,8 @@ def drop_blocks(
 
 def narrow(module: Any, width: float, teacher: Any, ctx: Any) -> tuple[Any, dict[str, Any], list[str]]:
     """The module with 1 − width of its channels/neurons removed by the structured prune pass."""
-    from passes.prune import PruneConfig, PrunePass
+    from passes.prune.config import PruneConfig
+    from passes.prune.prune_pass import PrunePass
 
     prune = PrunePass(PruneConfig(method="structured", sparsity=round(1.0 - width, 6)))
     try:

@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from passes.prune.masks import layer_entry
+
 if TYPE_CHECKING:
-    from passes.prune import PruneConfig
+    from passes.prune.config import PruneConfig
 
 
 def matches(names: list[str], patterns: list[str]) -> bool:
@@ -175,3 +177,66 @@ def effective_params(module: Any) -> list[Any]:
         if hasattr(plist, "original")
     }
     return [p for p in out if id(p) not in originals]
+
+
+def torch_in_axes(m: Any) -> tuple[int, ...]:
+    from torch import nn
+
+    nd = m.weight.dim()
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):  # (in, out/groups, *kernel)
+        return (0, *range(2, nd))
+    return tuple(range(1, nd))  # Linear (out, in); Conv (out, in/groups, *kernel)
+
+
+def weight_np(m: Any) -> np.ndarray:
+    return m.weight.detach().float().cpu().numpy()
+
+
+def torch_sparsity_metrics(layers: list[tuple[str, Any]], selected: set[str]) -> dict[str, Any]:
+    tot = zero = sel_tot = sel_zero = 0
+    for name, m in layers:
+        w = m.weight.detach()
+        n, z = int(w.numel()), int(w.numel() - w.count_nonzero().item())
+        tot, zero = tot + n, zero + z
+        if name in selected:
+            sel_tot, sel_zero = sel_tot + n, sel_zero + z
+    return {
+        "selected_weights_total": sel_tot,
+        "selected_weights_zero": sel_zero,
+        "selected_sparsity": round(sel_zero / sel_tot, 6) if sel_tot else 0.0,
+        "weights_total": tot,
+        "weights_zero": zero,
+        "sparsity": round(zero / tot, 6) if tot else 0.0,
+    }
+
+
+def torch_metrics(
+    cfg: PruneConfig, module: Any, pruned: set[str],
+    shapes: dict[str, tuple[int, ...]], params_before: int, extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The pass's metrics for a pruned torch module: per-layer entries, sparsity, parameters."""
+    layers = torch_layers(module)
+    entries = []
+    for n, m in layers:
+        if n in pruned:
+            w = m.weight.detach()
+            zeros = int(w.numel() - w.count_nonzero().item())
+            entry = layer_entry(n, shapes[n], tuple(w.shape), zeros, int(w.numel()))
+            if extra and n in extra:
+                entry.update(extra[n])
+            entries.append(entry)
+    params_after = sum(p.numel() for p in module.parameters())
+    metrics: dict[str, Any] = {"method": cfg.method, "target_sparsity": cfg.sparsity}
+    if cfg.method == "magnitude":
+        metrics["scope"] = cfg.scope
+    if cfg.method == "nm":
+        metrics["pattern"] = f"{cfg.n}:{cfg.m}"
+    metrics.update(torch_sparsity_metrics(layers, pruned))
+    metrics.update(
+        params_before=int(params_before),
+        params_after=int(params_after),
+        params_nonzero_after=int(sum(int(p.count_nonzero().item()) for p in effective_params(module))),
+        layers_pruned=len(entries),
+        layers=entries,
+    )
+    return metrics

@@ -1,0 +1,128 @@
+"""The distill pass's settings: the student, feature pairs, and the training options."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from optimize.errors import PassError
+from optimize.pass_api import PassConfig
+
+RANDOM_SAMPLES_DEFAULT = 1024
+
+
+class StudentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    width: float | None = Field(
+        None, gt=0, lt=1,
+        description="Derive the student from the teacher with this fraction of every layer's channels/neurons (structured pruning, output layer kept; kept weights come from the teacher).",
+    )
+    depth: float | None = Field(
+        None, gt=0, lt=1,
+        description="Derive the student from the teacher keeping this fraction of the blocks of its largest nn.ModuleList / nn.Sequential of repeated blocks (evenly spaced, first and last kept).",
+    )
+    depth_module: str | None = Field(
+        None, min_length=1, description="With depth: the container whose blocks are dropped (e.g. 'encoder.layer'), instead of the largest one."
+    )
+    factory: str | None = Field(
+        None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="A student architecture of your own: 'package.module:callable' returning an nn.Module (called with no arguments).",
+    )
+    weights: str | None = Field(
+        None, min_length=1, description="With factory: initial weights (.safetensors, or a state_dict loaded weights_only)."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StudentConfig:
+        if self.width is None and self.depth is None and self.factory is None:
+            raise ValueError("give width, depth or factory (omit student to train the current model)")
+        if self.factory is not None and (self.width is not None or self.depth is not None):
+            raise ValueError("factory cannot be combined with width or depth")
+        if self.weights is not None and self.factory is None:
+            raise ValueError("weights needs factory")
+        if self.depth_module is not None and self.depth is None:
+            raise ValueError("depth_module needs depth")
+        return self
+
+
+class FeaturePairConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    teacher: str = Field(min_length=1, description="Teacher layer name (as in named_modules(), e.g. 'layer2.0.conv1').")
+    student: str = Field(min_length=1, description="Student layer name whose output should match it.")
+    weight: float = Field(1.0, gt=0, le=1e6, description="Weight of this pair's loss.")
+
+
+class DistillConfig(PassConfig):
+    type: Literal["distill"] = Field("distill", description="Pass name: distill")
+    epochs: int = Field(5, ge=1, le=100000, description="Passes over the training data (at most; early stopping may end sooner).")
+    batch_size: int | None = Field(None, gt=0, description="Training batch size per process (default: data.batch_size).")
+    lr: float = Field(1e-3, gt=0, le=10, description="Peak learning rate.")
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimizer (sgd uses momentum 0.9).")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    temperature: float = Field(4.0, gt=0, le=100, description="Softmax temperature T for the KD loss.")
+    alpha: float = Field(
+        0.7, ge=0, le=1, description="Weight of the KD loss; (1 - alpha) weighs the hard-label loss when labels exist."
+    )
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning rate after warm-up: cosine decay to 0, linear decay to 0, or constant."
+    )
+    warmup_steps: int = Field(0, ge=0, le=10_000_000, description="Steps of linear learning-rate warm-up from lr/warmup_steps to lr.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm to this value (none: no clipping).")
+    student: StudentConfig | None = Field(
+        None, description="The student: omitted = the current model (after prune/quantize); or width / depth / factory."
+    )
+    features: list[FeaturePairConfig] = Field(
+        default_factory=list, description="Feature distillation: teacher/student layer pairs whose outputs are matched (a learned projection maps differing widths)."
+    )
+    feature_loss: Literal["mse", "cosine"] = Field("mse", description="Loss between projected student and teacher features.")
+    output_loss: Literal["mse", "cosine"] = Field(
+        "mse", description="For model.task regression/embedding: MSE or 1 − cosine between student and teacher outputs."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, le=100000, description="Stop after this many epochs without improvement of the eval metric (needs data.eval)."
+    )
+    min_delta: float = Field(0.0, ge=0, description="Smallest eval-metric gain that counts as an improvement.")
+    keep_best: bool = Field(
+        False, description="Return the weights of the epoch with the best eval metric, not the last (needs data.eval)."
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=1, le=100_000_000, description="Write a safetensors checkpoint every N steps (resume with --resume)."
+    )
+    checkpoint_dir: str | None = Field(
+        None, min_length=1, description="Checkpoint folder (default: optimize-checkpoints/stepNN-distill in the working directory)."
+    )
+    channels_last: Literal["auto"] | bool = Field(
+        "auto",
+        description="Feed 4-D inputs in channels-last memory format (convolutions and pooling then run channels-last; often faster on CPU and GPU): true, false, or auto (on for models with Conv2d layers when a probe forward works).",
+    )
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes for training batches (0: load in the training process).")
+    keep_zeros: bool = Field(
+        True,
+        description="Hold weights that are exactly zero (and not under a parametrization) at zero while training, so sparsity from pruning that left no mask is kept.",
+    )
+    amp: bool = Field(
+        True, description="On CUDA, train under autocast (bf16 where supported, else fp16 with loss scaling); ignored on CPU."
+    )
+    random_samples: int = Field(
+        RANDOM_SAMPLES_DEFAULT,
+        ge=1,
+        le=10_000_000,
+        description="Without data.train: how many random inputs to draw from the input spec (teacher outputs are the targets).",
+    )
+
+    @model_validator(mode="after")
+    def _unique_pairs(self) -> DistillConfig:
+        seen = set()
+        for pair in self.features:
+            if (pair.teacher, pair.student) in seen:
+                raise ValueError(f"feature pair {pair.teacher} -> {pair.student} is listed twice")
+            seen.add((pair.teacher, pair.student))
+        return self
+
+
+def fail(message: str) -> Any:
+    """Stop the pass with one line (every training error is the distill pass's)."""
+    raise PassError("distill", message)

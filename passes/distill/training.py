@@ -1,0 +1,459 @@
+"""The distillation training loop, as a plain function: `train_student(student, teacher, setup,
+ctx, cfg)` trains `student` (in place) to match `teacher` and returns its metrics and notes. The
+distill pass calls it after building the student; prune's gradual fine-tuning calls it between
+steps (passes/prune/finetune.py).
+
+One epoch: shuffled batches of this rank's shard, the teacher forward under no_grad, the student
+forward (with feature hooks), the loss, a step (warm-up + schedule, optional clipping and loss
+scaling), zero weights put back to zero, a checkpoint every N steps; after the epoch, the loss sums
+are reduced across ranks and the eval score decides early stopping and the best weights.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from passes.distill.batches import Batches, EpochPlan, labels_usable, loader
+from passes.distill.checkpoints import (
+    checkpoint_dir,
+    clear_stale,
+    fingerprint,
+    latest,
+    save_checkpoint,
+)
+from passes.distill.config import DistillConfig, fail
+from passes.distill.devices import (
+    amp_context,
+    channels_last_copy,
+    is_main,
+    module_device,
+    use_channels_last,
+    zero_masks,
+)
+from passes.distill.evaluation import accuracy_metrics, evaluate, rounded, score, score_name
+from passes.distill.loss import distill_loss, loss_text
+from passes.distill.optim import lr_at, make_optimizer
+from passes.distill.setup import Setup
+
+
+@dataclass
+class Trained:
+    student: Any
+    metrics: dict[str, Any]
+    notes: list[str]
+
+
+def _fresh_state() -> dict[str, Any]:
+    """What a checkpoint carries besides the weights: counters, sums, histories, selection."""
+    return {
+        "step": 0, "epoch": 0, "batch": 0, "history": [], "kd_history": [], "feat_history": [],
+        "sums": [0.0] * 5, "acc_known": True, "best_score": None, "best_epoch": None, "bad_epochs": 0,
+        "eval_scores": [], "clipped": 0, "samples": 0, "stopped_early": False, "seconds": 0.0,
+    }
+
+
+@dataclass
+class _Loop:
+    """One training run's moving parts, filled in by `_build`."""
+
+    cfg: DistillConfig
+    ctx: Any
+    key: str
+    setup: Setup
+    student: Any
+    teacher: Any
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    recorders: list[Any] = field(default_factory=list)
+    progress_open: bool = False
+    zero_masks: list[tuple[Any, Any]] = field(default_factory=list)
+    labels_ok: bool = False
+    plan: Any = None
+    source: Any = None
+    use_cl: bool = False
+    s_rec: Any = None
+    t_rec: Any = None
+    trainable: Any = None
+    train_module: Any = None
+    params: list[Any] = field(default_factory=list)
+    opt: Any = None
+    scaler: Any = None
+    before: dict[str, Any] = field(default_factory=dict)
+    ckpt_dir: Path | None = None
+    fingerprint: str = ""
+    state: dict[str, Any] = field(default_factory=_fresh_state)
+    best_state: Any = None
+    resumed_from: str | None = None
+    total_steps: int = 0
+    select: bool = False
+    t0: float = 0.0
+
+
+def train_student(student: Any, teacher: Any, setup: Setup, ctx: Any, cfg: DistillConfig, key: str = "distill") -> Trained:
+    """Train `student` to match `teacher` (run forward only, in eval mode; its device, mode and
+    the thread count are restored afterwards). The student ends on the CPU in eval mode."""
+    import torch
+
+    loop = _Loop(cfg, ctx, key, setup, student, teacher)
+    teacher_was_training = teacher.training
+    teacher_device = module_device(teacher)
+    prev_threads = torch.get_num_threads()
+    if ctx.threads:
+        torch.set_num_threads(max(1, int(ctx.threads)))
+    try:
+        _build(loop)
+        _train(loop)
+        after = _after(loop)
+    finally:
+        for rec in loop.recorders:
+            rec.remove()
+        if loop.progress_open and sys.exc_info()[0] is not None:
+            ctx.progress.finish("distill", "failed")
+        teacher.to(teacher_device)
+        teacher.train(teacher_was_training)
+        torch.set_num_threads(prev_threads)
+    student.to("cpu")
+    student.eval()
+    _summarize(loop, after)
+    return Trained(student, loop.metrics, loop.notes)
+
+
+# ---------------------------------------------------------------- before the first step
+
+
+def _build(loop: _Loop) -> None:
+    import torch
+
+    cfg, s = loop.cfg, loop.setup
+    loop.teacher.eval()
+    loop.teacher.to(s.device)
+    loop.student.to(s.device)
+    loop.zero_masks = zero_masks(loop.student) if cfg.keep_zeros else []
+    loop.labels_ok = labels_usable(s.train, s.task)
+    if s.train.labels is not None and not loop.labels_ok and s.task == "classification":
+        loop.notes.append("distill: training labels are not 1-D integer class ids; trained with pure KD")
+    loop.plan = EpochPlan(len(s.train), s.batch_size, s.world, s.rank, loop.ctx.seed)
+    loop.total_steps = cfg.epochs * len(loop.plan.batches(0))
+    loop.source = Batches([s.train.inputs[k] for k in s.names], s.train.labels if loop.labels_ok else None)
+    loop.use_cl = use_channels_last(cfg.channels_last, loop.student, loop.source, s.device)
+    loop.metrics["channels_last"] = loop.use_cl
+    _wrap(loop, _feature_hooks(loop))
+    loop.before = evaluate(loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task, with_teacher=True)
+    loop.opt = make_optimizer(cfg, loop.params)
+    loop.scaler = torch.amp.GradScaler("cuda") if s.use_amp and s.amp_dtype == torch.float16 else None
+    _restore(loop)
+
+
+def _feature_hooks(loop: _Loop) -> Any:
+    """Feature distillation: hooks on both models, and projections sized by a probe forward."""
+    import torch
+
+    cfg, s = loop.cfg, loop.setup
+    if not cfg.features:
+        return None
+    from passes.distill.features import Recorder, make_projections
+
+    loop.s_rec = Recorder(loop.student, [p.student for p in cfg.features])
+    loop.t_rec = Recorder(loop.teacher, [p.teacher for p in cfg.features])
+    loop.recorders = [loop.s_rec, loop.t_rec]
+    probe, _ = loop.source[list(range(min(2, len(s.train))))]
+    probe = [x.to(s.device) for x in probe]
+    was = loop.student.training
+    loop.student.eval()
+    with torch.no_grad():
+        loop.student(*probe)
+        loop.teacher(*probe)
+    loop.student.train(was)
+    projections = make_projections(cfg.features, loop.s_rec.take(), loop.t_rec.take(), loop.key).to(s.device)
+    loop.metrics["feature_pairs"] = [f"{p.teacher} <- {p.student}" for p in cfg.features]
+    loop.metrics["feature_projections"] = [type(p).__name__ for p in projections]
+    return projections
+
+
+def _wrap(loop: _Loop, projections: Any) -> None:
+    """The trained module: student + projections, in DistributedDataParallel under torchrun."""
+    import torch
+
+    from passes.distill.features import Trainable
+
+    s = loop.setup
+    loop.trainable = Trainable.wrap(loop.student, loop.s_rec, projections if projections is not None else torch.nn.ModuleList())
+    loop.params = [p for p in loop.trainable.parameters() if p.requires_grad]
+    if not any(p.requires_grad for p in loop.student.parameters()):
+        fail("the student has no trainable parameters")
+    loop.train_module = loop.trainable
+    if s.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [s.device.index] if s.device.type == "cuda" else None
+        loop.train_module = DistributedDataParallel(loop.trainable, device_ids=ids)
+
+
+def _restore(loop: _Loop) -> None:
+    """With --resume: continue from the latest checkpoint; else clear an earlier run's ones."""
+    import torch
+
+    cfg, ctx, s = loop.cfg, loop.ctx, loop.setup
+    loop.ckpt_dir = checkpoint_dir(cfg, ctx)
+    loop.fingerprint = fingerprint(cfg, loop.trainable, len(s.train), s.batch_size, s.world, ctx.seed)
+    if getattr(ctx, "resume", False):
+        found, ck = latest(loop.ckpt_dir, loop.fingerprint, loop.key)
+        if ck is None:
+            loop.notes.append(f"distill: --resume, but no checkpoint in {loop.ckpt_dir}; trained from the start")
+            return
+        loop.trainable.load_state_dict({k: v.to(s.device) for k, v in ck["model"].items()})
+        loop.opt.load_state_dict(ck["optim"])
+        torch.set_rng_state(ck["rng"])
+        loop.state.update(ck["meta"]["state"])
+        loop.best_state = ck["best"]
+        loop.resumed_from = str(found)
+        loop.notes.append(f"distill: resumed from {found} (step {loop.state['step']} of {loop.total_steps})")
+    elif loop.ckpt_dir is not None and loop.ckpt_dir.is_dir() and is_main(s.rank):
+        removed = clear_stale(loop.ckpt_dir)
+        if removed:
+            loop.notes.append(
+                f"distill: removed {removed} checkpoint(s) of an earlier run in {loop.ckpt_dir} (use --resume to continue one)"
+            )
+
+
+# ---------------------------------------------------------------- epochs and steps
+
+
+def _train(loop: _Loop) -> None:
+    cfg, ctx, state = loop.cfg, loop.ctx, loop.state
+    loop.select = loop.setup.eval_ds is not None and (cfg.keep_best or cfg.early_stopping_patience is not None)
+    epochs_label = f"{cfg.epochs} epochs" + (f", resumed at step {state['step']}" if loop.resumed_from else "")
+    ctx.progress.start("distill", f"distill ({epochs_label}, {loop.setup.data_desc})", cfg.epochs)
+    loop.progress_open = True
+    if state["epoch"]:
+        ctx.progress.advance("distill", state["epoch"], "resumed")
+    loop.train_module.train()
+    while state["epoch"] < cfg.epochs and not state["stopped_early"]:
+        _epoch(loop)
+
+
+def _epoch(loop: _Loop) -> None:
+    state = loop.state
+    epoch = state["epoch"]
+    batches = loop.plan.batches(epoch)[state["batch"]:]
+    sums = list(state["sums"])  # loss, kd, feature, correct, count (float64 sums)
+    loop.t0 = time.perf_counter()
+    for xs, y in loader(loop.source, batches, loop.cfg.num_workers):
+        _step(loop, xs, y, sums, epoch)
+    state["seconds"] += time.perf_counter() - loop.t0
+    info = _record_epoch(loop, _reduced(loop, sums))
+    if loop.select:
+        info += _select(loop, epoch)
+    elapsed = state["seconds"]
+    info += f" {state['samples'] * loop.setup.world / elapsed:.0f} samples/s" if elapsed > 0 else ""
+    state["epoch"] += 1
+    state["batch"] = 0
+    state["sums"] = [0.0] * 5
+    loop.ctx.progress.advance("distill", 1, info)
+
+
+def _step(loop: _Loop, xs: list[Any], y: Any, sums: list[float], epoch: int) -> None:
+    cfg, s, state = loop.cfg, loop.setup, loop.state
+    xs = [x.to(s.device, non_blocking=True) for x in xs]
+    if loop.use_cl:
+        xs = [channels_last_copy(x) if x.dim() == 4 else x for x in xs]
+    if y is not None:
+        y = y.to(s.device, non_blocking=True)
+    loss, kd, correct, feat = _forward(loop, xs, y)
+    step = state["step"]
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        fail(
+            f"the loss became {loss_value} at epoch {epoch + 1}, step {step + 1}; "
+            f"lower lr (now {cfg.lr}) or check the data"
+        )
+    _update(loop, loss, lr_at(cfg, step, loop.total_steps))
+    bs = len(xs[0])
+    state["acc_known"] = state["acc_known"] and correct is not None
+    kd_value = loss_value if kd is loss else kd.item()
+    for i, v in enumerate(
+        (loss_value * bs, kd_value * bs, (feat.item() if feat is not None else 0.0) * bs, float(correct or 0), bs)
+    ):
+        sums[i] += v
+    state["step"] += 1
+    state["batch"] += 1
+    state["samples"] += bs
+    if cfg.checkpoint_every and loop.ckpt_dir is not None and state["step"] % cfg.checkpoint_every == 0:
+        state["seconds"] += time.perf_counter() - loop.t0
+        loop.t0 = time.perf_counter()
+        state["sums"] = list(sums)
+        if is_main(s.rank):
+            save_checkpoint(loop.ckpt_dir, loop.trainable, loop.opt, state, loop.fingerprint, loop.best_state)
+
+
+def _forward(loop: _Loop, xs: list[Any], y: Any) -> tuple[Any, Any, int | None, Any]:
+    """(loss, KD part, correct top-1 count, feature loss) of one batch."""
+    import torch
+
+    cfg, s = loop.cfg, loop.setup
+    with torch.no_grad(), amp_context(s.device, s.use_amp, s.amp_dtype):
+        t_out = loop.teacher(*xs)
+    t_feats = loop.t_rec.take() if loop.t_rec is not None else []
+    with amp_context(s.device, s.use_amp, s.amp_dtype):
+        s_out, s_feats = loop.train_module(*xs)
+    loss, kd, correct = distill_loss(cfg, s_out, t_out, y, s.task)
+    feat = None
+    if cfg.features:
+        from passes.distill.features import feature_loss
+
+        feat = feature_loss(cfg.features, s_feats, t_feats, cfg.feature_loss)
+        loss = loss + feat
+    return loss, kd, correct, feat
+
+
+def _update(loop: _Loop, loss: Any, lr: float) -> None:
+    """One optimizer step at `lr` (loss scaling, clipping), then zero weights back to zero."""
+    import torch
+
+    cfg, opt, scaler = loop.cfg, loop.opt, loop.scaler
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if cfg.grad_clip is not None:
+            scaler.unscale_(opt)
+    else:
+        loss.backward()
+    if cfg.grad_clip is not None:
+        norm = torch.nn.utils.clip_grad_norm_(loop.params, cfg.grad_clip)
+        loop.state["clipped"] += int(float(norm) > cfg.grad_clip)
+    if scaler is not None:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    if loop.zero_masks:
+        with torch.no_grad():
+            for p, keep in loop.zero_masks:
+                p.mul_(keep)
+
+
+def _reduced(loop: _Loop, sums: list[float]) -> list[float]:
+    """The epoch's sums over every rank."""
+    if loop.setup.world <= 1:
+        return sums
+    import torch
+
+    reduced = torch.tensor(sums, dtype=torch.float64, device=loop.setup.device)
+    torch.distributed.all_reduce(reduced)
+    return reduced.cpu().tolist()
+
+
+def _record_epoch(loop: _Loop, sums: list[float]) -> str:
+    state = loop.state
+    loss_sum, kd_sum, feat_sum, correct_sum, count = sums
+    state["history"].append(loss_sum / count)
+    state["kd_history"].append(kd_sum / count)
+    state["feat_history"].append(feat_sum / count)
+    train_acc = 100.0 * correct_sum / count if state["acc_known"] else None
+    state["train_acc"] = train_acc
+    return f"loss {state['history'][-1]:.3f}" + (f" acc {train_acc:.1f}%" if train_acc is not None else "")
+
+
+def _select(loop: _Loop, epoch: int) -> str:
+    """Score the epoch on data.eval: keep the best weights, count epochs without improvement."""
+    import torch
+
+    cfg, s, state = loop.cfg, loop.setup, loop.state
+    value = score(cfg, loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task, loop.before)
+    if s.world > 1:  # every rank takes rank 0's decision
+        box = torch.tensor([value], dtype=torch.float64, device=s.device)
+        torch.distributed.broadcast(box, 0)
+        value = float(box.item())
+    state["eval_scores"].append(value)
+    info = f" eval {value:.{4 if s.task != 'classification' else 1}f}"
+    if state["best_score"] is None or value > state["best_score"] + cfg.min_delta:
+        state["best_score"], state["best_epoch"], state["bad_epochs"] = value, epoch + 1, 0
+        if cfg.keep_best:
+            loop.best_state = {k: v.detach().clone() for k, v in loop.trainable.state_dict().items()}
+    else:
+        state["bad_epochs"] += 1
+        if cfg.early_stopping_patience and state["bad_epochs"] >= cfg.early_stopping_patience:
+            state["stopped_early"] = True
+    loop.train_module.train()
+    return info
+
+
+# ---------------------------------------------------------------- after the last step
+
+
+def _after(loop: _Loop) -> dict[str, Any]:
+    """The best weights back (keep_best), and the evaluation after training."""
+    s = loop.setup
+    if loop.cfg.keep_best and loop.best_state is not None:
+        loop.trainable.load_state_dict(loop.best_state)
+    return evaluate(
+        loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task,
+        with_teacher=s.task != "classification", teacher_preds=loop.before.get("teacher_preds"),
+    )
+
+
+def _summarize(loop: _Loop, after: dict[str, Any]) -> None:
+    cfg, s, state, metrics = loop.cfg, loop.setup, loop.state, loop.metrics
+    seconds = state["seconds"]
+    history, kd_history = state["history"], state["kd_history"]
+    metrics.update({
+        "epochs": cfg.epochs,
+        "epochs_run": len(history),
+        "steps": state["step"],
+        "batch_size": s.batch_size,
+        "samples_per_s": round(state["samples"] * s.world / seconds, 1) if seconds > 0 else None,
+        "train_seconds": round(seconds, 3),
+        "train_loss": rounded(history[-1]) if history else None,
+        "train_loss_first_epoch": rounded(history[0]) if history else None,
+        "kd_loss": rounded(kd_history[-1]) if kd_history else None,
+        "kd_loss_first_epoch": rounded(kd_history[0]) if kd_history else None,
+        "loss_per_epoch": [rounded(v) for v in history[:100]],
+        "train_accuracy": rounded(state.get("train_acc")),
+        "loss": loss_text(cfg, s.task, loop.labels_ok and s.task == "classification"),
+        "data": s.data_desc,
+        "device": str(s.device),
+        "amp": str(s.amp_dtype).replace("torch.", "") if s.use_amp else None,
+        "world_size": s.world,
+        "frozen_zero_weights": int(sum(int((keep == 0).sum()) for _, keep in loop.zero_masks)),
+        "lr_schedule": cfg.lr_schedule + (f" after {cfg.warmup_steps} warm-up steps" if cfg.warmup_steps else ""),
+    })
+    _optional_metrics(loop)
+    metrics.update(accuracy_metrics(s.task, s.eval_ds, loop.before, after))
+    info = (
+        f"student {metrics['student_accuracy']:.1f}% (teacher {metrics['teacher_accuracy']:.1f}%)"
+        if metrics.get("student_accuracy") is not None and metrics.get("teacher_accuracy") is not None
+        else (f"loss {history[-1]:.3f}" if history else "no steps left")
+    )
+    loop.ctx.progress.finish("distill", info)
+    loop.ctx.log.info("distill: %s", info)
+
+
+def _optional_metrics(loop: _Loop) -> None:
+    """Metrics of the options in use: features, clipping, selection on data.eval, checkpoints."""
+    cfg, state, metrics = loop.cfg, loop.state, loop.metrics
+    if cfg.features:
+        metrics["feature_loss"] = rounded(state["feat_history"][-1]) if state["feat_history"] else None
+        metrics["feature_loss_first_epoch"] = rounded(state["feat_history"][0]) if state["feat_history"] else None
+    if cfg.grad_clip is not None:
+        metrics["clipped_steps"] = state["clipped"]
+    if loop.select:
+        metrics["eval_metric_per_epoch"] = [rounded(v) for v in state["eval_scores"][:100]]
+        metrics["best_epoch"] = state["best_epoch"]
+        metrics["stopped_early"] = state["stopped_early"]
+        metrics["eval_metric"] = score_name(cfg, loop.setup.task, loop.setup.eval_ds)
+        if cfg.keep_best:
+            loop.notes.append(
+                f"distill: keep_best returned the weights of epoch {state['best_epoch']}, chosen on data.eval; "
+                "accuracy measured on the same data is optimistic by that choice"
+            )
+    if cfg.checkpoint_every and loop.ckpt_dir is not None:
+        metrics["checkpoint_dir"] = str(loop.ckpt_dir)
+    metrics["resumed_from"] = loop.resumed_from
+

@@ -1,0 +1,91 @@
+"""The prune pass's settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from optimize.pass_api import PassConfig
+
+
+class PruneConfig(PassConfig):
+    type: Literal["prune"] = Field("prune", description="Pass name: prune")
+    method: Literal["magnitude", "structured", "nm"] = Field(
+        "magnitude",
+        description="magnitude: zero the smallest weights; structured: remove whole output channels/neurons, attention heads and FFN neurons (torch; on ONNX: output neurons/channels of MatMul/Gemm/Conv chains); nm: keep N of every M consecutive weights.",
+    )
+    sparsity: float = Field(
+        0.5, ge=0.0, lt=1.0,
+        description="Fraction of weights (magnitude) or of channels / FFN neurons per layer (structured) to remove.",
+    )
+    scope: Literal["layer", "global"] = Field(
+        "layer",
+        description="Rank weights (magnitude) or channel groups (structured) within each layer, or across all selected layers.",
+    )
+    importance: Literal["l1", "l2", "taylor"] = Field(
+        "l2",
+        description="structured: channel importance. l1/l2: weight norm; taylor: |weight × gradient| of a loss on data.calibration (or data.train) samples (data-driven).",
+    )
+    importance_samples: int = Field(
+        128, ge=1, le=100_000, description="structured, importance taylor: data samples whose gradients are summed."
+    )
+    layer_sparsity: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-layer sparsity overriding `sparsity`: glob pattern on the layer / initializer name → fraction in [0, 1). The first matching pattern wins.",
+    )
+    max_ratio: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="structured: the largest fraction of any one layer's channels that may be removed (matters with scope: global).",
+    )
+    head_sparsity: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="structured, transformers: fraction of attention heads removed in each attention module (whole heads; `sparsity` then applies to FFN neurons).",
+    )
+    keep_hidden_size: bool = Field(
+        True,
+        description="structured, transformers: never prune the residual-stream width (layers whose output channels are coupled to a LayerNorm or an embedding); only heads and FFN neurons go.",
+    )
+    n: int = Field(2, ge=1, description="nm: weights kept in each group.")
+    m: int = Field(4, ge=2, le=64, description="nm: group size along the input dimension.")
+    include: list[str] = Field(
+        default_factory=list, description="Only layers / initializers whose name matches one of these glob patterns."
+    )
+    exclude: list[str] = Field(default_factory=list, description="Skip layers / initializers matching these globs.")
+    keep_output_layer: bool = Field(
+        True, description="Never prune the final layer (the classifier head), whose outputs are the model's outputs."
+    )
+    round_to: int | None = Field(None, gt=0, description="structured: keep channel counts a multiple of this.")
+    steps: int = Field(
+        1, ge=1, le=1000,
+        description="Gradual pruning: reach the target sparsity over this many steps (magnitude and structured, torch).",
+    )
+    schedule: Literal["linear", "cubic"] = Field(
+        "cubic",
+        description="Gradual pruning: sparsity after step k of K is s·k/K (linear) or s·(1−(1−k/K)³) (cubic, Zhu & Gupta 2017).",
+    )
+    finetune_epochs: int = Field(
+        0, ge=0, le=10_000,
+        description="Gradual pruning: epochs of fine-tuning (the distill loop, teacher = input model) between steps; needs data.train.",
+    )
+    finetune_lr: float = Field(1e-3, gt=0, le=10, description="Learning rate of the fine-tuning between steps.")
+    nm_gpu_benchmark: bool = Field(
+        True,
+        description="nm on --device cuda: time the 2:4 model with sparse semi-structured kernels against dense fp16/bf16 in torch and report both.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PruneConfig:
+        if self.method == "nm" and self.n >= self.m:
+            raise ValueError(f"n ({self.n}) must be smaller than m ({self.m})")
+        if self.method == "nm" and self.steps > 1:
+            raise ValueError("steps > 1 (gradual pruning) applies to magnitude and structured, not to nm")
+        bad = {k: v for k, v in self.layer_sparsity.items() if not 0.0 <= v < 1.0}
+        if bad:
+            raise ValueError(f"layer_sparsity values must be in [0, 1): {bad}")
+        if self.importance == "taylor" and self.method != "structured":
+            raise ValueError("importance: taylor applies to method: structured")
+        if self.finetune_epochs and self.steps == 1:
+            raise ValueError("finetune_epochs runs between gradual steps: set steps > 1 (or use a distill pass after prune)")
+        return self
+

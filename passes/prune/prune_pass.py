@@ -1,0 +1,116 @@
+"""The prune pass: plan-time checks, and the dispatch by form and method to the torch masked
+(`torch_masked`), torch structured (`torch_structured`), ONNX masked (`onnx_masked`) and ONNX
+structured (`onnx_structured`) paths; then the compressed size and, for N:M on CUDA, the
+sparse-kernel benchmark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optimize.pass_api import Pass, PassResult
+from passes.prune import util as U
+from passes.prune.config import PruneConfig
+
+
+class PrunePass(Pass):
+    name = "prune"
+    summary = (
+        "Zero the smallest weights (layer-wise or global), remove whole channels/neurons "
+        "(structured, torch), or impose an N:M pattern; on torch or straight on ONNX initializers."
+    )
+    config_cls = PruneConfig
+    accepts = frozenset({"torch", "onnx"})
+    cacheable = True
+
+    config: PruneConfig
+
+    def check(self, plan: Any) -> None:
+        from optimize.errors import ConfigError
+
+        cfg = self.config
+        key = f"{plan.key}.prune"
+        if plan.form_at_pass == "onnx":
+            torch_only = {
+                "importance": cfg.importance == "taylor", "head_sparsity": cfg.head_sparsity > 0,
+                "steps": cfg.steps > 1, "round_to": cfg.round_to is not None,
+            }
+            for field_name, used in torch_only.items():
+                if used:
+                    raise ConfigError(
+                        f"{field_name} needs a torch model; the model is ONNX at this point", key=f"{key}.{field_name}"
+                    )
+        if cfg.importance == "taylor" and not (plan.has_data("calibration") or plan.has_data("train")):
+            raise ConfigError(
+                "importance: taylor ranks channels by gradients on data: declare data.calibration or data.train",
+                key=f"{key}.importance",
+            )
+        if cfg.finetune_epochs and not plan.has_data("train"):
+            raise ConfigError("finetune_epochs needs training data: declare data.train", key=f"{key}.finetune_epochs")
+        if cfg.method == "structured" and plan.form_at_pass == "torch" and not plan.has_input_spec:
+            raise ConfigError(
+                "structured pruning traces the model with example inputs: declare model.inputs "
+                "(name, shape, dtype)",
+                key="model.inputs",
+            )
+    def run(self, model: Any, ctx: Any) -> PassResult:
+        if model.form == "onnx":
+            result = self._run_onnx(model, ctx)
+            big = max(U.onnx_weight_bytes(model.onnx_path), U.onnx_weight_bytes(result.model.onnx_path))
+            if big > U.COMPRESS_LIMIT_BYTES:
+                result.metrics["compressed_bytes"] = _compressed_unmeasured(big)
+                return result
+            before = U.onnx_weight_arrays(model.onnx_path)
+            after = U.onnx_weight_arrays(result.model.onnx_path)
+        else:
+            result = self._run_torch(model, ctx)
+            before = U.torch_weight_arrays(model.module)
+            after = U.torch_weight_arrays(result.model.module)
+        result.metrics["compressed_bytes"] = _compressed(before, after)
+        return result
+
+    def _run_onnx(self, model: Any, ctx: Any) -> PassResult:
+        if self.config.method == "structured":
+            from passes.prune.onnx_structured import run_onnx_structured
+
+            return run_onnx_structured(self.config, self.name, model, ctx)
+        from passes.prune.onnx_masked import run_onnx
+
+        return run_onnx(self.config, self.name, model, ctx)
+
+    def _run_torch(self, model: Any, ctx: Any) -> PassResult:
+        cfg = self.config
+        if cfg.method == "structured":
+            from passes.prune.torch_structured import run_structured
+
+            result = run_structured(cfg, self.name, model, ctx)
+        else:
+            from passes.prune.torch_masked import run_masked
+
+            result = run_masked(cfg, model, ctx)
+        if cfg.method == "nm" and str(getattr(ctx, "device", "cpu")).startswith("cuda") and cfg.nm_gpu_benchmark:
+            from passes.prune.gpu import nm_gpu_benchmark
+
+            result.metrics["nm_gpu"] = nm_gpu_benchmark(result.model, ctx)
+        return result
+
+
+_FORMULA = "zlib (DEFLATE, level 6) of the weights' float bytes, as in a .zip"
+
+
+def _compressed(before: Any, after: Any) -> dict[str, Any]:
+    raw_b, zip_b = U.compressed_bytes(before)
+    raw_a, zip_a = U.compressed_bytes(after)
+    return {
+        "formula": _FORMULA,
+        "raw_before": raw_b, "raw_after": raw_a, "zip_before": zip_b, "zip_after": zip_a,
+        "ratio": round(zip_b / zip_a, 4) if zip_a else None,
+    }
+
+
+def _compressed_unmeasured(big: int) -> dict[str, Any]:
+    return {
+        "formula": _FORMULA,
+        "raw_before": None, "raw_after": None, "zip_before": None, "zip_after": None, "ratio": None,
+        "reason": f"not measured: {big} bytes of weights, over {U.COMPRESS_LIMIT_BYTES} "
+                  "(zlib would add minutes)",
+    }
