@@ -115,8 +115,8 @@ def parity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str
     if not floats:
         return {"min_cosine": agreement, "mean_cosine": agreement, "max_abs_diff": None, "all_finite": True,
                 "compared_by": "agreement", **base}
-    balanced = [_balanced(r, c) for r, c in floats]
-    cosines = [_cosines(r, c) for r, c in balanced]
+    grouped = [_grouped_cosines(r, c) for r, c in floats]
+    cosines = [cos for cos, _ in grouped]
     max_abs = max((float(np.abs(r.astype(np.float64) - c.astype(np.float64)).max()) for r, c in floats if r.size),
                   default=0.0)
     allcos = np.concatenate(cosines) if cosines else np.array([1.0])
@@ -126,31 +126,48 @@ def parity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str
         "max_abs_diff": max_abs,
         "all_finite": True,
         "compared_by": "cosine+agreement" if exact else "cosine",
-        "scale_balanced_outputs": sum(1 for (r, _), (b, _) in zip(floats, balanced, strict=True) if b is not r),
+        "scale_grouped_outputs": sum(1 for _, split in grouped if split),
         **base,
     }
 
 
-# An output whose channels (axis 1) differ in RMS by more than this is compared channel-balanced.
+# An output whose channels (axis 1) differ in RMS by more than this is compared per scale group.
 CHANNEL_SCALE_SPREAD = 100.0
 
 
-def _balanced(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(ref, cand) with each axis-1 channel divided by the reference's RMS of that channel, when the
-    output is ≥3-D and its channels' scales differ by more than CHANNEL_SCALE_SPREAD. YOLOv8's output
-    stacks box coordinates (hundreds of pixels) on class scores (0–1): a plain cosine over it read 0.995
-    for an int8 model whose scores had broken (scores of 1.28 after a sigmoid). Otherwise unchanged."""
+def _scale_groups(ref: np.ndarray) -> list[np.ndarray] | None:
+    """The axis-1 channel indices of each scale group, when the output is ≥3-D and its channels'
+    RMS differ by more than CHANNEL_SCALE_SPREAD; None otherwise. Sorted by RMS, the channels split
+    wherever one is more than CHANNEL_SCALE_SPREAD times the next (dead channels form their own
+    group). YOLOv8's output stacks box coordinates (hundreds of pixels) on class scores (0–1): a plain
+    cosine over it read 0.995 for an int8 model whose scores had broken, and dividing each channel by
+    its RMS still let the boxes lift a 0.962 score cosine to 0.987; compared apart, the worse group
+    counts."""
     if ref.ndim < 3 or ref.shape[1] < 2:
-        return ref, cand
+        return None
     axes = tuple(i for i in range(ref.ndim) if i != 1)
     rms = np.sqrt(np.mean(np.square(ref.astype(np.float64)), axis=axes))
     live = rms[rms > 0]
     if live.size < 2 or live.max() / live.min() <= CHANNEL_SCALE_SPREAD:
-        return ref, cand
-    shape = [1] * ref.ndim
-    shape[1] = -1
-    scale = np.where(rms > 0, rms, 1.0).reshape(shape)
-    return ref / scale, cand / scale
+        return None
+    order = np.argsort(rms)
+    groups, start = [], 0
+    for i in range(1, len(order)):
+        lo, hi = rms[order[i - 1]], rms[order[i]]
+        if lo == 0 < hi or (lo > 0 and hi / lo > CHANNEL_SCALE_SPREAD):
+            groups.append(np.sort(order[start:i]))
+            start = i
+    groups.append(np.sort(order[start:]))
+    return groups
+
+
+def _grouped_cosines(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Per-sample cosines, the minimum over scale groups when the output has them (True then)."""
+    groups = _scale_groups(ref)
+    if groups is None:
+        return _cosines(ref, cand), False
+    per_group = [_cosines(ref[:, g], cand[:, g]) for g in groups]
+    return np.min(np.stack(per_group), axis=0), True
 
 
 def _agreement(ref: np.ndarray, cand: np.ndarray) -> float:

@@ -191,7 +191,7 @@ def test_check_model_runs_shape_inference(tmp_path: Path) -> None:
         check_model(path)
 
 
-def test_parity_balances_an_output_whose_channels_differ_in_scale():
+def test_parity_compares_scale_groups_apart():
     """YOLOv8-like output (batch, 4 boxes in pixels + 2 scores in 0..1, anchors): scores broken by
     0.3 must show, though the boxes alone would keep a plain cosine near 1."""
     from optimize.runtime import parity
@@ -202,6 +202,17 @@ def test_parity_balances_an_output_whose_channels_differ_in_scale():
     broken[:, 4:] += rng.uniform(0, 0.3, (3, 2, 50))
     plain = float(np.min([(a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(ref, broken, strict=True)]))
     p = parity([ref.astype(np.float32)], [broken.astype(np.float32)])
-    assert plain > 0.999 and p["min_cosine"] < 0.95 and p["scale_balanced_outputs"] == 1
+    scores = [(a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(ref[:, 4:], broken[:, 4:], strict=True)]
+    assert plain > 0.999 and p["scale_grouped_outputs"] == 1
+    assert p["min_cosine"] == pytest.approx(min(scores), abs=1e-6)  # the scores' own cosine, not lifted by the boxes
     same_scale = rng.standard_normal((3, 6, 50))
-    assert parity([same_scale], [same_scale])["scale_balanced_outputs"] == 0
+    assert parity([same_scale], [same_scale])["scale_grouped_outputs"] == 0
+
+
+def test_scale_groups_split_at_each_gap_over_the_spread():
+    from optimize.runtime import _scale_groups
+
+    rng = np.random.default_rng(1)
+    ref = np.concatenate([rng.normal(0, 300, (2, 2, 40)), rng.normal(0, 0.5, (2, 3, 40)), np.zeros((2, 1, 40))], axis=1)
+    groups = _scale_groups(ref)
+    assert groups is not None and [g.tolist() for g in groups] == [[5], [2, 3, 4], [0, 1]]

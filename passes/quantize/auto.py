@@ -9,11 +9,9 @@ input (same threads, batch, warm-up and repeats as `measure:`), and keeps the fa
 (`objective: latency`) or the smallest (`objective: size`). A quantized model is chosen over float
 only when it was measured faster; with `objective: size` a slower choice is said in the notes.
 
-The fallback: when a quantized model misses the parity floor (or the accuracy drop), each weighted
-layer is quantized alone and its error measured (1 − mean cosine of the outputs against float:
-the error that layer adds); the most sensitive layers are then kept in float one by one until the
-model holds the floor, up to `fallback_max_layers`. The layers kept in float are named exactly as
-in the quantizer's input graph.
+A candidate that misses the goal gets the accuracy-aware fallback (passes/quantize/layer_search.py):
+its most sensitive layers kept in float until it holds the floor. This module holds what the
+search and the fallback share: the goal, the checks against the float input, the candidates.
 
 Why hand-written: ONNX Runtime's quantizers quantize one given configuration; choosing among
 configurations by measured speed and accuracy on the target is what this tool adds. The timing
@@ -30,8 +28,6 @@ from typing import Any
 
 WEIGHTED_LAYER_OPS = ("MatMul", "Gemm", "Conv")
 DEFAULT_AUTO_FLOOR = 0.99  # min cosine vs the float input when no floor is configured (format: auto)
-SENSITIVITY_SAMPLES = 64  # calibration samples per single-layer quantization (sensitivity only)
-SENSITIVITY_BUDGET_S = 180.0  # the per-layer scan is skipped when it would take longer (said in the notes)
 
 
 @dataclass
@@ -171,73 +167,6 @@ def weighted_layers(path: Path, op_types: list[str] | None, exclude: list[str]) 
             if n.name not in names:
                 names.append(n.name)
     return names
-
-
-def fallback(
-    quantize: QuantizeFn, settings: dict[str, Any], layers: list[str], evaluator: Evaluator, goal: Goal,
-    max_layers: int, work: Path, progress: Any, key: str, base_exclude: list[str],
-    budget_s: float = SENSITIVITY_BUDGET_S,
-) -> tuple[Path | None, Check | None, list[str], dict[str, float]]:
-    """Keep the most sensitive layers in float until `goal` holds. Returns (path, check, float
-    layers, sensitivity) of the first variant that meets the goal, or of the best one tried (by
-    error) when none does; path is None when no layer could be kept in float (or the sensitivity
-    scan would not fit `budget_s`)."""
-    work.mkdir(parents=True, exist_ok=True)
-    sensitivity = _sensitivity(quantize, settings, layers, evaluator, work, progress, key, base_exclude, budget_s)
-    if sensitivity is None:
-        return None, None, [], {}
-    order = sorted(layers, key=lambda n: -sensitivity[n])
-    best: tuple[Path | None, Check | None, list[str]] = (None, None, [])
-    limit = min(max_layers, len(order) - 1)  # at least one layer stays quantized
-    for k in range(1, limit + 1):
-        kept = order[:k]
-        out = work / f"fallback-{k}.onnx"
-        quantize(settings, out, include=None, exclude=[*base_exclude, *kept])
-        c = evaluator.check(out)
-        ok, _ = goal.judge(c)
-        if ok or best[1] is None or c.error() < best[1].error():
-            if best[0] is not None and best[0] != out:
-                _remove(best[0])
-            best = (out, c, kept)
-        else:
-            _remove(out)
-        if ok:
-            return out, c, kept, sensitivity
-    return best[0], best[1], best[2], sensitivity
-
-
-def _sensitivity(
-    quantize: QuantizeFn, settings: dict[str, Any], layers: list[str], evaluator: Evaluator, work: Path,
-    progress: Any, key: str, base_exclude: list[str], budget_s: float,
-) -> dict[str, float] | None:
-    """Each layer quantized alone: the error it adds. None when the scan, timed on its first layers,
-    would take longer than `budget_s` (62 layers of a 736x1088 detector took over 5 minutes)."""
-    import time
-
-    sens_settings = dict(settings)
-    if settings.get("mode") == "static":
-        sens_settings["calibration_samples"] = min(int(settings.get("calibration_samples", 256)), SENSITIVITY_SAMPLES)
-    sensitivity: dict[str, float] = {}
-    progress.start(key, "per-layer sensitivity (each layer quantized alone)", len(layers))
-    started = time.monotonic()
-    try:
-        for i, name in enumerate(layers):
-            out = work / f"sens-{i}.onnx"
-            quantize(sens_settings, out, include=[name], exclude=base_exclude)
-            sensitivity[name] = evaluator.check(out).error()
-            _remove(out)
-            progress.advance(key)
-            spent = time.monotonic() - started
-            if i >= 1 and spent / (i + 1) * len(layers) > budget_s:
-                return None
-    finally:
-        progress.finish(key)
-    return sensitivity
-
-
-def _remove(path: Path) -> None:
-    for f in (path, path.with_name(path.name + ".data")):
-        f.unlink(missing_ok=True)
 
 
 def bench_inputs(ctx: Any, specs: list[Any]) -> dict[str, Any]:

@@ -64,10 +64,11 @@ class QuantizeConfig(PassConfig):
         f"auto rejects the candidate and the fallback keeps sensitive layers in float. Default: "
         f"gates.min_parity_cosine, else {DEFAULT_AUTO_FLOOR} with format auto (not checked otherwise).",
     )
-    fallback_max_layers: int = Field(
-        8, ge=0, le=10_000,
+    fallback_max_layers: int | None = Field(
+        None, ge=0, le=100_000,
         description="Accuracy-aware fallback: at most this many of the most sensitive layers kept in float to meet "
-        "the parity floor / gates.max_accuracy_drop (0: no fallback).",
+        "the parity floor / gates.max_accuracy_drop (default: as many as it takes, at least one layer stays "
+        "quantized; the speed gate then judges the result; 0: no fallback).",
     )
     block_size: int = Field(
         32, ge=16, le=2048, description="weight_only: weights per quantization block along K (a power of two)."

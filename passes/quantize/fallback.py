@@ -6,22 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from passes.quantize.auto import SENSITIVITY_BUDGET_S, Evaluator, Goal, fallback, weighted_layers
+from passes.quantize.auto import Evaluator, Goal, weighted_layers
+from passes.quantize.layer_search import Search, SearchResult, fallback, weighted_only
 
 if TYPE_CHECKING:
     from passes.quantize.job import Job
 
 
 def run_fallback(
-    job: Job, settings: dict[str, Any], work: Path, evaluator: Evaluator, goal: Goal,
-) -> tuple[Any, Any, list[str], dict[str, float]]:
-    """Keep the most sensitive layers in float until `goal` holds (passes/quantize/auto.py: fallback)."""
+    job: Job, settings: dict[str, Any], work: Path, evaluator: Evaluator, goal: Goal, failed: Path | None = None,
+) -> SearchResult:
+    """Keep the most sensitive layers in float until `goal` holds (passes/quantize/layer_search.py).
+    `failed`: the fully quantized model that missed the goal, when it is at hand (it ranks layers
+    cheaply when the per-layer scan would not fit its budget)."""
     cfg = job.cfg
-    layers = weighted_layers(job.qin, cfg.op_types, cfg.exclude_nodes)
-    return fallback(
-        job.quantize_fn(), settings, layers, evaluator, goal, cfg.fallback_max_layers, work,
-        job.ctx.progress, "quantize.sensitivity", cfg.exclude_nodes,
-    )
+    settings = weighted_only(settings, cfg.op_types)
+    layers = weighted_layers(job.qin, settings["op_types"], cfg.exclude_nodes)
+    search = Search(job.quantize_fn(), settings, evaluator, goal, work, list(cfg.exclude_nodes), job.qin)
+    return fallback(search, layers, cfg.fallback_max_layers, job.ctx.progress, "quantize.sensitivity", failed)
+
 
 def fixed_with_fallback(job: Job, out: Path, metrics: dict[str, Any], notes: list[str]) -> Path:
     """A fixed format: when a parity floor / accuracy gate applies, check it and fall back if needed."""
@@ -47,34 +50,37 @@ def fixed_with_fallback(job: Job, out: Path, metrics: dict[str, Any], notes: lis
         notes.append(f"the quantized model misses its goal ({reason}); fallback is off (fallback_max_layers: 0)")
         return out
     settings = {k: getattr(cfg, k) for k in ("mode", "format", "per_channel", "reduce_range")}
-    path, best, kept, sens = run_fallback(job, settings, out.parent / "fallback", evaluator, goal)
-    if path is None:
-        why = ("the per-layer sensitivity scan would take longer than "
-               f"{SENSITIVITY_BUDGET_S:.0f} s on this model" if not sens else "it has no layer to keep in float")
-        if not weighted_layers(job.qin, cfg.op_types, cfg.exclude_nodes):
-            why = "it has no weighted layer to keep in float"
-        notes.append(f"the quantized model misses its goal ({reason}); no fallback: {why}")
+    found = run_fallback(job, settings, out.parent / "fallback", evaluator, goal, failed=out)
+    if found.path is None:
+        notes.append(f"the quantized model misses its goal ({reason}); no fallback: it has no weighted layer "
+                     "that could be kept in float while another stays quantized")
         return out
-    shutil.move(str(path), str(out))
+    shutil.move(str(found.path), str(out))
     shutil.rmtree(out.parent / "fallback", ignore_errors=True)
-    fallback_report(metrics, notes, reason, best, kept, sens, goal)
+    fallback_report(metrics, notes, reason, found, goal)
     return out
 
-def fallback_report(metrics: dict[str, Any], notes: list[str], reason: str | None, best: Any,
-                     kept: list[str], sens: dict[str, float], goal: Any) -> None:
+
+def fallback_report(metrics: dict[str, Any], notes: list[str], reason: str | None, found: SearchResult,
+                    goal: Goal) -> None:
+    best, kept = found.check, found.kept
+    assert best is not None
     ok, why = goal.judge(best)
     metrics["float_nodes"] = list(kept)
-    metrics["sensitivity"] = {k: round(v, 6) for k, v in sorted(sens.items(), key=lambda kv: -kv[1])}
+    metrics["sensitivity"] = {k: round(v, 6) for k, v in sorted(found.sensitivity.items(), key=lambda kv: -kv[1])}
+    metrics["sensitivity_ranking"] = found.ranking
+    metrics["fallback_tried"] = found.tried
     metrics["fallback_goal_met"] = ok
     metrics["parity_after_fallback"] = {"min_cosine": best.min_cosine, "mean_cosine": best.mean_cosine,
                                         "accuracy_drop": best.accuracy_drop}
+    shown = ", ".join(kept[:8]) + (f", … ({len(kept)} in all)" if len(kept) > 8 else "")
     if ok:
         notes.append(
             f"accuracy-aware fallback: fully quantized, {reason}; kept the {len(kept)} most sensitive "
-            f"layer(s) in float ({', '.join(kept)}): min cosine {best.min_cosine:.4f}"
+            f"layer(s) in float ({shown}), quantizing weighted layers only: min cosine {best.min_cosine:.4f}"
         )
     else:
         notes.append(
             f"accuracy-aware fallback did NOT meet the goal ({why}) even with {len(kept)} layer(s) in float "
-            f"({', '.join(kept)}); kept the best variant: the pipeline's gates decide whether it is rejected"
+            f"({shown}); kept the best variant: the pipeline's gates decide whether it is rejected"
         )

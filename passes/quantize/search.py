@@ -75,7 +75,7 @@ def build_candidates(job: Job, settings: list[tuple[str, dict[str, Any]]], work:
             job.ctx.progress.advance(key)
             continue
         extra[name] = (cand_metrics, cand_notes)
-        if not c.passed and job.cfg.fallback_max_layers > 0:
+        if not c.passed and job.cfg.fallback_max_layers != 0:
             fc = _fallback_candidate(job, c, st, work / f"fallback-{i}", evaluator, goal)
             if fc is not None:
                 built.append(fc)
@@ -90,16 +90,17 @@ def _fallback_candidate(job: Job, c: Candidate, st: dict[str, Any], work: Path, 
     from optimize import onnx_io
 
     try:
-        fpath, fcheck, kept, sens = run_fallback(job, st, work, evaluator, goal)
+        found = run_fallback(job, st, work, evaluator, goal, failed=c.path)
     except Exception as exc:  # noqa: BLE001 - the fallback is an attempt; the candidate stays rejected
         c.reason = f"{c.reason}; fallback failed: {str(exc).strip() or type(exc).__name__}"
         return None
-    if fpath is None:
+    if found.path is None or found.check is None:
         return None
-    onnx_io.normalize_ir_version_file(fpath)
-    fc = Candidate(f"{c.name} + {len(kept)} float layer(s)", fpath, st, float_nodes=kept, sensitivity=sens)
-    fc.check = fcheck
-    fc.passed, fc.reason = goal.judge(fcheck)
+    onnx_io.normalize_ir_version_file(found.path)
+    fc = Candidate(f"{c.name} + {len(found.kept)} float layer(s)", found.path, st,
+                   float_nodes=found.kept, sensitivity=found.sensitivity)
+    fc.check = found.check
+    fc.passed, fc.reason = goal.judge(found.check)
     return fc
 
 
