@@ -33,7 +33,7 @@ test-all: install
 TF_PYTHON ?=
 test-extras: install
 	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[dev,hf]'
-	$(if $(TF_PYTHON),OPTIMIZE_TF_PYTHON=$(TF_PYTHON),) $(BIN)/python -m pytest -q -m 'not gpu and not distributed' tests/test_frameworks.py tests/test_frameworks_hf.py tests/test_frameworks_tf.py
+	$(if $(TF_PYTHON),OPTIMIZE_TF_PYTHON=$(TF_PYTHON),) $(BIN)/python -m pytest -q -m 'not gpu and not distributed' tests/optimize/frameworks/test_frameworks.py tests/test_frameworks_hf.py tests/optimize/frameworks/test_tf_convert.py
 
 # lint-imports: the layering contract in pyproject.toml ([tool.importlinter])
 lint: install

@@ -123,10 +123,11 @@ def write_charts(report: Any, stem: Path, output_model: Path | None = None) -> C
 
 
 def applies(key: str, report: Any) -> bool:
-    """Whether a chart belongs to this run at all. Per-layer sparsity only with a prune step: on a
-    run that pruned nothing, the output's zeros are int8 rounding and the chart would be empty."""
+    """Whether a chart belongs to this run at all. Per-layer sparsity only with a step that
+    sparsifies (`Step.sparsifies`: prune): on a run that pruned nothing, the output's zeros are
+    int8 rounding and the chart would be empty."""
     if key == "chart_sparsity":
-        return any(s.type == "prune" for s in report.steps)
+        return any(s.sparsifies for s in report.steps)
     return True
 
 
@@ -170,20 +171,20 @@ def _latency(fig: Any, report: Any) -> str | None:
 def sparsity_points(report: Any, output_model: Path | None) -> tuple[list[tuple[str, float]], str]:
     """Per-layer sparsity and where it came from.
 
-    From the last prune step's per-layer table (`metrics.layers`): the fraction of the layer's
+    From the last sparsifying (prune) step's per-layer table (`metrics.layers`): the fraction of the layer's
     original weights that are gone or zero, 1 − (weights − zeros) / Π shape_before (equal to the
     entry's `sparsity` when the shape did not change). Otherwise from the output file: per weight
     tensor, zeros / elements (`optimize.inspect_onnx.weight_stats`).
     """
     for step in reversed(report.steps):
-        layers = step.metrics.get("layers") if step.type == "prune" else None
+        layers = step.metrics.get("layers") if step.sparsifies else None
         rows: list[tuple[str, float]] = []
         for e in layers or []:
             value = _layer_sparsity(e)
             if value is not None:
                 rows.append((str(e.get("name")), value))
         if rows:
-            return rows, f"prune step {step.index} ({step.metrics.get('method')}): 1 − non-zero weights / original weights"
+            return rows, f"{step.type} step {step.index} ({step.metrics.get('method')}): 1 − non-zero weights / original weights"
     if output_model is None or not Path(output_model).is_file():
         return [], "no per-layer table and no output file"
     from optimize.inspect_onnx import weight_stats
@@ -236,8 +237,8 @@ def _short(name: str, n: int = 40) -> str:
 
 
 def accuracy_points(report: Any) -> list[dict[str, Any]]:
-    """Points where accuracy was measured: the input (baseline), distill steps (student accuracy on
-    data.eval), the output. Size is the weight storage in MB, Σ bits per weight × count / 8 / 10⁶
+    """Points where accuracy was measured: the input (baseline), steps of a training pass
+    (`Step.trains`: distill; student accuracy on data.eval), the output. Size is the weight storage in MB, Σ bits per weight × count / 8 / 10⁶
     (input/output: `weight_bits` counted from the files; a distill step: its `params_after` weights
     × 32 bits, the torch student's FP32 parameters)."""
     points: list[dict[str, Any]] = []
@@ -246,9 +247,9 @@ def accuracy_points(report: Any) -> list[dict[str, Any]]:
     if inputs.get("baseline") is not None and report.input.weight_bits:
         points.append({"label": "input", "mb": report.input.weight_bits / 8e6, "accuracy": float(inputs["baseline"])})
     for s in report.steps:
-        student = s.metrics.get("student_accuracy") if s.type == "distill" else None
+        student = s.metrics.get("student_accuracy") if s.trains else None
         if student is not None and s.params_after:
-            points.append({"label": f"step {s.index} distill", "mb": s.params_after * 32 / 8e6, "accuracy": float(student)})
+            points.append({"label": f"step {s.index} {s.type}", "mb": s.params_after * 32 / 8e6, "accuracy": float(student)})
     if inputs.get("optimized") is not None and report.output is not None and report.output.weight_bits:
         points.append({"label": "output", "mb": report.output.weight_bits / 8e6, "accuracy": float(inputs["optimized"])})
     return points

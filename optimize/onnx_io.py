@@ -31,7 +31,7 @@ def save(model: Any, path: str | Path) -> Path:
 
     `onnx.save_model(save_as_external_data=True)` moves the weights out of the caller's proto (it
     then points at the data file, by a path relative to it); they are read back afterwards so the
-    caller's model stays self-contained and usable (found by tests/test_large_model.py)."""
+    caller's model stays self-contained and usable (found by tests/integration/test_large_model.py)."""
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
@@ -194,7 +194,7 @@ def write_bytes_atomic(data: bytes, target: str | Path) -> Path:
 #
 # Models over 2 GB keep their weights in external data. Loading them whole (onnx.load with
 # external data) and re-serialising holds the model several times in memory (16.9 GB peak for a
-# 2.42 GB model, found by tests/test_large_model.py). The helpers below read one tensor at a time,
+# 2.42 GB model, found by tests/integration/test_large_model.py). The helpers below read one tensor at a time,
 # count in chunks and copy external data file-to-file, so memory is bounded by the largest tensor.
 # onnx has no streaming writer for external data (its save loads every tensor), hence hand-written.
 

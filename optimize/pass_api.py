@@ -56,6 +56,9 @@ class Pass(ABC):
     config_cls: ClassVar[type[PassConfig]]
     accepts: ClassVar[frozenset[str]]  # subset of {"torch", "onnx"}
     trains: ClassVar[bool] = False  # True for passes that train the torch model (distill)
+    # removes or zeroes weights; its metrics may carry a per-layer table (`layers`) that the
+    # report's sparsity chart and per-layer section draw from
+    sparsifies: ClassVar[bool] = False
     # What the engine reads instead of comparing pass names:
     produces_onnx: ClassVar[bool] = False  # turns a torch model into ONNX; the planner inserts it where needed
     # on an ONNX input, the output is a function of the input, config, data, seed, device, threads

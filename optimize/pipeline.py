@@ -416,12 +416,16 @@ def _run_passes(pl: Plan, ctx: RunContext, handle: ModelHandle, lineage: Lineage
 
 def _step_record(n: int, step: PlannedStep, pcfg_dump: dict[str, Any], form_in: str, model: ModelHandle,
                  seconds: float, before: int | None, result: PassResult, cached: bool) -> Any:
+    from optimize import registry
     from optimize.report import Step
 
+    # what the pass declares (a materialize step has no pass object: its class, by registry name)
+    cls = type(step.pass_obj) if step.pass_obj is not None else registry.get(step.type)
     return Step(
         index=n, pass_index=step.index, type=step.type, config=pcfg_dump, form_in=form_in, form_out=model.form,
         seconds=round(seconds, 3), params_before=before, params_after=weight_count(model),
         metrics=_jsonable(result.metrics), notes=list(result.notes), inserted=step.inserted, cached=cached,
+        trains=cls.trains, sparsifies=cls.sparsifies,
     )
 
 

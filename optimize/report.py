@@ -84,6 +84,10 @@ class Step(_M):
     metrics: dict[str, Any] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     inserted: bool = Field(False, description="True when the pipeline inserted this step (e.g. an export).")
+    trains: bool = Field(False, description="True when the step's pass trains the torch model (distill): its "
+                         "`student_accuracy` is the trained student's.")
+    sparsifies: bool = Field(False, description="True when the step's pass removes or zeroes weights (prune): its "
+                             "`metrics.layers` is the per-layer table of the report's sparsity chart.")
     cached: bool = Field(
         False, description="True when this step's output was reused from the pass cache (not recomputed); see docs/reliability.md."
     )

@@ -209,8 +209,8 @@ def step_lines(report: Report) -> list[str]:
     from optimize.prune_report import prune_markdown
 
     for s in report.steps:
-        if s.type == "prune":
-            lines += prune_markdown(f"Step {s.index}: prune ({s.metrics.get('method')})", s.metrics)
+        if s.sparsifies:
+            lines += prune_markdown(f"Step {s.index}: {s.type} ({s.metrics.get('method')})", s.metrics)
     return lines
 
 

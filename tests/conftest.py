@@ -15,7 +15,7 @@ import pytest
 from tiny_models import IN_FEATURES, export_onnx, make_mlp  # noqa: F401 (re-exported for fixtures)
 
 # The pass cache is on by default for users; the suite runs without it so every test (and every
-# subprocess it starts) recomputes its passes. tests/test_cache.py turns it on with --cache-dir.
+# subprocess it starts) recomputes its passes. tests/optimize/test_cache.py turns it on with --cache-dir.
 os.environ["OPTIMIZE_PASS_CACHE"] = "off"
 # Charts cost 0.5–2 s per pipeline run: `output.charts: auto` draws none in the suite (subprocesses
 # included) except where a chart test asks for them with the `charts_on` fixture.

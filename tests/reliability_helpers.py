@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = "measure: {repeat: 3, warmup: 1, parity_samples: 8}\n"
 
 

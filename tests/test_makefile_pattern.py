@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import export_onnx, make_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,15 +29,6 @@ all: a.opt.onnx b.opt.onnx
 """
 
 FAST = "measure: {repeat: 3, warmup: 1, parity_samples: 8, single_thread: false}\n"
-
-
-def _model(path: Path, seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-    m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
-    torch.onnx.export(m, (torch.randn(2, 8),), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
 
 
 def _make(d: Path, *args: str) -> subprocess.CompletedProcess:
@@ -57,8 +49,8 @@ def test_readme_documents_this_rule():
 def test_pattern_rule_reruns_after_a_failure_and_is_then_up_to_date(tmp_path):
     d = tmp_path
     (d / "Makefile").write_text(MAKEFILE)
-    _model(d / "a.onnx", 0)
-    _model(d / "b.onnx", 1)
+    export_onnx(make_mlp(0), d / "a.onnx")
+    export_onnx(make_mlp(1), d / "b.onnx")
     pipeline = d / "pipeline.yaml"
     pipeline.write_text("schema_version: 1\npasses: []\n" + FAST + "gates:\n  min_sparsity: 0.99\n")
 

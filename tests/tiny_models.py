@@ -14,13 +14,19 @@ OUT_FEATURES = 4
 
 def make_mlp(seed: int = 0):
     """Linear(8,16) → ReLU → Linear(16,4), deterministic for a seed, in eval mode."""
+    return mlp_of(IN_FEATURES, HIDDEN, OUT_FEATURES, seed=seed)
+
+
+def mlp_of(*sizes: int, seed: int = 0):
+    """Linear → ReLU → … → Linear through `sizes` (e.g. 16, 32, 4), deterministic for a seed, in
+    eval mode (no dropout or norm layers, so the mode changes no output)."""
     import torch
 
     torch.manual_seed(seed)
-    m = torch.nn.Sequential(
-        torch.nn.Linear(IN_FEATURES, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, OUT_FEATURES)
-    )
-    return m.eval()
+    layers: list = []
+    for a, b in zip(sizes, sizes[1:], strict=False):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).eval()
 
 
 def export_onnx(module, path: Path, in_features: int = IN_FEATURES, opset: int = 17) -> Path:
@@ -39,3 +45,63 @@ def export_onnx(module, path: Path, in_features: int = IN_FEATURES, opset: int =
             opset_version=opset,
         )
     return path
+
+
+def export_module(module, path: Path, example: tuple, names=("x",), axes: dict | None = None, opset: int = 17) -> Path:
+    """Export any module with the TorchScript exporter on `example` inputs: inputs `names`, output
+    'y'; `axes` the dynamic axes of the inputs (default: a dynamic batch axis on each)."""
+    import torch
+
+    axes = axes if axes is not None else {n: {0: "batch"} for n in names}
+    with torch.no_grad():
+        torch.onnx.export(module, example, str(path), dynamo=False, input_names=list(names), output_names=["y"],
+                          dynamic_axes={**axes, "y": {0: "batch"}}, opset_version=opset)
+    return path
+
+
+def save_graph(nodes, inputs, outputs, inits: dict, path: Path, opset: int = 17) -> Path:
+    """An ONNX file from nodes, value infos and {name: array} initializers, checked in full."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def ffn_model(path: Path, dead: list[int]):
+    """X → MatMul W1 → Add b1 → GELU (Erf form) → MatMul W2 → Add b2 → Add X (residual) → Y, with the
+    `dead` hidden neurons zeroed; returns (path, initializers)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((8, 16)).astype(np.float32)
+    b1 = rng.standard_normal(16).astype(np.float32)
+    w1[:, dead] = 0
+    b1[dead] = 0  # dead neurons: GELU(0) = 0, they contribute nothing
+    inits = {
+        "W1": w1, "b1": b1, "W2": rng.standard_normal((16, 8)).astype(np.float32),
+        "b2": rng.standard_normal(8).astype(np.float32), "sqrt2": np.array(np.sqrt(2), np.float32),
+        "one": np.array(1, np.float32), "half": np.array(0.5, np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["X", "W1"], ["h0"], name="fc1"),
+        helper.make_node("Add", ["h0", "b1"], ["h1"], name="bias1"),
+        helper.make_node("Div", ["h1", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["half", "e1"], ["e2"]),
+        helper.make_node("Mul", ["h1", "e2"], ["g"]),
+        helper.make_node("MatMul", ["g", "W2"], ["o"], name="fc2"),
+        helper.make_node("Add", ["o", "b2"], ["o2"]),
+        helper.make_node("Add", ["X", "o2"], ["Y"], name="residual"),
+    ]
+    return save_graph(
+        nodes, [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 5, 8])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 5, 8])], inits, path,
+    ), inits
+

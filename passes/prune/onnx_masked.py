@@ -2,7 +2,7 @@
 itself (initializers, Constant nodes' `value`, If/Loop/Scan bodies), because no library prunes
 ONNX initializers. Weight discovery is shared with the report's weight count
 (`optimize.inspect_onnx`). Memory stays bounded by the largest tensor (models over 2 GB:
-tests/test_large_model.py): the proto is read without its external data, each weight is read,
+tests/integration/test_large_model.py): the proto is read without its external data, each weight is read,
 pruned and written on its own, and untouched external tensors are copied file-to-file."""
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ class PrunePass(Pass):
     config_cls = PruneConfig
     accepts = frozenset({"torch", "onnx"})
     cacheable = True
+    sparsifies = True
 
     config: PruneConfig
 

@@ -32,7 +32,7 @@ def schedule(target: float, steps: int, kind: str) -> list[float]:
 
 
 # zlib level 6 runs at ~10 MB/s on float weights here: above this, `compressed_bytes` is not
-# measured (null with the reason) rather than adding minutes to a run (tests/test_large_model.py).
+# measured (null with the reason) rather than adding minutes to a run (tests/integration/test_large_model.py).
 COMPRESS_LIMIT_BYTES = 512 << 20
 
 

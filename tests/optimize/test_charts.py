@@ -44,9 +44,9 @@ def _report(tmp_path: Path) -> Report:
         output=ModelFacts(path="out.onnx", form="onnx", bytes=1500, weights=1000, weight_bits=8000),
         steps=[
             Step(index=1, type="prune", config={}, form_in="torch", form_out="torch", seconds=0.1,
-                 metrics={"method": "magnitude", "layers": layers}),
+                 sparsifies=True, metrics={"method": "magnitude", "layers": layers}),
             Step(index=2, type="distill", config={}, form_in="torch", form_out="torch", seconds=1.0,
-                 params_after=600, metrics={"student_accuracy": 95.5, "teacher_accuracy": 97.0}),
+                 trains=True, params_after=600, metrics={"student_accuracy": 95.5, "teacher_accuracy": 97.0}),
         ],
         metrics={"accuracy": Metric(value=94.0, formula="top-1", inputs={"baseline": 97.0, "optimized": 94.0, "drop": 3.0})},
         latency={"input": _lat(2.0, 2), "output": _lat(1.0, 2), "input_1t": _lat(3.0, 1), "output_1t": _lat(1.6, 1)},
@@ -75,6 +75,19 @@ def test_points_are_the_reports_numbers(tmp_path):
     acc = charts.accuracy_points(r)
     assert [(p["label"], p["mb"], p["accuracy"]) for p in acc] == [
         ("input", 32000 / 8e6, 97.0), ("step 2 distill", 600 * 32 / 8e6, 95.5), ("output", 8000 / 8e6, 94.0)]
+
+
+def test_points_follow_what_the_step_record_says_not_its_name(tmp_path):
+    """A fine-tuning prune step reports a student accuracy but trains no student of its own
+    (`trains` false): no accuracy point. A step that does not sparsify feeds no sparsity rows."""
+    r = _report(tmp_path)
+    r.steps[0].metrics["student_accuracy"] = 90.0
+    r.steps[0].params_after = 500
+    r.steps[1].trains = False
+    assert [p["label"] for p in charts.accuracy_points(r)] == ["input", "output"]
+    r.steps[0].sparsifies = False
+    assert not charts.applies("chart_sparsity", r)
+    assert charts.sparsity_points(r, None) == ([], "no per-layer table and no output file")
 
 
 def test_charts_are_pngs_and_the_markdown_links_them(tmp_path):
@@ -109,6 +122,8 @@ def test_pipeline_writes_charts_beside_the_report(tmp_path, mlp_onnx):
     cfg.write_text("schema_version: 1\npasses: [{type: prune, sparsity: 0.5}]\n" + FAST)
     out = tmp_path / "o" / "mlp.opt.onnx"
     report = pipeline.run(RunOptions(model=str(mlp_onnx), config=str(cfg), output=str(out)))
+    # the step record says what the pass declares; the charts read that, never the pass name
+    assert [(s.type, s.sparsifies, s.trains) for s in report.steps] == [("prune", True, False)]
     assert {"chart_latency", "chart_sparsity"} <= set(report.files)
     for key in ("chart_latency", "chart_sparsity"):
         assert _is_png(Path(report.files[key])) and Path(report.files[key]).parent == out.parent

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, digits_teacher, distill_ctx, torch_handle
+from helpers import run_first_pass as distill
 
-from optimize import example
 from optimize.config import load_config_text
-from optimize.context import PlanContext, RunContext
+from optimize.context import PlanContext
 from optimize.errors import ConfigError
-from optimize.handle import ModelHandle, TensorSpec
-from optimize.loaders import load_weights
+from optimize.handle import TensorSpec
 from passes.distill import DistillPass
 
 DIGITS_SPEC = [TensorSpec("x", ("batch", 1, 8, 8))]
@@ -24,27 +24,6 @@ DIGITS_DATA = """data:
   train: {source: "builtin:digits", split: train}
   eval: {source: "builtin:digits", split: test}
 """
-
-
-def load_teacher(path: Path) -> torch.nn.Module:
-    m = example.digits_cnn()
-    load_weights(m, path)
-    return m.eval()
-
-
-def handle(module, inputs=DIGITS_SPEC, outputs=("logits",)) -> ModelHandle:
-    return ModelHandle(form="torch", inputs=list(inputs), outputs=list(outputs), module=module)
-
-
-def make_ctx(tmp_path: Path, teacher: ModelHandle, body: str) -> RunContext:
-    cfg = load_config_text("schema_version: 1\n" + body)
-    ctx = RunContext(config=cfg, work_dir=tmp_path, input_model=teacher, threads=1, base_dir=tmp_path)
-    ctx.inputs = teacher.inputs
-    return ctx
-
-
-def distill(ctx: RunContext, student: ModelHandle):
-    return DistillPass(ctx.config.passes[0]).run(student, ctx)
 
 
 class Block(torch.nn.Module):
@@ -79,10 +58,10 @@ MLP_SPEC = [TensorSpec("x", ("batch", 6))]
 
 
 def test_half_width_student_is_derived_from_the_teacher_and_keeps_its_accuracy(tmp_path: Path, teacher_weights: Path) -> None:
-    teacher = load_teacher(teacher_weights)
+    teacher = digits_teacher(teacher_weights)
     body = DIGITS_DATA + "passes: [{type: distill, epochs: 3, lr: 0.005, student: {width: 0.5}}]\n"
-    ctx = make_ctx(tmp_path, handle(teacher), body)
-    result = distill(ctx, handle(teacher))
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, DIGITS_SPEC, ("logits",)), body, base_dir=tmp_path)
+    result = distill(ctx, torch_handle(teacher, DIGITS_SPEC, ("logits",)))
     m, s = result.metrics, result.model.module
     assert m["student"] == "width 0.5"
     # the channels really shrank (conv1 16 → 8, conv2 32 → 16, fc1 64 → 32); the output layer kept its 10 classes
@@ -99,8 +78,8 @@ def test_depth_student_keeps_evenly_spaced_blocks_with_the_teachers_weights(tmp_
     torch.manual_seed(0)
     teacher = Deep().eval()
     body = "passes: [{type: distill, epochs: 3, lr: 0.01, random_samples: 256, student: {depth: 0.5}}]\n"
-    ctx = make_ctx(tmp_path, handle(teacher, MLP_SPEC, ("y",)), body)
-    result = distill(ctx, handle(teacher, MLP_SPEC, ("y",)))
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, MLP_SPEC, ("y",)), body, base_dir=tmp_path)
+    result = distill(ctx, torch_handle(teacher, MLP_SPEC, ("y",)))
     s = result.model.module
     assert len(s.blocks) == 2 and len(teacher.blocks) == 4
     assert result.metrics["student_blocks"] == [0, 3]
@@ -112,8 +91,8 @@ def test_depth_student_keeps_evenly_spaced_blocks_with_the_teachers_weights(tmp_
 def test_depth_student_on_a_named_sequential_and_its_errors(tmp_path: Path) -> None:
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Sequential(*[Block() for _ in range(6)]), torch.nn.Linear(16, 5)).eval()
-    t = handle(teacher, MLP_SPEC, ("y",))
-    ctx = make_ctx(tmp_path, t, "passes: [{type: distill, epochs: 1, random_samples: 64, student: {depth: 0.34, depth_module: '1'}}]\n")
+    t = torch_handle(teacher, MLP_SPEC, ("y",))
+    ctx = distill_ctx(tmp_path, t, "passes: [{type: distill, epochs: 1, random_samples: 64, student: {depth: 0.34, depth_module: '1'}}]\n", base_dir=tmp_path)
     result = distill(ctx, t)
     assert result.metrics["student_blocks"] == [0, 5]  # round(0.34 × 6) = 2 blocks: the first and the last
     assert len(result.model.module[1]) == 2 and len(teacher[1]) == 6
@@ -126,14 +105,14 @@ def test_depth_student_on_a_named_sequential_and_its_errors(tmp_path: Path) -> N
     assert kept == [0, 3] and torch.equal(out.blocks[1].fc.weight, last)
     assert drop_blocks(Deep(), 0.75, None, MLP_SPEC, ctx, "k")[1] == [0, 2, 3]
 
-    ctx = make_ctx(tmp_path, t, "passes: [{type: distill, epochs: 1, random_samples: 64, student: {depth: 0.5, depth_module: 'nope'}}]\n")
+    ctx = distill_ctx(tmp_path, t, "passes: [{type: distill, epochs: 1, random_samples: 64, student: {depth: 0.5, depth_module: 'nope'}}]\n", base_dir=tmp_path)
     with pytest.raises(ConfigError, match="no submodule 'nope'") as info:
         distill(ctx, t)
     assert info.value.exit_code == 2
     flat = torch.nn.Linear(6, 5)
-    ctx = make_ctx(tmp_path, handle(flat, MLP_SPEC, ("y",)), "passes: [{type: distill, epochs: 1, random_samples: 64, student: {depth: 0.5}}]\n")
+    ctx = distill_ctx(tmp_path, torch_handle(flat, MLP_SPEC, ("y",)), "passes: [{type: distill, epochs: 1, random_samples: 64, student: {depth: 0.5}}]\n", base_dir=tmp_path)
     with pytest.raises(ConfigError, match="no nn.ModuleList / nn.Sequential of repeated blocks"):
-        distill(ctx, handle(flat, MLP_SPEC, ("y",)))
+        distill(ctx, torch_handle(flat, MLP_SPEC, ("y",)))
 
 
 FACTORY = '''
@@ -156,9 +135,9 @@ def test_factory_student_with_weights(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in init.state_dict().items()}, str(tmp_path / "init.safetensors"))
-    t = handle(teacher, MLP_SPEC, ("y",))
+    t = torch_handle(teacher, MLP_SPEC, ("y",))
     body = "passes: [{type: distill, epochs: 4, lr: 0.01, random_samples: 256, student: {factory: 'my_students:small', weights: init.safetensors}}]\n"
-    result = distill(make_ctx(tmp_path, t, body), t)
+    result = distill(distill_ctx(tmp_path, t, body, base_dir=tmp_path), t)
     s = result.model.module
     assert s[0].out_features == 8
     assert result.metrics["student"] == "factory my_students:small + init.safetensors"
@@ -167,7 +146,7 @@ def test_factory_student_with_weights(tmp_path: Path) -> None:
 
     body = "passes: [{type: distill, epochs: 1, random_samples: 8, student: {factory: 'my_students:not_a_module'}}]\n"
     with pytest.raises(ConfigError, match="returned int, not a torch.nn.Module"):
-        distill(make_ctx(tmp_path, t, body), t)
+        distill(distill_ctx(tmp_path, t, body, base_dir=tmp_path), t)
 
 
 @pytest.mark.parametrize(
@@ -189,12 +168,12 @@ def test_student_options_are_validated_at_load_time(student: str, message: str) 
 
 
 def test_feature_distillation_with_a_learned_projection(tmp_path: Path, teacher_weights: Path) -> None:
-    teacher = load_teacher(teacher_weights)
+    teacher = digits_teacher(teacher_weights)
     body = DIGITS_DATA + (
         "passes: [{type: distill, epochs: 2, lr: 0.005, student: {width: 0.5}, "
         "features: [{teacher: conv2, student: conv2}, {teacher: fc1, student: fc1, weight: 0.5}]}]\n"
     )
-    result = distill(make_ctx(tmp_path, handle(teacher), body), handle(teacher))
+    result = distill(distill_ctx(tmp_path, torch_handle(teacher, DIGITS_SPEC, ("logits",)), body, base_dir=tmp_path), torch_handle(teacher, DIGITS_SPEC, ("logits",)))
     m = result.metrics
     # widths differ (16 vs 32 channels, 32 vs 64 neurons): a 1x1 conv and a linear projection
     assert m["feature_projections"] == ["Conv2d", "Linear"]
@@ -210,18 +189,18 @@ def test_feature_pairs_of_equal_width_and_cosine_feature_loss(tmp_path: Path) ->
     torch.manual_seed(0)
     teacher = Deep().eval()
     student = Deep()
-    t = handle(teacher, MLP_SPEC, ("y",))
+    t = torch_handle(teacher, MLP_SPEC, ("y",))
     body = "passes: [{type: distill, epochs: 3, lr: 0.01, random_samples: 128, feature_loss: cosine, features: [{teacher: blocks.1, student: blocks.1}]}]\n"
-    m = distill(make_ctx(tmp_path, t, body), handle(student, MLP_SPEC, ("y",))).metrics
+    m = distill(distill_ctx(tmp_path, t, body, base_dir=tmp_path), torch_handle(student, MLP_SPEC, ("y",))).metrics
     assert m["feature_projections"] == ["Identity"]
     assert 0 <= m["feature_loss"] < m["feature_loss_first_epoch"]
 
 
 def test_a_feature_pair_naming_a_missing_layer_is_a_config_error(tmp_path: Path, teacher_weights: Path) -> None:
-    teacher = load_teacher(teacher_weights)
+    teacher = digits_teacher(teacher_weights)
     # at plan time, when the model is known
     cfg = load_config_text("schema_version: 1\n" + DIGITS_DATA + "passes: [{type: distill, features: [{teacher: conv9, student: conv2}]}]\n")
-    pc = PlanContext(config=cfg, input_form="torch", has_input_spec=True, index=0, form_at_pass="torch", model=handle(teacher))
+    pc = PlanContext(config=cfg, input_form="torch", has_input_spec=True, index=0, form_at_pass="torch", model=torch_handle(teacher, DIGITS_SPEC, ("logits",)))
     with pytest.raises(ConfigError, match=r"no layer 'conv9' in the teacher \(did you mean 'conv2'\?\)") as info:
         DistillPass(cfg.passes[0]).check(pc)
     assert info.value.key == "passes[0].features[0].teacher" and info.value.exit_code == 2
@@ -230,7 +209,7 @@ def test_a_feature_pair_naming_a_missing_layer_is_a_config_error(tmp_path: Path,
     deep = Deep().eval()
     body = "passes: [{type: distill, epochs: 1, random_samples: 32, student: {depth: 0.5}, features: [{teacher: blocks.3, student: blocks.3}]}]\n"
     with pytest.raises(ConfigError, match=r"no layer 'blocks.3' in the student"):
-        distill(make_ctx(tmp_path, handle(deep, MLP_SPEC, ("y",)), body), handle(deep, MLP_SPEC, ("y",)))
+        distill(distill_ctx(tmp_path, torch_handle(deep, MLP_SPEC, ("y",)), body, base_dir=tmp_path), torch_handle(deep, MLP_SPEC, ("y",)))
 
 
 def test_embedding_task_with_cosine_output_loss(tmp_path: Path) -> None:
@@ -242,7 +221,7 @@ def test_embedding_task_with_cosine_output_loss(tmp_path: Path) -> None:
         f"model: {{task: embedding}}\ndata: {{eval: {{source: {str(tmp_path / 'eval.npz')!r}}}}}\n"
         "passes: [{type: distill, epochs: 6, lr: 0.02, random_samples: 256, output_loss: cosine}]\n"
     )
-    m = distill(make_ctx(tmp_path, handle(teacher, MLP_SPEC, ("y",)), body), handle(student, MLP_SPEC, ("y",))).metrics
+    m = distill(distill_ctx(tmp_path, torch_handle(teacher, MLP_SPEC, ("y",)), body, base_dir=tmp_path), torch_handle(student, MLP_SPEC, ("y",))).metrics
     assert m["loss"] == "1 - cosine(student, teacher)"
     assert m["train_loss"] < 0.5 * m["train_loss_first_epoch"]
     assert m["eval_cosine_vs_teacher"] > m["eval_cosine_vs_teacher_before"]
@@ -281,7 +260,7 @@ def test_cli_exits_2_before_any_work_for_a_missing_feature_layer_or_no_data_and_
         (tmp_path / "p.yaml").write_text("schema_version: 1\n" + config)
         return subprocess.run(
             [sys.executable, "-m", "cli", "run", model, "-c", "p.yaml", "-o", "out.onnx"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
         )
 
     r = run(DIGITS_DATA + "passes: [{type: distill, features: [{teacher: conv9, student: conv2}]}]\n", "optimize.example:digits_cnn")

@@ -10,14 +10,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import make_ctx, onnx_handle
 from onnx import TensorProto
+from tiny_models import export_module, mlp_of
 from torch import nn
 
 from optimize.benchmark import interleaved, pairwise_ratio
 from optimize.config import load_config_text
-from optimize.context import PlanContext, RunContext
+from optimize.context import PlanContext
 from optimize.errors import ConfigError
-from optimize.handle import ModelHandle, TensorSpec
+from optimize.handle import TensorSpec
 from optimize.inspect_onnx import iter_weight_uses, op_counts, weight_stats
 from optimize.onnx_io import total_bytes
 from optimize.runtime import parity, predict, session
@@ -25,34 +27,6 @@ from passes.quantize import QuantizeConfig, QuantizePass
 from passes.quantize.auto import Candidate, Check, choose
 
 CFG = "schema_version: 1\nmeasure: {repeat: 12, warmup: 2}\npasses: []\n"
-
-
-def make_ctx(tmp_path: Path, inputs, text: str = CFG, sub: str = "work") -> RunContext:
-    ctx = RunContext(config=load_config_text(text), work_dir=tmp_path / sub, threads=2)
-    ctx.inputs = list(inputs)
-    return ctx
-
-
-def export(module: nn.Module, path: Path, example, names=("x",)) -> Path:
-    axes = {n: {0: "batch"} for n in names}
-    with torch.no_grad():
-        torch.onnx.export(
-            module, example, str(path), dynamo=False, input_names=list(names), output_names=["y"],
-            dynamic_axes={**axes, "y": {0: "batch"}}, opset_version=17,
-        )
-    return path
-
-
-def handle(path: Path, inputs) -> ModelHandle:
-    return ModelHandle(form="onnx", inputs=list(inputs), outputs=["y"], onnx_path=path)
-
-
-def mlp(sizes: tuple[int, ...], seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    layers: list[nn.Module] = []
-    for a, b in zip(sizes, sizes[1:], strict=False):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1]).eval()
 
 
 def weight_dtypes_by_node(path: Path) -> dict[str, int]:
@@ -65,9 +39,9 @@ def weight_dtypes_by_node(path: Path) -> dict[str, int]:
 
 def test_auto_lists_candidates_and_its_speed_claim_holds_on_remeasurement(tmp_path):
     inputs = [TensorSpec("x", ("batch", 256))]
-    src = export(mlp((256, 1024, 256)), tmp_path / "mlp.onnx", (torch.randn(1, 256),))
-    ctx = make_ctx(tmp_path, inputs)
-    res = QuantizePass(QuantizeConfig(format="auto", random_calibration=True)).run(handle(src, inputs), ctx)
+    src = export_module(mlp_of(256, 1024, 256), tmp_path / "mlp.onnx", (torch.randn(1, 256),))
+    ctx = make_ctx(tmp_path / "work", CFG, inputs=inputs, threads=2)
+    res = QuantizePass(QuantizeConfig(format="auto", random_calibration=True)).run(onnx_handle(src, inputs), ctx)
 
     rows = res.metrics["candidates"]
     names = [r["name"] for r in rows]
@@ -137,8 +111,8 @@ def test_auto_without_matmul_or_calibration_keeps_float(tmp_path):
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
     inputs = [TensorSpec("x", ("batch", 3, 8, 8))]
-    src = export(conv, tmp_path / "c.onnx", (torch.randn(1, 3, 8, 8),))
-    res = QuantizePass(QuantizeConfig(format="auto", mode="dynamic")).run(handle(src, inputs), make_ctx(tmp_path, inputs))
+    src = export_module(conv, tmp_path / "c.onnx", (torch.randn(1, 3, 8, 8),))
+    res = QuantizePass(QuantizeConfig(format="auto", mode="dynamic")).run(onnx_handle(src, inputs), make_ctx(tmp_path / "work", CFG, inputs=inputs, threads=2))
     assert res.model.onnx_path == src
     assert res.metrics["chosen"] == "float (input)" and res.metrics["mode"] == "float"
     assert any("no MatMul/Gemm" in s for s in res.metrics["not_candidates"])
@@ -149,7 +123,7 @@ def test_auto_without_matmul_or_calibration_keeps_float(tmp_path):
 
 def outlier_mlp() -> nn.Module:
     """Per-tensor int8 wrecks the middle layer (one weight 40x the rest); the others quantize well."""
-    m = mlp((16, 64, 64, 32))
+    m = mlp_of(16, 64, 64, 32)
     with torch.no_grad():
         m[2].weight[0, 0] = 40.0
     return m
@@ -158,12 +132,12 @@ def outlier_mlp() -> nn.Module:
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_fallback_keeps_exactly_the_reported_layers_in_float(tmp_path, mode):
     inputs = [TensorSpec("x", ("batch", 16))]
-    src = export(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
-    ctx = make_ctx(tmp_path, inputs)
+    src = export_module(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    ctx = make_ctx(tmp_path / "work", CFG, inputs=inputs, threads=2)
     # reduce_range on: 7-bit weights behave alike on CPUs with and without VNNI (without it, 8-bit u8s8
     # kernels saturate and no floor near 1 is reachable on this toy model)
     cfg = QuantizeConfig(mode=mode, per_channel=False, parity_floor=0.95, reduce_range=True)
-    res = QuantizePass(cfg).run(handle(src, inputs), ctx)
+    res = QuantizePass(cfg).run(onnx_handle(src, inputs), ctx)
 
     assert res.metrics["parity_all_quantized"]["min_cosine"] < 0.95
     kept = res.metrics["float_nodes"]
@@ -187,21 +161,21 @@ def test_fallback_keeps_exactly_the_reported_layers_in_float(tmp_path, mode):
 
 def test_fallback_off_or_no_goal_leaves_the_model_fully_quantized(tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
-    src = export(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
-    res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=False)).run(handle(src, inputs), make_ctx(tmp_path, inputs))
+    src = export_module(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=False)).run(onnx_handle(src, inputs), make_ctx(tmp_path / "work", CFG, inputs=inputs, threads=2))
     assert "float_nodes" not in res.metrics  # no floor configured: nothing checked
     res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=False, parity_floor=0.995, fallback_max_layers=0)).run(
-        handle(src, inputs), make_ctx(tmp_path, inputs, sub="w2"))
+        onnx_handle(src, inputs), make_ctx(tmp_path / "w2", CFG, inputs=inputs, threads=2))
     assert any("fallback is off" in n for n in res.notes)
     assert all(t != TensorProto.FLOAT for t in weight_dtypes_by_node(res.model.onnx_path).values())
 
 
 def test_auto_rejects_a_candidate_below_the_floor_and_adds_its_fallback(tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
-    src = export(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    src = export_module(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
     text = CFG.replace("passes: []", "gates: {min_parity_cosine: 0.95}\npasses: []")
     res = QuantizePass(QuantizeConfig(format="auto", mode="dynamic", per_channel=False, reduce_range=True)).run(
-        handle(src, inputs), make_ctx(tmp_path, inputs, text))
+        onnx_handle(src, inputs), make_ctx(tmp_path / "work", text, inputs=inputs, threads=2))
     rows = {r["name"]: r for r in res.metrics["candidates"]}
     full = rows["int8 dynamic per-tensor"]
     assert not full["passed"] and "floor 0.95 (gates.min_parity_cosine)" in full["reason"]
@@ -215,9 +189,9 @@ def test_auto_rejects_a_candidate_below_the_floor_and_adds_its_fallback(tmp_path
 
 def test_weight_only_int4_stores_4_bit_matmul_weights(tmp_path):
     inputs = [TensorSpec("x", ("batch", 256))]
-    src = export(mlp((256, 512, 256)), tmp_path / "m.onnx", (torch.randn(1, 256),))
+    src = export_module(mlp_of(256, 512, 256), tmp_path / "m.onnx", (torch.randn(1, 256),))
     res = QuantizePass(QuantizeConfig(mode="weight_only", bits=4, block_size=32)).run(
-        handle(src, inputs), make_ctx(tmp_path, inputs))
+        onnx_handle(src, inputs), make_ctx(tmp_path / "work", CFG, inputs=inputs, threads=2))
     out = res.model.onnx_path
     counts = op_counts(out)
     assert counts.get("com.microsoft.MatMulNBits") == 2 and "Gemm" not in counts
@@ -232,9 +206,9 @@ def test_weight_only_int4_stores_4_bit_matmul_weights(tmp_path):
 
 def test_weight_only_int8_and_block_size(tmp_path):
     inputs = [TensorSpec("x", ("batch", 256))]
-    src = export(mlp((256, 128)), tmp_path / "m.onnx", (torch.randn(1, 256),))
+    src = export_module(mlp_of(256, 128), tmp_path / "m.onnx", (torch.randn(1, 256),))
     res = QuantizePass(QuantizeConfig(mode="weight_only", bits=8, block_size=128)).run(
-        handle(src, inputs), make_ctx(tmp_path, inputs))
+        onnx_handle(src, inputs), make_ctx(tmp_path / "work", CFG, inputs=inputs, threads=2))
     node = next(n for n in onnx.load(str(res.model.onnx_path)).graph.node if n.op_type == "MatMulNBits")
     attrs = {a.name: a.i for a in node.attribute}
     assert attrs["bits"] == 8 and attrs["block_size"] == 128
@@ -291,7 +265,7 @@ def test_fusion_then_dynamic_quantization_runs_fused_integer_kernels(tmp_path):
         torch.onnx.export(model, (ids, mask), str(src), dynamo=False, input_names=["ids", "mask"], output_names=["y"],
                           dynamic_axes={"ids": {0: "b"}, "mask": {0: "b"}, "y": {0: "b"}}, opset_version=17)
     res = QuantizePass(QuantizeConfig(mode="dynamic", fusion="bert", num_heads=4, hidden_size=32)).run(
-        handle(src, inputs), make_ctx(tmp_path, inputs))
+        onnx_handle(src, inputs), make_ctx(tmp_path / "work", CFG, inputs=inputs, threads=2))
     fused = res.metrics["fusion"]["fused_ops"]
     assert fused.get("SkipLayerNormalization", 0) >= 2
     assert res.metrics["fusion"]["nodes_after"] < res.metrics["fusion"]["nodes_before"]
@@ -362,8 +336,8 @@ def test_int4_fake_quant_matches_ort_quantizer(reduce_range):
 
 def test_static_int4_qdq_stores_4_bit_weights(tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
-    src = export(mlp((16, 32, 8)), tmp_path / "m.onnx", (torch.randn(1, 16),))
-    res = QuantizePass(QuantizeConfig(bits=4)).run(handle(src, inputs), make_ctx(tmp_path, inputs))
+    src = export_module(mlp_of(16, 32, 8), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    res = QuantizePass(QuantizeConfig(bits=4)).run(onnx_handle(src, inputs), make_ctx(tmp_path / "work", CFG, inputs=inputs, threads=2))
     stats = weight_stats(res.model.onnx_path)
     assert {t.bits for t in stats.tensors} == {4} and {t.dtype for t in stats.tensors} == {"int4"}
     assert res.metrics["weight_bits"] == {"4": 16 * 32 + 32 * 8}

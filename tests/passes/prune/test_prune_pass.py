@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from tiny_models import mlp_of
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -22,11 +23,6 @@ from passes.prune import PruneConfig, PrunePass
 
 def run(handle, ctx, **options):
     return PrunePass(PruneConfig(**options)).run(handle, ctx)
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
 
 
 def torch_handle(module, *shape):
@@ -56,7 +52,7 @@ def zeros(t) -> int:
 
 
 def test_layerwise_exact_sparsity_and_output_layer_kept(ctx):
-    model = torch_handle(mlp(), 16)
+    model = torch_handle(mlp_of(16, 32, 32, 4), 16)
     res = run(model, ctx, method="magnitude", sparsity=0.5)
     m = res.model.module
     for i in (0, 2):
@@ -77,7 +73,7 @@ def test_layerwise_exact_sparsity_and_output_layer_kept(ctx):
 
 
 def test_global_threshold_across_layers(ctx):
-    module = mlp()
+    module = mlp_of(16, 32, 32, 4)
     with torch.no_grad():
         module[2].weight.mul_(10)  # a layer with large weights keeps more of them under one threshold
     before = {i: module[i].weight.detach().clone() for i in (0, 2, 4)}
@@ -94,14 +90,14 @@ def test_global_threshold_across_layers(ctx):
 
 
 def test_include_exclude_globs(ctx):
-    res = run(torch_handle(mlp(), 16), ctx, sparsity=0.5, exclude=["2"])
+    res = run(torch_handle(mlp_of(16, 32, 32, 4), 16), ctx, sparsity=0.5, exclude=["2"])
     assert [e["name"] for e in res.metrics["layers"]] == ["0"]
-    res = run(torch_handle(mlp(), 16), ctx, sparsity=0.5, include=["2.weight"])
+    res = run(torch_handle(mlp_of(16, 32, 32, 4), 16), ctx, sparsity=0.5, include=["2.weight"])
     assert [e["name"] for e in res.metrics["layers"]] == ["2"]
 
 
 def test_input_handle_is_not_mutated(ctx):
-    module = mlp()
+    module = mlp_of(16, 32, 32, 4)
     state = {k: v.clone() for k, v in module.state_dict().items()}
     model = torch_handle(module, 16)
     res = run(model, ctx, sparsity=0.7)
@@ -112,7 +108,7 @@ def test_input_handle_is_not_mutated(ctx):
 
 
 def test_masks_survive_training(ctx):
-    res = run(torch_handle(mlp(), 16), ctx, sparsity=0.5)
+    res = run(torch_handle(mlp_of(16, 32, 32, 4), 16), ctx, sparsity=0.5)
     m = res.model.module
     masks = {i: m[i].weight.detach() == 0 for i in (0, 2)}
     before = {i: m[i].weight.detach().clone() for i in (0, 2)}
@@ -130,7 +126,7 @@ def test_masks_survive_training(ctx):
 
 
 def test_finalized_module_bakes_masks(ctx):
-    res = run(torch_handle(mlp(), 16), ctx, sparsity=0.5)
+    res = run(torch_handle(mlp_of(16, 32, 32, 4), 16), ctx, sparsity=0.5)
     plain = finalized_module(res.model.module)
     assert not any(parametrize.is_parametrized(m) for m in plain.modules())
     assert isinstance(plain[0].weight, nn.Parameter)
@@ -147,7 +143,7 @@ def test_mask_stacks_under_another_parametrization(ctx):
         def forward(self, X):
             return X * 0.5
 
-    res = run(torch_handle(mlp(), 16), ctx, sparsity=0.5)
+    res = run(torch_handle(mlp_of(16, 32, 32, 4), 16), ctx, sparsity=0.5)
     m = res.model.module
     parametrize.register_parametrization(m[0], "weight", Half())
     assert zeros(m[0].weight) == 256
@@ -209,7 +205,7 @@ def test_structured_shrinks_residual_cnn(ctx):
 
 
 def test_structured_respects_exclude_and_round_to(ctx):
-    module = mlp()
+    module = mlp_of(16, 32, 32, 4)
     res = run(torch_handle(module, 16), ctx, method="structured", sparsity=0.5, exclude=["0"], round_to=8)
     m = res.model.module
     assert m[0].out_features == 32  # excluded
@@ -219,7 +215,7 @@ def test_structured_respects_exclude_and_round_to(ctx):
 
 
 def test_structured_keeps_earlier_masks(ctx):
-    masked = run(torch_handle(mlp(), 16), ctx, sparsity=0.5)
+    masked = run(torch_handle(mlp_of(16, 32, 32, 4), 16), ctx, sparsity=0.5)
     res = run(masked.model, ctx, method="structured", sparsity=0.25)
     # the input's masked module is untouched (deepcopy shares torch's generated parametrized class)
     assert masked.model.module[0].weight.shape == (32, 16)

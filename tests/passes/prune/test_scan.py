@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import yaml
-from test_prune_onnx_structured import ffn_model
+from tiny_models import ffn_model
 from typer.testing import CliRunner
 
 from cli.app import app

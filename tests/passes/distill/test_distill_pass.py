@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import digits_teacher, distill_ctx, torch_handle
+from helpers import run_first_pass as distill
 from torch.nn.utils import parametrize
 
 from optimize import example, registry
 from optimize.config import load_config_text
-from optimize.context import PlanContext, RunContext
+from optimize.context import PlanContext
 from optimize.data import digits
 from optimize.errors import ConfigError, PassError
 from optimize.export import finalized_module
-from optimize.handle import ModelHandle, TensorSpec
-from optimize.loaders import load_weights
+from optimize.handle import TensorSpec
 from passes.distill import DistillConfig, DistillPass
 
 DIGITS_SPEC = [TensorSpec("x", ("batch", 1, 8, 8))]
@@ -55,29 +56,6 @@ class Mask(torch.nn.Module):
         return w * self.mask
 
 
-def load_teacher(path: Path) -> torch.nn.Module:
-    m = example.digits_cnn()
-    load_weights(m, path)
-    return m.eval()
-
-
-def handle(module: torch.nn.Module, inputs=DIGITS_SPEC, outputs=("logits",)) -> ModelHandle:
-    return ModelHandle(form="torch", inputs=list(inputs), outputs=list(outputs), module=module)
-
-
-def make_ctx(tmp_path: Path, teacher: ModelHandle, body: str, progress=None) -> RunContext:
-    cfg = load_config_text("schema_version: 1\n" + body)
-    ctx = RunContext(config=cfg, work_dir=tmp_path, input_model=teacher, threads=1)
-    if progress is not None:
-        ctx.progress = progress
-    ctx.inputs = teacher.inputs
-    return ctx
-
-
-def distill(ctx: RunContext, student: ModelHandle):
-    return DistillPass(ctx.config.passes[0]).run(student, ctx)
-
-
 def masked_copy(module: torch.nn.Module, fraction: float) -> torch.nn.Module:
     """The module with `fraction` of each layer's weights (smallest magnitude) masked to zero."""
     m = copy.deepcopy(module)
@@ -102,7 +80,7 @@ def test_registered_with_a_real_summary() -> None:
 def test_distill_recovers_a_masked_student_and_keeps_masks_hooks_and_the_teacher(
     tmp_path: Path, teacher_weights: Path
 ) -> None:
-    teacher = load_teacher(teacher_weights)
+    teacher = digits_teacher(teacher_weights)
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = masked_copy(teacher, 0.85)
     zeros_before = {n: (getattr(student, n).weight == 0) for n in ("conv1", "conv2", "fc1", "fc2")}
@@ -116,8 +94,8 @@ def test_distill_recovers_a_masked_student_and_keeps_masks_hooks_and_the_teacher
     student.fc1.register_forward_pre_hook(pre_hook)
 
     progress = RecordingProgress()
-    ctx = make_ctx(tmp_path, handle(teacher), DIGITS_DATA + "passes: [{type: distill, epochs: 4, lr: 0.003}]\n", progress)
-    result = distill(ctx, handle(student))
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, DIGITS_SPEC, ("logits",)), DIGITS_DATA + "passes: [{type: distill, epochs: 4, lr: 0.003}]\n", progress=progress)
+    result = distill(ctx, torch_handle(student, DIGITS_SPEC, ("logits",)))
     m = result.metrics
 
     # accuracy: the masked student recovers most of the teacher's accuracy
@@ -160,18 +138,14 @@ def test_distill_recovers_a_masked_student_and_keeps_masks_hooks_and_the_teacher
 
 
 def test_pure_kd_on_unlabeled_data_lowers_the_kd_loss(tmp_path: Path, teacher_weights: Path) -> None:
-    teacher = load_teacher(teacher_weights)
+    teacher = digits_teacher(teacher_weights)
     x, _ = digits("train")
     np.savez(tmp_path / "unlabeled.npz", x=x)  # real inputs, no labels
     torch.manual_seed(1)
     student = example.digits_cnn(width=4, hidden=16)  # a narrower fresh model
-    ctx = make_ctx(
-        tmp_path,
-        handle(teacher),
-        f"data: {{train: {{source: {str(tmp_path / 'unlabeled.npz')!r}}}}}\n"
-        "passes: [{type: distill, epochs: 4, lr: 0.01, alpha: 0.5}]\n",
-    )
-    m = distill(ctx, handle(student)).metrics
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, DIGITS_SPEC, ("logits",)), f"data: {{train: {{source: {str(tmp_path / 'unlabeled.npz')!r}}}}}\n"
+        "passes: [{type: distill, epochs: 4, lr: 0.01, alpha: 0.5}]\n")
+    m = distill(ctx, torch_handle(student, DIGITS_SPEC, ("logits",))).metrics
     assert m["kd_loss"] < 0.7 * m["kd_loss_first_epoch"]
     assert m["train_loss"] == pytest.approx(m["kd_loss"], rel=1e-3), "no labels: alpha is treated as 1"
     assert "cross_entropy" not in m["loss"]
@@ -185,9 +159,9 @@ def test_random_inputs_from_the_spec_when_there_is_no_training_data(tmp_path: Pa
     teacher = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)).eval()
     student = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 5))
     spec = [TensorSpec("x", ("batch", 6))]
-    t = handle(teacher, spec, ("y",))
-    ctx = make_ctx(tmp_path, t, "passes: [{type: distill, epochs: 5, lr: 0.01, random_samples: 256}]\n")
-    result = distill(ctx, handle(student, spec, ("y",)))
+    t = torch_handle(teacher, spec, ("y",))
+    ctx = distill_ctx(tmp_path, t, "passes: [{type: distill, epochs: 5, lr: 0.01, random_samples: 256}]\n")
+    result = distill(ctx, torch_handle(student, spec, ("y",)))
     assert result.metrics["kd_loss"] < result.metrics["kd_loss_first_epoch"]
     assert "256 random inputs" in result.metrics["data"]
     assert any("random inputs" in n and "weak" in n for n in result.notes)
@@ -203,8 +177,8 @@ def test_regression_task_matches_teacher_outputs_with_mse(tmp_path: Path) -> Non
         f"model: {{task: regression}}\ndata: {{eval: {{source: {str(tmp_path / 'eval.npz')!r}}}}}\n"
         "passes: [{type: distill, epochs: 10, lr: 0.05, random_samples: 256}]\n"
     )
-    ctx = make_ctx(tmp_path, handle(teacher, spec, ("y",)), body)
-    m = distill(ctx, handle(student, spec, ("y",))).metrics
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, spec, ("y",)), body)
+    m = distill(ctx, torch_handle(student, spec, ("y",))).metrics
     assert m["loss"] == "MSE(student, teacher)"
     assert m["train_loss"] < 0.1 * m["train_loss_first_epoch"]
     assert m["student_accuracy"] is None and "regression" in m["accuracy_reason"]
@@ -225,8 +199,8 @@ def test_multi_input_models_get_positional_inputs_in_declared_order(tmp_path: Pa
     torch.manual_seed(0)
     teacher, student = TwoInputs().eval(), TwoInputs()
     spec = [TensorSpec("a", ("batch", 3)), TensorSpec("b", ("batch", 5))]
-    ctx = make_ctx(tmp_path, handle(teacher, spec, ("y",)), "passes: [{type: distill, epochs: 2, random_samples: 64}]\n")
-    result = distill(ctx, handle(student, spec, ("y",)))  # shapes differ: a wrong order would raise
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, spec, ("y",)), "passes: [{type: distill, epochs: 2, random_samples: 64}]\n")
+    result = distill(ctx, torch_handle(student, spec, ("y",)))  # shapes differ: a wrong order would raise
     assert result.metrics["steps"] == 2
 
 
@@ -238,7 +212,7 @@ def test_plain_zero_weights_stay_zero_and_runs_are_deterministic(tmp_path: Path)
         student[0].weight[:, :3] = 0.0  # pruned without a mask
     spec = [TensorSpec("x", ("batch", 6))]
     body = "passes: [{type: distill, epochs: 2, lr: 0.01, random_samples: 128}]\n"
-    runs = [distill(make_ctx(tmp_path, handle(teacher, spec, ("y",)), body), handle(student, spec, ("y",))) for _ in range(2)]
+    runs = [distill(distill_ctx(tmp_path, torch_handle(teacher, spec, ("y",)), body), torch_handle(student, spec, ("y",))) for _ in range(2)]
     out = runs[0].model.module
     assert torch.all(out[0].weight[:, :3] == 0)
     assert runs[0].metrics["frozen_zero_weights"] == 16 * 3
@@ -249,9 +223,9 @@ def test_plain_zero_weights_stay_zero_and_runs_are_deterministic(tmp_path: Path)
 def test_mismatched_student_outputs_are_a_pass_error(tmp_path: Path) -> None:
     teacher = torch.nn.Linear(4, 3).eval()
     spec = [TensorSpec("x", ("batch", 4))]
-    ctx = make_ctx(tmp_path, handle(teacher, spec, ("y",)), "passes: [{type: distill, epochs: 1, random_samples: 8}]\n")
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, spec, ("y",)), "passes: [{type: distill, epochs: 1, random_samples: 8}]\n")
     with pytest.raises(PassError, match="differs from the teacher"):
-        distill(ctx, handle(torch.nn.Linear(4, 2), spec, ("y",)))
+        distill(ctx, torch_handle(torch.nn.Linear(4, 2), spec, ("y",)))
 
 
 # ---------------------------------------------------------------- check()

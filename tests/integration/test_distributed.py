@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 pytestmark = pytest.mark.distributed
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = ROOT
 
 CONFIG = """schema_version: 1
 model: {{weights: {weights}}}

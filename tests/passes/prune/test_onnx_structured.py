@@ -7,34 +7,18 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from tiny_models import ffn_model, save_graph
 from torch import nn
 
-from optimize.config import load_config_text
-from optimize.context import RunContext
 from optimize.export import export_to_onnx
 from optimize.handle import ModelHandle, TensorSpec
 from passes.prune import PruneConfig, PrunePass
 
 
-@pytest.fixture
-def ctx(tmp_path):
-    return RunContext(config=load_config_text("schema_version: 1\npasses: []\n"), work_dir=tmp_path)
-
-
 def run(handle, ctx, **options):
     return PrunePass(PruneConfig(method="structured", **options)).run(handle, ctx)
-
-
-def _save(nodes, inputs, outputs, inits, path):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    return path
 
 
 def _run_onnx(path, feeds):
@@ -44,36 +28,6 @@ def _run_onnx(path, feeds):
 def _weights(path):
     m = onnx.load(str(path))
     return {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}, m
-
-
-def ffn_model(path, dead):
-    """X → MatMul W1 → Add b1 → GELU (Erf form) → MatMul W2 → Add b2 → Add X (residual) → Y."""
-    rng = np.random.default_rng(0)
-    w1 = rng.standard_normal((8, 16)).astype(np.float32)
-    b1 = rng.standard_normal(16).astype(np.float32)
-    w1[:, dead] = 0
-    b1[dead] = 0  # dead neurons: GELU(0) = 0, they contribute nothing
-    inits = {
-        "W1": w1, "b1": b1, "W2": rng.standard_normal((16, 8)).astype(np.float32),
-        "b2": rng.standard_normal(8).astype(np.float32), "sqrt2": np.array(np.sqrt(2), np.float32),
-        "one": np.array(1, np.float32), "half": np.array(0.5, np.float32),
-    }
-    nodes = [
-        helper.make_node("MatMul", ["X", "W1"], ["h0"], name="fc1"),
-        helper.make_node("Add", ["h0", "b1"], ["h1"], name="bias1"),
-        helper.make_node("Div", ["h1", "sqrt2"], ["d"]),
-        helper.make_node("Erf", ["d"], ["e"]),
-        helper.make_node("Add", ["e", "one"], ["e1"]),
-        helper.make_node("Mul", ["half", "e1"], ["e2"]),
-        helper.make_node("Mul", ["h1", "e2"], ["g"]),
-        helper.make_node("MatMul", ["g", "W2"], ["o"], name="fc2"),
-        helper.make_node("Add", ["o", "b2"], ["o2"]),
-        helper.make_node("Add", ["X", "o2"], ["Y"], name="residual"),
-    ]
-    return _save(
-        nodes, [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 5, 8])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 5, 8])], inits, path,
-    ), inits
 
 
 def test_ffn_block_removes_dead_neurons_exactly(ctx, tmp_path):
@@ -122,7 +76,7 @@ def conv_model(path):
         helper.make_node("Flatten", ["p"], ["f"]),
         helper.make_node("Gemm", ["f", "Wo", "Bo"], ["Y"], name="head", transB=1),
     ]
-    return _save(
+    return save_graph(
         nodes, [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 3, 6, 6])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 5])], inits, path,
     ), inits
@@ -187,7 +141,7 @@ def test_gemm_chain_and_exported_torch_ffn(ctx, tmp_path):
 
 def test_nothing_prunable_is_reported(ctx, tmp_path):
     w = np.ones((4, 4), np.float32)
-    src = _save(
+    src = save_graph(
         [helper.make_node("MatMul", ["X", "W"], ["Y"], name="only")],
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 4])], {"W": w}, tmp_path / "one.onnx",

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from optimize.batch import Job, combine_exit_codes, load_manifest, run_batch, summary_lines
 from optimize.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = "schema_version: 1\npasses: []\nmeasure: {repeat: 3, warmup: 1, parity_samples: 8, single_thread: false}\n"
 
 

@@ -11,12 +11,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import cosine, make_ctx, onnx_handle
 from onnx import numpy_helper
+from tiny_models import export_module
 from torch import nn
 from typer.testing import CliRunner
 
 from optimize.config import load_config_text
-from optimize.context import RunContext
 from optimize.errors import ConfigError
 from optimize.export import finalized_module
 from optimize.handle import ModelHandle, TensorSpec
@@ -59,23 +60,6 @@ def net() -> Net:
     return m.eval()
 
 
-def export(module: nn.Module, path: Path) -> Path:
-    with torch.no_grad():
-        torch.onnx.export(module, (torch.randn(2, 3, 8, 8),), str(path), dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, opset_version=17)
-    return path
-
-
-def ctx_for(tmp_path: Path, sub: str = "work") -> RunContext:
-    ctx = RunContext(config=load_config_text(CFG), work_dir=tmp_path / sub)
-    ctx.inputs = list(INPUTS)
-    return ctx
-
-
-def onnx_handle(path: Path) -> ModelHandle:
-    return ModelHandle(form="onnx", inputs=list(INPUTS), outputs=["y"], onnx_path=path)
-
-
 def qdq_weights(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """weighted node → (int8 codes, scale, DequantizeLinear axis) of its QDQ weight."""
     model = onnx.load(str(path))
@@ -100,11 +84,6 @@ def run_ort(path: Path, x: np.ndarray, level: ort.GraphOptimizationLevel) -> np.
     so = ort.SessionOptions()
     so.graph_optimization_level = level
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 # ---------------------------------------------------------------------------- the projection
@@ -155,8 +134,8 @@ def test_straight_through_estimator_passes_the_gradient_unchanged():
 
 @pytest.mark.parametrize("bits", [1, 2])
 def test_ptq_stores_int8_codes_with_per_channel_scale_and_logical_bits(tmp_path, bits):
-    src = export(net(), tmp_path / "m.onnx")
-    res = QuantizePass(QuantizeConfig(bits=bits, calibration_samples=32)).run(onnx_handle(src), ctx_for(tmp_path))
+    src = export_module(net(), tmp_path / "m.onnx", (torch.randn(2, 3, 8, 8),))
+    res = QuantizePass(QuantizeConfig(bits=bits, calibration_samples=32)).run(onnx_handle(src, INPUTS), make_ctx(tmp_path / "work", CFG, inputs=INPUTS))
     out = res.model.onnx_path
     float_w = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(src)).graph.initializer}
 
@@ -201,19 +180,19 @@ def test_ptq_stores_int8_codes_with_per_channel_scale_and_logical_bits(tmp_path,
 
 
 def test_excluded_layer_stays_float_and_counts_32_bits(tmp_path):
-    src = export(net(), tmp_path / "m.onnx")
+    src = export_module(net(), tmp_path / "m.onnx", (torch.randn(2, 3, 8, 8),))
     gemm = next(n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Gemm")
     res = QuantizePass(QuantizeConfig(bits=2, calibration_samples=16, exclude_nodes=[gemm])).run(
-        onnx_handle(src), ctx_for(tmp_path))
+        onnx_handle(src, INPUTS), make_ctx(tmp_path / "work", CFG, inputs=INPUTS))
     stats = weight_stats(res.model.onnx_path)
     by_op = {t.op_type: (t.bits, t.logical_bits) for t in stats.tensors}
     assert by_op == {"Conv": (8, 2), "Gemm": (32, None), "MatMul": (8, 2)}
 
 
 def test_fallback_keeps_the_reported_layers_float_and_the_rest_ternary(tmp_path):
-    src = export(net(), tmp_path / "m.onnx")
+    src = export_module(net(), tmp_path / "m.onnx", (torch.randn(2, 3, 8, 8),))
     cfg = QuantizeConfig(bits=2, calibration_samples=16, parity_floor=0.99, fallback_max_layers=2)
-    res = QuantizePass(cfg).run(onnx_handle(src), ctx_for(tmp_path))
+    res = QuantizePass(cfg).run(onnx_handle(src, INPUTS), make_ctx(tmp_path / "work", CFG, inputs=INPUTS))
     kept = set(res.metrics["float_nodes"])
     assert kept and res.metrics["fallback_goal_met"]
     model = onnx.load(str(res.model.onnx_path))
@@ -226,8 +205,8 @@ def test_fallback_keeps_the_reported_layers_float_and_the_rest_ternary(tmp_path)
 
 
 def test_a_logical_bits_claim_the_values_do_not_support_is_ignored(tmp_path):
-    src = export(net(), tmp_path / "m.onnx")
-    res = QuantizePass(QuantizeConfig(calibration_samples=16)).run(onnx_handle(src), ctx_for(tmp_path))  # int8
+    src = export_module(net(), tmp_path / "m.onnx", (torch.randn(2, 3, 8, 8),))
+    res = QuantizePass(QuantizeConfig(calibration_samples=16)).run(onnx_handle(src, INPUTS), make_ctx(tmp_path / "work", CFG, inputs=INPUTS))  # int8
     model = onnx.load(str(res.model.onnx_path))
     names = [t.name for t in weight_stats(model).tensors]
     set_logical_bits(model, {name: 1 for name in names})  # int8 weights with many values: not 1-bit
@@ -241,7 +220,7 @@ def test_a_logical_bits_claim_the_values_do_not_support_is_ignored(tmp_path):
 
 
 def test_qat_trained_ternary_weights_survive_materialization_exactly(tmp_path):
-    ctx = ctx_for(tmp_path)
+    ctx = make_ctx(tmp_path / "work", CFG, inputs=INPUTS)
     qpass = QuantizePass(QuantizeConfig(bits=2, calibration_samples=16))
     res = qpass.run(ModelHandle(form="torch", module=net(), inputs=list(INPUTS), outputs=["y"]), ctx)
     assert res.metrics["weight_type"] == "ternary" and res.metrics["weight_grid_exact"]
@@ -259,7 +238,7 @@ def test_qat_trained_ternary_weights_survive_materialization_exactly(tmp_path):
     for layer in (fin.conv, fin.fc):
         rows = layer.weight.detach().reshape(layer.weight.shape[0], -1)
         assert all(len(set(r.tolist())) <= 3 for r in rows)
-    path = export(fin, tmp_path / "trained.onnx")
+    path = export_module(fin, tmp_path / "trained.onnx", (torch.randn(2, 3, 8, 8),))
     out = qpass.finalize(res.model.replace(form="onnx", module=None, onnx_path=path), ctx)
     assert out.metrics["stage"] == "materialize_qat" and out.metrics["logical_weight_bits"]["2"] > 0
     assert not any("collapses" in n for n in out.notes)
@@ -280,7 +259,7 @@ def test_report_quantization_ratio_uses_logical_bits_with_stored_ratio_beside(tm
     from optimize import pipeline
     from optimize.api import RunOptions, inspect_model
 
-    src = export(net(), tmp_path / "m.onnx")
+    src = export_module(net(), tmp_path / "m.onnx", (torch.randn(2, 3, 8, 8),))
     cfg = tmp_path / "p.yaml"
     cfg.write_text(f"schema_version: 1\npasses:\n  - type: quantize\n    bits: {bits}\n    calibration_samples: 16\n"
                    "    random_calibration: true\n" + FAST)
@@ -320,7 +299,7 @@ def test_bad_low_bit_options_are_config_errors(extra, message):
 def test_cli_bits_3_exits_2_with_one_line_and_writes_nothing(tmp_path):
     from cli.app import app
 
-    src = export(net(), tmp_path / "m.onnx")
+    src = export_module(net(), tmp_path / "m.onnx", (torch.randn(2, 3, 8, 8),))
     cfg = tmp_path / "p.yaml"
     cfg.write_text("schema_version: 1\npasses:\n  - type: quantize\n    bits: 3\n")
     out = tmp_path / "m.opt.onnx"

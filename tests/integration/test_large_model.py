@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import ROOT
 from onnx import TensorProto, helper
 from reliability_helpers import cli, write_config
 
@@ -226,7 +227,7 @@ def test_global_cut_drops_exactly_n_with_ties(tmp_path: Path) -> None:
 MEMORY_PROBE = r"""
 import sys, json
 from pathlib import Path
-sys.path.insert(0, sys.argv[3])
+sys.path[:0] = [sys.argv[3], str(Path(sys.argv[3]).parent)]  # this folder, then tests/ (helpers)
 def vm(key):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key + ":"))
 import test_large_model as t
@@ -256,7 +257,7 @@ def test_onnx_prune_count_and_write_hold_one_tensor_not_the_model(tmp_path: Path
 
     src = _mlp_with_external_data(tmp_path / "in", [(64, 65536), (65536, 64)] * 4)
     model_bytes = (src.parent / "m.onnx.data").stat().st_size
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     code = ("from optimize import onnx_io; onnx_io.EXTERNAL_DATA_THRESHOLD = 0\n"
             "from passes.prune import util; util.COMPRESS_LIMIT_BYTES = 0\n" + MEMORY_PROBE)
     proc = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path), str(Path(__file__).parent)],

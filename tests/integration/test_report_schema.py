@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from tiny_models import export_module, mlp_of
 from typer.testing import CliRunner
 
 from cli.app import app
@@ -26,16 +27,6 @@ FAST = "measure: {repeat: 5, warmup: 1, parity_samples: 16, batch: 4}\n"
 BITS = {"FLOAT": 32, "FLOAT16": 16, "INT8": 8, "UINT8": 8}
 
 
-def _mlp(path: Path) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)).eval()
-    torch.onnx.export(m, (torch.randn(2, 16),), str(path), input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
-    return path
-
-
 def _eval_npz(path: Path) -> Path:
     rng = np.random.default_rng(0)
     np.savez(path, x=rng.standard_normal((64, 16)).astype(np.float32), y=rng.integers(0, 3, 64))
@@ -45,7 +36,9 @@ def _eval_npz(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("schema")
-    _mlp(d / "mlp.onnx")
+    import torch
+
+    export_module(mlp_of(16, 32, 3), d / "mlp.onnx", (torch.randn(2, 16),))
     _eval_npz(d / "eval.npz")
     return d
 

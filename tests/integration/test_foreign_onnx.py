@@ -11,8 +11,8 @@ from pathlib import Path
 
 import onnx
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 

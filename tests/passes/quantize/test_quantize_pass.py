@@ -7,57 +7,25 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import cosine, make_ctx, onnx_handle, torch_handle
 from onnx import numpy_helper
+from tiny_models import export_module, mlp_of
 from torch import nn
 from torch.nn.utils import parametrize
 
 from optimize.config import load_config_text
-from optimize.context import PlanContext, RunContext
+from optimize.context import PlanContext
 from optimize.errors import ConfigError
 from optimize.export import finalized_module
-from optimize.handle import ModelHandle, TensorSpec
+from optimize.handle import TensorSpec
 from optimize.inspect_onnx import all_graphs, op_counts, weight_stats
 from passes.quantize import QuantizeConfig, QuantizePass
 from passes.quantize.grid import ort_fake_quantize
 
 
-@pytest.fixture
-def cfg():
-    return load_config_text("schema_version: 1\npasses: []\n")
-
-
-def make_ctx(cfg, tmp_path, inputs):
-    ctx = RunContext(config=cfg, work_dir=tmp_path / "work")
-    ctx.inputs = list(inputs)
-    return ctx
-
-
-def export(module, path, args, names, axes):
-    with torch.no_grad():
-        torch.onnx.export(
-            module, args, str(path), dynamo=False, input_names=names, output_names=["y"],
-            dynamic_axes={**axes, "y": {0: "batch"}}, opset_version=17,
-        )
-    return path
-
-
-def onnx_handle(path, inputs):
-    return ModelHandle(form="onnx", inputs=list(inputs), outputs=["y"], onnx_path=path)
-
-
 def run_onnx(path, feed):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, feed)[0]
-
-
-def cosine(a, b) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 4)).eval()
 
 
 class SmallCNN(nn.Module):
@@ -142,8 +110,8 @@ def dequantized_weights(path) -> list[np.ndarray]:
 
 def test_dynamic_mlp_int8_weights_and_parity(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
-    path = export(mlp(), tmp_path / "mlp.onnx", (torch.randn(2, 16),), ["x"], {"x": {0: "batch"}})
-    ctx = make_ctx(cfg, tmp_path, inputs)
+    path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
+    ctx = make_ctx(tmp_path / "work", cfg, inputs=inputs)
     res = QuantizePass(QuantizeConfig(mode="dynamic")).run(onnx_handle(path, inputs), ctx)
 
     out = res.model.onnx_path
@@ -162,9 +130,9 @@ def test_dynamic_mlp_int8_weights_and_parity(cfg, tmp_path):
 
 def test_dynamic_uint8_weights_per_tensor(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
-    path = export(mlp(), tmp_path / "mlp.onnx", (torch.randn(2, 16),), ["x"], {"x": {0: "batch"}})
+    path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
     res = QuantizePass(QuantizeConfig(mode="dynamic", weight_type="uint8", per_channel=False)).run(
-        onnx_handle(path, inputs), make_ctx(cfg, tmp_path, inputs)
+        onnx_handle(path, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs)
     )
     assert {t.dtype for t in weight_stats(res.model.onnx_path).tensors} == {"uint8"}
 
@@ -172,7 +140,7 @@ def test_dynamic_uint8_weights_per_tensor(cfg, tmp_path):
 def test_dynamic_if_subgraph_is_quantized_and_runs(cfg, tmp_path, subgraph_model):
     inputs = [TensorSpec("X", ("N", 4)), TensorSpec("cond", (), "bool")]
     res = QuantizePass(QuantizeConfig(mode="dynamic")).run(
-        onnx_handle(subgraph_model.path, inputs), make_ctx(cfg, tmp_path, inputs)
+        onnx_handle(subgraph_model.path, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs)
     )
     model = onnx.load(str(res.model.onnx_path))
     sub_ops = [n.op_type for g in list(all_graphs(model.graph))[1:] for n in g.node]
@@ -189,9 +157,9 @@ def test_dynamic_multi_input_int64_model(cfg, tmp_path):
     torch.manual_seed(0)
     model = TokenModel().eval()
     ids, mask = torch.randint(0, 50, (2, 5)), torch.ones(2, 5, dtype=torch.int64)
-    path = export(model, tmp_path / "tok.onnx", (ids, mask), ["ids", "mask"], TOKEN_AXES)
+    path = export_module(model, tmp_path / "tok.onnx", (ids, mask), ["ids", "mask"], TOKEN_AXES)
     res = QuantizePass(QuantizeConfig(mode="dynamic")).run(
-        onnx_handle(path, TOKEN_INPUTS), make_ctx(cfg, tmp_path, TOKEN_INPUTS)
+        onnx_handle(path, TOKEN_INPUTS), make_ctx(tmp_path / "work", cfg, inputs=TOKEN_INPUTS)
     )
     stats = weight_stats(res.model.onnx_path)
     assert {t.op_type for t in stats.tensors} == {"Gather", "MatMulInteger"}
@@ -207,8 +175,8 @@ def test_dynamic_multi_input_int64_model(cfg, tmp_path):
 
 def test_static_qdq_cnn_calibrated_on_random_inputs(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 3, 8, 8))]
-    path = export(small_cnn(), tmp_path / "cnn.onnx", (torch.randn(2, 3, 8, 8),), ["x"], {"x": {0: "batch"}})
-    ctx = make_ctx(cfg, tmp_path, inputs)
+    path = export_module(small_cnn(), tmp_path / "cnn.onnx", (torch.randn(2, 3, 8, 8),))
+    ctx = make_ctx(tmp_path / "work", cfg, inputs=inputs)
     res = QuantizePass(QuantizeConfig(mode="static", calibration_samples=40)).run(onnx_handle(path, inputs), ctx)
 
     counts = op_counts(res.model.onnx_path)
@@ -229,9 +197,9 @@ def test_static_qdq_cnn_calibrated_on_random_inputs(cfg, tmp_path):
 
 def test_static_qoperator_gives_qlinearconv(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 3, 8, 8))]
-    path = export(small_cnn(), tmp_path / "cnn.onnx", (torch.randn(2, 3, 8, 8),), ["x"], {"x": {0: "batch"}})
+    path = export_module(small_cnn(), tmp_path / "cnn.onnx", (torch.randn(2, 3, 8, 8),))
     res = QuantizePass(QuantizeConfig(mode="static", format="qoperator", calibration_samples=8)).run(
-        onnx_handle(path, inputs), make_ctx(cfg, tmp_path, inputs)
+        onnx_handle(path, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs)
     )
     assert res.metrics["integer_ops"].get("QLinearConv") == 2
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
@@ -241,9 +209,9 @@ def test_static_qoperator_gives_qlinearconv(cfg, tmp_path):
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_static_histogram_calibration_runs_in_chunks(cfg, tmp_path, method):
     inputs = [TensorSpec("x", ("batch", 3, 8, 8))]
-    path = export(small_cnn(), tmp_path / "cnn.onnx", (torch.randn(2, 3, 8, 8),), ["x"], {"x": {0: "batch"}})
+    path = export_module(small_cnn(), tmp_path / "cnn.onnx", (torch.randn(2, 3, 8, 8),))
     res = QuantizePass(QuantizeConfig(mode="static", calibration=method, calibration_samples=32)).run(
-        onnx_handle(path, inputs), make_ctx(cfg, tmp_path, inputs)
+        onnx_handle(path, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs)
     )
     assert res.metrics["calibration"] == method and res.metrics["calibration_batches"] == 2
     assert res.metrics["integer_ops"].get("QuantizeLinear", 0) > 0
@@ -252,9 +220,9 @@ def test_static_histogram_calibration_runs_in_chunks(cfg, tmp_path, method):
 def test_static_multi_input_calibration_feeds_every_input(cfg, tmp_path):
     torch.manual_seed(0)
     ids, mask = torch.randint(0, 50, (2, 5)), torch.ones(2, 5, dtype=torch.int64)
-    path = export(TokenModel().eval(), tmp_path / "tok.onnx", (ids, mask), ["ids", "mask"], TOKEN_AXES)
+    path = export_module(TokenModel().eval(), tmp_path / "tok.onnx", (ids, mask), ["ids", "mask"], TOKEN_AXES)
     res = QuantizePass(QuantizeConfig(mode="static", calibration_samples=20)).run(
-        onnx_handle(path, TOKEN_INPUTS), make_ctx(cfg, tmp_path, TOKEN_INPUTS)
+        onnx_handle(path, TOKEN_INPUTS), make_ctx(tmp_path / "work", cfg, inputs=TOKEN_INPUTS)
     )
     assert res.metrics["calibration_samples"] == 20
     feed = {"ids": np.array([[1, 2, 3]], np.int64), "mask": np.array([[1, 1, 0]], np.int64)}
@@ -263,11 +231,11 @@ def test_static_multi_input_calibration_feeds_every_input(cfg, tmp_path):
 
 def test_static_fixed_batch_model_is_fed_its_batch(cfg, tmp_path):
     inputs = [TensorSpec("x", (1, 16), batch_fixed=True)]
-    model = mlp()
+    model = mlp_of(16, 32, 24, 4)
     with torch.no_grad():
         torch.onnx.export(model, (torch.randn(1, 16),), str(tmp_path / "fixed.onnx"), dynamo=False,
                           input_names=["x"], output_names=["y"], opset_version=17)
-    ctx = make_ctx(cfg, tmp_path, inputs)
+    ctx = make_ctx(tmp_path / "work", cfg, inputs=inputs)
     from optimize.data import Dataset
 
     ctx._data["calibration"] = Dataset({"x": np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)},
@@ -298,8 +266,8 @@ def test_calibration_reports_progress_and_survives_preprocess_failure(cfg, tmp_p
 
     monkeypatch.setattr(shape_inference, "quant_pre_process", broken)
     inputs = [TensorSpec("x", ("batch", 16))]
-    path = export(mlp(), tmp_path / "mlp.onnx", (torch.randn(2, 16),), ["x"], {"x": {0: "batch"}})
-    ctx = make_ctx(cfg, tmp_path, inputs)
+    path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
+    ctx = make_ctx(tmp_path / "work", cfg, inputs=inputs)
     ctx.progress = RecordingProgress()
     res = QuantizePass(QuantizeConfig(mode="static", calibration_samples=48)).run(onnx_handle(path, inputs), ctx)
 
@@ -314,9 +282,9 @@ def test_calibration_reports_progress_and_survives_preprocess_failure(cfg, tmp_p
 
 def test_no_integer_ops_is_noted(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
-    path = export(mlp(), tmp_path / "mlp.onnx", (torch.randn(2, 16),), ["x"], {"x": {0: "batch"}})
+    path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
     res = QuantizePass(QuantizeConfig(mode="dynamic", op_types=["Conv"])).run(
-        onnx_handle(path, inputs), make_ctx(cfg, tmp_path, inputs)
+        onnx_handle(path, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs)
     )
     assert res.metrics["integer_ops"] == {} and res.metrics["weights_quantized"] == 0
     assert any("no integer ops" in n for n in res.notes)
@@ -324,10 +292,10 @@ def test_no_integer_ops_is_noted(cfg, tmp_path):
 
 def test_exclude_nodes_keeps_them_float(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
-    path = export(mlp(), tmp_path / "mlp.onnx", (torch.randn(2, 16),), ["x"], {"x": {0: "batch"}})
+    path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
     first = onnx.load(str(path)).graph.node[0].name
     res = QuantizePass(QuantizeConfig(mode="dynamic", exclude_nodes=[first])).run(
-        onnx_handle(path, inputs), make_ctx(cfg, tmp_path, inputs)
+        onnx_handle(path, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs)
     )
     assert res.metrics["weights_quantized"] == 2 and res.metrics["weight_tensors"] == 3
 
@@ -381,10 +349,6 @@ def test_check_rejects_int8_activations_with_uint8_weights(cfg):
 # ---------------------------------------------------------------------------- QAT (torch form)
 
 
-def torch_handle(module, inputs):
-    return ModelHandle(form="torch", inputs=list(inputs), outputs=["y"], module=module)
-
-
 def ort_scale(w: torch.Tensor) -> torch.Tensor:
     """ONNX Runtime's symmetric int8 per-channel scale: max|w| * 2 / 254 in float64, stored float32."""
     absmax = w.detach().float().reshape(w.shape[0], -1).abs().amax(dim=1)
@@ -396,7 +360,7 @@ def test_qat_weights_on_int8_grid_grads_flow_hooks_removed(cfg, tmp_path):
     model = small_cnn()
     # reduce_range off: the exact int8 grid is the point (auto would pick 7 bits on a CPU without VNNI)
     res = QuantizePass(QuantizeConfig(mode="static", reduce_range=False)).run(
-        torch_handle(model, inputs), make_ctx(cfg, tmp_path, inputs)
+        torch_handle(model, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs)
     )
     qat = res.model.module
     assert res.model.form == "torch" and qat is not model
@@ -438,11 +402,11 @@ def test_qat_stacks_on_pruning_mask(cfg, tmp_path):
         def forward(self, w):
             return w * self.mask
 
-    model = mlp()
+    model = mlp_of(16, 32, 24, 4)
     mask = (torch.rand_like(model[0].weight) > 0.5).float()
     parametrize.register_parametrization(model[0], "weight", Mask(mask))
     inputs = [TensorSpec("x", ("batch", 16))]
-    res = QuantizePass(QuantizeConfig(mode="dynamic")).run(torch_handle(model, inputs), make_ctx(cfg, tmp_path, inputs))
+    res = QuantizePass(QuantizeConfig(mode="dynamic")).run(torch_handle(model, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs))
     layer = res.model.module[0]
     assert [type(p).__name__ for p in layer.parametrizations.weight] == ["Mask", "WeightFakeQuant"]
     w = finalized_module(res.model.module)[0].weight
@@ -478,7 +442,7 @@ def test_qat_folds_batchnorm_under_a_pruning_mask(cfg, tmp_path):
     parametrize.register_parametrization(model.body[0], "weight", Mask(mask))
     model.eval()
     inputs = [TensorSpec("x", ("batch", 3, 6, 6))]
-    res = QuantizePass(QuantizeConfig(mode="dynamic")).run(torch_handle(model, inputs), make_ctx(cfg, tmp_path, inputs))
+    res = QuantizePass(QuantizeConfig(mode="dynamic")).run(torch_handle(model, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs))
     assert res.metrics["batchnorm_folded"] == 1 and isinstance(res.model.module.body[1], nn.Identity)
     x = torch.randn(32, 3, 6, 6)
     fin = finalized_module(res.model.module)
@@ -490,7 +454,7 @@ def test_qat_module_deep_copies(cfg, tmp_path):
     import copy
 
     inputs = [TensorSpec("x", ("batch", 16))]
-    res = QuantizePass(QuantizeConfig()).run(torch_handle(mlp(), inputs), make_ctx(cfg, tmp_path, inputs))
+    res = QuantizePass(QuantizeConfig()).run(torch_handle(mlp_of(16, 32, 24, 4), inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs))
     qat = res.model.module.train()
     qat(torch.randn(8, 16))  # observers hold state
     again = copy.deepcopy(qat)
@@ -500,7 +464,7 @@ def test_qat_module_deep_copies(cfg, tmp_path):
 
 def test_activation_observer_updates_only_in_training(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
-    res = QuantizePass(QuantizeConfig(mode="static")).run(torch_handle(mlp(), inputs), make_ctx(cfg, tmp_path, inputs))
+    res = QuantizePass(QuantizeConfig(mode="static")).run(torch_handle(mlp_of(16, 32, 24, 4), inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs))
     qat = res.model.module
     (hook,) = qat[0]._forward_pre_hooks.values()
     assert hook.training_only and hook.min_val is None
@@ -534,7 +498,7 @@ def test_activation_observer_updates_only_in_training(cfg, tmp_path):
 def test_qat_then_finalize_reproduces_trained_weights(cfg, tmp_path, options):
     """The integer weights ONNX Runtime materializes after QAT are exactly the trained fake-quant ones."""
     inputs = [TensorSpec("x", ("batch", 3, 8, 8))]
-    ctx = make_ctx(cfg, tmp_path, inputs)
+    ctx = make_ctx(tmp_path / "work", cfg, inputs=inputs)
     qpass = QuantizePass(QuantizeConfig(calibration_samples=16, **options))
     res = qpass.run(torch_handle(small_cnn(), inputs), ctx)
     assert res.metrics["weight_grid_exact"]
@@ -547,7 +511,7 @@ def test_qat_then_finalize_reproduces_trained_weights(cfg, tmp_path, options):
         opt.step()
 
     fin = finalized_module(qat)
-    path = export(fin, tmp_path / "float.onnx", (torch.randn(2, 3, 8, 8),), ["x"], {"x": {0: "batch"}})
+    path = export_module(fin, tmp_path / "float.onnx", (torch.randn(2, 3, 8, 8),))
     exported = res.model.replace(form="onnx", module=None, onnx_path=path)
     out = qpass.finalize(exported, ctx)
     assert out.model.pending == [] and out.metrics["stage"] == "materialize_qat"

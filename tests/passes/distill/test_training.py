@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import distill_ctx, torch_handle
 
 from optimize.config import load_config_text
 from optimize.context import RunContext
@@ -17,10 +18,6 @@ from optimize.handle import ModelHandle, TensorSpec
 from passes.distill import DistillConfig, DistillPass, lr_at
 
 SPEC = [TensorSpec("x", ("batch", 6))]
-
-
-def handle(module) -> ModelHandle:
-    return ModelHandle(form="torch", inputs=list(SPEC), outputs=["y"], module=module)
 
 
 def models(seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -41,17 +38,8 @@ def labelled_data(tmp_path: Path, teacher: torch.nn.Module) -> str:
     return f"data: {{train: {{source: {str(tmp_path / 'train.npz')!r}}}, eval: {{source: {str(tmp_path / 'eval.npz')!r}}}, batch_size: 32}}\n"
 
 
-def make_ctx(tmp_path: Path, teacher, body: str, progress=None, resume: bool = False) -> RunContext:
-    cfg = load_config_text("schema_version: 1\n" + body)
-    ctx = RunContext(config=cfg, work_dir=tmp_path, input_model=handle(teacher), threads=1, base_dir=tmp_path, resume=resume)
-    ctx.inputs = list(SPEC)
-    if progress is not None:
-        ctx.progress = progress
-    return ctx
-
-
 def distill(ctx: RunContext, student):
-    return DistillPass(ctx.config.passes[0]).run(handle(student), ctx)
+    return DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx)
 
 
 def test_learning_rate_warms_up_then_follows_the_schedule() -> None:
@@ -69,7 +57,7 @@ def test_learning_rate_warms_up_then_follows_the_schedule() -> None:
 def test_gradient_clipping_is_applied_and_counted(tmp_path: Path) -> None:
     teacher, student = models()
     body = "passes: [{type: distill, epochs: 2, random_samples: 64, grad_clip: 0.001}]\n"
-    m = distill(make_ctx(tmp_path, teacher, body), student).metrics
+    m = distill(distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path), student).metrics
     assert m["clipped_steps"] == m["steps"] == 2  # every step's norm was above 0.001
 
 
@@ -78,7 +66,7 @@ def test_early_stopping_ends_training_when_the_eval_metric_stalls(tmp_path: Path
     body = labelled_data(tmp_path, teacher) + (
         "passes: [{type: distill, epochs: 10, lr: 1.0e-9, lr_schedule: constant, early_stopping_patience: 2, min_delta: 0.5}]\n"
     )
-    m = distill(make_ctx(tmp_path, teacher, body), student).metrics
+    m = distill(distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path), student).metrics
     # lr ~0: the metric cannot improve by 0.5 points, so epochs 2 and 3 count as stalled
     assert m["stopped_early"] is True and m["epochs_run"] == 3 and m["best_epoch"] == 1
     assert len(m["eval_metric_per_epoch"]) == 3 and m["steps"] == 3 * 8
@@ -90,7 +78,7 @@ def test_keep_best_returns_the_best_epochs_weights(tmp_path: Path) -> None:
     body = labelled_data(tmp_path, teacher) + (
         "passes: [{type: distill, epochs: 6, lr: 0.3, optimizer: sgd, lr_schedule: constant, keep_best: true}]\n"
     )
-    result = distill(make_ctx(tmp_path, teacher, body), student)
+    result = distill(distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path), student)
     m = result.metrics
     scores = m["eval_metric_per_epoch"]
     assert len(scores) == 6 and m["best_epoch"] == 1 + int(np.argmax(scores))
@@ -120,16 +108,16 @@ class StopAfter:
 def test_resume_after_an_interrupted_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
     teacher, student = models()
     body = "passes: [{type: distill, epochs: 3, lr: 0.01, batch_size: 32, random_samples: 256, checkpoint_every: 5, checkpoint_dir: ck}]\n"
-    full = distill(make_ctx(tmp_path / "a", teacher, body), student)
+    full = distill(distill_ctx(tmp_path / "a", torch_handle(teacher, SPEC), body, base_dir=tmp_path / "a"), student)
 
     # interrupted after epoch 2 (step 16); the last checkpoint is step 15, in the middle of epoch 2
-    ctx = make_ctx(tmp_path / "b", teacher, body, progress=StopAfter(2))
+    ctx = distill_ctx(tmp_path / "b", torch_handle(teacher, SPEC), body, base_dir=tmp_path / "b", progress=StopAfter(2))
     with pytest.raises(KeyboardInterrupt):
         distill(ctx, student)
     files = sorted(p.name for p in (tmp_path / "b" / "ck").iterdir())
     assert files == ["step-00000010.safetensors", "step-00000015.safetensors"]  # the newest two
 
-    resumed = distill(make_ctx(tmp_path / "b", teacher, body, resume=True), student)
+    resumed = distill(distill_ctx(tmp_path / "b", torch_handle(teacher, SPEC), body, base_dir=tmp_path / "b", resume=True), student)
     assert resumed.metrics["resumed_from"].endswith("step-00000015.safetensors")
     assert resumed.metrics["steps"] == full.metrics["steps"] == 24
     a, b = full.model.module.state_dict(), resumed.model.module.state_dict()
@@ -139,10 +127,10 @@ def test_resume_after_an_interrupted_run_matches_an_uninterrupted_one(tmp_path: 
     # a checkpoint from another configuration is refused (exit 2), not silently mixed in
     other = body.replace("lr: 0.01", "lr: 0.02")
     with pytest.raises(ConfigError, match="different run configuration") as info:
-        distill(make_ctx(tmp_path / "b", teacher, other, resume=True), student)
+        distill(distill_ctx(tmp_path / "b", torch_handle(teacher, SPEC), other, base_dir=tmp_path / "b", resume=True), student)
     assert info.value.exit_code == 2
     # --resume without any checkpoint trains from the start, and says so
-    fresh = distill(make_ctx(tmp_path / "c", teacher, body, resume=True), student)
+    fresh = distill(distill_ctx(tmp_path / "c", torch_handle(teacher, SPEC), body, base_dir=tmp_path / "c", resume=True), student)
     assert any("no checkpoint" in n for n in fresh.notes)
 
 
@@ -151,7 +139,7 @@ def test_loader_workers_give_the_same_result_as_loading_in_process(tmp_path: Pat
     runs = []
     for workers in (0, 2):
         body = f"passes: [{{type: distill, epochs: 2, lr: 0.01, random_samples: 128, num_workers: {workers}}}]\n"
-        runs.append(distill(make_ctx(tmp_path, teacher, body), student).model.module.state_dict())
+        runs.append(distill(distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path), student).model.module.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from optimize import frameworks
 from optimize.config import load_config_text
@@ -20,7 +21,6 @@ from optimize.frameworks.embedding import embedding_cosines
 from optimize.frameworks.text_data import TokenizerInfo, _read_texts
 from optimize.loaders import load_model
 
-ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = "schema_version: 1\npasses:\n  - type: quantize\n    mode: dynamic\n"
 
 

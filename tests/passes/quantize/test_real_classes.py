@@ -11,35 +11,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import cosine, make_ctx, onnx_handle
 from onnx import TensorProto, helper, numpy_helper
 
-from optimize.config import load_config_text
-from optimize.context import RunContext
 from optimize.errors import PassError
-from optimize.handle import ModelHandle, TensorSpec
+from optimize.handle import TensorSpec
 from optimize.inspect_onnx import all_graphs, op_counts, weight_stats
 from passes.quantize import QuantizeConfig, QuantizePass
 
 RNG = np.random.default_rng(3)
 
 
-def make_ctx(tmp_path, inputs, text="schema_version: 1\npasses: []\n"):
-    ctx = RunContext(config=load_config_text(text), work_dir=tmp_path / "work")
-    ctx.inputs = list(inputs)
-    return ctx
-
-
-def handle(path, inputs):
-    return ModelHandle(form="onnx", inputs=list(inputs), outputs=["y"], onnx_path=path)
-
-
 def run(path, feed):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
-
-
-def cosine(a, b):
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def const(name, arr):
@@ -122,7 +106,7 @@ CNN_INPUTS = [TensorSpec("x", ("N", 3, 16, 16))]
 def test_constant_node_weights_on_opset_11_become_a_loadable_per_channel_qdq_model(tmp_path):
     src = constant_weight_cnn(tmp_path / "cnn.onnx")
     res = QuantizePass(QuantizeConfig(mode="static", per_channel=True, calibration_samples=32)).run(
-        handle(src, CNN_INPUTS), make_ctx(tmp_path, CNN_INPUTS))
+        onnx_handle(src, CNN_INPUTS), make_ctx(tmp_path / "work", inputs=CNN_INPUTS))
     out = res.model.onnx_path
     assert res.metrics["prepare"]["constants_lifted"] >= 4
     assert res.metrics["prepare"]["opset_converted"] == "11 -> 13"
@@ -139,8 +123,8 @@ def test_constant_node_weights_on_opset_11_become_a_loadable_per_channel_qdq_mod
 def test_dynamic_quantizes_if_bodies_that_read_outer_scope_weights(tmp_path):
     src = outer_scope_if_model(tmp_path / "if.onnx")
     inputs = [TensorSpec("x", ("N", 16)), TensorSpec("flag", (), "bool")]
-    res = QuantizePass(QuantizeConfig(mode="dynamic", reduce_range=True)).run(handle(src, inputs),
-                                                                               make_ctx(tmp_path, inputs))
+    res = QuantizePass(QuantizeConfig(mode="dynamic", reduce_range=True)).run(onnx_handle(src, inputs),
+                                                                               make_ctx(tmp_path / "work", inputs=inputs))
     out = res.model.onnx_path
     assert res.metrics["prepare"]["outer_scope_weights_localized"] == 2
     body_ops = [n.op_type for g in list(all_graphs(onnx.load(str(out)).graph))[1:] for n in g.node]
@@ -157,7 +141,7 @@ def test_a_scalar_input_is_fed_whole_to_calibration_and_parity(tmp_path, mode):
     inputs = [TensorSpec("x", ("N", 16)), TensorSpec("sr", (), "int64", low=16000, high=16001)]
     text = "schema_version: 1\ngates: {min_parity_cosine: 0.9}\npasses: []\n"
     res = QuantizePass(QuantizeConfig(mode=mode, calibration_samples=40)).run(
-        handle(src, inputs), make_ctx(tmp_path, inputs, text))
+        onnx_handle(src, inputs), make_ctx(tmp_path / "work", text, inputs=inputs))
     if mode == "static":
         assert res.metrics["calibration_samples"] == 40 and res.metrics["calibration_batches"] == 3
     assert res.metrics["parity_all_quantized"]["min_cosine"] > 0.9
@@ -173,7 +157,7 @@ def test_the_quantizers_temporary_files_stay_out_of_the_working_directory(tmp_pa
     user_dir.mkdir()
     monkeypatch.chdir(user_dir)
     QuantizePass(QuantizeConfig(mode="static", calibration_samples=16)).run(
-        handle(src, CNN_INPUTS), make_ctx(tmp_path, CNN_INPUTS))
+        onnx_handle(src, CNN_INPUTS), make_ctx(tmp_path / "work", inputs=CNN_INPUTS))
     real = oq.quantize_dynamic
 
     def littering(model_input, model_output, **kwargs):  # what ONNX Runtime leaves when it fails
@@ -183,8 +167,8 @@ def test_the_quantizers_temporary_files_stay_out_of_the_working_directory(tmp_pa
 
     monkeypatch.setattr(oq, "quantize_dynamic", littering)
     with pytest.raises(PassError, match="shape inference failed"):
-        QuantizePass(QuantizeConfig(mode="dynamic")).run(handle(src, CNN_INPUTS),
-                                                         make_ctx(tmp_path / "b", CNN_INPUTS))
+        QuantizePass(QuantizeConfig(mode="dynamic")).run(onnx_handle(src, CNN_INPUTS),
+                                                         make_ctx(tmp_path / "b" / "work", inputs=CNN_INPUTS))
     monkeypatch.setattr(oq, "quantize_dynamic", real)
     assert os.listdir(user_dir) == []
     assert os.getcwd() == str(user_dir)
@@ -202,7 +186,7 @@ def test_a_node_the_quantizer_fails_on_is_kept_in_float_and_named(tmp_path, monk
         return real(model_input, model_output, **kwargs)
 
     monkeypatch.setattr(oq, "quantize_dynamic", fails_on_conv2)
-    res = QuantizePass(QuantizeConfig(mode="dynamic")).run(handle(src, CNN_INPUTS), make_ctx(tmp_path, CNN_INPUTS))
+    res = QuantizePass(QuantizeConfig(mode="dynamic")).run(onnx_handle(src, CNN_INPUTS), make_ctx(tmp_path / "work", inputs=CNN_INPUTS))
     assert res.metrics["repair_float_nodes"] == ["conv2"]
     assert any("conv2" in n and "Expected conv2.w to be an initializer" in n for n in res.notes)
     assert op_counts(res.model.onnx_path).get("ConvInteger") == 1  # conv1 still quantized
@@ -219,7 +203,7 @@ def test_format_auto_rejects_a_candidate_that_cannot_be_built_and_carries_on(tmp
 
     monkeypatch.setattr(oq, "quantize_static", broken)
     res = QuantizePass(QuantizeConfig(format="auto", calibration_samples=16, random_calibration=True)).run(
-        handle(src, inputs), make_ctx(tmp_path, inputs))
+        onnx_handle(src, inputs), make_ctx(tmp_path / "work", inputs=inputs))
     rows = {r["name"]: r for r in res.metrics["candidates"]}
     static = next(r for n, r in rows.items() if n.startswith("int8 static"))
     assert static["failed"] and "the quantizer crashed" in static["reason"] and not static["passed"]
@@ -258,7 +242,7 @@ def test_a_reference_model_that_cannot_run_on_random_probes_asks_for_realistic_i
     src = save(graph, tmp_path / "rows.onnx", 17)
     inputs = [TensorSpec("x", ("N", 16)), TensorSpec("rows", (), "int64", low=5, high=6)]  # 5 never divides N*8
     with pytest.raises(DataError, match="does not run on the probe inputs.*give realistic inputs"):
-        QuantizePass(QuantizeConfig(format="auto", mode="dynamic")).run(handle(src, inputs), make_ctx(tmp_path, inputs))
+        QuantizePass(QuantizeConfig(format="auto", mode="dynamic")).run(onnx_handle(src, inputs), make_ctx(tmp_path / "work", inputs=inputs))
 
 
 def test_a_detection_heads_post_processing_stays_float_in_static_qdq(tmp_path):
@@ -286,7 +270,7 @@ def test_a_detection_heads_post_processing_stays_float_in_static_qdq(tmp_path):
     worst = {}
     for tail in (True, False):
         res = QuantizePass(QuantizeConfig(mode="static", random_calibration=True, float_tail=tail)).run(
-            handle(src, inputs), make_ctx(tmp_path / str(tail), inputs))
+            onnx_handle(src, inputs), make_ctx(tmp_path / str(tail) / "work", inputs=inputs))
         worst[tail] = float(np.abs(run(res.model.onnx_path, {"x": x})[:, 4:] - ref).max())
         if tail:
             assert res.metrics["float_tail_nodes"] >= 2  # cls_sigmoid, head_concat (the Mul may fold into its Conv)

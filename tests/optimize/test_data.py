@@ -155,7 +155,7 @@ def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
 
 def test_unsupported_source(tmp_path: Path) -> None:
     assert "expected 'builtin:NAME'" in str(data_error(src("data.parquet"), IMG, tmp_path))
-    # .csv is a supported source now (tests/test_data_sources.py): a missing one is "file not found"
+    # .csv is a supported source now (tests/optimize/test_data_sources.py): a missing one is "file not found"
     assert "file not found" in str(data_error(src("data.csv"), IMG, tmp_path))
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from optimize.config import apply_override, dump_config, json_schema, load_config, load_config_text
 from optimize.errors import ConfigError
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 BASE = """\
 schema_version: 1
@@ -81,7 +82,7 @@ def test_shipped_configs_exist() -> None:
 
 
 def test_default_config_is_prune_quantize_distill() -> None:
-    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "default.yaml")
+    cfg = load_config(ROOT / "configs" / "default.yaml")
     assert [p.type for p in cfg.passes] == ["prune", "quantize", "distill"]
 
 

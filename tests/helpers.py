@@ -1,0 +1,67 @@
+"""Helpers shared by test modules in any folder (`from helpers import ...`: tests/ is on sys.path
+because tests/conftest.py lives there). Tiny model builders live in tiny_models.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optimize.config import load_config_text
+from optimize.context import RunContext
+from optimize.handle import ModelHandle
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent  # the repository root, wherever the importing test module sits
+
+EMPTY_CONFIG = "schema_version: 1\npasses: []\n"
+
+
+def make_ctx(work_dir: Path, config: Any = EMPTY_CONFIG, *, inputs: Any = None, **fields: Any) -> RunContext:
+    """A RunContext for calling one pass directly. `config`: YAML text or a loaded config;
+    `inputs`: the TensorSpecs the pass feeds (default: those of `input_model`); other fields go to
+    RunContext (threads, input_model, base_dir, resume, progress); None leaves a field's default."""
+    cfg = load_config_text(config) if isinstance(config, str) else config
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if inputs is None and "input_model" in fields:
+        inputs = fields["input_model"].inputs
+    return RunContext(config=cfg, work_dir=work_dir, inputs=list(inputs or []), **fields)
+
+
+def distill_ctx(work_dir: Path, teacher: ModelHandle, body: str, **fields: Any) -> RunContext:
+    """make_ctx for a distill pass: `body` is the pipeline YAML after `schema_version`, `teacher`
+    the pipeline's input model; one thread, so the training is deterministic."""
+    return make_ctx(work_dir, "schema_version: 1\n" + body, input_model=teacher, threads=1, **fields)
+
+
+def run_first_pass(ctx: RunContext, model: ModelHandle) -> Any:
+    """Run the first pass of `ctx.config` on `model` (its class found by name, as the pipeline does)."""
+    from optimize import registry
+
+    pcfg = ctx.config.passes[0]
+    return registry.get(pcfg.type)(pcfg).run(model, ctx)
+
+
+def onnx_handle(path: Path, inputs: Any, outputs: Any = ("y",)) -> ModelHandle:
+    return ModelHandle(form="onnx", inputs=list(inputs), outputs=list(outputs), onnx_path=path)
+
+
+def torch_handle(module: Any, inputs: Any, outputs: Any = ("y",)) -> ModelHandle:
+    return ModelHandle(form="torch", inputs=list(inputs), outputs=list(outputs), module=module)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two outputs, flattened, in float64."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def digits_teacher(weights: Path) -> Any:
+    """The built-in digits CNN with the given weights, in eval mode (the distillation teacher)."""
+    from optimize import example
+    from optimize.loaders import load_weights
+
+    m = example.digits_cnn()
+    load_weights(m, weights)
+    return m.eval()

@@ -1,0 +1,54 @@
+"""passes.graph: ONNX Runtime's basic graph optimizations saved offline: constants folded into one
+initializer, the input file untouched, the outputs unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from helpers import make_ctx, onnx_handle
+from onnx import TensorProto, helper, numpy_helper
+
+from optimize.handle import TensorSpec
+from passes.graph import GraphConfig, GraphPass
+
+INPUTS = [TensorSpec("x", ("batch", 4))]
+
+
+def foldable_model(path):
+    """y = x + (c1 + c2): the inner Add reads only constants, so basic optimization folds it."""
+    c1, c2 = np.arange(4, dtype=np.float32), np.full(4, 0.5, np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["c1", "c2"], ["c"]), helper.make_node("Add", ["x", "c"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(c1, "c1"), numpy_helper.from_array(c2, "c2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def run(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_constants_are_folded_and_the_outputs_do_not_change(tmp_path):
+    src = foldable_model(tmp_path / "in.onnx")
+    before = src.read_bytes()
+    res = GraphPass(GraphConfig()).run(onnx_handle(src, INPUTS), make_ctx(tmp_path / "work", inputs=INPUTS))
+    out = res.model.onnx_path
+    assert out != src and out.is_relative_to(tmp_path / "work") and src.read_bytes() == before
+    assert res.metrics == {"level": "basic", "nodes_before": 2, "nodes_after": 1}
+    assert [n.op_type for n in onnx.load(str(out)).graph.node] == ["Add"]
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(run(out, x), run(src, x))
+
+
+def test_an_mlp_keeps_its_outputs(tmp_path, mlp_onnx):
+    inputs = [TensorSpec("x", ("batch", 8))]
+    res = GraphPass(GraphConfig()).run(onnx_handle(mlp_onnx, inputs), make_ctx(tmp_path / "work", inputs=inputs))
+    assert res.metrics["nodes_after"] <= res.metrics["nodes_before"]
+    x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_allclose(run(res.model.onnx_path, x), run(mlp_onnx, x), rtol=1e-6, atol=1e-6)
