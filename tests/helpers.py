@@ -65,3 +65,18 @@ def digits_teacher(weights: Path) -> Any:
     m = example.digits_cnn()
     load_weights(m, weights)
     return m.eval()
+
+
+def eval_data_yaml(folder: Path, name: str, shape: tuple[int, ...], n: int = 64, seed: int = 0,
+                   normal: bool = False) -> str:
+    """A `data:` section whose eval set is `n` samples of `shape` for input `name`, uniform in [0, 1)
+    like the input spec's random probes (standard normal with `normal`), written to FOLDER/eval.npz: data the user gave, as the
+    accuracy-aware fallback requires (it does not steer by random probes)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "eval.npz"
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((n, *shape)) if normal else rng.random((n, *shape))
+    np.savez(path, **{name: values.astype(np.float32)})
+    return f"data:\n  eval: {{source: '{path}'}}\n"

@@ -88,6 +88,13 @@ class Evaluator:
             self.eval_ds = ds
             self.float_accuracy = self._accuracy(sess)
 
+    @property
+    def realistic(self) -> bool:
+        """Whether the inputs are data the user gave (not random draws from the input spec)."""
+        from optimize.probes import RANDOM_IDS_SOURCE, RANDOM_SOURCE
+
+        return self.source not in (RANDOM_SOURCE, RANDOM_IDS_SOURCE)
+
     def _accuracy(self, sess: Any) -> float | None:
         import numpy as np
 

@@ -75,7 +75,7 @@ def build_candidates(job: Job, settings: list[tuple[str, dict[str, Any]]], work:
             job.ctx.progress.advance(key)
             continue
         extra[name] = (cand_metrics, cand_notes)
-        if not c.passed and job.cfg.fallback_max_layers != 0:
+        if not c.passed and job.cfg.fallback_max_layers != 0 and evaluator.realistic:
             fc = _fallback_candidate(job, c, st, work / f"fallback-{i}", evaluator, goal)
             if fc is not None:
                 built.append(fc)

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import cosine, make_ctx, onnx_handle
+from helpers import cosine, eval_data_yaml, make_ctx, onnx_handle
 from onnx import numpy_helper
 from tiny_models import export_module
 from torch import nn
@@ -192,7 +192,8 @@ def test_excluded_layer_stays_float_and_counts_32_bits(tmp_path):
 def test_fallback_keeps_the_reported_layers_float_and_the_rest_ternary(tmp_path):
     src = export_module(net(), tmp_path / "m.onnx", (torch.randn(2, 3, 8, 8),))
     cfg = QuantizeConfig(bits=2, calibration_samples=16, parity_floor=0.99, fallback_max_layers=2)
-    res = QuantizePass(cfg).run(onnx_handle(src, INPUTS), make_ctx(tmp_path / "work", CFG, inputs=INPUTS))
+    ctx = make_ctx(tmp_path / "work", CFG + eval_data_yaml(tmp_path, "x", (3, 8, 8)), inputs=INPUTS)
+    res = QuantizePass(cfg).run(onnx_handle(src, INPUTS), ctx)
     kept = set(res.metrics["float_nodes"])
     assert kept and res.metrics["fallback_goal_met"]
     model = onnx.load(str(res.model.onnx_path))

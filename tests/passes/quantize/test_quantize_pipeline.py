@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import eval_data_yaml
 from torch import nn
 
 from optimize import pipeline
@@ -61,7 +62,8 @@ def test_goal_missed_after_fallback_writes_rejected_model_and_gate_fails(tmp_pat
         m[4].weight[0, 0] = 40.0
     src = _export(m, tmp_path / "m.onnx", 16)
     cfg = _write(tmp_path, "schema_version: 1\npasses:\n  - type: quantize\n    mode: dynamic\n    per_channel: false\n"
-                 "    fallback_max_layers: 1\ngates: {min_parity_cosine: 0.9999}\n" + FAST)
+                 "    fallback_max_layers: 1\ngates: {min_parity_cosine: 0.9999}\n" + FAST
+                 + eval_data_yaml(tmp_path, "x", (16,), normal=True))
     out = tmp_path / "m.opt.onnx"
     with pytest.raises(GateFailed) as info:
         pipeline.run(RunOptions(model=str(src), config=cfg, output=str(out)))
@@ -69,6 +71,7 @@ def test_goal_missed_after_fallback_writes_rejected_model_and_gate_fails(tmp_pat
     report = info.value.report
     assert not out.exists() and (tmp_path / "m.opt.rejected.onnx").is_file()
     step = report.steps[0]
+    assert "fallback_goal_met" in step.metrics, (step.notes, sorted(step.metrics))
     assert step.metrics["fallback_goal_met"] is False and len(step.metrics["float_nodes"]) == 1
     assert any("did NOT meet the goal" in n for n in step.notes)
     assert any(g.name == "min_parity_cosine" and not g.passed for g in report.gates)
