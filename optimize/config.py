@@ -164,7 +164,9 @@ class OutputSection(Section):
     )
     opset: int = Field(18, ge=13, le=23, description="ONNX opset for torch exports.")
     exporter: Literal["auto", "dynamo", "torchscript"] = Field(
-        "auto", description="torch.onnx exporter; 'auto' tries dynamo, then the TorchScript exporter."
+        "auto", description="torch.onnx exporter. auto: for a transformers model, build the candidate exports "
+        "(TorchScript + eager attention, with and without ONNX Runtime's fusion, dynamo), check each against torch, "
+        "time them here and keep the fastest (docs/frameworks.md); for other models, dynamo, then TorchScript."
     )
     cache: bool = Field(
         True,

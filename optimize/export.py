@@ -1,7 +1,9 @@
 """torch → ONNX export. The exporter and opset used are recorded on the handle for the report.
 
-`exporter: auto` tries torch's dynamo-based exporter first and falls back to the TorchScript
-exporter; when both fail, the error names both reasons instead of a bare traceback.
+`export_to_onnx(exporter="auto")` tries torch's dynamo-based exporter first and falls back to the
+TorchScript exporter; when both fail, the error names both reasons instead of a bare traceback.
+(The export pass's `auto` builds several exports of a transformer and keeps the fastest:
+optimize/export_candidates.py.)
 """
 
 from __future__ import annotations
@@ -102,13 +104,34 @@ def _dynamic_batch(handle: ModelHandle) -> tuple[dict[str, dict[int, str]], tupl
     return axes, tuple(shapes)
 
 
-def export_to_onnx(handle: ModelHandle, path: Path, opset: int = 18, exporter: str = "auto") -> ModelHandle:
-    """Export `handle` (torch form) to `path`; return the ONNX handle."""
+def set_attention(module: Any, implementation: str) -> bool:
+    """Switch the attention of every transformers model inside `module` (eager, sdpa, ...); False
+    when there is none. Eager attention exports as plain MatMul/Softmax that ONNX Runtime's
+    transformer fusion recognizes; SDPA exports with extra shape arithmetic around it."""
+    found = False
+    for sub in module.modules():
+        if callable(getattr(sub, "set_attn_implementation", None)):  # transformers' PreTrainedModel
+            sub.set_attn_implementation(implementation)
+            found = True
+    return found
+
+
+def export_to_onnx(handle: ModelHandle, path: Path, opset: int = 18, exporter: str = "auto",
+                   attention: str | None = None) -> ModelHandle:
+    """Export `handle` (torch form) to `path`; return the ONNX handle. `exporter: auto` here is the
+    first exporter that works (dynamo, then TorchScript); the export pass measures instead
+    (optimize.export_candidates). `attention` switches a transformers model's attention
+    implementation for the export (the handle's own module is not changed)."""
     import torch
 
     if not handle.inputs:
         raise ExportError("the model's inputs are unknown: declare model.inputs (name, shape, dtype)")
     module = finalized_module(handle.module)
+    if attention is not None:
+        try:
+            set_attention(module, attention)
+        except Exception as exc:  # transformers refuses implementations a model does not support
+            raise ExportError(f"attention {attention}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}") from None
     args = example_inputs(handle, batch=2)
     outputs = handle.outputs or None
     axes, shapes = _dynamic_batch(handle)
