@@ -1,6 +1,13 @@
 """Training batches: the arrays as torch tensors, one item per batch, and each epoch's shuffled
 index lists from a DistributedSampler (one process: one replica), so one process and torchrun
-share one code path."""
+share one code path.
+
+Text pays for padding: a tokenized source is padded to its longest example, so a batch of short
+lines ran at the length of the longest line in the whole file. Each batch is cut to its own
+longest example (the trailing columns where the attention mask is zero in every row: with right
+padding and masked attention, an exact no-op for the outputs), and batches are drawn from
+length buckets (each epoch's shuffled order sorted by length within windows of
+BUCKET_WINDOW batches, the batches then shuffled), so lines of like length share a batch."""
 
 from __future__ import annotations
 
@@ -8,11 +15,15 @@ from typing import Any
 
 from passes.distill.config import fail
 
+BUCKET_WINDOW = 50  # batches per length-sorting window: wide enough to group lengths, narrow enough to mix
+
 
 class Batches:
-    """Map-style dataset for a DataLoader whose sampler yields index lists: one item = one batch."""
+    """Map-style dataset for a DataLoader whose sampler yields index lists: one item = one batch
+    (inputs, labels, the sample indices). `mask` (an input's position, or None) names the attention
+    mask whose all-zero trailing columns are cut from every token array of a batch."""
 
-    def __init__(self, arrays: list[Any], labels: Any) -> None:
+    def __init__(self, arrays: list[Any], labels: Any, mask: int | None = None) -> None:
         import numpy as np
         import torch
 
@@ -20,14 +31,36 @@ class Batches:
         # whose outputs are allocated (aligned) by torch like any other activation
         self.arrays = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
         self.labels = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels))
+        self.mask = mask
+        width = self.arrays[mask].shape[1] if mask is not None else None
+        self.token_arrays = [i for i, a in enumerate(self.arrays) if a.dim() == 2 and a.shape[1] == width]
 
-    def __getitem__(self, idx: Any) -> tuple[list[Any], Any]:
+    def __getitem__(self, idx: Any) -> tuple[list[Any], Any, Any]:
         import torch
 
         index = torch.as_tensor(idx, dtype=torch.long)
         xs = [a.index_select(0, index) for a in self.arrays]
         y = None if self.labels is None else self.labels.index_select(0, index)
-        return xs, y
+        if self.mask is not None:
+            xs = self._trimmed(xs)
+        return xs, y, index
+
+    def _trimmed(self, xs: list[Any]) -> list[Any]:
+        import torch
+
+        live = torch.nonzero(xs[self.mask].ne(0).any(dim=0))
+        width = int(live.max()) + 1 if len(live) else 1
+        return [x[:, :width] if i in self.token_arrays else x for i, x in enumerate(xs)]
+
+    def lengths(self) -> Any:
+        """Tokens per sample (the attention mask's extent), or None without a mask."""
+        import torch
+
+        if self.mask is None:
+            return None
+        m = self.arrays[self.mask].ne(0)
+        cols = torch.arange(m.shape[1]).expand_as(m)
+        return torch.where(m, cols + 1, 0).max(dim=1).values.numpy()
 
     def __len__(self) -> int:
         return len(self.arrays[0])
@@ -40,12 +73,14 @@ def as_batch(item: Any) -> Any:
 class EpochPlan:
     """Each epoch's batches of sample indices for this rank."""
 
-    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int) -> None:
+    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int, lengths: Any = None) -> None:
         from torch.utils.data import DistributedSampler
 
         if n < world:
             fail(f"{n} training samples cannot be shared by {world} ranks")
         self.batch_size = batch_size
+        self.lengths = lengths
+        self.seed = seed
         self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.per_rank = len(self.sampler)
 
@@ -53,8 +88,25 @@ class EpochPlan:
         from torch.utils.data import BatchSampler
 
         self.sampler.set_epoch(epoch)
+        if self.lengths is None:
+            batches = list(BatchSampler(self.sampler, self.batch_size, drop_last=False))
+        else:
+            batches = self._bucketed(list(self.sampler), epoch)
         # a lone trailing sample is skipped: batch norm cannot train on one sample
-        return [b for b in BatchSampler(self.sampler, self.batch_size, drop_last=False) if len(b) > 1 or self.per_rank == 1]
+        return [b for b in batches if len(b) > 1 or self.per_rank == 1]
+
+    def _bucketed(self, order: list[int], epoch: int) -> list[list[int]]:
+        """Batches of like length: the shuffled order sorted by length within windows, the
+        batches shuffled again (same seed and epoch → same batches, so a resumed run matches)."""
+        import numpy as np
+
+        window = self.batch_size * BUCKET_WINDOW
+        batches: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: int(self.lengths[i]))
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng = np.random.default_rng([self.seed, epoch])
+        return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def loader(source: Batches, batches: list[list[int]], num_workers: int) -> Any:
@@ -68,6 +120,16 @@ def loader(source: Batches, batches: list[list[int]], num_workers: int) -> Any:
         )
     # in-process: the DataLoader machinery would only add per-batch overhead
     return (source[b] for b in batches)
+
+
+def attention_mask_index(names: list[str], inputs: dict[str, Any]) -> int | None:
+    """The position of a 2-D integer `attention_mask` among the inputs (None: no text batches)."""
+    import numpy as np
+
+    if "attention_mask" not in names:
+        return None
+    arr = inputs["attention_mask"]
+    return names.index("attention_mask") if arr.ndim == 2 and np.issubdtype(arr.dtype, np.integer) else None
 
 
 def labels_usable(data: Any, task: str) -> bool:

@@ -66,7 +66,7 @@ def use_channels_last(mode: Any, student: Any, source: Any, device: Any) -> bool
         return True
     if not any(isinstance(m, torch.nn.Conv2d) for m in student.modules()):
         return False
-    probe, _ = source[list(range(min(2, len(source))))]
+    probe, _, _ = source[list(range(min(2, len(source))))]
     probe = [channels_last_copy(x.to(device)) if x.dim() == 4 else x.to(device) for x in probe]
     was = student.training
     student.eval()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from passes.distill.batches import Batches, EpochPlan, labels_usable, loader
+from passes.distill.batches import Batches, EpochPlan, attention_mask_index, labels_usable, loader
 from passes.distill.checkpoints import (
     checkpoint_dir,
     clear_stale,
@@ -39,6 +39,7 @@ from passes.distill.evaluation import accuracy_metrics, evaluate, rounded, score
 from passes.distill.loss import distill_loss, loss_text
 from passes.distill.optim import lr_at, make_optimizer
 from passes.distill.setup import Setup
+from passes.distill.teacher_cache import TeacherCache
 
 
 @dataclass
@@ -92,6 +93,7 @@ class _Loop:
     total_steps: int = 0
     select: bool = False
     t0: float = 0.0
+    t_cache: TeacherCache | None = None
 
 
 def train_student(student: Any, teacher: Any, setup: Setup, ctx: Any, cfg: DistillConfig, key: str = "distill") -> Trained:
@@ -137,9 +139,11 @@ def _build(loop: _Loop) -> None:
     loop.labels_ok = labels_usable(s.train, s.task)
     if s.train.labels is not None and not loop.labels_ok and s.task == "classification":
         loop.notes.append("distill: training labels are not 1-D integer class ids; trained with pure KD")
-    loop.plan = EpochPlan(len(s.train), s.batch_size, s.world, s.rank, loop.ctx.seed)
+    loop.source = Batches([s.train.inputs[k] for k in s.names], s.train.labels if loop.labels_ok else None,
+                          mask=attention_mask_index(s.names, s.train.inputs))
+    loop.plan = EpochPlan(len(s.train), s.batch_size, s.world, s.rank, loop.ctx.seed, lengths=loop.source.lengths())
     loop.total_steps = cfg.epochs * len(loop.plan.batches(0))
-    loop.source = Batches([s.train.inputs[k] for k in s.names], s.train.labels if loop.labels_ok else None)
+    loop.t_cache = TeacherCache.for_run(cfg, len(s.train), loop.metrics)
     loop.use_cl = use_channels_last(cfg.channels_last, loop.student, loop.source, s.device)
     loop.metrics["channels_last"] = loop.use_cl
     _wrap(loop, _feature_hooks(loop))
@@ -161,7 +165,7 @@ def _feature_hooks(loop: _Loop) -> Any:
     loop.s_rec = Recorder(loop.student, [p.student for p in cfg.features])
     loop.t_rec = Recorder(loop.teacher, [p.teacher for p in cfg.features])
     loop.recorders = [loop.s_rec, loop.t_rec]
-    probe, _ = loop.source[list(range(min(2, len(s.train))))]
+    probe, _, _ = loop.source[list(range(min(2, len(s.train))))]
     probe = [x.to(s.device) for x in probe]
     was = loop.student.training
     loop.student.eval()
@@ -243,8 +247,8 @@ def _epoch(loop: _Loop) -> None:
     batches = loop.plan.batches(epoch)[state["batch"]:]
     sums = list(state["sums"])  # loss, kd, feature, correct, count (float64 sums)
     loop.t0 = time.perf_counter()
-    for xs, y in loader(loop.source, batches, loop.cfg.num_workers):
-        _step(loop, xs, y, sums, epoch)
+    for xs, y, idx in loader(loop.source, batches, loop.cfg.num_workers):
+        _step(loop, xs, y, idx, sums, epoch)
     state["seconds"] += time.perf_counter() - loop.t0
     info = _record_epoch(loop, _reduced(loop, sums))
     if loop.select:
@@ -257,14 +261,14 @@ def _epoch(loop: _Loop) -> None:
     loop.ctx.progress.advance("distill", 1, info)
 
 
-def _step(loop: _Loop, xs: list[Any], y: Any, sums: list[float], epoch: int) -> None:
+def _step(loop: _Loop, xs: list[Any], y: Any, idx: Any, sums: list[float], epoch: int) -> None:
     cfg, s, state = loop.cfg, loop.setup, loop.state
     xs = [x.to(s.device, non_blocking=True) for x in xs]
     if loop.use_cl:
         xs = [channels_last_copy(x) if x.dim() == 4 else x for x in xs]
     if y is not None:
         y = y.to(s.device, non_blocking=True)
-    loss, kd, correct, feat = _forward(loop, xs, y)
+    loss, kd, correct, feat = _forward(loop, xs, y, idx)
     step = state["step"]
     loss_value = loss.item()
     if not math.isfinite(loss_value):
@@ -291,13 +295,17 @@ def _step(loop: _Loop, xs: list[Any], y: Any, sums: list[float], epoch: int) -> 
             save_checkpoint(loop.ckpt_dir, loop.trainable, loop.opt, state, loop.fingerprint, loop.best_state)
 
 
-def _forward(loop: _Loop, xs: list[Any], y: Any) -> tuple[Any, Any, int | None, Any]:
+def _forward(loop: _Loop, xs: list[Any], y: Any, idx: Any) -> tuple[Any, Any, int | None, Any]:
     """(loss, KD part, correct top-1 count, feature loss) of one batch."""
     import torch
 
     cfg, s = loop.cfg, loop.setup
-    with torch.no_grad(), amp_context(s.device, s.use_amp, s.amp_dtype):
-        t_out = loop.teacher(*xs)
+    t_out = loop.t_cache.get(idx, s.device) if loop.t_cache is not None else None
+    if t_out is None:
+        with torch.no_grad(), amp_context(s.device, s.use_amp, s.amp_dtype):
+            t_out = loop.teacher(*xs)
+        if loop.t_cache is not None:
+            loop.t_cache.put(idx, t_out, loop.metrics)
     t_feats = loop.t_rec.take() if loop.t_rec is not None else []
     with amp_context(s.device, s.use_amp, s.amp_dtype):
         s_out, s_feats = loop.train_module(*xs)
