@@ -28,6 +28,7 @@ class QuantizePass(Pass):
     config_cls = QuantizeConfig
     accepts = frozenset({"torch", "onnx"})
     cacheable = True
+    measure_range = False  # reduce_range auto resolved on (no VNNI): build both weight ranges, keep the closer
 
     # ------------------------------------------------------------------ planning
 
@@ -111,9 +112,7 @@ class QuantizePass(Pass):
         step = ctx.step_dir(self.name)
         notes: list[str] = []
         metrics = base_metrics(cfg, after_qat)
-        if self.config.reduce_range == "auto" and cfg.reduce_range:
-            notes.append("reduce_range on (7-bit weights): this CPU has no int8 dot-product instructions (VNNI), where "
-                         "ONNX Runtime's u8s8 kernels can saturate; set reduce_range: false for a VNNI target")
+        self.measure_range = self.config.reduce_range == "auto" and cfg.reduce_range
         ctx.progress.start(f"{self.name}.prepare", "preparing the model for the quantizer", None)
         try:
             job, fused = self._prepare(cfg, src, step, ctx, metrics, notes)
@@ -174,6 +173,10 @@ class QuantizePass(Pass):
                 return run_auto(job, model.inputs, fused, out, metrics, notes)
             repair = job.quantize(cfg, out, metrics, notes)
             _report_repair(repair, metrics, notes)
+            if self.measure_range and cfg.mode in ("dynamic", "static"):
+                from passes.quantize.range_choice import choose_weight_range
+
+                choose_weight_range(job, out, metrics, notes)
             return fixed_with_fallback(job, out, metrics, notes)
         except OptimizeError:  # PassError, DataError: already say what is wrong
             raise

@@ -539,3 +539,26 @@ def test_ort_fake_quantize_matches_ort_quantizer():
             zp, scale, q = quantize_data(w[c].numpy(), onnx_type, sym, reduce_range=rr)
             ref = (q.astype(np.float64) - float(zp)) * float(scale)
             assert np.abs(got[c] - ref).max() < 1e-6, (qtype, sym, rr, c)
+
+
+def test_reduce_range_auto_without_vnni_keeps_the_weight_range_closer_to_float(tmp_path, monkeypatch):
+    """Without VNNI both 7-bit and 8-bit weights are built; the written model is the one whose
+    parity on the eval data is higher, and both parities are reported."""
+    from helpers import eval_data_yaml
+
+    import optimize.hardware
+    from optimize.runtime import parity, predict, session
+
+    monkeypatch.setattr(optimize.hardware, "has_int8_dot_product", lambda: False)
+    inputs = [TensorSpec("x", ("batch", 64))]
+    src = export_module(mlp_of(64, 128, 64, seed=3), tmp_path / "m.onnx", (torch.randn(1, 64),))
+    ctx = make_ctx(tmp_path / "work", "schema_version: 1\npasses: []\n" + eval_data_yaml(tmp_path, "x", (64,), normal=True),
+                   inputs=inputs, threads=1)
+    res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=True)).run(onnx_handle(src, inputs), ctx)
+    choice = res.metrics["reduce_range_choice"]
+    best = max(choice["7-bit min_cosine"], choice["8-bit min_cosine"])
+    x, _ = ctx.sample_inputs("eval", ctx.config.measure.parity_samples)
+    p = parity(predict(session(src), x), predict(session(res.model.onnx_path), x))
+    assert p["min_cosine"] == pytest.approx(best, abs=1e-6)
+    assert res.metrics["reduce_range"] is (choice["8-bit min_cosine"] <= choice["7-bit min_cosine"])
+    assert any(n.startswith("reduce_range auto:") for n in res.notes)
