@@ -177,6 +177,9 @@ class QuantizePass(Pass):
                 from passes.quantize.range_choice import choose_weight_range
 
                 choose_weight_range(job, out, metrics, notes)
+            elif self.measure_range:
+                notes.append("reduce_range auto: 7-bit weights (no VNNI on this CPU, where ONNX Runtime's u8s8 "
+                             "kernels can saturate)")
             return fixed_with_fallback(job, out, metrics, notes)
         except OptimizeError:  # PassError, DataError: already say what is wrong
             raise

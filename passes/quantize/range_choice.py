@@ -23,7 +23,13 @@ if TYPE_CHECKING:
 
 
 def choose_weight_range(job: Job, out: Path, metrics: dict[str, Any], notes: list[str]) -> None:
-    """`out` holds the 7-bit build; replace it by the full-range build when that is closer to float."""
+    """`out` holds the 7-bit build; replace it by the full-range build when that is closer to float.
+    Models over the external-data threshold keep 7-bit: a second build would double the time and
+    memory of the largest step, and its weights file is named after the build (a rename breaks it)."""
+    if job.large:
+        notes.append("reduce_range auto: 7-bit weights (no VNNI on this CPU; the 8-bit comparison is skipped for a "
+                     "model stored with external data)")
+        return
     full = out.with_name("full-range.onnx")
     job.quantize(job.cfg.model_copy(update={"reduce_range": False}), full)
     evaluator = Evaluator(job.ctx, job.src, want_accuracy=False)
