@@ -393,15 +393,18 @@ def test_qat_weights_on_int8_grid_grads_flow_hooks_removed(cfg, tmp_path):
         assert ratio.abs().max() <= 127 + 1e-5
 
 
+class Mask(nn.Module):
+    """A pruning mask as a parametrization (what the prune pass registers)."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, w):
+        return w * self.mask
+
+
 def test_qat_stacks_on_pruning_mask(cfg, tmp_path):
-    class Mask(nn.Module):
-        def __init__(self, mask):
-            super().__init__()
-            self.register_buffer("mask", mask)
-
-        def forward(self, w):
-            return w * self.mask
-
     model = mlp_of(16, 32, 24, 4)
     mask = (torch.rand_like(model[0].weight) > 0.5).float()
     parametrize.register_parametrization(model[0], "weight", Mask(mask))
@@ -414,14 +417,6 @@ def test_qat_stacks_on_pruning_mask(cfg, tmp_path):
 
 
 def test_qat_folds_batchnorm_under_a_pruning_mask(cfg, tmp_path):
-    class Mask(nn.Module):
-        def __init__(self, mask):
-            super().__init__()
-            self.register_buffer("mask", mask)
-
-        def forward(self, w):
-            return w * self.mask
-
     class Untraceable(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
         def __init__(self) -> None:
             super().__init__()
