@@ -166,7 +166,8 @@ class OutputSection(Section):
     exporter: Literal["auto", "dynamo", "torchscript"] = Field(
         "auto", description="torch.onnx exporter. auto: for a transformers model, build the candidate exports "
         "(TorchScript + eager attention, with and without ONNX Runtime's fusion, dynamo), check each against torch, "
-        "time them here and keep the fastest (docs/frameworks.md); for other models, dynamo, then TorchScript."
+        "time them here and keep the fastest (a tie within 3% goes to the one closest to torch after int8; "
+        "docs/frameworks.md); for other models, dynamo, then TorchScript."
     )
     cache: bool = Field(
         True,

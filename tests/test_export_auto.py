@@ -101,6 +101,22 @@ def test_rank_picks_the_lowest_median_ratio():
     assert cands[0].status.startswith("slower") and cands[0].ratio == pytest.approx(30 / 28)  # median of 10/9, 30/28, 10/9.5
 
 
+def test_a_speed_tie_goes_to_the_candidate_closest_to_torch_after_int8():
+    cands = [ec.Candidate("a", "torchscript", int8_min_cosine=0.9844), ec.Candidate("b", "torchscript", int8_min_cosine=0.9805),
+             ec.Candidate("c", "dynamo", int8_min_cosine=0.9990)]
+    times = {"a": [10.2, 10.2, 10.2], "b": [10.0, 10.0, 10.0], "c": [12.0, 12.0, 12.0]}  # a within 2 %, c 20 % slower
+    best = ec.rank(cands, times)
+    assert best.name == "a" and best.status.startswith("chosen: as fast as the fastest")
+    assert cands[1].status.startswith("speed tie") and "0.9805 vs 0.9844" in cands[1].status
+    assert cands[2].status.startswith("slower")  # better quality does not buy a slower export
+
+
+def test_without_int8_cosines_the_fastest_wins():
+    cands = [ec.Candidate("a", "torchscript"), ec.Candidate("b", "torchscript", int8_min_cosine=0.99)]
+    best = ec.rank(cands, {"a": [10.0, 10.0], "b": [10.1, 10.1]})
+    assert best.name == "a" and best.status == "chosen"
+
+
 def test_candidates_skip_fusion_where_it_cannot_apply(bert, monkeypatch):
     build, skipped = ec.candidates_for(bert)
     assert [c.name for c in build] == ["torchscript-eager", "torchscript-eager+fusion", "dynamo"] and not skipped

@@ -2,6 +2,9 @@
 counting imports inside functions; `optimize/` never imports `passes/`; no private name imported
 from another project module.
 
+No function over 100 lines and no file over 600 lines in the product code (a function a reader can
+hold at once).
+
 Run as a script (`python tests/test_layering.py`) to print the edges of every circle.
 """
 
@@ -191,6 +194,38 @@ def test_library_never_imports_passes():
 
 def test_no_private_names_across_modules():
     assert not (found := private_imports()), "\n".join(found)
+
+
+MAX_FUNCTION_LINES, MAX_FILE_LINES = 100, 600
+
+
+def oversized(modules: dict[str, Path]) -> list[str]:
+    """Files over MAX_FILE_LINES and functions (methods, nested ones) over MAX_FUNCTION_LINES."""
+    found = []
+    for module, path in modules.items():
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > MAX_FILE_LINES:
+            found.append(f"{module}: {lines} lines (limit {MAX_FILE_LINES})")
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                if size > MAX_FUNCTION_LINES:
+                    found.append(f"{module}.{node.name} (line {node.lineno}): {size} lines (limit {MAX_FUNCTION_LINES})")
+    return found
+
+
+def test_no_oversized_function_or_file():
+    modules = project_modules()
+    assert len(modules) > 50, "the checker found too few modules"
+    assert not (found := oversized(modules)), "\n".join(found)
+
+
+def test_size_checker_counts_nested_functions(tmp_path):
+    body = "\n".join(f"        x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    path = tmp_path / "big.py"
+    path.write_text(f"def outer():\n    def inner():\n{body}\n    return inner\n")
+    found = oversized({"big": path})
+    assert any("big.inner" in f for f in found) and any("big.outer" in f for f in found)
 
 
 def test_checker_sees_function_local_imports_and_circles(tmp_path):

@@ -73,6 +73,7 @@ class Evaluator:
         from optimize.runtime import predict_reference, session
 
         self.ctx = ctx
+        self.float_path = float_path
         cfg = ctx.config
         self.batch = cfg.data.batch_size
         self.inputs, self.source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
@@ -83,10 +84,18 @@ class Evaluator:
         self.reference = predict_reference(sess, self.inputs, self.batch, self.source)
         self.eval_ds = None
         self.float_accuracy: float | None = None
-        ds = ctx.data("eval") if want_accuracy else None
+        if want_accuracy:
+            self.measure_accuracy()
+
+    def measure_accuracy(self) -> None:
+        """Also judge accuracy (classification with labelled eval data); a no-op when already on."""
+        from optimize.runtime import session
+
+        cfg = self.ctx.config
+        ds = self.ctx.data("eval") if self.eval_ds is None else None
         if ds is not None and ds.labels is not None and cfg.model.task == "classification":
             self.eval_ds = ds
-            self.float_accuracy = self._accuracy(sess)
+            self.float_accuracy = self._accuracy(session(self.float_path, threads=self.ctx.threads))
 
     @property
     def realistic(self) -> bool:

@@ -39,7 +39,7 @@ def fixed_with_fallback(job: Job, out: Path, metrics: dict[str, Any], notes: lis
     goal = job.goal(auto=False)
     if not goal.active:
         return out
-    evaluator = Evaluator(job.ctx, job.src, want_accuracy=goal.max_accuracy_drop is not None)
+    evaluator = job.evaluator(want_accuracy=goal.max_accuracy_drop is not None)
     if goal.floor is None and evaluator.eval_ds is None:
         return out  # only an accuracy gate, and no labelled data to check it on here
     check = evaluator.check(out)

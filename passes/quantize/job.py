@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from passes.quantize import ort
-from passes.quantize.auto import DEFAULT_AUTO_FLOOR, Goal, weighted_layers
+from passes.quantize.auto import DEFAULT_AUTO_FLOOR, Evaluator, Goal, weighted_layers
 from passes.quantize.repair import Repair, RepairFailed, quantize_with_repair
 
 if TYPE_CHECKING:
@@ -57,6 +57,16 @@ class Job:
     qin: Path  # the prepared input the quantizers read
     scratch: Path  # working directory for ONNX Runtime's tools
     large: bool
+    _evaluator: Evaluator | None = field(default=None, init=False, repr=False)
+
+    def evaluator(self, want_accuracy: bool) -> Evaluator:
+        """One Evaluator for the whole pass: its float predictions cost a full run over the eval
+        inputs, and the weight-range choice and the fallback both need them."""
+        if self._evaluator is None:
+            self._evaluator = Evaluator(self.ctx, self.src, want_accuracy=want_accuracy)
+        elif want_accuracy:
+            self._evaluator.measure_accuracy()
+        return self._evaluator
 
     def goal(self, auto: bool) -> Goal:
         gates = self.ctx.config.gates

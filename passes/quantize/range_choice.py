@@ -16,8 +16,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from passes.quantize.auto import Evaluator
-
 if TYPE_CHECKING:
     from passes.quantize.job import Job
 
@@ -32,7 +30,7 @@ def choose_weight_range(job: Job, out: Path, metrics: dict[str, Any], notes: lis
         return
     full = out.with_name("full-range.onnx")
     job.quantize(job.cfg.model_copy(update={"reduce_range": False}), full)
-    evaluator = Evaluator(job.ctx, job.src, want_accuracy=False)
+    evaluator = job.evaluator(want_accuracy=False)
     seven, eight = evaluator.check(out), evaluator.check(full)
     metrics["reduce_range_choice"] = {
         "7-bit min_cosine": seven.min_cosine, "8-bit min_cosine": eight.min_cosine, "inputs": evaluator.source,

@@ -111,7 +111,7 @@ def run_auto(job: Job, specs: list[Any], fused: Path, out: Path, metrics: dict[s
 
     cfg = job.cfg
     goal = job.goal(auto=True)
-    evaluator = Evaluator(job.ctx, job.src, want_accuracy=goal.max_accuracy_drop is not None)
+    evaluator = job.evaluator(want_accuracy=goal.max_accuracy_drop is not None)
     settings, skipped = candidate_settings(job)
     work = out.parent / "candidates"
     work.mkdir(parents=True, exist_ok=True)

@@ -557,3 +557,25 @@ def test_reduce_range_auto_without_vnni_keeps_the_weight_range_closer_to_float(t
     assert p["min_cosine"] == pytest.approx(best, abs=1e-6)
     assert res.metrics["reduce_range"] is (choice["8-bit min_cosine"] <= choice["7-bit min_cosine"])
     assert any(n.startswith("reduce_range auto:") for n in res.notes)
+
+
+def test_range_choice_and_fallback_share_one_float_reference(tmp_path, monkeypatch):
+    """Without VNNI a fixed format with a parity floor compares two weight ranges and then checks
+    the floor: the float model's predictions on the eval inputs are computed once for both."""
+    from helpers import eval_data_yaml
+
+    import optimize.hardware
+    import optimize.runtime
+
+    monkeypatch.setattr(optimize.hardware, "has_int8_dot_product", lambda: False)
+    calls = []
+    real = optimize.runtime.predict_reference
+    monkeypatch.setattr(optimize.runtime, "predict_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    inputs = [TensorSpec("x", ("batch", 64))]
+    src = export_module(mlp_of(64, 128, 64, seed=3), tmp_path / "m.onnx", (torch.randn(1, 64),))
+    yaml = ("schema_version: 1\npasses: []\ngates: {min_parity_cosine: 0.5}\n"
+            + eval_data_yaml(tmp_path, "x", (64,), normal=True))
+    ctx = make_ctx(tmp_path / "work", yaml, inputs=inputs, threads=1)
+    res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=True)).run(onnx_handle(src, inputs), ctx)
+    assert "reduce_range_choice" in res.metrics and "parity_all_quantized" in res.metrics
+    assert len(calls) == 1
