@@ -188,6 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def tool_choices(path: Path) -> str:
+    """The export candidate and weight range the tool kept, from the report beside its model."""
+    import json
+
+    rep = json.loads(path.with_name(path.stem + ".report.json").read_text())
+    step = {s["type"]: s.get("metrics", {}) for s in rep.get("steps", [])}
+    export = step.get("export", {}).get("export_choice") or {}
+    ranks = "; ".join(f"{c['name']} {c.get('latency_vs_chosen')}x, int8 min cos {c.get('int8_min_cosine')}"
+                      for c in export.get("candidates", []) if c.get("latency_ms") is not None)
+    quant = step.get("quantize", {})
+    weights = "7-bit" if quant.get("reduce_range") else "8-bit"
+    range_choice = quant.get("reduce_range_choice")
+    return (f"export {export.get('chosen', 'fixed')} ({ranks or 'not measured'}); {weights} weights"
+            + (f" (measured: {range_choice})" if range_choice else ""))
+
+
 def report(models: dict[str, Path], times: dict, quality: dict[str, np.ndarray], cpu: dict, preset: str,
            rounds: int) -> str:
     base = next(iter(models))
@@ -211,6 +227,8 @@ def report(models: dict[str, Path], times: dict, quality: dict[str, np.ndarray],
         lines.append(f"| {name} | {np.median(times[name].times_ms):.1f} | {np.median(r):.3f}x "
                      f"[{np.percentile(r, 25):.3f}, {np.percentile(r, 75):.3f}] | {size:.1f} | "
                      f"{q.min():.4f} / {q.mean():.4f} |")
+    choices = [f"- {name}: {tool_choices(path)}" for name, path in models.items() if name.startswith("optimize")]
+    lines += ["", "What this tool chose in each run (from its report):", "", *choices]
     peer = next((n for n in models if n.startswith("optimum int8")), None)
     if peer is None:
         return "\n".join([*lines, "", "optimum rows skipped: no optimum-onnx venv (see bench/hf_peer.py)."]) + "\n"

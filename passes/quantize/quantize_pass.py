@@ -112,7 +112,8 @@ class QuantizePass(Pass):
         step = ctx.step_dir(self.name)
         notes: list[str] = []
         metrics = base_metrics(cfg, after_qat)
-        self.measure_range = self.config.reduce_range == "auto" and cfg.reduce_range
+        # after QAT the weights were trained on the resolved range's grid: quantizing to another undoes that
+        self.measure_range = self.config.reduce_range == "auto" and cfg.reduce_range and not after_qat
         ctx.progress.start(f"{self.name}.prepare", "preparing the model for the quantizer", None)
         try:
             job, fused = self._prepare(cfg, src, step, ctx, metrics, notes)

@@ -246,8 +246,10 @@ def test_cli_batch_runs_real_jobs_one_failing_a_gate(tmp_path):
     # Ctrl-C while both run: exit 130, nothing under either final name
     for f in out.iterdir():
         f.unlink()
+    # SIG_DFL: a suite started in the background from a script (`cmd &`) passes SIGINT on ignored
     p = subprocess.Popen([sys.executable, "-m", "cli", "batch", str(m), "-j", "2", "-q"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(1.5)  # the jobs are still importing or running (one takes ~7 s here)
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=120)

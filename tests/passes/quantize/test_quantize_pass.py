@@ -537,12 +537,13 @@ def test_ort_fake_quantize_matches_ort_quantizer():
 
 
 def test_reduce_range_auto_without_vnni_keeps_the_weight_range_closer_to_float(tmp_path, monkeypatch):
-    """Without VNNI both 7-bit and 8-bit weights are built; the written model is the one whose
-    parity on the eval data is higher, and both parities are reported."""
+    """Without VNNI both 7-bit and 8-bit weights are built; the written model is the 8-bit one
+    unless 7-bit is clearly closer to float on the eval data, and both parities are reported."""
     from helpers import eval_data_yaml
 
     import optimize.hardware
     from optimize.runtime import parity, predict, session
+    from passes.quantize.range_choice import SEVEN_BIT_MARGIN
 
     monkeypatch.setattr(optimize.hardware, "has_int8_dot_product", lambda: False)
     inputs = [TensorSpec("x", ("batch", 64))]
@@ -551,11 +552,11 @@ def test_reduce_range_auto_without_vnni_keeps_the_weight_range_closer_to_float(t
                    inputs=inputs, threads=1)
     res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=True)).run(onnx_handle(src, inputs), ctx)
     choice = res.metrics["reduce_range_choice"]
-    best = max(choice["7-bit min_cosine"], choice["8-bit min_cosine"])
+    kept = choice["7-bit min_cosine"] if res.metrics.get("reduce_range", True) else choice["8-bit min_cosine"]
     x, _ = ctx.sample_inputs("eval", ctx.config.measure.parity_samples)
     p = parity(predict(session(src), x), predict(session(res.model.onnx_path), x))
-    assert p["min_cosine"] == pytest.approx(best, abs=1e-6)
-    assert res.metrics["reduce_range"] is (choice["8-bit min_cosine"] <= choice["7-bit min_cosine"])
+    assert p["min_cosine"] == pytest.approx(kept, abs=1e-6)
+    assert res.metrics["reduce_range"] is (choice["7-bit min_cosine"] > choice["8-bit min_cosine"] + SEVEN_BIT_MARGIN)
     assert any(n.startswith("reduce_range auto:") for n in res.notes)
 
 
@@ -579,3 +580,16 @@ def test_range_choice_and_fallback_share_one_float_reference(tmp_path, monkeypat
     res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=True)).run(onnx_handle(src, inputs), ctx)
     assert "reduce_range_choice" in res.metrics and "parity_all_quantized" in res.metrics
     assert len(calls) == 1
+
+
+def test_seven_bit_weights_are_kept_only_when_clearly_closer_to_float():
+    from types import SimpleNamespace as C
+
+    from passes.quantize.range_choice import SEVEN_BIT_MARGIN, _keep_eight
+
+    eight = C(min_cosine=0.9843, all_finite=True)
+    assert _keep_eight(eight, C(min_cosine=0.9845, all_finite=True))  # a lead inside the margin: noise
+    assert not _keep_eight(C(min_cosine=0.92, all_finite=True), C(min_cosine=1.0, all_finite=True))  # saturation
+    assert not _keep_eight(eight, C(min_cosine=0.9843 + 2 * SEVEN_BIT_MARGIN, all_finite=True))
+    assert not _keep_eight(C(min_cosine=None, all_finite=False), C(min_cosine=0.5, all_finite=True))
+    assert _keep_eight(eight, C(min_cosine=None, all_finite=False))
