@@ -18,7 +18,17 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.commands import batch, bench, inspect, pass_list, prune_scan, run, schema, validate
+from cli.commands import (
+    batch,
+    bench,
+    generate,
+    inspect,
+    pass_list,
+    prune_scan,
+    run,
+    schema,
+    validate,
+)
 from cli.errors import CLICK_EXCEPTION, one_line, print_error
 from cli.io import err, out, std_streams_open
 from cli.options import CONTEXT_SETTINGS, EXIT_CODES, command
@@ -63,6 +73,7 @@ command(app, inspect.inspect_cmd, "inspect", "Shapes, opset, ops and weights of 
 command(app, bench.bench, "bench", "Latency of a model, or of two compared.", bench.EXAMPLES)
 command(app, batch.batch, "batch", "Run many jobs from a manifest.", batch.EXAMPLES)
 command(app, prune_scan.prune_scan_cmd, "prune-scan", "Per-layer pruning sensitivity.", prune_scan.EXAMPLES)
+command(app, generate.generate_cmd, "generate", "Stream text from an exported decoder LLM.", generate.EXAMPLES)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -213,6 +213,14 @@ class GatesSection(Section):
         None, ge=-1, le=1,
         description="model.task embedding: smallest allowed min cosine between the output model's and the input model's embeddings over data.eval.",
     )
+    min_token_agreement: float | None = Field(
+        None, ge=0, le=1,
+        description="Decoder LLMs (docs/llm.md): smallest allowed share of positions where the output's top-1 token "
+        "equals the FP32 model's, teacher-forced along the FP32 model's greedy continuation.",
+    )
+    max_perplexity_ratio: float | None = Field(
+        None, gt=0, description="Decoder LLMs (docs/llm.md): largest allowed output perplexity / FP32 perplexity on the eval text."
+    )
 
 
 class _ByPassType:

@@ -414,6 +414,12 @@ def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
     if gates.max_latency_ms is not None:
         lat = report.latency.get("output")
         add("max_latency_ms", gates.max_latency_ms, lat.median_ms if lat else None, ok_when_ge=False, unit=" ms")
+    for name, metric, ge in (("min_token_agreement", "token_agreement", True),
+                             ("max_perplexity_ratio", "perplexity_ratio", False)):  # decoder LLMs (optimize/llm)
+        limit = getattr(gates, name, None)
+        if limit is not None:
+            found = m.get(metric)
+            add(name, limit, found.value if found else None, ok_when_ge=ge, why=found.reason if found else None)
     return out
 
 

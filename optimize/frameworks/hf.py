@@ -121,6 +121,14 @@ def resolve_task(folder: Path, config: Any, st: dict[str, Any] | None, model_cfg
             "set model.task: embedding, or use a …ForSequenceClassification / …ForTokenClassification folder",
             key="model.task",
         )
+    if own is None and any(str(a).endswith("ForCausalLM") for a in archs):
+        from optimize.llm.load import check_model_type
+
+        check_model_type(folder, config)  # an untested model type: its own one line
+        raise ModelLoadError(
+            f"{folder}: {', '.join(archs)} is a decoder language model; `optimize run` does not optimize those yet "
+            "(docs/llm.md: bench/llm_bench.py exports, quantizes and measures one; `optimize generate` runs the export)"
+        )
     if own is None:
         raise ModelLoadError(
             f"{folder}: architecture {', '.join(archs) or '(none in config.json)'} is not supported; optimize loads "

