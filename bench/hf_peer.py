@@ -188,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def speed_row(name: str, path: Path, times_ms: list[float], base_ms: np.ndarray, cosines: np.ndarray) -> str:
+    """A table row: median ms, per-round speed ratio to the base [quartiles], size (external data
+    included), cosine min / mean."""
+    r = base_ms / np.asarray(times_ms)
+    size = sum(f.stat().st_size for f in path.parent.glob(path.name + "*")) / 1e6
+    return (f"| {name} | {np.median(times_ms):.1f} | {np.median(r):.3f}x [{np.percentile(r, 25):.3f}, "
+            f"{np.percentile(r, 75):.3f}] | {size:.1f} | {cosines.min():.4f} / {cosines.mean():.4f} |")
+
+
 def tool_choices(path: Path) -> str:
     """The export candidate and weight range the tool kept, from the report beside its model."""
     import json
@@ -220,13 +229,7 @@ def report(models: dict[str, Path], times: dict, quality: dict[str, np.ndarray],
         f"| model | median ms | speed vs {base} | size MB | cosine min / mean |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name, path in models.items():
-        r = t_base / np.asarray(times[name].times_ms)
-        q = quality[name]
-        size = sum(f.stat().st_size for f in path.parent.glob(path.name + "*")) / 1e6
-        lines.append(f"| {name} | {np.median(times[name].times_ms):.1f} | {np.median(r):.3f}x "
-                     f"[{np.percentile(r, 25):.3f}, {np.percentile(r, 75):.3f}] | {size:.1f} | "
-                     f"{q.min():.4f} / {q.mean():.4f} |")
+    lines += [speed_row(name, path, times[name].times_ms, t_base, quality[name]) for name, path in models.items()]
     choices = [f"- {name}: {tool_choices(path)}" for name, path in models.items() if name.startswith("optimize")]
     lines += ["", "What this tool chose in each run (from its report):", "", *choices]
     peer = next((n for n in models if n.startswith("optimum int8")), None)

@@ -41,7 +41,9 @@ def _type_name(ann: Any) -> str:
 
     text = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
     text = re.sub(r"[\w.]*\.(\w+Config)", r"\1", text)  # drop module paths
+    text = re.sub(r"Annotated\[(\w+), FieldInfo\(.*?\]\)\]", r"\1", text)  # bounds are shown after the meaning
     text = re.sub(r"Literal\[([^\]]*)\]", lambda m: "one of " + m.group(1).replace("'", ""), text)
+    text = re.sub(r"^Union\[(\w+), one of (\w+)\]$", r"\1 or \2", text)
     return text.replace("NoneType", "null")
 
 

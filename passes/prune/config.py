@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from optimize.pass_api import PassConfig
+
+SEARCH_GRID = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75]
+Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]  # bounds in the JSON schema; messages from _ratio below
 
 
 class PruneConfig(PassConfig):
@@ -15,21 +18,26 @@ class PruneConfig(PassConfig):
         "magnitude",
         description="magnitude: zero the smallest weights; structured: remove whole output channels/neurons, attention heads and FFN neurons (torch; on ONNX: output neurons/channels of MatMul/Gemm/Conv chains); nm: keep N of every M consecutive weights.",
     )
-    sparsity: float = Field(
-        0.5, ge=0.0, lt=1.0,
-        description="Fraction of weights (magnitude) or of channels / FFN neurons per layer (structured) to remove.",
+    sparsity: Ratio | Literal["auto"] = Field(
+        0.5,
+        description="Fraction of weights (magnitude) or of channels / FFN neurons per layer (structured) to remove; structured: auto = the largest value on search_grid whose briefly distilled result meets the quality target (docs/distill.md).",
     )
     scope: Literal["layer", "global"] = Field(
         "layer",
         description="Rank weights (magnitude) or channel groups (structured) within each layer, or across all selected layers.",
     )
-    importance: Literal["l1", "l2", "taylor"] = Field(
+    importance: Literal["l1", "l2", "taylor", "fisher"] = Field(
         "l2",
-        description="structured: channel importance. l1/l2: weight norm; taylor: |weight × gradient| of a loss on data.calibration (or data.train) samples (data-driven).",
+        description="structured: channel importance. l1/l2: weight norm; taylor: |weight × gradient| of a loss on data.calibration (or data.train) samples; fisher: how far removing each head / neuron moves the model's outputs on those samples (squared mask gradients; best on pretrained transformers, docs/distill.md).",
     )
     importance_samples: int = Field(
-        128, ge=1, le=100_000, description="structured, importance taylor: data samples whose gradients are summed."
+        128, ge=1, le=100_000, description="structured, importance taylor / fisher: data samples whose gradients are summed."
     )
+    refit: bool = Field(
+        False,
+        description="structured: after pruning, re-solve each Linear layer whose inputs were removed (FFN output, attention output projection) by least squares so its outputs match the unpruned model's on data.calibration (or data.train) samples.",
+    )
+    refit_samples: int = Field(256, ge=1, le=100_000, description="refit: data samples (text: their real tokens are the rows).")
     layer_sparsity: dict[str, float] = Field(
         default_factory=dict,
         description="Per-layer sparsity overriding `sparsity`: glob pattern on the layer / initializer name → fraction in [0, 1). The first matching pattern wins.",
@@ -38,9 +46,25 @@ class PruneConfig(PassConfig):
         1.0, gt=0.0, le=1.0,
         description="structured: the largest fraction of any one layer's channels that may be removed (matters with scope: global).",
     )
-    head_sparsity: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="structured, transformers: fraction of attention heads removed in each attention module (whole heads; `sparsity` then applies to FFN neurons).",
+    head_sparsity: Ratio | Literal["auto"] = Field(
+        0.0,
+        description="structured, transformers: fraction of attention heads removed in each attention module (whole heads; `sparsity` then applies to FFN neurons); auto: searched like sparsity (with both auto, half the FFN ratio).",
+    )
+    search_grid: list[float] = Field(
+        list(SEARCH_GRID), min_length=1,
+        description="auto: the ratios probed (bisected: quality falls as the ratio grows).",
+    )
+    search_budget_minutes: float = Field(
+        5.0, gt=0, le=10_000, description="auto: no probe starts once the next one would end past this many minutes."
+    )
+    search_samples: int = Field(
+        512, ge=1, le=10_000_000, description="auto: training samples each probe is distilled on (one epoch)."
+    )
+    search_lr: float = Field(5e-4, gt=0, le=10, description="auto: learning rate of each probe's short distillation.")
+    search_warmup_steps: int = Field(2, ge=0, le=100_000, description="auto: warm-up steps of each probe's distillation.")
+    search_min_cosine: float | None = Field(
+        None, ge=-1, le=1,
+        description="auto: the min output cosine (over data.eval, against the input model) a probe must reach; default gates.min_embedding_cosine, else gates.min_parity_cosine.",
     )
     keep_hidden_size: bool = Field(
         True,
@@ -74,6 +98,27 @@ class PruneConfig(PassConfig):
         description="nm on --device cuda: time the 2:4 model with sparse semi-structured kernels against dense fp16/bf16 in torch and report both.",
     )
 
+    @field_validator("sparsity", "head_sparsity", mode="before")
+    @classmethod
+    def _ratio(cls, v: object) -> object:
+        """One message for an out-of-range number (the union would report each branch's error)."""
+        if isinstance(v, str) and v != "auto":
+            raise ValueError(f"expected a number in [0, 1) or auto, got {v!r}")
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if v < 0.0:
+                raise ValueError(f"must be at least 0.0 (got {v})")
+            if v >= 1.0:
+                raise ValueError(f"must be less than 1.0 (got {v})")
+        return v
+
+    @field_validator("search_grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        bad = [g for g in v if not 0.0 < g < 1.0]
+        if bad:
+            raise ValueError(f"search_grid values must be in (0, 1): {bad}")
+        return v
+
     @model_validator(mode="after")
     def _cross_checks(self) -> PruneConfig:
         if self.method == "nm" and self.n >= self.m:
@@ -83,8 +128,13 @@ class PruneConfig(PassConfig):
         bad = {k: v for k, v in self.layer_sparsity.items() if not 0.0 <= v < 1.0}
         if bad:
             raise ValueError(f"layer_sparsity values must be in [0, 1): {bad}")
-        if self.importance == "taylor" and self.method != "structured":
-            raise ValueError("importance: taylor applies to method: structured")
+        if self.importance in ("taylor", "fisher") and self.method != "structured":
+            raise ValueError(f"importance: {self.importance} applies to method: structured")
+        auto = self.sparsity == "auto" or self.head_sparsity == "auto"
+        if self.refit and self.method != "structured":
+            raise ValueError("refit applies to method: structured")
+        if auto and self.method != "structured":
+            raise ValueError("sparsity/head_sparsity auto applies to method: structured")
         if self.finetune_epochs and self.steps == 1:
             raise ValueError("finetune_epochs runs between gradual steps: set steps > 1 (or use a distill pass after prune)")
         return self

@@ -32,19 +32,25 @@ class PrunePass(Pass):
         key = f"{plan.key}.prune"
         if plan.form_at_pass == "onnx":
             torch_only = {
-                "importance": cfg.importance == "taylor", "head_sparsity": cfg.head_sparsity > 0,
-                "steps": cfg.steps > 1, "round_to": cfg.round_to is not None,
+                "importance": cfg.importance in ("taylor", "fisher"),
+                "head_sparsity": cfg.head_sparsity == "auto" or cfg.head_sparsity > 0,
+                "sparsity": cfg.sparsity == "auto",
+                "steps": cfg.steps > 1, "round_to": cfg.round_to is not None, "refit": cfg.refit,
             }
             for field_name, used in torch_only.items():
                 if used:
                     raise ConfigError(
                         f"{field_name} needs a torch model; the model is ONNX at this point", key=f"{key}.{field_name}"
                     )
-        if cfg.importance == "taylor" and not (plan.has_data("calibration") or plan.has_data("train")):
+        if cfg.refit and not (plan.has_data("calibration") or plan.has_data("train")):
+            raise ConfigError("refit fits layers on data: declare data.calibration or data.train", key=f"{key}.refit")
+        if cfg.importance in ("taylor", "fisher") and not (plan.has_data("calibration") or plan.has_data("train")):
             raise ConfigError(
-                "importance: taylor ranks channels by gradients on data: declare data.calibration or data.train",
+                f"importance: {cfg.importance} ranks channels by gradients on data: declare data.calibration or data.train",
                 key=f"{key}.importance",
             )
+        if "auto" in (cfg.sparsity, cfg.head_sparsity):
+            self._check_search(plan, key)
         if cfg.finetune_epochs and not plan.has_data("train"):
             raise ConfigError("finetune_epochs needs training data: declare data.train", key=f"{key}.finetune_epochs")
         if cfg.method == "structured" and plan.form_at_pass == "torch" and not plan.has_input_spec:
@@ -53,6 +59,17 @@ class PrunePass(Pass):
                 "(name, shape, dtype)",
                 key="model.inputs",
             )
+
+    def _check_search(self, plan: Any, key: str) -> None:
+        from optimize.errors import ConfigError
+        from passes.prune.search import threshold
+
+        if not (plan.has_data("train") and plan.has_data("eval")):
+            raise ConfigError(
+                "sparsity auto distills and measures each probe: declare data.train and data.eval", key=f"{key}.sparsity"
+            )
+        threshold(self.config, plan)
+
     def run(self, model: Any, ctx: Any) -> PassResult:
         if model.form == "onnx":
             result = self._run_onnx(model, ctx)
@@ -83,7 +100,15 @@ class PrunePass(Pass):
         if cfg.method == "structured":
             from passes.prune.torch_structured import run_structured
 
+            searched: tuple[Any, ...] = ()
+            if "auto" in (cfg.sparsity, cfg.head_sparsity):
+                from passes.prune.search import search
+
+                cfg, *searched = search(cfg, self.name, model, ctx)
             result = run_structured(cfg, self.name, model, ctx)
+            if searched:
+                result.metrics["search"] = searched[0]
+                result.notes.extend(searched[1])
         else:
             from passes.prune.torch_masked import run_masked
 

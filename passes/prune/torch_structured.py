@@ -30,6 +30,10 @@ def _torch_importance(cfg: Any) -> Any:
 
     if cfg.importance == "taylor":
         return tp.importance.GroupTaylorImportance()
+    if cfg.importance == "fisher":
+        from passes.prune.fisher import FisherImportance
+
+        return FisherImportance()
     return tp.importance.GroupMagnitudeImportance(p=1 if cfg.importance == "l1" else 2)
 
 
@@ -72,6 +76,39 @@ def _taylor_grads(module: Any, ctx: Any, names: list[str], samples: int, task: s
     finally:
         module.train(was_training)
     return f"{used}, {len(ds)} samples"
+
+
+def _fisher(job: _Job, pruner: Any) -> str:
+    """Fisher scores of the current module on data samples, handed to the pruner's importance."""
+    from optimize.errors import PassError
+    from passes.prune.fisher import fisher_scores
+
+    ds = job.ctx.data("calibration")
+    if ds is None:
+        raise PassError(job.name, "importance: fisher needs data (data.calibration or data.train)")
+    ds = ds.take(job.cfg.importance_samples)
+    keys = job.input_names if job.input_names and all(k in ds.inputs for k in job.input_names) else list(ds.inputs)
+    pruner.importance.scores = fisher_scores(job.module, ds, keys, job.attention, job.task, getattr(job.ctx, "seed", 0))
+    return f"fisher (output change under channel/head masks, {len(ds)} samples)"
+
+
+def _refit(job: _Job) -> dict[str, Any]:
+    """Least-squares refit of the layers whose inputs were pruned (passes/prune/refit.py)."""
+    from optimize.errors import PassError
+    from passes.prune.refit import input_pruned_layers, refit
+
+    ds = job.ctx.data("calibration")
+    if ds is None:
+        raise PassError(job.name, "refit needs data (data.calibration or data.train)")
+    ds = ds.take(job.cfg.refit_samples)
+    keys = job.input_names if job.input_names and all(k in ds.inputs for k in job.input_names) else list(ds.inputs)
+    rows = refit(job.module, job.model.module, input_pruned_layers(job.module, job.shapes), ds, keys)
+    done = [r for r in rows if "skipped" not in r]
+    return {
+        "layers": len(done), "skipped": [r["name"] for r in rows if "skipped" in r], "samples": len(ds),
+        "rel_error_before_mean": round(float(np.mean([r["rel_error_before"] for r in done])), 6) if done else None,
+        "rel_error_after_mean": round(float(np.mean([r["rel_error_after"] for r in done])), 6) if done else None,
+    }
 
 
 def _param_counts(module: Any) -> dict[str, int]:
@@ -309,10 +346,13 @@ def _prune_step(job: _Job, pruner: Any, k: int) -> dict[str, Any]:
     cfg = job.cfg
     if cfg.importance == "taylor":
         job.importance_desc = "taylor (" + _taylor_grads(job.module, job.ctx, job.input_names, cfg.importance_samples, job.task) + ")"
+    elif cfg.importance == "fisher":
+        job.importance_desc = _fisher(job, pruner)
     _remove_groups(job, pruner)
     job.module.zero_grad(set_to_none=True)
     heads = T.update_head_counts(job.attention)
     _check_still_runs(job)
+    refit_rows = _refit(job) if cfg.refit else None
     now = sum(p.numel() for p in job.module.parameters())
     row: dict[str, Any] = {
         "step": k + 1,
@@ -322,6 +362,8 @@ def _prune_step(job: _Job, pruner: Any, k: int) -> dict[str, Any]:
     }
     if heads:
         row["heads"] = sum(h["heads_after"] for h in heads)
+    if refit_rows is not None:
+        row["refit"] = refit_rows
     eval_ds, _, reference = job.quality_data
     row.update({f"{key}_after_prune": v for key, v in U.quality(job.module, eval_ds, job.input_names, reference).items()})
     if k < cfg.steps - 1 and cfg.finetune_epochs > 0:

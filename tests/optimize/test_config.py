@@ -316,5 +316,7 @@ def test_json_schema_forbids_extra_keys_and_describes_fields() -> None:
     assert all(prop.get("description") for prop in hw["properties"].values())
     prune = defs["prune"]
     assert prune["additionalProperties"] is False
-    assert prune["properties"]["sparsity"]["exclusiveMaximum"] == 1.0
-    assert prune["properties"]["sparsity"]["minimum"] == 0.0
+    sparsity = prune["properties"]["sparsity"]  # a number in [0, 1), or auto
+    number = next(b for b in sparsity.get("anyOf", [sparsity]) if b.get("type") == "number")
+    assert number["exclusiveMaximum"] == 1.0 and number["minimum"] == 0.0
+    assert {"const": "auto", "type": "string"} in sparsity["anyOf"]

@@ -293,3 +293,58 @@ def test_nm_gpu_sparse_kernels_measured(cfg, tmp_path):
     assert g["dense_ms"] > 0 and g["sparse_ms"] > 0
     assert set(g["sparse_layers"]) == {"0", "2"}
     assert g["max_abs_diff"] < 0.5
+
+
+def test_fisher_removes_a_large_but_unread_neuron(ctx):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():
+        module[0].weight[3] *= 50  # the largest weights, but nothing reads the neuron: no output change
+        module[0].bias[3] = 5.0
+        module[2].weight[:, 3] = 0
+    ctx._data["calibration"] = _classification_data()
+    res = run(mlp_handle(module), ctx, method="structured", sparsity=0.25, importance="fisher")
+    kept = _kept_rows(module[0].weight, res.model.module[0].weight)
+    assert 3 not in kept and len(kept) == 6
+    assert res.metrics["importance"].startswith("fisher (")
+
+
+def test_fisher_removes_the_head_the_output_ignores(ctx):
+    torch.manual_seed(0)
+    module = Encoder().eval()
+    split = SplitHeadAttention  # converted inside the pass; silence the head by its output columns
+    with torch.no_grad():
+        for layer in module.layers:
+            layer.self_attn.out_proj.weight[:, 8:16] = 0  # head 1 of 4 (head_dim 8) reaches nothing ...
+            for part in range(3):  # ... though its q/k/v weights are the largest
+                layer.self_attn.in_proj_weight[part * 32 + 8 : part * 32 + 16] *= 10
+    rng = np.random.default_rng(0)
+    ctx._data["calibration"] = Dataset({"ids": rng.integers(0, 50, (64, 7)).astype(np.int64)}, None)
+    res = run(ids_handle(module), ctx, method="structured", sparsity=0.25, head_sparsity=0.25, importance="fisher")
+    for i, layer in enumerate(res.model.module.layers):
+        attn = layer.self_attn
+        assert isinstance(attn, split) and attn.num_heads == 3
+        q_orig = module.layers[i].self_attn.in_proj_weight[:32]
+        kept = _kept_rows(q_orig, attn.q_proj.weight)
+        assert not set(kept) & set(range(8, 16)), f"layer {i} kept rows of the silent head"
+    res_l2 = run(ids_handle(module), ctx, method="structured", sparsity=0.25, head_sparsity=0.25, importance="l2")
+    q_l2 = res_l2.model.module.layers[0].self_attn.q_proj.weight
+    assert set(range(8, 16)) <= set(_kept_rows(module.layers[0].self_attn.in_proj_weight[:32], q_l2))  # magnitude keeps it
+
+
+def test_refit_restores_the_outputs_of_a_pruned_ffn(ctx):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4)).eval()
+    ctx._data["calibration"] = _classification_data(256)
+    ctx._data["eval"] = _classification_data(128, seed=1)
+    plain = run(mlp_handle(module), ctx, method="structured", sparsity=0.5)
+    fitted = run(mlp_handle(module), ctx, method="structured", sparsity=0.5, refit=True, refit_samples=256)
+    row = fitted.metrics["per_step"][0]
+    assert row["refit"]["layers"] == 1 and row["refit"]["skipped"] == []
+    assert row["refit"]["rel_error_after_mean"] < row["refit"]["rel_error_before_mean"]
+    err_plain = 1 - plain.metrics["per_step"][0]["mean_cosine_after_prune"]
+    err_fit = 1 - row["mean_cosine_after_prune"]
+    assert err_fit < 0.5 * err_plain  # the kept neurons take over much of what the removed ones did
+    assert torch.equal(fitted.model.module[0].weight, plain.model.module[0].weight)  # only the reader changes
+    with pytest.raises(ValueError, match="refit applies to method: structured"):
+        PruneConfig(method="magnitude", refit=True)

