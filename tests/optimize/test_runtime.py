@@ -216,3 +216,17 @@ def test_scale_groups_split_at_each_gap_over_the_spread():
     ref = np.concatenate([rng.normal(0, 300, (2, 2, 40)), rng.normal(0, 0.5, (2, 3, 40)), np.zeros((2, 1, 40))], axis=1)
     groups = _scale_groups(ref)
     assert groups is not None and [g.tolist() for g in groups] == [[5], [2, 3, 4], [0, 1]]
+
+
+def test_predict_feeds_a_batch_1_export_one_sample_at_a_time(tmp_path: Path) -> None:
+    """A model whose batch dim is fixed at 1 (many exporters write 1x3xHxW) gets eval data of several
+    samples one at a time, not in batches ONNX Runtime rejects."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 2], np.arange(8, dtype=np.float32).tolist())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [w])
+    path = tmp_path / "b1.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    (y,) = predict(session(path), {"x": x}, batch_size=64)
+    assert y.shape == (5, 2) and np.allclose(y, x @ np.arange(8, dtype=np.float32).reshape(4, 2), atol=1e-5)
