@@ -88,9 +88,9 @@ class ModelSection(Section):
         None,
         description="Weights for a `package.module:callable` factory: .safetensors or a state_dict (.pt, loaded weights_only).",
     )
-    task: Literal["classification", "regression", "embedding"] = Field(
+    task: Literal["classification", "regression", "embedding", "text-generation"] = Field(
         "classification",
-        description="What the outputs mean; decides the accuracy metric. A Hugging Face folder sets it from its architecture unless given (embedding turns any folder's encoder into a mean-pooled embedder).",
+        description="What the outputs mean; decides the accuracy metric. A Hugging Face folder sets it from its architecture unless given (embedding turns any folder's encoder into a mean-pooled embedder). text-generation: a decoder LLM (a …ForCausalLM folder or a .gguf file, detected when unset): exported with a KV cache, passes export and quantize, measured by tokens/s, token agreement and perplexity (docs/llm.md).",
     )
     tokenizer: TokenizerSection = Field(
         default_factory=TokenizerSection, description="How text data sources (.txt, .jsonl) are tokenized (see model.tokenizer)."

@@ -81,7 +81,10 @@ def _output_paths(cfg: Any, model_spec: str, example: bool) -> tuple[Path, Path]
     else:
         stem = "digits_cnn" if example else Path(model_spec.split(":")[-1]).stem
         out = Path.cwd() / f"{stem}.opt.onnx"
-        if not example and Path(model_spec).is_dir():
+        if not example and cfg.model.task == "text-generation":  # ONNX + tokenizer files: a folder that serves
+            src = Path(model_spec).resolve()
+            out = Path.cwd() / f"{src.name if src.is_dir() else src.stem}.opt" / "model.onnx"
+        elif not example and Path(model_spec).is_dir():
             from optimize.frameworks import detect
 
             if detect(Path(model_spec)) == "hf":  # ONNX + tokenizer files: a folder that serves as is
@@ -115,6 +118,11 @@ def plan(opts: RunOptions) -> Plan:
     """Validate config, model, chain and outputs before any work. Raises exit-2 errors."""
     example = opts.model is None
     cfg, config_file = _checked_config(opts, example)
+    from optimize.llm import route as llm_route  # decoder LLMs (model.task: text-generation)
+
+    llm = llm_route.resolve_task(opts.model, cfg, config_file)
+    if llm:
+        llm_route.check_plan(cfg, config_file)  # passes, gates, data: before any weights are read
     base_dir = Path.cwd()
     device = _resolve_device(cfg.hardware.device)
 
@@ -126,6 +134,9 @@ def plan(opts: RunOptions) -> Plan:
         model_desc = f"{EXAMPLE_FACTORY} (built-in example: CNN trained on scikit-learn digits)"
         form = "torch"
         inputs = [TensorSpec("x", ("batch", 1, 8, 8))]
+    elif llm:  # the KV-cache graph's shapes are its own (prefill, decode): nothing to resolve
+        handle = llm_route.load_handle(opts.model)  # type: ignore[arg-type]
+        model_desc, form, inputs = handle.source, handle.form, handle.inputs
     else:
         from optimize.loaders import load_model
 
@@ -142,6 +153,8 @@ def plan(opts: RunOptions) -> Plan:
             raise UsageError(f"output would overwrite the input model: {output}")
     if report.resolve() == output.resolve():
         raise UsageError("the report path equals the model output path")
+    if llm:
+        llm_route.check_output_dir(opts.model, output)  # type: ignore[arg-type]
     _check_files(opts, cfg, config_file, base_dir, output, report)
 
     steps = plan_steps(cfg, config_file, handle, form, has_inputs=bool(inputs))
@@ -337,18 +350,25 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, lineage: Lineage, started: 
     if current.form != "onnx" or current.onnx_path is None:
         raise PassError("export", "the pipeline ended without an ONNX model (internal planning error)")
 
-    from optimize.measure import measure
+    llm = cfg.model.task == "text-generation"
+    if llm:  # a KV-cache graph: tokens/s, token agreement, perplexity (optimize/llm/measure_run.py)
+        from optimize.llm.measure_run import measure_llm
 
-    report = measure(
-        pl=pl, ctx=ctx, baseline=baseline, final=current, last_torch=last_torch, lineage=lineage,
-        started=started, started_at=started_at, env=hardware.versions(), hw=hardware.describe(),
-    )
+        report = measure_llm(pl=pl, ctx=ctx, baseline=baseline, final=current, lineage=lineage, started=started,
+                             started_at=started_at, env=hardware.versions(), hw=hardware.describe())
+    else:
+        from optimize.measure import measure
+
+        report = measure(
+            pl=pl, ctx=ctx, baseline=baseline, final=current, last_torch=last_torch, lineage=lineage,
+            started=started, started_at=started_at, env=hardware.versions(), hw=hardware.describe(),
+        )
     if cfg.model.task == "embedding" or cfg.gates.min_embedding_cosine is not None:
         from optimize.frameworks.embedding import add_embedding_accuracy
 
         add_embedding_accuracy(report, ctx, baseline, current)
     try:
-        return _write_outputs(pl, opts, current, report)
+        return _write_outputs(pl, opts, current, report, serving=baseline.onnx_path.parent if llm else None)  # type: ignore[union-attr]
     except OSError as exc:  # disk full, read-only folder, ...: exit 1 with the reason, not "internal"
         from optimize.errors import OutputError
 
@@ -375,11 +395,29 @@ def _baseline(handle: ModelHandle, ctx: RunContext) -> ModelHandle:
     from optimize.export import ExportError, export_to_onnx
 
     cfg = ctx.config
+    if cfg.model.task == "text-generation":
+        return _llm_baseline(handle, ctx)
     ctx.progress.start("baseline", "export the input model (baseline for every comparison)", None)
     try:
         baseline = export_to_onnx(handle, ctx.work_dir / "input" / "model.onnx", cfg.output.opset, cfg.output.exporter)
     except ExportError as exc:
         raise PassError("export", f"the input model: {exc}") from None
+    ctx.progress.finish("baseline")
+    return baseline
+
+
+def _llm_baseline(handle: ModelHandle, ctx: RunContext) -> ModelHandle:
+    """A decoder's baseline: its KV-cache export (optimize.llm.route), which the export step reuses."""
+    from optimize.llm.route import baseline_path, export_handle
+
+    ctx.progress.start("baseline", "export the decoder with its KV cache (FP32 baseline)", None)
+    try:
+        baseline = export_handle(handle, baseline_path(ctx.work_dir), ctx.config.output.opset)
+    except (OptimizeError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        msg = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise PassError("export", f"the decoder: {type(exc).__name__}: {msg}") from exc
     ctx.progress.finish("baseline")
     return baseline
 
@@ -474,7 +512,7 @@ def _write_charts(pl: Plan, report: Any, model_path: Path) -> None:
     report.files. Without matplotlib (output.charts: auto) a finding says why there are none."""
     from optimize import charts
 
-    if not charts.wanted(pl.config):
+    if not charts.wanted(pl.config) or pl.config.model.task == "text-generation":  # a decoder: no chart yet
         return
     reason = charts.missing_reason()
     if reason is not None:
@@ -486,7 +524,7 @@ def _write_charts(pl: Plan, report: Any, model_path: Path) -> None:
         report.findings.append(f"chart {key.removeprefix('chart_')} not drawn: {why}")
 
 
-def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any) -> Any:
+def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any, serving: Path | None = None) -> Any:
     from optimize import onnx_io
     from optimize.report_md import to_markdown
 
@@ -499,7 +537,11 @@ def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any) 
     onnx_io.write_atomic(final.onnx_path, target)  # type: ignore[arg-type]
     report.files["model"] = str(target)
     tokenizer = getattr(pl.handle, "tokenizer", None)
-    if tokenizer is not None:  # a text model: its tokenizer beside the ONNX, so the folder serves as is
+    if serving is not None:  # a decoder: tokenizer, chat template, generation config, llm.json (optimize.llm.route)
+        from optimize.llm.route import write_serving_files as write_llm_serving_files
+
+        report.files.update(write_llm_serving_files(serving, target.parent))
+    elif tokenizer is not None:  # a text model: its tokenizer beside the ONNX, so the folder serves as is
         from optimize.frameworks.hf import write_serving_files
 
         report.files.update(write_serving_files(tokenizer, target.parent))

@@ -150,6 +150,10 @@ METRIC_ORDER = [
     "distillation_ratio",
     "accuracy_retained",
     "parity",
+    "prefill_speedup",  # decoder LLMs (optimize/llm/llm_metrics.py)
+    "decode_speedup",
+    "token_agreement",
+    "perplexity_ratio",
 ]
 
 

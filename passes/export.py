@@ -43,6 +43,8 @@ class ExportPass(Pass):
         exporter = self.config.exporter or out.exporter
         metrics: dict[str, Any] = {}
         notes: list[str] = []
+        if ctx.config.model.task == "text-generation":
+            return _export_decoder(model, path, opset, ctx)
         try:
             if exporter == "auto" and transformer_config(model) is not None:
                 handle, metrics["export_choice"] = _measured_export(model, path, opset, ctx)
@@ -52,6 +54,19 @@ class ExportPass(Pass):
         except ExportError as exc:
             raise PassError(self.name, str(exc)) from None
         return PassResult(handle, {"exporter": handle.exporter, "opset": handle.opset, **metrics}, notes)
+
+
+def _export_decoder(model: Any, path: Any, opset: int, ctx: Any) -> Any:
+    """A decoder LLM: one graph for prefill and decode with its KV cache (optimize.llm.export,
+    TorchScript exporter whatever `exporter` says); the pipeline's FP32 baseline is that same
+    export, so its file is reused when the opset matches."""
+    from optimize.llm.route import baseline_path, export_handle
+    from optimize.pass_api import PassResult
+
+    handle = export_handle(model, path, opset, reuse=baseline_path(ctx.work_dir))
+    note = ("decoder exported with its KV cache (TorchScript, eager attention; past_key_values.* / present.*), "
+            "the same graph as the FP32 baseline")
+    return PassResult(handle, {"exporter": handle.exporter, "opset": opset, "kv_cache": True}, [note])
 
 
 def choice_note(record: dict[str, Any]) -> str:

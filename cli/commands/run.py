@@ -35,13 +35,16 @@ EXAMPLES = [
     ("optimize run model.onnx -c configs/onnx-int8.yaml -o model.int8.onnx", "quantize an ONNX model to int8"),
     ("optimize run -c configs/default.yaml --dry-run", "print the resolved config and the planned steps"),
     ("optimize run m.onnx -c configs/cpu-int8.yaml --input-shape x=1x3x224x224", "fix a symbolic shape"),
+    ("optimize run ./my-llm -c configs/llm-int4.yaml --set data.eval.source=e.txt",
+     "a decoder LLM (folder or .gguf) to int4, tokens/s and quality measured"),
     ("optimize run -q --json > report.json", "the report as JSON, nothing else"),
 ]
 
 Model = Annotated[
     str | None,
     typer.Argument(metavar="MODEL", show_default=False,
-                   help="Model file (.onnx, TorchScript, .pt2) or factory `package.module:callable`. "
+                   help="Model file (.onnx, TorchScript, .pt2, .gguf), a model folder (Hugging Face, SavedModel) "
+                   "or factory `package.module:callable`. "
                    "Omit MODEL and -c to run the built-in example."),
 ]
 Config = Annotated[str | None, typer.Option("-c", "--config", metavar="CONFIG", show_default=False,

@@ -126,8 +126,8 @@ def resolve_task(folder: Path, config: Any, st: dict[str, Any] | None, model_cfg
 
         check_model_type(folder, config)  # an untested model type: its own one line
         raise ModelLoadError(
-            f"{folder}: {', '.join(archs)} is a decoder language model; `optimize run` does not optimize those yet "
-            "(docs/llm.md: bench/llm_bench.py exports, quantizes and measures one; `optimize generate` runs the export)"
+            f"{folder}: {', '.join(archs)} is a decoder language model; load it with model.task: text-generation "
+            "(docs/llm.md: `optimize run` exports it with a KV cache, quantizes and measures it)"
         )
     if own is None:
         raise ModelLoadError(

@@ -104,16 +104,21 @@ def eos_ids_of(folder: Path) -> tuple[int, ...]:
     return ()
 
 
+def prompt_ids(tokenizer: Any, prompt: str, chat: bool = True) -> list[int]:
+    """`prompt` as token ids: through the chat template (a user turn, then the assistant's turn
+    opened) when the tokenizer has one and `chat`, else tokenized as is."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return list(tokenizer(prompt)["input_ids"])
+
+
 def stream_text(lm: OrtCausalLM, tokenizer: Any, prompt: str, max_new_tokens: int, *, temperature: float = 0.0,
                 seed: int | None = None, chat: bool = True, emit: Callable[[str], None] = print) -> list[int]:
     """Tokenize `prompt` (through the chat template when the tokenizer has one and `chat`), decode,
     and call `emit` with each new piece of text as it comes. Returns the new token ids."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True)
-        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
-    else:
-        ids = tokenizer(prompt)["input_ids"]
+    ids = prompt_ids(tokenizer, prompt, chat)
     eos = eos_ids_of(lm.path.parent) or ((tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ())
     new: list[int] = []
     shown = ""

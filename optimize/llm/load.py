@@ -8,6 +8,8 @@ any other is refused with one line before the weights are read.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,10 @@ class CausalLM:
     @property
     def config(self) -> Any:
         return self.model.config
+
+    def parameters(self) -> Any:
+        """The torch model's parameters, so the pipeline counts this handle's weights like a module's."""
+        return self.model.parameters()
 
 
 def is_causal_lm_source(path: Path) -> bool:
@@ -96,7 +102,10 @@ def load_causal_lm(path: Path) -> CausalLM:
         raise ModelLoadError(f"{path}: transformers {transformers.__version__} cannot read its config ({_first_line(exc)})") from None
     check_model_type(path, config)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32", **common)
+        # transformers' GGUF reader draws a tqdm bar on stderr that no setting turns off; stderr
+        # carries only progress and errors here, and its errors come back as exceptions
+        with contextlib.redirect_stderr(io.StringIO()) if "gguf_file" in kwargs else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32", **common)
         tokenizer = AutoTokenizer.from_pretrained(folder, **common)
     except ModelLoadError:
         raise

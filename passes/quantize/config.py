@@ -89,6 +89,28 @@ class QuantizeConfig(PassConfig):
     )
     num_heads: int = Field(0, ge=0, le=4096, description="fusion: attention heads (0: detect from the graph).")
     hidden_size: int = Field(0, ge=0, le=1_000_000, description="fusion: hidden size (0: detect from the graph).")
+    # decoder LLMs (model.task: text-generation; passes/quantize/llm.py → passes/quantize/int4.py)
+    algorithm: Literal["rtn", "hqq", "minmax"] = Field(
+        "rtn",
+        description="text-generation, weight_only: how the 4-bit codes are chosen. rtn: round to nearest with integer "
+        "zero points (ONNX Runtime's default); hqq: half-quadratic optimized scales and zero points; minmax: each "
+        "block's own min..max in 15 steps (float zero points, stored as integer ones plus an exact correction). "
+        "docs/llm.md compares them.",
+    )
+    head: Literal["float", "int8", "int4"] = Field(
+        "int8",
+        description="text-generation: the output projection (lm_head): kept float, or 8-/4-bit blocks (weight_only) "
+        "/ int8 (dynamic). An int4 head is linked to repetition in public reports.",
+    )
+    embedding: Literal["float", "int8", "int4"] = Field(
+        "float", description="text-generation, weight_only: the token-embedding table kept float, or 8-/4-bit blocks "
+        "(GatherBlockQuantized).",
+    )
+    head_accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
+        4,
+        description="text-generation, weight_only: MatMulNBits compute type of a quantized head, apart from the "
+        "body's accuracy_level (an 8-bit head without level 4 ran SmolLM2's decode at 0.18x of FP32).",
+    )
 
     @model_validator(mode="after")
     def _combinations(self) -> QuantizeConfig:

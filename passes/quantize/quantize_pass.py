@@ -51,6 +51,11 @@ class QuantizePass(Pass):
         cfg = self.config
         assert isinstance(cfg, QuantizeConfig)
         key = f"{plan.key}.quantize"
+        from passes.quantize import llm
+
+        llm.check(cfg, plan.config.model.task, key)  # decoder LLMs: their own route (passes/quantize/llm.py)
+        if plan.config.model.task == llm.TASK:
+            return
         if plan.form_at_pass == "torch":  # quantization-aware training before distill
             if cfg.format == "auto":
                 raise ConfigError(
@@ -79,6 +84,11 @@ class QuantizePass(Pass):
     # ------------------------------------------------------------------ running
 
     def run(self, model: ModelHandle, ctx: RunContext) -> PassResult:
+        from passes.quantize import llm
+
+        if ctx.config.model.task == llm.TASK:
+            assert isinstance(self.config, QuantizeConfig)
+            return llm.run(self.config, model, ctx, self.name)
         if model.form == "torch":
             from passes.quantize.qat import qat_result
 

@@ -1,0 +1,93 @@
+"""The quantize pass on a decoder LLM (`model.task: text-generation`): `mode: weight_only, bits: 4`
+→ `int4.quantize_int4` (MatMulNBits body, head / embedding policies, algorithm rtn / hqq / minmax);
+`mode: dynamic` → `int4.quantize_int8_dynamic`. `mode: static` is refused: there is no calibration
+route for a KV-cache graph (its past inputs have a length of their own at every step).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from optimize.errors import ConfigError
+
+if TYPE_CHECKING:
+    from optimize.context import RunContext
+    from optimize.handle import ModelHandle
+    from optimize.pass_api import PassResult
+    from passes.quantize.config import QuantizeConfig
+
+TASK = "text-generation"
+LLM_ONLY = ("algorithm", "head", "embedding", "head_accuracy_level")
+GENERIC_ONLY = ("format", "fusion", "op_types", "exclude_nodes", "parity_floor", "fallback_max_layers",
+                "calibration", "calibration_samples", "random_calibration", "activation_type", "weight_type")
+
+
+def check(cfg: QuantizeConfig, task: str, key: str) -> None:
+    """Plan-time rules (exit 2): a decoder takes weight_only 4-bit or dynamic int8; the decoder
+    options are refused on other models."""
+    if task != TASK:
+        given = [f for f in LLM_ONLY if f in cfg.model_fields_set]
+        if given:
+            raise ConfigError(f"{given[0]} applies to model.task {TASK} (decoder LLMs) only", key=f"{key}.{given[0]}")
+        return
+    if cfg.mode == "static":
+        raise ConfigError(f"mode static: a {TASK} model has no calibration route (its KV-cache graph's past inputs "
+                          "change length at every step); use mode weight_only with bits 4, or mode dynamic",
+                          key=f"{key}.mode")
+    if cfg.mode == "weight_only" and cfg.bits != 4:
+        raise ConfigError(f"mode weight_only on a {TASK} model is 4-bit (MatMulNBits): set bits: 4", key=f"{key}.bits")
+    if cfg.mode == "dynamic" and cfg.head == "int4":
+        raise ConfigError("head int4 needs mode weight_only; dynamic int8 keeps the head int8 or float",
+                          key=f"{key}.head")
+    given = [f for f in GENERIC_ONLY if f in cfg.model_fields_set]
+    if given:
+        raise ConfigError(f"{given[0]} does not apply to a {TASK} model (its quantize options: mode, bits, "
+                          "block_size, symmetric_blocks, accuracy_level, algorithm, head, embedding, "
+                          "head_accuracy_level, per_channel, reduce_range)", key=f"{key}.{given[0]}")
+
+
+def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> PassResult:
+    """Quantize the decoder export at `model.onnx_path` into this step's folder (module doc)."""
+    from pathlib import Path
+
+    from optimize.errors import PassError
+    from optimize.pass_api import PassResult
+    from passes.quantize.int4 import quantize_int4, quantize_int8_dynamic
+
+    if model.onnx_path is None:
+        raise PassError(name, "expected an ONNX model")
+    src = Path(model.onnx_path)
+    out = ctx.step_dir(name) / "model.onnx"
+    ctx.progress.start(f"{name}.llm", f"quantize the decoder ({_label(cfg)})", None)
+    try:
+        if cfg.mode == "weight_only":
+            facts = quantize_int4(src, out, block_size=cfg.block_size, symmetric=cfg.symmetric_blocks,
+                                  accuracy_level=cfg.accuracy_level, head=cfg.head, embedding=cfg.embedding,
+                                  algorithm=cfg.algorithm, head_accuracy_level=cfg.head_accuracy_level)
+        else:
+            head = "float" if cfg.head == "float" else "int8"
+            facts = quantize_int8_dynamic(src, out, head=head, per_channel=cfg.per_channel,
+                                          reduce_range=bool(cfg.resolved().reduce_range))
+    except Exception as exc:
+        ctx.log.debug("decoder quantization failed", exc_info=True)
+        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise PassError(name, f"ONNX Runtime's quantizer failed on the decoder: {type(exc).__name__}: {line}") from exc
+    finally:
+        ctx.progress.finish(f"{name}.llm")
+    return PassResult(model.replace(onnx_path=out), {"mode": cfg.mode, "bits": cfg.bits, "llm": facts}, [_note(facts)])
+
+
+def _label(cfg: QuantizeConfig) -> str:
+    if cfg.mode == "weight_only":
+        return f"int4 {cfg.algorithm}, block {cfg.block_size}, head {cfg.head}"
+    return f"int8 dynamic, head {'float' if cfg.head == 'float' else 'int8'}"
+
+
+def _note(facts: dict[str, Any]) -> str:
+    if facts.get("format") == "int4":
+        level = facts.get("accuracy_level")
+        return (f"decoder int4 ({facts['algorithm']}): {facts['int4_matmuls']} MatMuls as 4-bit MatMulNBits blocks of "
+                f"{facts['block_size']}, accuracy_level {level if level is not None else 'unset'}; head "
+                f"{facts.get('head')}, embedding {facts.get('embedding')}")
+    return (f"decoder int8 dynamic: MatMuls with {'7' if facts.get('reduce_range') else '8'}-bit weights, "
+            f"per_channel {facts.get('per_channel')}; head {facts.get('head')}")
