@@ -64,6 +64,8 @@ def run_tool(config: Path, out: Path, sets: list[str]) -> tuple[Path, float]:
     if done.returncode not in (0, 3):  # 3: a gate failed; the model is still written
         sys.exit(f"{config.name}: optimize run failed ({done.returncode}):\n{done.stderr[-3000:]}")
     print(f"{config.name}: optimize run {seconds:.0f} s (exit {done.returncode})", file=sys.stderr)
+    if done.returncode == 3:  # the gate failed: the tool wrote the model as NAME.rejected.onnx
+        out = out.with_name(out.stem + ".rejected.onnx")
     return out, seconds
 
 
