@@ -2,13 +2,14 @@
 dequantized to float by transformers) → FP32 ONNX with KV cache → int4 (MatMulNBits) variants and
 int8 dynamic; measured side by side at batch 1.
 
-    .venv/bin/python bench/llm_bench.py [--work DIR] [--threads 1,2] [--rounds 5] [--json OUT]
+    .venv/bin/python bench/llm_bench.py [--work DIR] [--threads 1,2] [--rounds 5] [--step-rounds 20] [--json OUT]
 
 Speed: prefill tokens/s over a 128-token prompt and decode tokens/s over 128 new tokens, every
 model interleaved in each round (optimize.llm.llm_metrics.measure_speed), ratios against FP32 ONNX
 as the median of per-round ratios with a 95% bootstrap interval. Quality: token agreement over 20
 chat prompts × 32 teacher-forced positions along FP32's greedy continuation, and the perplexity
-ratio on /usr/share/common-licenses/GPL-3 (text used for nothing else here). The weights come from
+ratio on /usr/share/common-licenses/GPL-3 (text used for nothing else here). `--step-rounds`: single
+decode steps at a fixed past length as well (`decode_steps`), steadier on a shared machine. The weights come from
 a Q4_1 file, which flatters int4 (its weights already sit on a 4-bit grid): int8 is reported beside it.
 """
 
@@ -35,21 +36,31 @@ PROMPTS = [
 ]
 PPL_TEXT = Path("/usr/share/common-licenses/GPL-3")
 VARIANTS = {  # name → (function, kwargs) in passes.quantize.int4
-    "int4": ("quantize_int4", {"block_size": 32, "symmetric": True, "accuracy_level": 4, "head": "int8"}),
-    "int4-head4": ("quantize_int4", {"block_size": 32, "symmetric": True, "accuracy_level": 4, "head": "int4"}),
-    "int4-acc0": ("quantize_int4", {"block_size": 32, "symmetric": True, "accuracy_level": None, "head": "int8"}),
-    "int4-asym": ("quantize_int4", {"block_size": 32, "symmetric": False, "accuracy_level": 4, "head": "int8"}),
-    "int4-asym-acc0": ("quantize_int4", {"block_size": 32, "symmetric": False, "accuracy_level": None, "head": "int8"}),
-    "int4-asym-headf": ("quantize_int4", {"block_size": 32, "symmetric": False, "accuracy_level": 4, "head": "float"}),
-    "int4-hqq": ("quantize_int4", {"block_size": 32, "accuracy_level": 4, "head": "int8", "algorithm": "hqq"}),
-    "int4-hqq-acc0": ("quantize_int4", {"block_size": 32, "accuracy_level": None, "head": "int8", "algorithm": "hqq"}),
-    "int4-minmax": ("quantize_int4", {"block_size": 32, "accuracy_level": 4, "head": "int8", "algorithm": "minmax"}),
-    "int4-minmax-acc0": ("quantize_int4", {"block_size": 32, "accuracy_level": None, "head": "int8",
-                                           "algorithm": "minmax", "head_accuracy_level": None}),
-    "int4-minmax-acc0-h4": ("quantize_int4", {"block_size": 32, "accuracy_level": None, "head": "int8",
-                                              "algorithm": "minmax", "head_accuracy_level": 4}),
-    "int4-minmax-acc0-hf": ("quantize_int4", {"block_size": 32, "accuracy_level": None, "head": "float",
-                                              "algorithm": "minmax"}),
+    "int4": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "symmetric": True, "accuracy_level": 4, "head": "int8"}),
+    "int4-head4": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "symmetric": True, "accuracy_level": 4, "head": "int4"}),
+    "int4-acc0": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "symmetric": True, "accuracy_level": None, "head": "int8"}),
+    "int4-asym": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "symmetric": False, "accuracy_level": 4, "head": "int8"}),
+    "int4-asym-acc0": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "symmetric": False, "accuracy_level": None, "head": "int8"}),
+    "int4-asym-headf": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "symmetric": False, "accuracy_level": 4, "head": "float"}),
+    "int4-hqq": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "accuracy_level": 4, "head": "int8", "algorithm": "hqq", "correction": "exact"}),
+    "int4-hqq-acc0": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "accuracy_level": None, "head": "int8", "algorithm": "hqq", "correction": "exact"}),
+    "int4-minmax": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "accuracy_level": 4, "head": "int8", "algorithm": "minmax", "correction": "exact"}),
+    "int4-minmax-acc0": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "accuracy_level": None, "head": "int8",
+                                           "algorithm": "minmax", "head_accuracy_level": None, "correction": "exact"}),
+    "int4-minmax-acc0-h4": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "accuracy_level": None, "head": "int8",
+                                              "algorithm": "minmax", "head_accuracy_level": 4, "correction": "exact"}),
+    "int4-minmax-acc0-hf": ("quantize_int4", {"fuse_projections": False, "block_size": 32, "accuracy_level": None, "head": "float",
+                                              "algorithm": "minmax", "correction": "exact"}),
+    # issue 15 part 3: q/k/v and gate/up merged before quantizing, the float zero points folded into
+    # a symmetric kernel (the entries above predate both: unfused, exact correction)
+    "int4-fused": ("quantize_int4", {"block_size": 32, "symmetric": True, "accuracy_level": 4, "head": "int8",
+                                     "fuse_projections": True}),
+    "int4-minmax-fused": ("quantize_int4", {"block_size": 32, "accuracy_level": 4, "head": "int8", "algorithm": "minmax",
+                                            "fuse_projections": True, "correction": "exact"}),
+    "int4-minmax-folded": ("quantize_int4", {"block_size": 32, "accuracy_level": 4, "head": "int8",
+                                             "algorithm": "minmax", "fuse_projections": True, "correction": "folded"}),
+    "int4-minmax-folded-h4": ("quantize_int4", {"block_size": 32, "accuracy_level": 4, "head": "int4",
+                                                "algorithm": "minmax", "fuse_projections": True, "correction": "folded"}),
     "int8": ("quantize_int8_dynamic", {"head": "int8"}),  # 7-bit weights without VNNI (reduce_range auto)
     "int8-8bit": ("quantize_int8_dynamic", {"head": "int8", "reduce_range": False}),
 }
@@ -86,6 +97,35 @@ def build(work: Path, variants: list[str]) -> dict[str, Path]:
     return paths
 
 
+def decode_steps(models: dict, prompt: list[int], rounds: int, steps: int = 16) -> dict[str, dict]:
+    """One decode step's time at a fixed past length (the cache of one prefill of `prompt`, reused),
+    the models interleaved in bursts of `steps` steps, order alternating, one warm-up round; per
+    round the burst's median. Tighter than the 128-token loop when the machine is shared.
+    Ratios against the first model, as the median of per-round ratios with a 95% bootstrap interval."""
+    import numpy as np
+
+    from optimize.speed import estimate, round_ratios
+
+    ids, one = np.asarray([prompt], np.int64), np.asarray([[prompt[-1]]], np.int64)
+    caches = {n: m.step(ids, m.empty_cache(), 0).cache for n, m in models.items()}
+    names, times = list(models), {n: [] for n in models}
+    for r in range(rounds + 1):
+        for n in names if r % 2 == 0 else names[::-1]:
+            burst = []
+            for _ in range(steps):
+                t = time.perf_counter()
+                models[n].step(one, caches[n], len(prompt))
+                burst.append(time.perf_counter() - t)
+            if r:
+                times[n].append(float(np.median(burst)))
+    out = {}
+    for n in names:
+        est = estimate(round_ratios(times[names[0]], times[n]))
+        out[n] = {"ms_per_step": round(1e3 * float(np.median(times[n])), 2), "speedup": round(est.value, 3),
+                  "speedup_interval": [round(est.low, 3), round(est.high, 3)]}
+    return out
+
+
 def chat_ids(tokenizer, prompt: str) -> list[int]:
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
     return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
@@ -101,6 +141,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-speed", action="store_true", help="quality only")
     ap.add_argument("--no-quality", action="store_true", help="speed only")
+    ap.add_argument("--step-rounds", type=int, default=0,
+                    help="also time single decode steps at past length 128 (decode_steps), this many rounds")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -138,6 +180,13 @@ def main() -> None:
             print(threads, "threads", n, row, flush=True)
         result["speed"][str(threads)] = {"rows": rows, "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
                                          "rounds": args.rounds}
+        if args.step_rounds:
+            load = os.getloadavg()[0]
+            steps = decode_steps(models, speed_prompt, args.step_rounds)
+            for n, row in steps.items():
+                print(threads, "threads", n, "decode step", row, flush=True)
+            result["speed"][str(threads)]["decode_step"] = {"rows": steps, "load_before": round(load, 2),
+                                                            "load_after": round(os.getloadavg()[0], 2)}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

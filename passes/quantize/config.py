@@ -94,8 +94,15 @@ class QuantizeConfig(PassConfig):
         "rtn",
         description="text-generation, weight_only: how the 4-bit codes are chosen. rtn: round to nearest with integer "
         "zero points (ONNX Runtime's default); hqq: half-quadratic optimized scales and zero points; minmax: each "
-        "block's own min..max in 15 steps (float zero points, stored as integer ones plus an exact correction). "
+        "block's own min..max in 15 steps (float zero points, rewritten for the fast integer kernel: see correction). "
         "docs/llm.md compares them.",
+    )
+    correction: Literal["exact", "folded"] = Field(
+        "folded",
+        description="text-generation, weight_only, algorithm hqq/minmax: how the float zero points reach ONNX "
+        "Runtime's fast integer kernel. exact: integer zero points plus a block-sum MatMul and an Add per projection; "
+        "folded: the symmetric kernel (no zero-point input) with the remainder as extra 4-bit rows inside it (fewer "
+        "nodes per decode step, the remainder rounded to ~1/224 of its largest value). docs/llm.md measures both.",
     )
     head: Literal["float", "int8", "int4"] = Field(
         "int8",

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from passes.quantize.config import QuantizeConfig
 
 TASK = "text-generation"
-LLM_ONLY = ("algorithm", "head", "embedding", "head_accuracy_level")
+LLM_ONLY = ("algorithm", "correction", "head", "embedding", "head_accuracy_level")
 GENERIC_ONLY = ("format", "fusion", "op_types", "exclude_nodes", "parity_floor", "fallback_max_layers",
                 "calibration", "calibration_samples", "random_calibration", "activation_type", "weight_type")
 
@@ -42,7 +42,7 @@ def check(cfg: QuantizeConfig, task: str, key: str) -> None:
     given = [f for f in GENERIC_ONLY if f in cfg.model_fields_set]
     if given:
         raise ConfigError(f"{given[0]} does not apply to a {TASK} model (its quantize options: mode, bits, "
-                          "block_size, symmetric_blocks, accuracy_level, algorithm, head, embedding, "
+                          "block_size, symmetric_blocks, accuracy_level, algorithm, correction, head, embedding, "
                           "head_accuracy_level, per_channel, reduce_range)", key=f"{key}.{given[0]}")
 
 
@@ -63,7 +63,8 @@ def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> 
         if cfg.mode == "weight_only":
             facts = quantize_int4(src, out, block_size=cfg.block_size, symmetric=cfg.symmetric_blocks,
                                   accuracy_level=cfg.accuracy_level, head=cfg.head, embedding=cfg.embedding,
-                                  algorithm=cfg.algorithm, head_accuracy_level=cfg.head_accuracy_level)
+                                  algorithm=cfg.algorithm, head_accuracy_level=cfg.head_accuracy_level,
+                                  correction=cfg.correction)
         else:
             head = "float" if cfg.head == "float" else "int8"
             facts = quantize_int8_dynamic(src, out, head=head, per_channel=cfg.per_channel,
@@ -86,7 +87,8 @@ def _label(cfg: QuantizeConfig) -> str:
 def _note(facts: dict[str, Any]) -> str:
     if facts.get("format") == "int4":
         level = facts.get("accuracy_level")
-        return (f"decoder int4 ({facts['algorithm']}): {facts['int4_matmuls']} MatMuls as 4-bit MatMulNBits blocks of "
+        how = facts["algorithm"] + (f", {facts['correction']} correction" if facts.get("correction") else "")
+        return (f"decoder int4 ({how}): {facts['int4_matmuls']} MatMuls as 4-bit MatMulNBits blocks of "
                 f"{facts['block_size']}, accuracy_level {level if level is not None else 'unset'}; head "
                 f"{facts.get('head')}, embedding {facts.get('embedding')}")
     return (f"decoder int8 dynamic: MatMuls with {'7' if facts.get('reduce_range') else '8'}-bit weights, "
