@@ -15,6 +15,21 @@ if TYPE_CHECKING:
     from optimize.pass_api import PassResult
 
 
+# e.g. `sparsity: auto` chose 0: training a copy of the teacher toward itself only adds noise (measured on
+# all-MiniLM-L6-v2: one epoch at lr 1e-4 took the int8 model's min embedding cosine from 0.975 to 0.954)
+SAME_AS_TEACHER = ("distillation skipped: the student has the teacher's weights (nothing before distill changed "
+                   "the model), so there is nothing to recover")
+
+
+def same_weights(student: Any, teacher: Any) -> bool:
+    """Whether two modules hold the same tensors under the same names (no parametrization, no pruning)."""
+    import torch
+
+    a, b = student.state_dict(), teacher.state_dict()
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
 class DistillPass(Pass):
     name = "distill"
     summary = (
@@ -111,6 +126,8 @@ class DistillPass(Pass):
         setup = prepare(model, ctx, self.config)
         torch.manual_seed(ctx.seed)
         student, metrics, student_notes = self._student(model, teacher, ctx)
+        if self.config.student is None and same_weights(student, teacher.module):
+            return PassResult(model=model, metrics={**metrics, "skipped": SAME_AS_TEACHER}, notes=[SAME_AS_TEACHER])
         metrics["teacher_params"] = param_count(teacher.module)
         metrics["student_params"] = param_count(student)
         if self.config.features:

@@ -264,3 +264,21 @@ def test_check_accepts_an_input_spec_without_data_and_data_without_a_spec() -> N
 def test_config_values_are_validated_at_load_time(option: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config_text(f"schema_version: 1\npasses: [{{type: distill, {option}}}]\n")
+
+
+def test_a_student_with_the_teachers_weights_is_returned_untrained(tmp_path: Path) -> None:
+    """`sparsity: auto` may choose 0: distilling the teacher's own copy only adds noise, so the pass skips."""
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)).eval()
+    spec = [TensorSpec("x", ("batch", 6))]
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, spec), "passes: [{type: distill, epochs: 2, lr: 0.05}]\n")
+    same = copy.deepcopy(teacher)
+    result = distill(ctx, torch_handle(same, spec))
+    assert "nothing to recover" in result.metrics["skipped"] and result.notes == [result.metrics["skipped"]]
+    assert result.model.module is same
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), teacher.state_dict().values(), strict=True))
+    changed = copy.deepcopy(teacher)
+    with torch.no_grad():
+        changed[0].weight[0, 0] += 1.0  # one weight differs: trained as usual
+    trained = distill(ctx, torch_handle(changed, spec))
+    assert "skipped" not in trained.metrics and trained.metrics["epochs_run"] == 2
