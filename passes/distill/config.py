@@ -85,6 +85,13 @@ class DistillConfig(PassConfig):
         None, ge=1, le=100000, description="Stop after this many epochs without improvement of the eval metric (needs data.eval)."
     )
     min_delta: float = Field(0.0, ge=0, description="Smallest eval-metric gain that counts as an improvement.")
+    train_mode: bool = Field(
+        True,
+        description="Train the student in training mode (dropout active, batch-norm statistics updated). false: in "
+        "inference mode (dropout off, batch-norm statistics frozen) while its weights train — for matching a "
+        "teacher's exact outputs on little data (pruned all-MiniLM-L6-v2, one epoch of 2,000 lines: embedding "
+        "cosine mean 0.925 / min 0.749 against 0.917 / 0.735 with dropout; docs/distill.md).",
+    )
     keep_best: bool = Field(
         False, description="Return the weights of the epoch with the best eval metric, not the last (needs data.eval)."
     )

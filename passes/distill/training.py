@@ -236,7 +236,7 @@ def _train(loop: _Loop) -> None:
     loop.progress_open = True
     if state["epoch"]:
         ctx.progress.advance("distill", state["epoch"], "resumed")
-    loop.train_module.train()
+    loop.train_module.train(loop.cfg.train_mode)
     while state["epoch"] < cfg.epochs and not state["stopped_early"]:
         _epoch(loop)
 
@@ -389,7 +389,7 @@ def _select(loop: _Loop, epoch: int) -> str:
         state["bad_epochs"] += 1
         if cfg.early_stopping_patience and state["bad_epochs"] >= cfg.early_stopping_patience:
             state["stopped_early"] = True
-    loop.train_module.train()
+    loop.train_module.train(loop.cfg.train_mode)
     return info
 
 

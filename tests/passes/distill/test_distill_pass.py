@@ -282,3 +282,31 @@ def test_a_student_with_the_teachers_weights_is_returned_untrained(tmp_path: Pat
         changed[0].weight[0, 0] += 1.0  # one weight differs: trained as usual
     trained = distill(ctx, torch_handle(changed, spec))
     assert "skipped" not in trained.metrics and trained.metrics["epochs_run"] == 2
+
+
+class ModeRecorder(torch.nn.Module):
+    """A student that records whether each training forward ran in training mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 5))
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.modes.append(self.training)
+        return self.body(x)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_train_mode_false_trains_the_student_in_inference_mode(tmp_path: Path, train_mode: bool) -> None:
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)).eval()
+    spec = [TensorSpec("x", ("batch", 6))]
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, spec),
+                      f"passes: [{{type: distill, epochs: 1, lr: 0.01, train_mode: {str(train_mode).lower()}}}]\n")
+    before = ModeRecorder()
+    student = distill(ctx, torch_handle(before, spec)).model.module  # the pass trains a copy
+    assert student.modes and set(student.modes) == {train_mode}
+    old = before.body.state_dict()
+    assert any(not torch.equal(old[k], v) for k, v in student.body.state_dict().items()), "weights trained"
