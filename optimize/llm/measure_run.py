@@ -125,7 +125,7 @@ def llm_metrics(ctx: Any, baseline: Any, final: Any) -> tuple[dict[str, Metric],
 def weight_findings(in_facts: dict[str, Any], out_facts: dict[str, Any], metrics: dict[str, Metric],
                     steps: list[Any]) -> list[str]:
     """optimize.measure's weight findings, with a decoder's own cause of extra weight elements: the
-    exact correction of float zero points (int4 minmax / hqq) adds two small MatMuls per node."""
+    correction of float zero points (int4 minmax / hqq) adds K / block_size rows (or a small MatMul) per node."""
     from optimize.measure import weight_findings as generic
 
     found = generic(in_facts, out_facts, metrics)
@@ -133,8 +133,9 @@ def weight_findings(in_facts: dict[str, Any], out_facts: dict[str, Any], metrics
     if split and (out_facts.get("weights") or 0) > (in_facts.get("weights") or 0):
         found = [f for f in found if not f.startswith("the output stores more weight elements")]
         found.append(f"the output stores more weight elements than the input ({in_facts['weights']:,} → "
-                     f"{out_facts['weights']:,}): int4 minmax/hqq keeps its float zero points exact with a block-sum "
-                     "MatMul and a per-block correction (K / block_size rows) beside each MatMulNBits")
+                     f"{out_facts['weights']:,}): int4 minmax/hqq applies its float zero points through a per-block "
+                     "correction (correction: folded, extra K rows of each MatMulNBits fed by the input's block sums; "
+                     "exact, a correction MatMul beside it)")
     return found
 
 
