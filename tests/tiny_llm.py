@@ -13,21 +13,23 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} : {{ m['co
 VOCAB = 128
 
 
-def tiny_config(model_type: str = "llama") -> Any:
+def tiny_config(model_type: str = "llama", tied: bool = False) -> Any:
     from transformers import AutoConfig
 
     cfg = AutoConfig.for_model(model_type, vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                               max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+                               max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                               tie_word_embeddings=tied)
     return cfg
 
 
-def tiny_model(model_type: str = "llama", seed: int = 0) -> Any:
+def tiny_model(model_type: str = "llama", seed: int = 0, tied: bool = False) -> Any:
+    """`tied`: lm_head shares the embedding table (as SmolLM2's does)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type))
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, tied))
     with torch.no_grad():  # larger logits than the default init, so argmax ties are unlikely
         model.lm_head.weight.mul_(20.0)
     return model.eval()
@@ -46,18 +48,18 @@ def tiny_tokenizer() -> Any:
     return fast
 
 
-def tiny_folder(root: Path, model_type: str = "llama") -> Path:
+def tiny_folder(root: Path, model_type: str = "llama", tied: bool = False) -> Path:
     """A Hugging Face causal-LM folder: config.json, model.safetensors, tokenizer files."""
-    folder = root / f"tiny-{model_type}"
-    tiny_model(model_type).save_pretrained(str(folder))
+    folder = root / f"tiny-{model_type}{'-tied' if tied else ''}"
+    tiny_model(model_type, tied=tied).save_pretrained(str(folder))
     tiny_tokenizer().save_pretrained(str(folder))
     return folder
 
 
-def tiny_export(root: Path, model_type: str = "llama") -> Path:
+def tiny_export(root: Path, model_type: str = "llama", tied: bool = False) -> Path:
     """The tiny model exported with its KV cache (optimize.llm.export): root/onnx/model.onnx."""
     from optimize.llm.export import export_causal_lm
     from optimize.llm.load import load_causal_lm
 
-    lm = load_causal_lm(tiny_folder(root, model_type))
+    lm = load_causal_lm(tiny_folder(root, model_type, tied))
     return export_causal_lm(lm, root / "onnx" / "model.onnx")

@@ -7,9 +7,11 @@ Formulas (the report's metrics):
   cache (the tokens fed are fixed, so both models do identical work);
 - `token_agreement` = share of positions where the candidate's top-1 next token equals the FP32
   model's, teacher-forced along the FP32 model's own greedy continuation (`positions` per prompt,
-  so one miss does not cascade);
+  so one miss does not cascade), each position one decode step with the KV cache after a prefill
+  of the prompt — the path generation takes, whatever kernels a graph runs prompts with;
 - `perplexity_ratio` = candidate perplexity ÷ FP32 perplexity on the same text
-  (exp of the mean next-token cross-entropy over windows of `window` tokens).
+  (exp of the mean next-token cross-entropy over windows of `window` tokens, each window one
+  forward pass: the prompt path).
 Each ratio comes with its 95% interval (optimize.speed: bootstrap of the median of the rounds).
 """
 
@@ -79,20 +81,31 @@ def greedy_continuation(lm: OrtCausalLM, prompt: Sequence[int], positions: int) 
     return list(generate(lm, list(prompt), positions))
 
 
+def decode_predictions(lm: OrtCausalLM, prompt: Sequence[int], teacher: Sequence[int]) -> np.ndarray:
+    """Top-1 next token after `prompt` and after each token of `teacher` but the last, fed one
+    decode step at a time with the cache: the path generation takes (one prefill, then steps)."""
+    out = lm.step(np.asarray([list(prompt)], np.int64), lm.empty_cache(), 0)
+    preds = [int(out.logits[0, -1].argmax())]
+    past = len(prompt)
+    for tok in list(teacher)[:-1]:
+        out = lm.step(np.asarray([[tok]], np.int64), out.cache, past)
+        preds.append(int(out.logits[0, -1].argmax()))
+        past += 1
+    return np.asarray(preds)
+
+
 def token_agreement(reference: OrtCausalLM, candidate: OrtCausalLM, prompts: Sequence[Sequence[int]],
                     positions: int = 32) -> dict[str, Any]:
-    """Teacher-forced top-1 agreement along the reference's greedy continuation (module doc)."""
+    """Teacher-forced top-1 agreement along the reference's greedy continuation, both models on the
+    decode path (module doc): the reference's own predictions along it are the continuation itself."""
     same = total = 0
     for prompt in prompts:
-        cont = greedy_continuation(reference, prompt, positions)
-        ids = np.asarray([list(prompt) + cont[:-1]], np.int64)
-        first = len(prompt) - 1  # the logits at position i predict token i + 1
-        ref = reference.logits_along(ids)[first:].argmax(-1)
-        cand = candidate.logits_along(ids)[first:].argmax(-1)
-        same += int((ref == cand).sum())
-        total += len(ref)
+        cont = np.asarray(greedy_continuation(reference, prompt, positions))
+        cand = decode_predictions(candidate, prompt, cont)
+        same += int((cand == cont).sum())
+        total += len(cont)
     return {"value": same / total if total else None, "matches": same, "positions": total,
-            "prompts": len(prompts), "positions_per_prompt": positions}
+            "prompts": len(prompts), "positions_per_prompt": positions, "path": "decode steps with the KV cache"}
 
 
 def perplexity(lm: OrtCausalLM, token_ids: Sequence[int], window: int = 256) -> dict[str, Any]:
@@ -127,8 +140,9 @@ def quality(reference: OrtCausalLM, candidate: OrtCausalLM, prompts: Sequence[Se
 F_PREFILL = "median over interleaved rounds of (output prefill tokens/s / FP32 ONNX prefill tokens/s), batch 1"
 F_DECODE = "median over interleaved rounds of (output decode tokens/s / FP32 ONNX decode tokens/s), batch 1"
 F_AGREEMENT = ("matching top-1 positions / positions, teacher-forced along the FP32 model's greedy continuation "
-               "(positions_per_prompt per prompt)")
-F_PERPLEXITY = "output perplexity / FP32 perplexity, exp(mean next-token cross-entropy) over windows of the eval text"
+               "(positions_per_prompt per prompt), one decode step with the KV cache per position")
+F_PERPLEXITY = ("output perplexity / FP32 perplexity, exp(mean next-token cross-entropy) over windows of the eval text, "
+                "one forward pass per window")
 
 
 def report_metrics(name: str, speed: SpeedResult | None, qual: dict[str, Any] | None, reason: str = "not measured") -> dict[str, Any]:

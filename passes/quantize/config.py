@@ -119,6 +119,15 @@ class QuantizeConfig(PassConfig):
         "body's accuracy_level (an 8-bit head without level 4 ran SmolLM2's decode at 0.18x of FP32).",
     )
 
+    prefill: Literal["decode_kernels", "float_activations"] = Field(
+        "decode_kernels",
+        description="text-generation, weight_only with accuracy_level 2-4: how prompts (more than one token) run. "
+        "decode_kernels: the decode steps' kernels; float_activations: one If on the sequence length holds a prompt "
+        "path with the 4-bit kernels at accuracy_level 1 (and a tied head against the float embedding table), both "
+        "paths reading the same weights: faster prompts on a CPU without int8 dot products, slower decode steps (the "
+        "If costs each step; docs/llm.md measures both).",
+    )
+
     @model_validator(mode="after")
     def _combinations(self) -> QuantizeConfig:
         if self.bits == 4 and not (self.mode == "weight_only" or (self.mode == "static" and self.format == "qdq")):

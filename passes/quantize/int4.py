@@ -352,9 +352,12 @@ def quantize_int4(src: Path, dst: Path, *, block_size: int = 32, symmetric: bool
     (hqq / minmax only). Returns facts for the report: the nodes in each group and the settings."""
     import onnx
 
+    from passes.quantize.prefill_branch import tied_embedding
+
     model = onnx.load(str(src))
     head_name = head_node(model)
     embeds = embedding_nodes(model)
+    tied = tied_embedding(model, head_name) if embedding == "float" and head != "float" else None
     fused = fuse_sibling_matmuls(model, {head_name} if head_name else set()) if fuse_projections else 0
     weights = {t.name for t in model.graph.initializer}
     body = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name != head_name and n.input[1] in weights]
@@ -372,7 +375,7 @@ def quantize_int4(src: Path, dst: Path, *, block_size: int = 32, symmetric: bool
             "head_accuracy_level": head_accuracy_level if head_name and head != "float" else None,
             "head": head if head_name else None, "head_node": head_name, "embedding": embedding if embeds else None,
             "int4_matmuls": len(body), "fused_projections": fused,
-            "correction": correction if algorithm != "rtn" else None}
+            "correction": correction if algorithm != "rtn" else None, "tied_embedding": tied}
 
 
 def quantize_int8_dynamic(src: Path, dst: Path, *, head: Policy = "int8", per_channel: bool = True,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from passes.quantize.config import QuantizeConfig
 
 TASK = "text-generation"
-LLM_ONLY = ("algorithm", "correction", "head", "embedding", "head_accuracy_level")
+LLM_ONLY = ("algorithm", "correction", "head", "embedding", "head_accuracy_level", "prefill")
 GENERIC_ONLY = ("format", "fusion", "op_types", "exclude_nodes", "parity_floor", "fallback_max_layers",
                 "calibration", "calibration_samples", "random_calibration", "activation_type", "weight_type")
 
@@ -36,6 +36,9 @@ def check(cfg: QuantizeConfig, task: str, key: str) -> None:
                           key=f"{key}.mode")
     if cfg.mode == "weight_only" and cfg.bits != 4:
         raise ConfigError(f"mode weight_only on a {TASK} model is 4-bit (MatMulNBits): set bits: 4", key=f"{key}.bits")
+    if cfg.mode == "dynamic" and "prefill" in cfg.model_fields_set:
+        raise ConfigError("prefill chooses how a weight_only (int4) decoder runs prompts; mode dynamic has one path",
+                          key=f"{key}.prefill")
     if cfg.mode == "dynamic" and cfg.head == "int4":
         raise ConfigError("head int4 needs mode weight_only; dynamic int8 keeps the head int8 or float",
                           key=f"{key}.head")
@@ -43,7 +46,7 @@ def check(cfg: QuantizeConfig, task: str, key: str) -> None:
     if given:
         raise ConfigError(f"{given[0]} does not apply to a {TASK} model (its quantize options: mode, bits, "
                           "block_size, symmetric_blocks, accuracy_level, algorithm, correction, head, embedding, "
-                          "head_accuracy_level, per_channel, reduce_range)", key=f"{key}.{given[0]}")
+                          "head_accuracy_level, prefill, per_channel, reduce_range)", key=f"{key}.{given[0]}")
 
 
 def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> PassResult:
@@ -65,6 +68,7 @@ def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> 
                                   accuracy_level=cfg.accuracy_level, head=cfg.head, embedding=cfg.embedding,
                                   algorithm=cfg.algorithm, head_accuracy_level=cfg.head_accuracy_level,
                                   correction=cfg.correction)
+            out = _prefill(cfg, out, facts, ctx, name)
         else:
             head = "float" if cfg.head == "float" else "int8"
             facts = quantize_int8_dynamic(src, out, head=head, per_channel=cfg.per_channel,
@@ -78,10 +82,38 @@ def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> 
     return PassResult(model.replace(onnx_path=out), {"mode": cfg.mode, "bits": cfg.bits, "llm": facts}, [_note(facts)])
 
 
+def _prefill(cfg: QuantizeConfig, out: Any, facts: dict[str, Any], ctx: RunContext, name: str) -> Any:
+    """The graph with a prompt path (passes/quantize/prefill_branch.py) when `prefill:
+    float_activations` asks for it and the body computes with int8 (or 16-bit) activations; returns
+    the path of the graph kept and records what was done in facts."""
+    from passes.quantize.int4 import save
+    from passes.quantize.prefill_branch import add_prompt_path
+
+    if cfg.prefill == "decode_kernels" or facts.get("accuracy_level") in (None, 0, 1):
+        facts["prefill"] = {"path": "decode_kernels", "why": "prefill: decode_kernels" if cfg.prefill == "decode_kernels"
+                            else "the body's accuracy_level already computes with float activations"}
+        return out
+    branched = out.parent / "prompt-path" / "model.onnx"
+    ctx.progress.start(f"{name}.prefill", "add a prompt path (If on the sequence length, accuracy_level 1)", None)
+    try:
+        built = add_prompt_path(out, branched, facts.get("tied_embedding"), save)
+    finally:
+        ctx.progress.finish(f"{name}.prefill")
+    facts["prefill"] = {"path": "float_activations", **built}
+    return branched
+
+
 def _label(cfg: QuantizeConfig) -> str:
     if cfg.mode == "weight_only":
         return f"int4 {cfg.algorithm}, block {cfg.block_size}, head {cfg.head}"
     return f"int8 dynamic, head {'float' if cfg.head == 'float' else 'int8'}"
+
+
+def _prefill_note(p: dict[str, Any]) -> str:
+    if p.get("path") != "float_activations":
+        why = str(p.get("why") or "")
+        return f"; prefill float_activations not applied: {why}" if "accuracy_level" in why else ""
+    return f"; prompts run a path of their own (accuracy_level {p.get('prompt_accuracy_level')}, head {p.get('prompt_head')})"
 
 
 def _note(facts: dict[str, Any]) -> str:
@@ -90,6 +122,6 @@ def _note(facts: dict[str, Any]) -> str:
         how = facts["algorithm"] + (f", {facts['correction']} correction" if facts.get("correction") else "")
         return (f"decoder int4 ({how}): {facts['int4_matmuls']} MatMuls as 4-bit MatMulNBits blocks of "
                 f"{facts['block_size']}, accuracy_level {level if level is not None else 'unset'}; head "
-                f"{facts.get('head')}, embedding {facts.get('embedding')}")
+                f"{facts.get('head')}, embedding {facts.get('embedding')}{_prefill_note(facts.get('prefill') or {})}")
     return (f"decoder int8 dynamic: MatMuls with {'7' if facts.get('reduce_range') else '8'}-bit weights, "
             f"per_channel {facts.get('per_channel')}; head {facts.get('head')}")

@@ -84,8 +84,10 @@ def test_int4_run_writes_a_serving_folder_and_the_four_decoder_metrics(llm_dir, 
 
 
 def test_a_quality_gate_that_cannot_pass_exits_3_and_keeps_the_model_as_rejected(llm_dir, tmp_path):
+    # with the prompt path (prefill: float_activations), whose graph the quantize step writes to a folder of its own
     cfg = _config(tmp_path, "strict.yaml", INT4.format(data=_data(llm_dir),
-                                                        gates="gates:\n  max_perplexity_ratio: 0.000001\n"))
+                                                        gates="gates:\n  max_perplexity_ratio: 0.000001\n")
+                  .replace("accuracy_level: 4\n", "accuracy_level: 4\n    prefill: float_activations\n"))
     out = tmp_path / "model.onnx"
     r = _run(llm_dir, cfg, out)
     assert r.exit_code == 3, r.stderr
@@ -95,6 +97,8 @@ def test_a_quality_gate_that_cannot_pass_exits_3_and_keeps_the_model_as_rejected
     report = json.loads((tmp_path / "model.report.json").read_text(encoding="utf-8"))
     assert report["status"] == "gate_failed"
     assert [g["passed"] for g in report["gates"]] == [False]
+    assert report["steps"][1]["metrics"]["llm"]["prefill"]["path"] == "float_activations"
+    assert report["output"]["ops"].get("If") == 1 and report["output"]["ops"].get("com.microsoft.MatMulNBits", 0) > 0
 
 
 def test_without_eval_text_quality_is_null_with_the_reason_and_its_gate_fails(llm_dir, tmp_path):
@@ -127,6 +131,7 @@ gates:
     ("  - type: quantize\n    mode: static\n", "mode static: a text-generation model has no calibration route"),
     ("  - type: quantize\n    mode: weight_only\n    bits: 8\n", "set bits: 4"),
     ("  - type: quantize\n    mode: dynamic\n    format: qoperator\n", "format does not apply"),
+    ("  - type: quantize\n    mode: dynamic\n    prefill: float_activations\n", "prefill chooses how a weight_only"),
 ])
 def test_what_a_decoder_cannot_take_is_exit_2_in_one_line(llm_dir, tmp_path, passes, expected):
     cfg = _config(tmp_path, "bad.yaml", f"schema_version: 1\npasses:\n{passes}")
