@@ -107,7 +107,7 @@ class ModelSection(Section):
 
 class DataSourceConfig(Section):
     source: str = Field(
-        description="'builtin:digits', a .npz file (arrays named as the inputs, 'x' for one input, optional 'y'), a .csv file (header row; label column label/y/target/class), a folder of images by class (root/<class>/*.png|jpg|npy; Pillow reads png/jpg), a .txt file (one text per line) or .jsonl file (one JSON object per line) tokenized with the model's tokenizer, or 'package.module:callable' returning (inputs, labels)."
+        description="'builtin:digits', a .npz file (arrays named as the inputs, 'x' for one input, optional 'y'; each as the model takes it, samples on its batch axis: axis 0, or axis 1 of an RNN state [2, batch, 128]), a .csv file (header row; label column label/y/target/class), a folder of images by class (root/<class>/*.png|jpg|npy; Pillow reads png/jpg), a .txt file (one text per line) or .jsonl file (one JSON object per line) tokenized with the model's tokenizer, or 'package.module:callable' returning (inputs, labels)."
     )
     split: Literal["train", "test", "all"] = Field(
         "all", description="For built-in data sets, CSV files and image folders: the fixed train (80%) / test (20%) split (stratified by label)."

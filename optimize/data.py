@@ -101,10 +101,11 @@ def _bind_inputs(arrays: dict[str, np.ndarray], specs: list[TensorSpec], where: 
             raise DataError(
                 f"{where}: '{spec.name}' has {arr.ndim} dims {tuple(arr.shape)}, the model needs {rank} {tuple(spec.shape)}"
             )
-        for axis, (got, need) in enumerate(zip(arr.shape[1:], spec.shape[1:], strict=True), start=1):
-            if isinstance(need, int) and need > 0 and got != need:
+        k = spec.batch_axis  # arrays come as the model takes them; stored sample-major
+        for axis, (got, need) in enumerate(zip(arr.shape, spec.shape, strict=True)):
+            if axis != k and isinstance(need, int) and need > 0 and got != need:
                 raise DataError(f"{where}: '{spec.name}' axis {axis} is {got}, the model needs {need}")
-        out[spec.name] = arr
+        out[spec.name] = np.moveaxis(arr, k, 0) if k else arr
     n = {len(v) for v in out.values() if v.ndim > 0}  # a scalar input is one value for every sample
     if len(n) > 1:
         raise DataError(f"{where}: inputs have different sample counts {sorted(n)}")

@@ -174,22 +174,22 @@ def onnx_input_specs(path: Path) -> list[Any]:
     import onnx
     from onnx import helper
 
-    from optimize.handle import TensorSpec
+    from optimize.handle import TensorSpec, batch_axes
 
     model = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
-    specs = []
+    found: dict[str, tuple[str, tuple[int | str, ...]]] = {}
     for inp in model.graph.input:
         if inp.name in inits:
             continue
         tt = inp.type.tensor_type
         dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32"
-        dims: list[int | str] = []
-        for d in tt.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(int(d.dim_value))
-            else:
-                dims.append(d.dim_param or "?")
-        fixed = bool(dims) and isinstance(dims[0], int)
-        specs.append(TensorSpec(inp.name, tuple(dims), dtype if dtype in DTYPES else "float32", batch_fixed=fixed))
+        dims = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                     for d in tt.shape.dim)
+        found[inp.name] = (dtype if dtype in DTYPES else "float32", dims)
+    axes = batch_axes({name: dims for name, (_, dims) in found.items()})
+    specs = []
+    for name, (dtype, dims) in found.items():
+        k = axes.get(name, 0)
+        specs.append(TensorSpec(name, dims, dtype, batch_fixed=bool(dims) and isinstance(dims[k], int), batch_axis=k))
     return specs

@@ -52,6 +52,9 @@ class TensorSpec:
     such dim, `example_size` (a text model's sequence length). Nothing else invents a size: an
     unresolved dim raises `UsageError` naming the flag that resolves it (optimize.shapes).
     A 0-d input (shape `()`) is a scalar: it has no batch axis and is never batched.
+    `batch_axis`: the model axis that holds the samples — 0, except for inputs such as an RNN state
+    `[2, batch, 128]` (`batch_axes`). Data and random arrays are always sample-major (samples first);
+    `to_model_layout` puts the sample axis back where the model takes it.
     """
 
     name: str
@@ -61,7 +64,8 @@ class TensorSpec:
     high: float | None = None
     batch_fixed: bool = False  # an ONNX file that declares a fixed first dimension
     example_size: int | None = None  # the size every other symbolic dim takes (e.g. sequence length)
-    example_shape: tuple[int, ...] | None = None  # a full concrete shape (axis 0 = the declared batch)
+    example_shape: tuple[int, ...] | None = None  # a full concrete shape, model layout (batch at batch_axis)
+    batch_axis: int = 0
 
     @property
     def is_scalar(self) -> bool:
@@ -71,18 +75,19 @@ class TensorSpec:
         """Non-batch axes whose size nothing gives (symbolic in the model, no example size)."""
         if self.example_shape is not None or self.example_size is not None:
             return []
-        return [i for i, d in enumerate(self.shape) if i > 0 and not (isinstance(d, int) and d > 0)]
+        return [i for i, d in enumerate(self.shape) if i != self.batch_axis and not (isinstance(d, int) and d > 0)]
 
     def concrete_shape(self, batch: int) -> tuple[int, ...]:
-        """The shape of a batch of `batch` samples: axis 0 is the batch axis (unless the file fixes
-        it); other symbolic dims come from `example_shape` or `example_size`, never invented."""
+        """The sample-major shape of a batch of `batch` samples: the batch axis (unless the file
+        fixes it) first, then the other axes in order; other symbolic dims come from `example_shape`
+        or `example_size`, never invented."""
         missing = self.unresolved_axes()
         if missing:
             raise UsageError(unresolved_message(self))
         out = []
         for i, d in enumerate(self.shape):
             fixed = isinstance(d, int) and d > 0
-            if i == 0:
+            if i == self.batch_axis:
                 out.append(d if fixed and self.batch_fixed else batch)  # type: ignore[arg-type]
             elif fixed:
                 out.append(int(d))
@@ -90,7 +95,13 @@ class TensorSpec:
                 out.append(int(self.example_shape[i]))
             else:
                 out.append(int(self.example_size))  # type: ignore[arg-type]
-        return tuple(out)
+        k = self.batch_axis
+        return tuple(out) if not k or not out else (out[k], *out[:k], *out[k + 1:])
+
+    def to_model_layout(self, arr: np.ndarray) -> np.ndarray:
+        """A sample-major array with the sample axis moved to `batch_axis`."""
+        k = self.batch_axis
+        return np.moveaxis(arr, 0, k) if k and np.ndim(arr) == len(self.shape) else arr
 
     def random(self, batch: int, rng: np.random.Generator) -> np.ndarray:
         """Random values in the input's own dtype (no float64 intermediate: memory stays at the
@@ -126,6 +137,35 @@ class ModelHandle:
         if self.form == "onnx":
             return f"onnx:{self.onnx_path}"
         return f"torch:{type(self.module).__name__}"
+
+
+def batch_axes(shapes: dict[str, tuple[int | str | None, ...]]) -> dict[str, int]:
+    """The sample axis of each input, from the dims the model declares (`None`/'?' unnamed):
+    an input whose axis 0 is fixed (not 1) while the batch symbol — the first symbolic axis-0 name
+    among the inputs — sits on axis k of it takes k (an RNN state `[2, batch, 128]`); where the dims
+    are unnamed, an input with a fixed axis 0 and exactly one unknown axis takes that axis. Every
+    other input: 0. Scalars are absent."""
+    def unknown(d: Any) -> bool:
+        return not (isinstance(d, int) and d > 0)
+
+    lead = [dims[0] for dims in shapes.values() if dims and unknown(dims[0])]
+    if not lead:
+        return {name: 0 for name, dims in shapes.items() if dims}
+    symbol = next((d for d in lead if isinstance(d, str) and d not in ("", "?")), None)
+    out = {}
+    for name, dims in shapes.items():
+        if not dims:
+            continue
+        out[name] = 0
+        if unknown(dims[0]) or dims[0] == 1:
+            continue
+        named = [k for k, d in enumerate(dims) if symbol is not None and d == symbol]
+        loose = [k for k, d in enumerate(dims) if unknown(d)]
+        if named:
+            out[name] = named[0]
+        elif symbol is None and len(loose) == 1:
+            out[name] = loose[0]
+    return out
 
 
 def specs_from_config(inputs: Any) -> list[TensorSpec]:

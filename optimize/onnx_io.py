@@ -91,13 +91,17 @@ def _drop_ir3_initializer_inputs(model: Any) -> None:
 
 
 def normalize_ir_version_file(path: str | Path) -> None:
-    """`normalize_ir_version` for a file written by another tool (external data left in place)."""
+    """`normalize_ir_version` for a file written by another tool (external data left in place),
+    and its nodes in an order the ONNX checker accepts (optimize.graph_order: another tool's sort may
+    miss what If/Loop bodies read from the outer graph)."""
     import onnx
+
+    from optimize.graph_order import sort_graph
 
     model = onnx.load(str(path), load_external_data=False)
     before = model.ir_version
     normalize_ir_version(model)
-    if model.ir_version != before:
+    if sort_graph(model.graph) or model.ir_version != before:
         onnx.save_model(model, str(path))
 
 

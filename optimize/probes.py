@@ -40,7 +40,7 @@ class RandomBatches(Sequence):
 
     def __init__(self, specs: list[TensorSpec], n: int, batch: int, seed: int = 0) -> None:
         self.specs, self.n, self.batch, self.seed = list(specs), int(n), max(1, int(batch)), seed
-        fixed = [int(s.shape[0]) for s in self.specs if s.batch_fixed and s.shape]
+        fixed = [int(s.shape[s.batch_axis]) for s in self.specs if s.batch_fixed and s.shape]
         if fixed:  # a file with a fixed batch dim takes exactly that many samples per call
             self.batch = min(fixed)
 

@@ -42,7 +42,35 @@ def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     missing = [n for n in names if n not in inputs]
     if missing:
         raise VerificationError(f"no data for model inputs {missing}")
-    return {n: inputs[n] for n in names}
+    axes = input_batch_axes(sess)
+    return {n: _to_model_layout(inputs[n], axes.get(n, 0)) for n in names}
+
+
+def _dims(shape: Any) -> tuple[Any, ...]:
+    return tuple("?" if d is None else d for d in (shape or []))
+
+
+def input_batch_axes(sess: Any) -> dict[str, int]:
+    """The sample axis of each session input (optimize.handle.batch_axes): data arrays are
+    sample-major, an RNN state `[2, batch, 128]` takes its samples on axis 1."""
+    from optimize.handle import batch_axes
+
+    return batch_axes({i.name: _dims(i.shape) for i in sess.get_inputs()})
+
+
+def _to_model_layout(arr: Any, axis: int) -> Any:
+    return np.moveaxis(arr, 0, axis) if axis and np.ndim(arr) > axis else arr
+
+
+def _output_axis(shape: Any, symbol: Any, chunks: list[np.ndarray], rows: list[int]) -> int:
+    """The sample axis of one output over the batches run: the axis named like the inputs' batch
+    symbol, else axis 0 when its size follows the batch sizes, else the one axis that does."""
+    dims = _dims(shape)
+    if symbol is not None and symbol in dims:
+        return dims.index(symbol)
+    fits = [a for a in range(min(np.ndim(c) for c in chunks))
+            if all(c.shape[a] == r for c, r in zip(chunks, rows, strict=True))]
+    return 0 if not fits or 0 in fits else fits[0]
 
 
 def route_runtime_logs(verbose: bool) -> None:
@@ -63,9 +91,18 @@ def predict(sess: Any, inputs: dict[str, np.ndarray], batch_size: int = 64) -> l
     n = sample_count(inputs)
     batch_size = 1 if takes_one_sample(sess, inputs) else bounded_batch(inputs, batch_size)
     chunks: list[list[np.ndarray]] = []
+    rows: list[int] = []
     for start in range(0, n, batch_size):
         chunks.append(sess.run(None, feeds_for(sess, slice_samples(inputs, start, start + batch_size))))
-    return [np.concatenate([np.atleast_1d(c[i]) for c in chunks], axis=0) for i in range(len(chunks[0]))]
+        rows.append(min(batch_size, n - start))
+    symbol = next((d for i in sess.get_inputs() for d in _dims(i.shape)[:1] if isinstance(d, str) and d != "?"), None)
+    moved = any(input_batch_axes(sess).values())  # a model with an input batched on another axis (an RNN state)
+    out = []
+    for i, meta in enumerate(sess.get_outputs()):
+        parts = [np.atleast_1d(c[i]) for c in chunks]
+        axis = _output_axis(meta.shape, symbol, parts, rows) if moved else 0  # outputs come back sample-major
+        out.append(np.concatenate([np.moveaxis(p, axis, 0) for p in parts], axis=0))
+    return out
 
 
 def takes_one_sample(sess: Any, inputs: dict[str, np.ndarray]) -> bool:

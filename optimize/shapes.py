@@ -82,7 +82,7 @@ def with_shape(spec: TensorSpec, dims: list[int], where: str) -> TensorSpec:
         )
     for axis, (got, need) in enumerate(zip(dims, spec.shape, strict=True)):
         fixed = isinstance(need, int) and need > 0
-        if fixed and got != need and (axis > 0 or spec.batch_fixed):
+        if fixed and got != need and (axis != spec.batch_axis or spec.batch_fixed):
             raise UsageError(f"{where}: '{spec.name}' axis {axis} is fixed at {need} in the model, {got} given")
     return replace(spec, example_shape=tuple(int(d) for d in dims))
 

@@ -59,15 +59,39 @@ def calibration_feed(path: Any, ctx: Any, n: int) -> tuple[Any, int, str]:
         token_id_inputs,
     )
 
+    axes = {s.name: s.batch_axis for s in ctx.inputs if s.batch_axis}
     if ctx.data("calibration") is not None:
         samples, source = ctx.sample_inputs("calibration", n)
         batches, used = calibration_batches(path, samples, bounded_batch(samples, CALIBRATION_BATCH))
-        return batches, used, source
+        return ModelLayout(batches, axes), used, source
     ctx.resolve_shapes_from_data()
     one = {s.name: np.empty(s.concrete_shape(1), dtype=np.uint8) for s in ctx.inputs}  # shapes only
     batches = random_batches(list(ctx.inputs), n, bounded_batch(one, CALIBRATION_BATCH), ctx.seed)
     source = RANDOM_IDS_SOURCE if token_id_inputs(list(ctx.inputs)) else RANDOM_SOURCE
-    return batches, min(n, len(batches) * batches.batch), source
+    return ModelLayout(batches, axes), min(n, len(batches) * batches.batch), source
+
+
+class ModelLayout:
+    """Sample-major batches as the model takes them: an input batched on axis k (an RNN state
+    `[2, batch, 128]`, TensorSpec.batch_axis) gets its sample axis moved there for ONNX Runtime."""
+
+    def __init__(self, batches: Any, axes: dict[str, int]) -> None:
+        from optimize.probes import sample_count
+
+        self.batches, self.axes = batches, axes
+        self.batch = getattr(batches, "batch", None) or (sample_count(batches[0]) if len(batches) else None)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: Any) -> Any:
+        import numpy as np
+
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        feed = self.batches[i]
+        return {k: np.moveaxis(v, 0, self.axes[k]) if k in self.axes and np.ndim(v) > self.axes[k] else v
+                for k, v in feed.items()}
 
 
 def model_inputs(path: Any) -> list[tuple[str, Any, int | None, int]]:
