@@ -125,7 +125,32 @@ def prepare_silero(cache: Path) -> Prepared:
         path=path, shape=f"{len(ev)} streams x {ev[0].shape[0]} chunks of 1x576 (512 + 64 context)",
         source="synthesized voiced speech-like audio, 16 kHz, 2 s streams of 512-sample chunks "
                "(no recorded speech ships in any installed package)",
-        eval=ev, calib=cal, run=run_silero, declare_args=declare_shapes(path, first))
+        eval=ev, calib=cal, run=run_silero, declare_args=declare_shapes(path, first),
+        declare_yaml=silero_declare(path, cache, ev, cal))
+
+
+def silero_declare(path: Path, cache: Path, ev: list, cal: list) -> dict:
+    """The tool's data for silero: one sample per streamed chunk (576 samples with context, the
+    state the FP32 model carried to it, sr), the state given as the model takes it ([2, N, 128])."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    data = {}
+    for role, streams in (("eval", ev), ("calibration", cal)):
+        inputs, states = [], []
+        for stream in streams:
+            state, context = np.zeros((2, 1, 128), np.float32), np.zeros(64, np.float32)
+            for chunk in stream:
+                feed = silero_feed(chunk, context, state)
+                inputs.append(feed["input"][0])
+                states.append(state[:, 0])
+                _, state = sess.run(["output", "stateN"], feed)
+                context = chunk[-64:]
+        out = cache / f"silero-{role}.npz"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(out, input=np.stack(inputs), state=np.stack(states, axis=1), sr=np.array(16000, np.int64))
+        data[role] = {"source": str(out)}
+    return {"data": data}
 
 
 def chunks(audio: np.ndarray, size: int = 512) -> np.ndarray:
