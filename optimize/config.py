@@ -221,6 +221,14 @@ class GatesSection(Section):
     max_perplexity_ratio: float | None = Field(
         None, gt=0, description="Decoder LLMs (docs/llm.md): largest allowed output perplexity / FP32 perplexity on the eval text."
     )
+    min_decode_speedup: float | None = Field(
+        None, gt=0, description="Decoder LLMs (docs/llm.md): smallest allowed decode_speedup (output decode tokens/s / "
+        "FP32's), judged on its 95% interval as speed_bound says."
+    )
+    min_prefill_speedup: float | None = Field(
+        None, gt=0, description="Decoder LLMs (docs/llm.md): smallest allowed prefill_speedup (output prompt tokens/s / "
+        "FP32's), judged on its 95% interval as speed_bound says."
+    )
 
 
 class _ByPassType:

@@ -389,15 +389,20 @@ def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
         acc = m.get("accuracy")
         drop = acc.inputs.get("drop") if acc and acc.value is not None else None
         add("max_accuracy_drop", gates.max_accuracy_drop, drop, ok_when_ge=False, unit=" pts")
-    if gates.min_speedup is not None:
-        sp = m.get("speedup")
+    def speed(name: str, metric: str) -> None:
+        limit = getattr(gates, name, None)
+        if limit is None:
+            return
+        sp = m.get(metric)
         if sp is None or sp.value is None or sp.value != sp.value:
-            add("min_speedup", gates.min_speedup, None, ok_when_ge=True, unit="x", why=sp.reason if sp else None)
+            add(name, limit, None, ok_when_ge=True, unit="x", why=sp.reason if sp else None)
         else:  # judged on the interval (optimize.speed.judge_min); a metric without one: its value
             from optimize.speed import judge_min
 
-            j = judge_min("min_speedup", gates.min_speedup, sp.value, sp.interval, gates.speed_bound)
-            out.append(Gate(name="min_speedup", limit=gates.min_speedup, value=sp.value, passed=j.passed, message=j.message))
+            j = judge_min(name, limit, sp.value, sp.interval, gates.speed_bound)
+            out.append(Gate(name=name, limit=limit, value=sp.value, passed=j.passed, message=j.message))
+
+    speed("min_speedup", "speedup")
     if gates.max_size_mb is not None:
         size = report.output.bytes / 1e6 if report.output and report.output.bytes is not None else None
         add("max_size_mb", gates.max_size_mb, size, ok_when_ge=False, unit=" MB")
@@ -420,6 +425,8 @@ def evaluate_gates(gates: Any, report: Report) -> list[Gate]:
         if limit is not None:
             found = m.get(metric)
             add(name, limit, found.value if found else None, ok_when_ge=ge, why=found.reason if found else None)
+    speed("min_decode_speedup", "decode_speedup")
+    speed("min_prefill_speedup", "prefill_speedup")
     return out
 
 

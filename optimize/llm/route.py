@@ -75,8 +75,8 @@ def check_plan(cfg: Any, config_file: str | None) -> None:
                           f"{' + '.join(ALLOWED_PASSES)} for now", config_file, "passes", i, "type")
     for name in OTHER_GATES:
         if getattr(cfg.gates, name) is not None:
-            raise _refuse(f"does not apply to {TASK}; its gates are min_token_agreement, max_perplexity_ratio and "
-                          "max_size_mb (speed: see metrics decode_speedup, prefill_speedup)", config_file, "gates", name)
+            raise _refuse(f"does not apply to {TASK}; its gates are min_token_agreement, max_perplexity_ratio, "
+                          "min_decode_speedup, min_prefill_speedup and max_size_mb", config_file, "gates", name)
     for role in ("train", "calibration"):
         if getattr(cfg.data, role) is not None:
             raise _refuse(f"{TASK} reads only data.eval (a .txt file)", config_file, "data", role)

@@ -45,3 +45,24 @@ def test_llm_gates_fail_when_not_measured_and_speed_metrics_carry_their_interval
     assert metrics["decode_speedup"].inputs["fp32_tps"] == 10.0
     gates = evaluate_gates(_gates("  min_token_agreement: 0.9\n"), _report(metrics))
     assert not gates[0].passed and "no eval text" in gates[0].message
+
+
+@pytest.mark.parametrize(("decode", "prefill", "bound", "passed"), [
+    ([2.1, 2.2, 2.15], [1.02, 1.05, 1.03], "upper", [True, True]),
+    ([1.5, 1.6, 1.55], [0.75, 0.78, 0.8], "upper", [False, False]),  # clearly below both limits
+    ([1.9, 2.1, 2.0], [0.95, 1.05, 1.0], "lower", [False, False]),  # intervals straddle the limits
+    ([1.9, 2.1, 2.0], [0.95, 1.05, 1.0], "upper", [True, True]),
+])
+def test_decode_and_prefill_speed_gates_judge_the_interval(decode, prefill, bound, passed):
+    speed = SpeedResult(prefill_tps={"fp32": 100.0, "int4": 100.0}, decode_tps={"fp32": 10.0, "int4": 20.0},
+                        prefill_ratio={"int4": estimate(prefill)}, decode_ratio={"int4": estimate(decode)})
+    metrics = report_metrics("int4", speed, None)
+    gates = evaluate_gates(_gates(f"  min_decode_speedup: 2.0\n  min_prefill_speedup: 1.0\n  speed_bound: {bound}\n"),
+                           _report(metrics))
+    assert [g.name for g in gates] == ["min_decode_speedup", "min_prefill_speedup"]
+    assert [g.passed for g in gates] == passed
+
+
+def test_speed_gates_fail_when_the_decoder_was_not_timed():
+    gates = evaluate_gates(_gates("  min_decode_speedup: 2.0\n"), _report(report_metrics("int4", None, None)))
+    assert not gates[0].passed and "not measured" in gates[0].message
