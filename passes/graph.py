@@ -36,7 +36,20 @@ class GraphPass(Pass):
         so.optimized_model_filepath = str(out)
         ort.InferenceSession(str(model.onnx_path), so, providers=["CPUExecutionProvider"])
         before, after = op_counts(model.onnx_path), op_counts(out)
-        return PassResult(
-            model.replace(onnx_path=out),
-            {"level": self.config.level, "nodes_before": sum(before.values()), "nodes_after": sum(after.values())},
-        )
+        metrics = {"level": self.config.level, "nodes_before": sum(before.values()), "nodes_after": sum(after.values())}
+        grown = _grown(model.onnx_path, out)
+        if grown:
+            # ONNX Runtime copies a weight that several If/Loop bodies share into each of them
+            return PassResult(model, {**metrics, "kept_input": True}, [
+                f"ONNX Runtime's optimizer grew the model from {grown[0] / 1e6:.2f} to {grown[1] / 1e6:.2f} MB "
+                "(weights shared by subgraphs copied into each): the input is handed back unchanged"])
+        return PassResult(model.replace(onnx_path=out), metrics)
+
+
+def _grown(src, out) -> tuple[int, int] | None:  # type: ignore[no-untyped-def]
+    """(input bytes, output bytes) when the optimized file is larger by more than 5% and 64 KiB (a
+    weight copied, not a few bytes of graph), else None."""
+    from optimize.onnx_io import total_bytes
+
+    before, after = total_bytes(src), total_bytes(out)
+    return (before, after) if after - before > max(0.05 * before, 65536) else None

@@ -111,7 +111,7 @@ class QuantizePass(Pass):
         from optimize import onnx_io
         from optimize.errors import PassError
         from optimize.pass_api import PassResult
-        from passes.quantize.report import base_metrics, describe_result
+        from passes.quantize.report import base_metrics, describe_result, nothing_quantized
 
         cfg = self.config
         assert isinstance(cfg, QuantizeConfig)
@@ -137,6 +137,11 @@ class QuantizePass(Pass):
         finally:
             quiet.setLevel(old_level)
             _cleanup(step, keep=("model.onnx", "model.onnx.data"))
+        if final != src and nothing_quantized(final):
+            notes.append("the quantizer made no op integer (nothing matched its op types"
+                         + (f" {cfg.op_types}" if cfg.op_types else "") + ", or their shapes/types were unknown; "
+                         "static mode leaves If/Loop bodies float): the input model is handed back unchanged")
+            final = src
         if final != src:
             onnx_io.normalize_ir_version_file(final)  # the quantizer raises the opset, not the IR version
         describe_result(cfg, src, final, after_qat, metrics, notes)

@@ -23,6 +23,13 @@ def integer_ops(counts: dict[str, int]) -> dict[str, int]:
             if op.rsplit(".", 1)[-1] in INTEGER_OPS or op.rsplit(".", 1)[-1].startswith("QLinear")}
 
 
+def nothing_quantized(path: Path) -> bool:
+    """Whether the quantizer's output holds no integer op and no block-quantized weight."""
+    from optimize.inspect_onnx import op_counts
+
+    counts = op_counts(path)
+    return not integer_ops(counts) and not any(op.endswith(("MatMulNBits", "GatherBlockQuantized")) for op in counts)
+
 
 def base_metrics(cfg: QuantizeConfig, after_qat: bool) -> dict[str, Any]:
     metrics: dict[str, Any] = {
@@ -77,13 +84,7 @@ def describe_result(cfg: QuantizeConfig, src: Path, final: Path, after_qat: bool
             "computed at run time (dynamic)" if cfg.mode == "dynamic" else "re-calibrated on the exported model"
         )
     if final == src:
-        pass  # format auto kept the float input; the notes say why
-    elif not integer and not any(op.endswith("MatMulNBits") for op in counts):
-        notes.append(
-            "the quantized model has no integer ops: nothing matched the quantizer's op types"
-            + (f" {cfg.op_types}" if cfg.op_types else "")
-            + " (or their shapes/types were unknown); it is the float model"
-        )
+        pass  # the float input kept (format auto, or nothing became integer); the notes say why
     elif not quantized:
         notes.append("no weight tensor was stored as 8-bit: only activations were quantized")
     if final != src and metrics.get("mode") == "dynamic" and any(op.endswith("ConvInteger") for op in counts):

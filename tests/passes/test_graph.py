@@ -52,3 +52,27 @@ def test_an_mlp_keeps_its_outputs(tmp_path, mlp_onnx):
     assert res.metrics["nodes_after"] <= res.metrics["nodes_before"]
     x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
     np.testing.assert_allclose(run(res.model.onnx_path, x), run(mlp_onnx, x), rtol=1e-6, atol=1e-6)
+
+
+def branch_copy_model(path):
+    """Both If branches read Transpose(w): folding puts a transposed copy of w into each branch."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32), "w")
+    out = helper.make_tensor_value_info
+    then_g = helper.make_graph([helper.make_node("Transpose", ["w"], ["wt1"]), helper.make_node("MatMul", ["x", "wt1"], ["t"])],
+                               "then", [], [out("t", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph([helper.make_node("Transpose", ["w"], ["wt2"]), helper.make_node("MatMul", ["x", "wt2"], ["e0"]),
+                                helper.make_node("Relu", ["e0"], ["e"])], "else", [], [out("e", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0), helper.make_node("Cast", ["m"], ["c"], to=TensorProto.BOOL),
+             helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)]
+    graph = helper.make_graph(nodes, "g", [out("x", TensorProto.FLOAT, ["batch", 256])], [out("y", TensorProto.FLOAT, None)],
+                              initializer=[w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_an_optimization_that_grows_the_file_hands_back_the_input(tmp_path):
+    src = branch_copy_model(tmp_path / "in.onnx")
+    inputs = [TensorSpec("x", ("batch", 256))]
+    res = GraphPass(GraphConfig()).run(onnx_handle(src, inputs), make_ctx(tmp_path / "work", inputs=inputs))
+    assert res.model.onnx_path == src and res.metrics["kept_input"] is True
+    assert any("grew the model" in n and "handed back unchanged" in n for n in res.notes)

@@ -280,14 +280,16 @@ def test_calibration_reports_progress_and_survives_preprocess_failure(cfg, tmp_p
     assert ("start", "quantize.prepare") in ctx.progress.calls  # a start line before the quantizer's work
 
 
-def test_no_integer_ops_is_noted(cfg, tmp_path):
+def test_nothing_made_integer_hands_back_the_input_unchanged(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
     path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
+    before = path.read_bytes()
     res = QuantizePass(QuantizeConfig(mode="dynamic", op_types=["Conv"])).run(
         onnx_handle(path, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs)
     )
     assert res.metrics["integer_ops"] == {} and res.metrics["weights_quantized"] == 0
-    assert any("no integer ops" in n for n in res.notes)
+    assert any("made no op integer" in n and "handed back unchanged" in n for n in res.notes)
+    assert res.model.onnx_path == path and path.read_bytes() == before  # the input itself, not a float copy
 
 
 def test_exclude_nodes_keeps_them_float(cfg, tmp_path):
