@@ -248,7 +248,7 @@ def distill(student, teacher, ids, mask, ev, args, log):
     with torch.no_grad():  # teacher targets once (pooled; hidden states recomputed: too big to keep)
         t_emb = embed_all(teacher, ids, mask)
     for ep, plan in enumerate(plans):
-        student.train()
+        student.train(not args.eval_mode)
         losses = []
         for b in plan:
             lr = args.lr * (step + 1) / warm if step < warm else args.lr * 0.5 * (1 + np.cos(np.pi * (step - warm) / max(1, total - warm)))
@@ -263,7 +263,10 @@ def distill(student, teacher, ids, mask, ev, args, log):
                 feat = sum(((s - t) ** 2 * m).sum() / (m.sum() * s.shape[-1]) for s, t in zip(s_hid[1:], t_hid[1:], strict=True)) / (len(s_hid) - 1)
             else:
                 e, feat = pooled(student, i, a), torch.zeros(())
-            out_loss = (1 - F.cosine_similarity(e, t_emb[b], dim=-1)).mean()
+            miss = 1 - F.cosine_similarity(e, t_emb[b], dim=-1)
+            # --tail: each sample weighted by its own miss over the batch's mean (weights average 1), so
+            # the worst-matched sentences pull harder; the min cosine is a tail statistic
+            out_loss = (miss * (miss / miss.mean()).detach()).mean() if args.tail else miss.mean()
             loss = out_loss + args.feat * feat
             opt.zero_grad()
             loss.backward()
@@ -291,6 +294,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=0.05, help="fraction of steps")
     ap.add_argument("--feat", type=float, default=0.0, help="weight of the per-layer hidden-state MSE")
     ap.add_argument("--bs", type=int, default=32)
+    ap.add_argument("--tail", action="store_true", help="weight each sample's 1 - cos by itself over the batch mean")
+    ap.add_argument("--eval-mode", action="store_true", help="train with dropout off (the tool's train_mode: false)")
     ap.add_argument("--save", default="")
     ap.add_argument("--grid", default="", help="'h,f;h,f': post-prune (+ refit) cosine only, for each point")
     ap.add_argument("--refit", type=int, default=0, help="samples for the least-squares refit (0: none)")
