@@ -54,7 +54,7 @@ class TensorSpec:
     A 0-d input (shape `()`) is a scalar: it has no batch axis and is never batched.
     `batch_axis`: the model axis that holds the samples — 0, except for inputs such as an RNN state
     `[2, batch, 128]` (`batch_axes`). Data and random arrays are always sample-major (samples first);
-    `to_model_layout` puts the sample axis back where the model takes it.
+    `optimize.runtime.to_model_layout` puts the sample axis back where the model takes it.
     """
 
     name: str
@@ -97,11 +97,6 @@ class TensorSpec:
                 out.append(int(self.example_size))  # type: ignore[arg-type]
         k = self.batch_axis
         return tuple(out) if not k or not out else (out[k], *out[:k], *out[k + 1:])
-
-    def to_model_layout(self, arr: np.ndarray) -> np.ndarray:
-        """A sample-major array with the sample axis moved to `batch_axis`."""
-        k = self.batch_axis
-        return np.moveaxis(arr, 0, k) if k and np.ndim(arr) == len(self.shape) else arr
 
     def random(self, batch: int, rng: np.random.Generator) -> np.ndarray:
         """Random values in the input's own dtype (no float64 intermediate: memory stays at the

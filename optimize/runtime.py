@@ -43,7 +43,7 @@ def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     if missing:
         raise VerificationError(f"no data for model inputs {missing}")
     axes = input_batch_axes(sess)
-    return {n: _to_model_layout(inputs[n], axes.get(n, 0)) for n in names}
+    return {n: to_model_layout(inputs[n], axes.get(n, 0)) for n in names}
 
 
 def _dims(shape: Any) -> tuple[Any, ...]:
@@ -58,7 +58,8 @@ def input_batch_axes(sess: Any) -> dict[str, int]:
     return batch_axes({i.name: _dims(i.shape) for i in sess.get_inputs()})
 
 
-def _to_model_layout(arr: Any, axis: int) -> Any:
+def to_model_layout(arr: Any, axis: int) -> Any:
+    """A sample-major array with its sample axis moved to `axis` (where the model takes it)."""
     return np.moveaxis(arr, 0, axis) if axis and np.ndim(arr) > axis else arr
 
 

@@ -85,13 +85,11 @@ class ModelLayout:
         return len(self.batches)
 
     def __getitem__(self, i: Any) -> Any:
-        import numpy as np
+        from optimize.runtime import to_model_layout
 
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        feed = self.batches[i]
-        return {k: np.moveaxis(v, 0, self.axes[k]) if k in self.axes and np.ndim(v) > self.axes[k] else v
-                for k, v in feed.items()}
+        return {k: to_model_layout(v, self.axes.get(k, 0)) for k, v in self.batches[i].items()}
 
 
 def model_inputs(path: Any) -> list[tuple[str, Any, int | None, int]]:
