@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 PROMPT_LEVEL = 1  # MatMulNBits accuracy_level of the prompt path: float activations
+SIZE_LIMIT = 1_900_000_000  # as int4.SIZE_LIMIT (int4 imports this module: no import back)
 
 
 def tied_embedding(model: Any, head_name: str | None) -> str | None:
@@ -47,8 +48,6 @@ def tied_embedding(model: Any, head_name: str | None) -> str | None:
 def fold_constants(src: Path, dst: Path) -> None:
     """ONNX Runtime's basic optimizations (constant folding, redundant nodes), saved to `dst`."""
     import onnxruntime as ort
-
-    from passes.quantize.int4 import SIZE_LIMIT
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
