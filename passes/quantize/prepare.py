@@ -10,7 +10,11 @@ ONNX Runtime's quantizers look weights up only among the initializers of the nod
   body that uses them (moved when no other scope uses them). onnx-ir has the opposite pass (lift
   subgraph initializers to the main graph), not this one, hence the few lines here;
 - per-channel QDQ on opset < 13 (`DequantizeLinear` has no `axis` before 13) → onnx's version
-  converter raises the opset; when it cannot, the caller falls back to per-tensor.
+  converter raises the opset; when it cannot, the caller falls back to per-tensor;
+- a `Gemm` bias of shape `[1, N]` (ONNX Runtime's own optimizer writes it when it fuses MatMul + Add
+  of a tf2onnx export, e.g. magika's) → `[N]`, the same by broadcasting: the QDQ quantizer's int32
+  bias check compares it per output channel as if it were 1-D and raises ("truth value of an
+  array ... is ambiguous").
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Prepared:
     constants_lifted: int = 0
     folded: bool = False
     outer_weights_localized: list[str] = field(default_factory=list)
+    gemm_biases_flattened: int = 0
     opset_from: int | None = None
     opset_to: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -39,6 +44,7 @@ class Prepared:
             "constants_lifted": self.constants_lifted,
             "constant_folding": self.folded,
             "outer_scope_weights_localized": len(self.outer_weights_localized),
+            "gemm_biases_flattened": self.gemm_biases_flattened,
             "opset_converted": None if self.opset_to is None else f"{self.opset_from} -> {self.opset_to}",
         }
 
@@ -62,6 +68,7 @@ def prepare(src: Path, dst: Path, *, min_opset: int | None, large: bool) -> Prep
     info.folded = _fold(model, info)
     info.constants_lifted += _lift_constants(model)  # folding leaves its results as Constant nodes
     info.outer_weights_localized = localize_outer_weights(model)
+    info.gemm_biases_flattened = flatten_gemm_biases(model)
     if info.outer_weights_localized:
         info.notes.append(
             f"{len(info.outer_weights_localized)} weight(s) used inside If/Loop bodies were given to those bodies "
@@ -120,6 +127,25 @@ def _fold(model: Any, info: Prepared) -> bool:
         return False
     finally:
         quiet.setLevel(level)
+
+
+def flatten_gemm_biases(model: Any) -> int:
+    """Give each Gemm whose bias C is a `[1, N]` initializer, read by Gemms only as C, the `[N]` of it."""
+    import onnx_ir as ir
+
+    done = 0
+    for graph in model.graphs():
+        for node in graph:
+            bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
+            if bias is None or bias.const_value is None or bias.shape is None or len(bias.shape) != 2:
+                continue
+            if bias.shape[0] != 1 or any(u.node.op_type != "Gemm" or u.idx != 2 for u in bias.uses()):
+                continue
+            flat = bias.const_value.numpy().reshape(-1)
+            bias.const_value = ir.tensor(flat, name=bias.name)
+            bias.shape = ir.Shape(flat.shape)
+            done += 1
+    return done
 
 
 def localize_outer_weights(model: Any) -> list[str]:

@@ -111,7 +111,12 @@ class QuantizePass(Pass):
         from optimize import onnx_io
         from optimize.errors import PassError
         from optimize.pass_api import PassResult
-        from passes.quantize.report import base_metrics, describe_result, nothing_quantized
+        from passes.quantize.report import (
+            already_quantized,
+            base_metrics,
+            describe_result,
+            nothing_quantized,
+        )
 
         cfg = self.config
         assert isinstance(cfg, QuantizeConfig)
@@ -122,6 +127,11 @@ class QuantizePass(Pass):
         step = ctx.step_dir(self.name)
         notes: list[str] = []
         metrics = base_metrics(cfg, after_qat)
+        held = already_quantized(src)
+        if held:
+            notes.append(f"{held}: quantizing it again is not done; the input model is handed back unchanged")
+            describe_result(cfg, src, src, after_qat, metrics, notes)
+            return PassResult(model, metrics, notes)
         # after QAT the weights were trained on the resolved range's grid: quantizing to another undoes that
         self.measure_range = self.config.reduce_range == "auto" and cfg.reduce_range and not after_qat
         ctx.progress.start(f"{self.name}.prepare", "preparing the model for the quantizer", None)
@@ -137,10 +147,12 @@ class QuantizePass(Pass):
         finally:
             quiet.setLevel(old_level)
             _cleanup(step, keep=("model.onnx", "model.onnx.data"))
-        if final != src and nothing_quantized(final):
-            notes.append("the quantizer made no op integer (nothing matched its op types"
-                         + (f" {cfg.op_types}" if cfg.op_types else "") + ", or their shapes/types were unknown; "
-                         "static mode leaves If/Loop bodies float): the input model is handed back unchanged")
+        why_none = nothing_quantized(final, src) if final != src else None
+        if why_none:
+            causes = "" if "already" in why_none else (
+                " (nothing matched its op types" + (f" {cfg.op_types}" if cfg.op_types else "")
+                + ", or their shapes/types were unknown; static mode leaves If/Loop bodies float)")
+            notes.append(f"{why_none}{causes}: the input model is handed back unchanged")
             final = src
         if final != src:
             onnx_io.normalize_ir_version_file(final)  # the quantizer raises the opset, not the IR version

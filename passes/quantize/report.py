@@ -23,12 +23,44 @@ def integer_ops(counts: dict[str, int]) -> dict[str, int]:
             if op.rsplit(".", 1)[-1] in INTEGER_OPS or op.rsplit(".", 1)[-1].startswith("QLinear")}
 
 
-def nothing_quantized(path: Path) -> bool:
-    """Whether the quantizer's output holds no integer op and no block-quantized weight."""
+def _quantized_ops(path: Path) -> dict[str, int]:
     from optimize.inspect_onnx import op_counts
 
     counts = op_counts(path)
-    return not integer_ops(counts) and not any(op.endswith(("MatMulNBits", "GatherBlockQuantized")) for op in counts)
+    blocks = {op: c for op, c in counts.items() if op.endswith(("MatMulNBits", "GatherBlockQuantized"))}
+    return {**integer_ops(counts), **blocks}
+
+
+def nothing_quantized(path: Path, src: Path) -> str | None:
+    """Why the quantizer's output adds nothing integer to its input, or None when it does.
+
+    Compared with the input, so that an input already quantized (ConvInteger, QDQ ...) whose
+    integer ops come through unchanged counts as nothing done."""
+    after = _quantized_ops(path)
+    before = _quantized_ops(src)
+    if any(c > before.get(op, 0) for op, c in after.items()):
+        return None
+    if before:
+        held = ", ".join(f"{op.rsplit('.', 1)[-1]} {c}" for op, c in sorted(before.items()))
+        return f"the input is already quantized ({held}) and the quantizer made no further op integer"
+    return "the quantizer made no op integer"
+
+
+def already_quantized(src: Path, share: float = 0.9) -> str | None:
+    """What the input holds, when it is quantized already: integer (or block) ops and at least
+    `share` of its weight elements stored at 8 bits or fewer. ONNX Runtime's quantizers are not
+    made to run twice (static QDQ on a ConvInteger model raises a KeyError on a scale name)."""
+    from optimize.inspect_onnx import weight_stats
+
+    ops = _quantized_ops(src)
+    if not ops:
+        return None
+    stats = weight_stats(src)
+    low = sum(t.count for t in stats.tensors if t.bits <= 8)
+    if stats.total and low / stats.total < share:
+        return None
+    held = ", ".join(f"{op.rsplit('.', 1)[-1]} {c}" for op, c in sorted(ops.items()))
+    return f"the input is already quantized ({held}; {low / stats.total if stats.total else 0:.0%} of weights at 8 bits or fewer)"
 
 
 def base_metrics(cfg: QuantizeConfig, after_qat: bool) -> dict[str, Any]:

@@ -292,6 +292,24 @@ def test_nothing_made_integer_hands_back_the_input_unchanged(cfg, tmp_path):
     assert res.model.onnx_path == path and path.read_bytes() == before  # the input itself, not a float copy
 
 
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_an_already_quantized_input_is_handed_back_and_named(cfg, tmp_path, mode):
+    from onnxruntime.quantization import quantize_dynamic
+
+    inputs = [TensorSpec("x", ("batch", 16))]
+    path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
+    quantized = tmp_path / "mlp.int8.onnx"
+    quantize_dynamic(str(path), str(quantized))
+    before = quantized.read_bytes()
+    res = QuantizePass(QuantizeConfig(mode=mode, random_calibration=True)).run(
+        onnx_handle(quantized, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs)
+    )  # static QDQ over ONNX Runtime's own dynamic output raised a KeyError on a scale name (ddddocr)
+    assert res.model.onnx_path == quantized and quantized.read_bytes() == before
+    note = next(n for n in res.notes if "handed back unchanged" in n)
+    assert "already quantized" in note and "MatMulInteger 3" in note
+    assert res.metrics["integer_ops"]  # the report still counts what the file holds
+
+
 def test_exclude_nodes_keeps_them_float(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
     path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))

@@ -135,6 +135,30 @@ def test_dynamic_quantizes_if_bodies_that_read_outer_scope_weights(tmp_path):
         assert cosine(run(src, feed), run(out, feed)) > 0.99
 
 
+def test_a_gemm_bias_of_shape_1xn_is_quantized_per_channel(tmp_path):
+    """ONNX Runtime's optimizer fuses a tf2onnx MatMul + Add into Gemm with C of shape [1, N]
+    (magika); the QDQ quantizer's per-channel int32 bias check then raised 'truth value of an
+    array ... is ambiguous' on every try."""
+    rng = np.random.default_rng(11)  # its own: the module's RNG feeds the other tests' weights
+    w = rng.standard_normal((16, 6)).astype(np.float32)
+    c = rng.standard_normal((1, 6)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W", "C"], ["y"], name="dense")], "gemm_2d_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(c, "C")],
+    )
+    src = save(graph, tmp_path / "gemm.onnx", 13)
+    inputs = [TensorSpec("x", ("N", 16))]
+    res = QuantizePass(QuantizeConfig(mode="static", per_channel=True, random_calibration=True,
+                                      calibration_samples=16)).run(
+        onnx_handle(src, inputs), make_ctx(tmp_path / "work", inputs=inputs))
+    assert res.metrics["prepare"]["gemm_biases_flattened"] == 1
+    assert res.metrics["weights_quantized"] >= 1 and res.metrics["repair_float_nodes"] == []
+    x = rng.uniform(-1, 1, (4, 16)).astype(np.float32)
+    assert cosine(run(src, {"x": x}), run(res.model.onnx_path, {"x": x})) > 0.98
+
+
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 def test_a_scalar_input_is_fed_whole_to_calibration_and_parity(tmp_path, mode):
     src = scalar_input_mlp(tmp_path / "sr.onnx")
