@@ -181,6 +181,10 @@ def parity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict[str
 
 # An output whose channels (axis 1) differ in RMS by more than this is compared per scale group.
 CHANNEL_SCALE_SPREAD = 100.0
+# In a (batch, anchors, channels) output, a channel below this share of the sample's largest channel
+# RMS carries no signal there (objectness on an image without objects): its cosine would be noise.
+LIVE_CHANNEL_SHARE = 0.01
+MAX_LAST_AXIS_CHANNELS = 128
 
 
 def _scale_groups(ref: np.ndarray) -> list[np.ndarray] | None:
@@ -209,8 +213,30 @@ def _scale_groups(ref: np.ndarray) -> list[np.ndarray] | None:
     return groups
 
 
+def anchors_by_channels(shape: tuple[int, ...]) -> bool:
+    """A (batch, anchors, channels) output, as YOLOX writes (1x3549x6: 4 box terms, objectness,
+    class): 3-D, a short last axis, many more rows than channels. Image maps (N, C, H, W) and hidden
+    states (batch, seq, 384) are not."""
+    return len(shape) == 3 and 2 <= shape[2] <= MAX_LAST_AXIS_CHANNELS and shape[1] >= 8 * shape[2]
+
+
+def _per_channel_cosines(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per-sample minimum over the live channels of a (batch, anchors, channels) output of each
+    channel's cosine across the anchors. Each channel is its own quantity: on ddddocr's YOLOX
+    detector the box terms lifted a 0.970 score cosine to 0.993 in one cosine over all six."""
+    r, c = ref.astype(np.float64), cand.astype(np.float64)
+    rn, cn = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)  # (batch, channels)
+    den = rn * cn
+    cos = np.where(den > 0, (r * c).sum(axis=1) / np.where(den > 0, den, 1), np.where((rn == 0) & (cn == 0), 1.0, 0.0))
+    live = rn >= LIVE_CHANNEL_SHARE * rn.max(axis=1, keepdims=True)
+    return np.where(live, cos, 1.0).min(axis=1)
+
+
 def _grouped_cosines(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Per-sample cosines, the minimum over scale groups when the output has them (True then)."""
+    """Per-sample cosines: per live channel for a (batch, anchors, channels) output, the minimum over
+    scale groups when axis 1 has them (True in both cases), else over the whole sample."""
+    if anchors_by_channels(ref.shape):
+        return _per_channel_cosines(ref, cand), True
     groups = _scale_groups(ref)
     if groups is None:
         return _cosines(ref, cand), False

@@ -218,6 +218,28 @@ def test_scale_groups_split_at_each_gap_over_the_spread():
     assert groups is not None and [g.tolist() for g in groups] == [[5], [2, 3, 4], [0, 1]]
 
 
+def test_a_yolox_layout_is_compared_channel_by_channel():
+    """YOLOX writes (batch, anchors, 4 box terms + objectness + class): each channel is its own
+    quantity; a broken objectness must show though the box terms hold the most energy, and a
+    channel with no signal in a sample (no object anywhere) is not judged on its noise."""
+    from optimize.runtime import anchors_by_channels, parity
+
+    rng = np.random.default_rng(2)
+    ref = np.concatenate([rng.normal(0, 1.2, (2, 300, 4)), rng.uniform(0, 0.1, (2, 300, 2))], axis=2)
+    ref[1, :, 4] = rng.uniform(0, 1e-4, 300)  # sample 1: no object anywhere
+    broken = ref.copy()
+    broken[0, :, 4] += rng.uniform(0, 0.1, 300)
+    broken[1, :, 4] = rng.uniform(0, 1e-4, 300)  # noise on a dead channel
+    p = parity([ref.astype(np.float32)], [broken.astype(np.float32)])
+    a, b = ref[0, :, 4], broken[0, :, 4]
+    assert p["min_cosine"] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-5)
+    whole = ref[0].ravel() @ broken[0].ravel() / np.linalg.norm(ref[0]) / np.linalg.norm(broken[0])
+    assert p["min_cosine"] < 0.95 < whole  # one cosine over all channels hides it
+    assert parity([ref.astype(np.float32)], [ref.astype(np.float32)])["min_cosine"] == pytest.approx(1.0)
+    assert not anchors_by_channels((1, 1, 64, 64)) and not anchors_by_channels((1, 128, 384))
+    assert not anchors_by_channels((1, 84, 8400)) and anchors_by_channels((1, 3549, 6))
+
+
 def test_predict_feeds_a_batch_1_export_one_sample_at_a_time(tmp_path: Path) -> None:
     """A model whose batch dim is fixed at 1 (many exporters write 1x3xHxW) gets eval data of several
     samples one at a time, not in batches ONNX Runtime rejects."""
