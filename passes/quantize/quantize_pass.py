@@ -5,6 +5,7 @@ export) and the ONNX route (fuse → prepare → ONNX Runtime's `quant_pre_proce
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,7 +144,11 @@ class QuantizePass(Pass):
         old_level = quiet.level
         quiet.setLevel(max(old_level, logging.ERROR))  # the quantizers warn through the root logger
         try:
-            final = self._route(job, model, fused, step / "model.onnx", metrics, notes)
+            with warnings.catch_warnings():
+                # numpy's overflow warnings inside the quantizer's scale arithmetic printed a bare
+                # source line ("zero_point = numpy.array(...)") on the user's terminal (MiniLM, auto)
+                warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"onnxruntime\.quantization")
+                final = self._route(job, model, fused, step / "model.onnx", metrics, notes)
         finally:
             quiet.setLevel(old_level)
             _cleanup(step, keep=("model.onnx", "model.onnx.data"))

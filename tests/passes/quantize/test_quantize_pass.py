@@ -310,6 +310,32 @@ def test_an_already_quantized_input_is_handed_back_and_named(cfg, tmp_path, mode
     assert res.metrics["integer_ops"]  # the report still counts what the file holds
 
 
+def test_the_quantizers_numpy_warnings_stay_off_the_terminal(cfg, tmp_path, monkeypatch):
+    """numpy's overflow warnings in ONNX Runtime's scale arithmetic printed a bare source line
+    (`zero_point = numpy.array(...)`) on the user's terminal; the tool's own warnings still show."""
+    import warnings
+
+    from passes.quantize import ort as ort_calls
+
+    real = ort_calls.quantize_file
+
+    def noisy(*args, **kwargs):
+        warnings.warn_explicit("invalid value encountered in cast", RuntimeWarning, "quant_utils.py", 305,
+                               module="onnxruntime.quantization.quant_utils")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort_calls, "quantize_file", noisy)
+    inputs = [TensorSpec("x", ("batch", 16))]
+    path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = QuantizePass(QuantizeConfig(mode="dynamic")).run(onnx_handle(path, inputs),
+                                                               make_ctx(tmp_path / "work", cfg, inputs=inputs))
+        warnings.warn_explicit("ours", RuntimeWarning, "x.py", 1, module="optimize.x")
+    assert res.metrics["integer_ops"]
+    assert [str(w.message) for w in seen if w.category is RuntimeWarning] == ["ours"]
+
+
 def test_exclude_nodes_keeps_them_float(cfg, tmp_path):
     inputs = [TensorSpec("x", ("batch", 16))]
     path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
