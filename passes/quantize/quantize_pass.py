@@ -128,7 +128,7 @@ class QuantizePass(Pass):
         step = ctx.step_dir(self.name)
         notes: list[str] = []
         metrics = base_metrics(cfg, after_qat)
-        held = already_quantized(src)
+        held = None if after_qat else already_quantized(src)  # after QAT: the fake-quant model to materialize
         if held:
             notes.append(f"{held}: quantizing it again is not done; the input model is handed back unchanged")
             describe_result(cfg, src, src, after_qat, metrics, notes)
@@ -152,12 +152,9 @@ class QuantizePass(Pass):
         finally:
             quiet.setLevel(old_level)
             _cleanup(step, keep=("model.onnx", "model.onnx.data"))
-        why_none = nothing_quantized(final, src) if final != src else None
+        why_none = nothing_quantized(final, src, cfg.op_types) if final != src else None
         if why_none:
-            causes = "" if "already" in why_none else (
-                " (nothing matched its op types" + (f" {cfg.op_types}" if cfg.op_types else "")
-                + ", or their shapes/types were unknown; static mode leaves If/Loop bodies float)")
-            notes.append(f"{why_none}{causes}: the input model is handed back unchanged")
+            notes.append(why_none)
             final = src
         if final != src:
             onnx_io.normalize_ir_version_file(final)  # the quantizer raises the opset, not the IR version

@@ -31,19 +31,24 @@ def _quantized_ops(path: Path) -> dict[str, int]:
     return {**integer_ops(counts), **blocks}
 
 
-def nothing_quantized(path: Path, src: Path) -> str | None:
-    """Why the quantizer's output adds nothing integer to its input, or None when it does.
+def _listing(ops: dict[str, int]) -> str:
+    return ", ".join(f"{op.rsplit('.', 1)[-1]} {c}" for op, c in sorted(ops.items()))
 
-    Compared with the input, so that an input already quantized (ConvInteger, QDQ ...) whose
-    integer ops come through unchanged counts as nothing done."""
+
+def nothing_quantized(path: Path, src: Path, op_types: list[str] | None) -> str | None:
+    """The note to write when the quantizer's output adds nothing integer to its input, or None
+    when it does. Compared with the input, so that integer ops an input already held (ConvInteger,
+    QDQ ...) and that come through unchanged count as nothing done."""
     after = _quantized_ops(path)
     before = _quantized_ops(src)
     if any(c > before.get(op, 0) for op, c in after.items()):
         return None
     if before:
-        held = ", ".join(f"{op.rsplit('.', 1)[-1]} {c}" for op, c in sorted(before.items()))
-        return f"the input is already quantized ({held}) and the quantizer made no further op integer"
-    return "the quantizer made no op integer"
+        why = f"the input is already quantized ({_listing(before)}) and the quantizer made no further op integer"
+    else:
+        why = ("the quantizer made no op integer (nothing matched its op types" + (f" {op_types}" if op_types else "")
+               + ", or their shapes/types were unknown; static mode leaves If/Loop bodies float)")
+    return f"{why}: the input model is handed back unchanged"
 
 
 def already_quantized(src: Path, share: float = 0.9) -> str | None:
@@ -59,8 +64,7 @@ def already_quantized(src: Path, share: float = 0.9) -> str | None:
     low = sum(t.count for t in stats.tensors if t.bits <= 8)
     if stats.total and low / stats.total < share:
         return None
-    held = ", ".join(f"{op.rsplit('.', 1)[-1]} {c}" for op, c in sorted(ops.items()))
-    return f"the input is already quantized ({held}; {low / stats.total if stats.total else 0:.0%} of weights at 8 bits or fewer)"
+    return f"the input is already quantized ({_listing(ops)}; {low / stats.total if stats.total else 0:.0%} of weights at 8 bits or fewer)"
 
 
 def base_metrics(cfg: QuantizeConfig, after_qat: bool) -> dict[str, Any]:
