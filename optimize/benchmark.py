@@ -297,7 +297,7 @@ print(json.dumps({"peak_rss_mb": peak, "model_peak_mb": None if base is None els
 """
 
 
-def _session_memory(path: str | Path, feeds_file: Path, threads: int) -> dict[str, Any]:
+def session_memory(path: str | Path, feeds_file: Path, threads: int) -> dict[str, Any]:
     """Peak memory of one model's session in a fresh process (see bench_models)."""
     import json
     import subprocess
@@ -411,7 +411,7 @@ def _bench_memory(handles: dict[str, Any], tmp: Path, batch: int, threads: int) 
     rng = np.random.default_rng(0)
     feeds_file = tmp / "inputs.npz"
     np.savez(feeds_file, **{sp.name: sp.random(batch, rng) for sp in handles["model"].inputs})
-    return {label: _session_memory(h.onnx_path, feeds_file, threads) for label, h in handles.items()}
+    return {label: session_memory(h.onnx_path, feeds_file, threads) for label, h in handles.items()}
 
 
 def _bench_rows(handles: dict[str, Any], b: int, threads: list[int], *, warmup: int, repeat: int, device: str,

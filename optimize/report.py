@@ -154,6 +154,7 @@ METRIC_ORDER = [
     "decode_speedup",
     "token_agreement",
     "perplexity_ratio",
+    "memory_ratio",
 ]
 
 

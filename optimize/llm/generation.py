@@ -52,13 +52,18 @@ class OrtCausalLM:
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
         return [np.zeros((batch, self.kv_heads, 0, self.head_dim), self.cache_dtype) for _ in self.past_names]
 
-    def step(self, ids: np.ndarray, cache: list[np.ndarray], past_len: int) -> StepOutput:
-        """Run `ids` (batch, n) after `past_len` cached positions (no padding: batch rows aligned)."""
+    def feed(self, ids: np.ndarray, past_len: int) -> dict[str, np.ndarray]:
+        """The non-cache inputs for `ids` (batch, n) after `past_len` cached positions."""
         batch, n = ids.shape
         feed = {"input_ids": ids.astype(np.int64),
                 "attention_mask": np.ones((batch, past_len + n), np.int64)}
         if self.has_positions:
             feed["position_ids"] = np.broadcast_to(np.arange(past_len, past_len + n, dtype=np.int64), (batch, n)).copy()
+        return feed
+
+    def step(self, ids: np.ndarray, cache: list[np.ndarray], past_len: int) -> StepOutput:
+        """Run `ids` (batch, n) after `past_len` cached positions (no padding: batch rows aligned)."""
+        feed = self.feed(ids, past_len)
         # OrtValues in and out: the present.* outputs go back as the next step's past inputs without a
         # copy into numpy arrays (at 30 layers and 128 past positions, ~6 MB a step)
         from onnxruntime import OrtValue

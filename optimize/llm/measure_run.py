@@ -90,6 +90,7 @@ def llm_metrics(ctx: Any, baseline: Any, final: Any) -> tuple[dict[str, Metric],
     and whether the output's logits are finite."""
     from optimize.llm.generation import OrtCausalLM
     from optimize.llm.llm_metrics import measure_speed, quality, report_metrics
+    from optimize.llm.memory import memory_metric, model_memory
 
     lm = ctx.input_model.module
     cfg = ctx.config
@@ -105,12 +106,17 @@ def llm_metrics(ctx: Any, baseline: Any, final: Any) -> tuple[dict[str, Metric],
     speed = measure_speed({"fp32": ref, "output": out}, "fp32", prompt, new_tokens=NEW_TOKENS, rounds=rounds,
                           warmup=warmup)
     ctx.progress.finish("llm.speed")
+    ctx.progress.start("llm.memory", "peak memory of each model, one fresh process each", None)
+    memory = model_memory({"fp32": ref, "output": out}, prompt, ctx.threads, ctx.work_dir / "llm-memory")
+    ctx.progress.finish("llm.memory")
     qual = None
     if data is not None:
         ctx.progress.start("llm.quality", f"token agreement ({len(data.prompts)} prompts) and perplexity", None)
         qual = quality(ref, out, data.prompts, data.text_ids, positions=POSITIONS, window=min(PPL_WINDOW, limit))
         ctx.progress.finish("llm.quality")
     metrics = report_metrics("output", speed, qual, reason=NO_DATA)
+    metrics["memory_ratio"] = memory_metric(memory, "fp32", "output")
+    metrics["memory_ratio"].inputs.update(prompt_tokens=len(prompt), threads=ctx.threads)
     for key in ("prefill_speedup", "decode_speedup"):
         metrics[key].inputs.update(source=prompt_source, prompt_tokens=len(prompt), new_tokens=NEW_TOKENS,
                                    threads=ctx.threads, batch=1, warmup=warmup, runs=rounds)

@@ -74,6 +74,9 @@ def test_int4_run_writes_a_serving_folder_and_the_four_decoder_metrics(llm_dir, 
     assert report["metrics"]["token_agreement"]["inputs"]["prompts"] == 4  # non-empty lines only
     assert "data.eval" in report["metrics"]["token_agreement"]["inputs"]["source"]
     assert report["metrics"]["prefill_speedup"]["inputs"]["prompt_tokens"] == 128
+    mem = report["metrics"]["memory_ratio"]  # each model's peak in its own process: int4 holds fewer bytes
+    assert mem["inputs"]["output_model_peak_mb"] > 0 and mem["inputs"]["fp32_model_peak_mb"] > 0
+    assert mem["value"] == pytest.approx(mem["inputs"]["output_model_peak_mb"] / mem["inputs"]["fp32_model_peak_mb"])
     for name in ("model.onnx", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "llm.json"):
         assert (out.parent / name).is_file(), name
     assert report["output"]["ops"].get("com.microsoft.MatMulNBits", 0) > 0
