@@ -158,6 +158,8 @@ def plan(opts: RunOptions) -> Plan:
     _check_files(opts, cfg, config_file, base_dir, output, report)
 
     steps = plan_steps(cfg, config_file, handle, form, has_inputs=bool(inputs))
+    if not llm and opts.fail_on_gate:
+        _check_parity_evidence(cfg, config_file, inputs)
     if not inputs and form_needs_inputs(steps):
         raise ConfigError(
             "the model's inputs are unknown: declare model.inputs (name, shape, dtype)", file=config_file, key="model.inputs"
@@ -168,6 +170,24 @@ def plan(opts: RunOptions) -> Plan:
         report_path=report, config_file=config_file, base_dir=base_dir, handle=handle, example=example, device=device,
         notes=shape_notes,
     )
+
+
+def _check_parity_evidence(cfg: Any, config_file: str | None, inputs: list[Any]) -> None:
+    """A parity gate that would be judged on random token ids is exit 2 before any work: such a
+    probe is no evidence either way (MiniLM dynamic int8 read 0.64 on random ids and 0.98 on real
+    sentences; other models overstate: 0.997 vs 0.977)."""
+    from optimize.probes import random_ids_would_be_used
+
+    if cfg.gates.min_parity_cosine is None:
+        return
+    ids = random_ids_would_be_used(cfg, inputs, role="eval")
+    if ids:
+        listed = ", ".join(f"'{n}'" for n in ids)
+        raise ConfigError(
+            f"min_parity_cosine would be judged on random token ids for {listed}, which tell neither a good model "
+            "nor a broken one: set data.eval to a .txt or .jsonl file of real text (tokenized with the model's "
+            "tokenizer: model.tokenizer.path for a plain ONNX file), or run with --no-fail-on-gate to report the "
+            "gate without enforcing it", file=config_file, key="gates.min_parity_cosine")
 
 
 def _resolve_shapes(handle: ModelHandle, cfg: Any) -> tuple[ModelHandle, list[str]]:
