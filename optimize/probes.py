@@ -113,7 +113,7 @@ def token_id_inputs(specs: list[TensorSpec]) -> list[str]:
     """Inputs that look like token ids: integer, at least 1-D, named like ids (input_ids, ids,
     tokens, ...) — or every integer ≥1-D input that is not a mask/type/position when no name fits."""
     ints = [s for s in specs if is_integer(s) and not s.is_scalar]
-    named = [s.name for s in ints if _ID_NAME.search(s.name)]
+    named = [s.name for s in ints if _ID_NAME.search(s.name) and not _NOT_IDS.search(s.name)]  # not token_type_ids
     if named:
         return named
     return [s.name for s in ints if not _NOT_IDS.search(s.name)]

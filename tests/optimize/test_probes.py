@@ -204,6 +204,9 @@ def test_token_id_inputs_and_the_calibration_helper() -> None:
     ids = TensorSpec("input_ids", ("batch", "seq"), "int64", example_size=8)
     mask = TensorSpec("attention_mask", ("batch", "seq"), "int64", example_size=8)
     assert token_id_inputs([ids, mask]) == ["input_ids"]
+    types = TensorSpec("token_type_ids", ("batch", "seq"), "int64", example_size=8)
+    positions = TensorSpec("position_ids", ("batch", "seq"), "int64", example_size=8)
+    assert token_id_inputs([ids, mask, types, positions]) == ["input_ids"]  # segment/position ids are not tokens
     assert token_id_inputs([TensorSpec("x", ("batch", 4)), TensorSpec("sr", (), "int64")]) == []
     bare = load_config_text("schema_version: 1\npasses: []\n")
     text = load_config_text("schema_version: 1\npasses: []\ndata: {calibration: {source: t.txt}}\n")
