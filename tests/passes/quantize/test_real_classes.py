@@ -269,11 +269,15 @@ def test_a_reference_model_that_cannot_run_on_random_probes_asks_for_realistic_i
         QuantizePass(QuantizeConfig(format="auto", mode="dynamic")).run(onnx_handle(src, inputs), make_ctx(tmp_path / "work", inputs=inputs))
 
 
-def test_a_detection_heads_post_processing_stays_float_in_static_qdq(tmp_path):
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_detection_heads_post_processing_stays_float_in_static_qdq(tmp_path, seed):
     """Conv → boxes (×100, pixels) and Conv → Sigmoid → scores, concatenated like YOLOv8's output:
-    with the tail quantized, one scale spans both and the scores break; kept float they hold."""
-    w_box = RNG.standard_normal((4, 3, 1, 1)).astype(np.float32)
-    w_cls = RNG.standard_normal((2, 3, 1, 1)).astype(np.float32)
+    with the tail quantized, one scale spans both and the scores break; kept float they hold.
+    7-bit weights: with 8-bit ones some random weights saturate AVX2's u8×s8 pair sums (seed 2: a
+    score off by 0.118 with the tail float), which is another fault than the one tested here."""
+    rng = np.random.default_rng(seed)
+    w_box = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
+    w_cls = rng.standard_normal((2, 3, 1, 1)).astype(np.float32)
     nodes = [
         helper.make_node("Conv", ["x", "w_box"], ["b0"], name="box_conv"),
         helper.make_node("Mul", ["b0", "pixels"], ["boxes"], name="box_scale"),
@@ -289,11 +293,12 @@ def test_a_detection_heads_post_processing_stays_float_in_static_qdq(tmp_path):
     )
     src = save(graph, tmp_path / "head.onnx", 17)
     inputs = [TensorSpec("x", ("N", 3, 8, 8))]
-    x = RNG.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
+    x = rng.uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
     ref = run(src, {"x": x})[:, 4:]
     worst = {}
     for tail in (True, False):
-        res = QuantizePass(QuantizeConfig(mode="static", random_calibration=True, float_tail=tail)).run(
+        res = QuantizePass(QuantizeConfig(mode="static", random_calibration=True, float_tail=tail,
+                                          reduce_range=True)).run(
             onnx_handle(src, inputs), make_ctx(tmp_path / str(tail) / "work", inputs=inputs))
         worst[tail] = float(np.abs(run(res.model.onnx_path, {"x": x})[:, 4:] - ref).max())
         if tail:
