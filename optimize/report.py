@@ -193,4 +193,7 @@ def metric_note(m: Metric) -> str:
     if m.interval is not None and rounds:
         extra = f" ({configured} configured; more added while the interval was undecided)" if configured and rounds > configured else ""
         note = (note + "; " if note else "") + f"{rounds} interleaved rounds{extra}, tolerance ±{(m.tolerance or 0):.0%}"
+    line = m.inputs.get("reference_line")  # e.g. a decoder's torch eager tokens/s beside the ONNX ratio
+    if line:
+        note = (note + "; " if note else "") + str(line)
     return note

@@ -12,6 +12,8 @@ are null with the reason, and a gate on them fails as not measured.
 Speed: a `PROMPT_TOKENS`-token prompt (the eval text's first tokens, else seeded random ids),
 `NEW_TOKENS` decode steps, `DEFAULT_ROUNDS` interleaved rounds unless measure.repeat is set, at
 hardware.threads, and again at 1 thread (`inputs.one_thread`) when measure.single_thread is on.
+The float torch model runs the same rounds as a reference line (`inputs.torch_eager`: its tokens/s
+and its ratio to the FP32 ONNX model; optimize/llm/eager.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ DEFAULT_PROMPTS = 20
 POSITIONS = 32  # teacher-forced positions per prompt (token agreement)
 PPL_TOKENS = 2048
 PPL_WINDOW = 256
+EAGER = "torch_eager"
 NO_DATA = "set data.eval to a text file (its lines are the prompts, its text the perplexity text)"
 
 
@@ -88,6 +91,7 @@ def _rounds(measure_cfg: Any) -> tuple[int, int]:
 def llm_metrics(ctx: Any, baseline: Any, final: Any) -> tuple[dict[str, Metric], bool]:
     """prefill_speedup, decode_speedup, token_agreement, perplexity_ratio (optimize.llm.llm_metrics)
     and whether the output's logits are finite."""
+    from optimize.llm.eager import TorchCausalLM
     from optimize.llm.generation import OrtCausalLM
     from optimize.llm.llm_metrics import measure_speed, quality, report_metrics
     from optimize.llm.memory import memory_metric, model_memory
@@ -103,8 +107,8 @@ def llm_metrics(ctx: Any, baseline: Any, final: Any) -> tuple[dict[str, Metric],
     rounds, warmup = _rounds(cfg.measure)
     ctx.progress.start("llm.speed", f"prefill {len(prompt)} + decode {NEW_TOKENS} tokens, {rounds} interleaved rounds",
                        None)
-    speed = measure_speed({"fp32": ref, "output": out}, "fp32", prompt, new_tokens=NEW_TOKENS, rounds=rounds,
-                          warmup=warmup)
+    speed = measure_speed({"fp32": ref, "output": out, EAGER: TorchCausalLM(lm.model, ctx.threads)}, "fp32", prompt,
+                          new_tokens=NEW_TOKENS, rounds=rounds, warmup=warmup)
     ctx.progress.finish("llm.speed")
     ctx.progress.start("llm.memory", "peak memory of each model, one fresh process each", None)
     memory = model_memory({"fp32": ref, "output": out}, prompt, ctx.threads, ctx.work_dir / "llm-memory")
@@ -117,9 +121,16 @@ def llm_metrics(ctx: Any, baseline: Any, final: Any) -> tuple[dict[str, Metric],
     metrics = report_metrics("output", speed, qual, reason=NO_DATA)
     metrics["memory_ratio"] = memory_metric(memory, "fp32", "output")
     metrics["memory_ratio"].inputs.update(prompt_tokens=len(prompt), threads=ctx.threads)
-    for key in ("prefill_speedup", "decode_speedup"):
+    for key, tps, ratios in (("prefill_speedup", speed.prefill_tps, speed.prefill_ratio),
+                             ("decode_speedup", speed.decode_tps, speed.decode_ratio)):
         metrics[key].inputs.update(source=prompt_source, prompt_tokens=len(prompt), new_tokens=NEW_TOKENS,
                                    threads=ctx.threads, batch=1, warmup=warmup, runs=rounds)
+        est = ratios[EAGER]  # torch eager ÷ FP32 ONNX, per round
+        metrics[key].inputs[EAGER] = {"tps": tps[EAGER], "vs_fp32_onnx": est.value, "interval": [est.low, est.high],
+                                      "note": "the float torch model in transformers (eager, its own KV cache), "
+                                              "timed in the same interleaved rounds: a reference line, not gated"}
+        metrics[key].inputs["reference_line"] = (f"torch eager {tps[EAGER]:.1f} tokens/s beside FP32 ONNX "
+                                                 f"{tps['fp32']:.1f} and output {tps['output']:.1f}")
     if cfg.measure.single_thread and ctx.threads > 1:
         _one_thread(ctx, baseline, final, prompt, rounds, warmup, metrics)
     for key in ("token_agreement", "perplexity_ratio"):

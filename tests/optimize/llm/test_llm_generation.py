@@ -86,3 +86,19 @@ def test_speed_reports_tokens_per_second_and_ratios_against_the_reference(export
     res = measure_speed(models, "a", list(range(5, 21)), new_tokens=4, rounds=3, warmup=1)
     assert res.prefill_tps["a"] > 0 and res.decode_tps["b"] > 0
     assert set(res.decode_ratio) == {"b"} and res.decode_ratio["b"].rounds == 3
+
+
+def test_torch_eager_runs_the_same_rounds_as_a_reference_line(exported):
+    """The float torch model behind OrtCausalLM's step interface: its cache grows one position per
+    decode step (so decode timing is real cached decoding), torch's thread setting is restored."""
+    from optimize.llm.eager import TorchCausalLM
+
+    path, lm = exported
+    eager = TorchCausalLM(lm.model, threads=1)
+    before = torch.get_num_threads()
+    out = eager.step(np.asarray([[5, 9, 14]], np.int64), eager.empty_cache(), 0)
+    out = eager.step(np.asarray([[3]], np.int64), out.cache, 3)
+    assert out.cache.get_seq_length() == 4 and torch.get_num_threads() == before
+    res = measure_speed({"onnx": OrtCausalLM(path), "torch_eager": eager}, "onnx", list(range(5, 21)), new_tokens=4,
+                        rounds=3, warmup=1)
+    assert res.decode_tps["torch_eager"] > 0 and res.prefill_ratio["torch_eager"].rounds == 3

@@ -74,6 +74,10 @@ def test_int4_run_writes_a_serving_folder_and_the_four_decoder_metrics(llm_dir, 
     assert report["metrics"]["token_agreement"]["inputs"]["prompts"] == 4  # non-empty lines only
     assert "data.eval" in report["metrics"]["token_agreement"]["inputs"]["source"]
     assert report["metrics"]["prefill_speedup"]["inputs"]["prompt_tokens"] == 128
+    eager = report["metrics"]["decode_speedup"]["inputs"]["torch_eager"]  # the float torch model's line
+    assert eager["tps"] > 0 and eager["vs_fp32_onnx"] > 0
+    md = (out.parent / "model.report.md").read_text(encoding="utf-8")
+    assert "torch eager" in md and "tokens/s beside FP32 ONNX" in md
     mem = report["metrics"]["memory_ratio"]  # each model's peak in its own process: int4 holds fewer bytes
     assert mem["inputs"]["output_model_peak_mb"] > 0 and mem["inputs"]["fp32_model_peak_mb"] > 0
     assert mem["value"] == pytest.approx(mem["inputs"]["output_model_peak_mb"] / mem["inputs"]["fp32_model_peak_mb"])
