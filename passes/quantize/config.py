@@ -27,7 +27,9 @@ class QuantizeConfig(PassConfig):
         "qdq",
         description="static: QDQ (Quantize/DequantizeLinear pairs ONNX Runtime fuses) or QOperator (QLinear* ops); "
         "auto: build the int8 forms that fit the model, measure each against the float input on this hardware, "
-        "keep the best passing one (float when none is faster).",
+        "keep the best passing one (float when none is faster); on a decoder LLM with mode weight_only: the int4 "
+        "variants (accuracy_level 4 / 1 × block_size 32 / 128, fields set explicitly held), the fastest meeting the "
+        "quality gates on data.eval (docs/llm.md).",
     )
     objective: Literal["latency", "size"] = Field(
         "latency", description="format auto: keep the fastest passing candidate, or the smallest (sizes within 2% count as equal; the faster wins)."
@@ -145,8 +147,6 @@ class QuantizeConfig(PassConfig):
                 raise ValueError(f"bits {self.bits} stores signed codes (-1, 0, 1): use weight_type: int8")
         if self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two (got {self.block_size})")
-        if self.mode == "weight_only" and self.format == "auto":
-            raise ValueError("format auto chooses among int8 forms; use it with mode dynamic or static")
         return self
 
     def resolved(self) -> QuantizeConfig:

@@ -22,10 +22,13 @@ GENERIC_ONLY = ("format", "fusion", "op_types", "exclude_nodes", "parity_floor",
                 "calibration", "calibration_samples", "random_calibration", "activation_type", "weight_type")
 
 
-def check(cfg: QuantizeConfig, task: str, key: str) -> None:
-    """Plan-time rules (exit 2): a decoder takes weight_only 4-bit or dynamic int8; the decoder
-    options are refused on other models."""
+def check(cfg: QuantizeConfig, task: str, key: str, data_eval: Any = None) -> None:
+    """Plan-time rules (exit 2): a decoder takes weight_only 4-bit (format auto: with data.eval) or
+    dynamic int8; the decoder options are refused on other models, format auto with weight_only too."""
     if task != TASK:
+        if cfg.mode == "weight_only" and cfg.format == "auto":
+            raise ConfigError("format auto chooses among int8 forms here (int4 variants on decoder LLMs only); use it "
+                              "with mode dynamic or static", key=f"{key}.format")
         given = [f for f in LLM_ONLY if f in cfg.model_fields_set]
         if given:
             raise ConfigError(f"{given[0]} applies to model.task {TASK} (decoder LLMs) only", key=f"{key}.{given[0]}")
@@ -42,7 +45,14 @@ def check(cfg: QuantizeConfig, task: str, key: str) -> None:
     if cfg.mode == "dynamic" and cfg.head == "int4":
         raise ConfigError("head int4 needs mode weight_only; dynamic int8 keeps the head int8 or float",
                           key=f"{key}.head")
-    given = [f for f in GENERIC_ONLY if f in cfg.model_fields_set]
+    auto = cfg.format == "auto"
+    if auto and cfg.mode != "weight_only":
+        raise ConfigError(f"format auto on a {TASK} model measures int4 variants: use mode weight_only with bits 4",
+                          key=f"{key}.format")
+    if auto and data_eval is None:
+        raise ConfigError("format auto on a decoder judges each candidate on data.eval: set data.eval to a text file "
+                          "(its lines are the prompts, its text the perplexity text)", key=f"{key}.format")
+    given = [f for f in GENERIC_ONLY if f in cfg.model_fields_set and not (f == "format" and auto)]
     if given:
         raise ConfigError(f"{given[0]} does not apply to a {TASK} model (its quantize options: mode, bits, "
                           "block_size, symmetric_blocks, accuracy_level, algorithm, correction, head, embedding, "
@@ -55,7 +65,7 @@ def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> 
 
     from optimize.errors import PassError
     from optimize.pass_api import PassResult
-    from passes.quantize.int4 import quantize_int4, quantize_int8_dynamic
+    from passes.quantize.int4 import quantize_int8_dynamic
 
     if model.onnx_path is None:
         raise PassError(name, "expected an ONNX model")
@@ -63,12 +73,12 @@ def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> 
     out = ctx.step_dir(name) / "model.onnx"
     ctx.progress.start(f"{name}.llm", f"quantize the decoder ({_label(cfg)})", None)
     try:
-        if cfg.mode == "weight_only":
-            facts = quantize_int4(src, out, block_size=cfg.block_size, symmetric=cfg.symmetric_blocks,
-                                  accuracy_level=cfg.accuracy_level, head=cfg.head, embedding=cfg.embedding,
-                                  algorithm=cfg.algorithm, head_accuracy_level=cfg.head_accuracy_level,
-                                  correction=cfg.correction)
-            out = _prefill(cfg, out, facts, ctx, name)
+        if cfg.mode == "weight_only" and cfg.format == "auto":
+            from passes.quantize.llm_auto import choose
+
+            out, facts = choose(cfg, src, ctx.step_dir(name), ctx, lambda s, dst: _int4(cfg, src, dst, ctx, name, **s))
+        elif cfg.mode == "weight_only":
+            out, facts = _int4(cfg, src, out, ctx, name, accuracy_level=cfg.accuracy_level, block_size=cfg.block_size)
         else:
             head = "float" if cfg.head == "float" else "int8"
             facts = quantize_int8_dynamic(src, out, head=head, per_channel=cfg.per_channel,
@@ -79,7 +89,24 @@ def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> 
         raise PassError(name, f"ONNX Runtime's quantizer failed on the decoder: {type(exc).__name__}: {line}") from exc
     finally:
         ctx.progress.finish(f"{name}.llm")
-    return PassResult(model.replace(onnx_path=out), {"mode": cfg.mode, "bits": cfg.bits, "llm": facts}, [_note(facts)])
+    notes = [_note(facts)]
+    if "auto" in facts:
+        from passes.quantize.llm_auto import note
+
+        notes.append(note(facts["auto"]))
+    return PassResult(model.replace(onnx_path=out), {"mode": cfg.mode, "bits": cfg.bits, "llm": facts}, notes)
+
+
+def _int4(cfg: QuantizeConfig, src: Any, dst: Any, ctx: RunContext, name: str, *, accuracy_level: int | None,
+          block_size: int) -> tuple[Any, dict[str, Any]]:
+    """One int4 model at `dst` (plus its prompt path when asked): (the path kept, facts)."""
+    from passes.quantize.int4 import quantize_int4
+
+    facts = quantize_int4(src, dst, block_size=block_size, symmetric=cfg.symmetric_blocks,
+                          accuracy_level=accuracy_level, head=cfg.head, embedding=cfg.embedding,
+                          algorithm=cfg.algorithm, head_accuracy_level=cfg.head_accuracy_level,
+                          correction=cfg.correction)
+    return _prefill(cfg, dst, facts, ctx, name), facts
 
 
 def _prefill(cfg: QuantizeConfig, out: Any, facts: dict[str, Any], ctx: RunContext, name: str) -> Any:

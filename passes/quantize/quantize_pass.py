@@ -54,7 +54,7 @@ class QuantizePass(Pass):
         key = f"{plan.key}.quantize"
         from passes.quantize import llm
 
-        llm.check(cfg, plan.config.model.task, key)  # decoder LLMs: their own route (passes/quantize/llm.py)
+        llm.check(cfg, plan.config.model.task, key, plan.config.data.eval)  # decoder LLMs: their own route (passes/quantize/llm.py)
         if plan.config.model.task == llm.TASK:
             return
         if plan.form_at_pass == "torch":  # quantization-aware training before distill

@@ -108,6 +108,24 @@ def test_a_quality_gate_that_cannot_pass_exits_3_and_keeps_the_model_as_rejected
     assert report["output"]["ops"].get("If") == 1 and report["output"]["ops"].get("com.microsoft.MatMulNBits", 0) > 0
 
 
+def test_format_auto_keeps_the_fastest_int4_variant_that_meets_the_quality_gates(llm_dir, tmp_path):
+    """accuracy_level × block_size built and measured (block_size set in the config: held at 32)."""
+    cfg = _config(tmp_path, "auto.yaml", INT4.format(data=_data(llm_dir), gates="gates:\n  min_token_agreement: 0.3\n")
+                  .replace("    accuracy_level: 4\n", "    format: auto\n"))
+    out = tmp_path / "model.onnx"
+    r = _run(llm_dir, cfg, out)
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    llm = report["steps"][1]["metrics"]["llm"]
+    rows, kept = llm["auto"]["candidates"], llm["auto"]["chosen"]
+    assert [(c["accuracy_level"], c["block_size"]) for c in rows] == [(4, 32), (1, 32)]
+    assert llm["auto"]["held"] == ["block_size"] and llm["accuracy_level"] == rows[kept]["accuracy_level"]
+    assert all(c["decode_tps"] > 0 and c["token_agreement"] is not None for c in rows)
+    passing = [i for i, c in enumerate(rows) if c["passes_quality"]]
+    assert kept == min(passing, key=lambda i: rows[i]["request_s"])
+    assert any(n.startswith("format auto: 2 int4 candidates") for n in report["steps"][1]["notes"])
+
+
 def test_without_eval_text_quality_is_null_with_the_reason_and_its_gate_fails(llm_dir, tmp_path):
     cfg = _config(tmp_path, "nodata.yaml", """\
 schema_version: 1
@@ -139,6 +157,8 @@ gates:
     ("  - type: quantize\n    mode: weight_only\n    bits: 8\n", "set bits: 4"),
     ("  - type: quantize\n    mode: dynamic\n    format: qoperator\n", "format does not apply"),
     ("  - type: quantize\n    mode: dynamic\n    prefill: float_activations\n", "prefill chooses how a weight_only"),
+    ("  - type: quantize\n    mode: dynamic\n    format: auto\n", "format auto on a text-generation model measures"),
+    ("  - type: quantize\n    mode: weight_only\n    bits: 4\n    format: auto\n", "judges each candidate on data.eval"),
 ])
 def test_what_a_decoder_cannot_take_is_exit_2_in_one_line(llm_dir, tmp_path, passes, expected):
     cfg = _config(tmp_path, "bad.yaml", f"schema_version: 1\npasses:\n{passes}")

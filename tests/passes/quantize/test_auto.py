@@ -301,13 +301,20 @@ def _plan(text: str, form: str = "onnx", spec: bool = True) -> PlanContext:
     ("    bits: 3\n", "passes[0].quantize.bits: must be one of 1, 2, 4, 8"),
     ("    bits: 4\n    mode: dynamic\n", "passes[0].quantize: bits 4 needs mode: weight_only"),
     ("    mode: weight_only\n    block_size: 48\n", "block_size must be a power of two (got 48)"),
-    ("    mode: weight_only\n    format: auto\n", "format auto chooses among int8 forms"),
     ("    objective: speed\n", "passes[0].quantize.objective: must be one of 'latency', 'size'"),
 ])
 def test_bad_options_are_config_errors(extra, message):
     with pytest.raises(ConfigError) as info:
         load_config_text("schema_version: 1\npasses:\n  - type: quantize\n" + extra)
     assert message in str(info.value)
+
+
+def test_check_refuses_weight_only_auto_off_decoders():
+    """format auto with weight_only chooses int4 variants on decoder LLMs only (passes/quantize/llm_auto.py)."""
+    pc = _plan("schema_version: 1\npasses:\n  - type: quantize\n    mode: weight_only\n    format: auto\n")
+    with pytest.raises(ConfigError, match="format auto chooses among int8 forms") as info:
+        QuantizePass(pc.config.passes[0]).check(pc)
+    assert info.value.key == "passes[0].quantize.format"
 
 
 def test_check_auto_needs_no_calibration_unless_static_is_asked():
