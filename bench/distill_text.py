@@ -6,12 +6,22 @@ in a fixed order, then split by a hash of the text into training and evaluation 
 are disjoint and the split does not depend on how many lines are asked for.
 
     python -m bench.distill_text OUT_DIR [--train 7000] [--eval 300] [--packages numpy,torch]
+        [--wordnet /usr/share/wordnet --wordnet-share 0.5]
 
 `--packages` adds the docstrings of those installed packages after the standard library's (same
 filter, same hash split): the standard library alone gives about 5,350 training lines. The first
 evaluation lines stay the standard library's, so `--eval 300` is the same set with or without it.
 
-writes OUT_DIR/train.txt and OUT_DIR/eval.txt (one line per example) and prints their counts.
+Docstrings are one register of English (technical, third person, present tense). `--wordnet DIR`
+adds everyday sentences: the usage examples of WordNet 3.0's glosses ("he walked to the store
+after work"), read from the `data.noun/verb/adj/adv` files of Debian's `wordnet-base` package
+(`apt-get install wordnet-base`, or `apt-get download wordnet-base && dpkg -x wordnet-base*.deb x`
+for x/usr/share/wordnet): examples of 6 to 60 words, deduplicated, hash-split the same way.
+`--wordnet-share` of the training lines come from them (interleaved), and their evaluation lines
+go to OUT_DIR/eval_general.txt (`--eval` of them).
+
+writes OUT_DIR/train.txt and OUT_DIR/eval.txt (one line per example; with --wordnet also
+eval_general.txt) and prints their counts.
 """
 
 from __future__ import annotations
@@ -95,6 +105,39 @@ def lines(packages: tuple[str, ...] = ()) -> list[str]:
     return out
 
 
+def wordnet_examples(folder: Path) -> list[str]:
+    """The quoted usage examples of WordNet's glosses (`… | gloss; "example"; "example"`), 6 to 60
+    words, deduplicated, ordered by a hash of the text (nouns, verbs, adjectives, adverbs mixed)."""
+    seen: set[str] = set()
+    out = []
+    for part in ("noun", "verb", "adj", "adv"):
+        for line in (folder / f"data.{part}").read_text(encoding="latin-1").splitlines():
+            if line.startswith("  ") or "|" not in line:  # the license header, entries without a gloss
+                continue
+            for piece in line.split("|", 1)[1].split(";"):
+                text = piece.strip()
+                if not text.startswith('"'):
+                    continue
+                text = " ".join(text.strip('"').split())
+                if 6 <= len(text.split()) <= 60 and text not in seen:
+                    seen.add(text)
+                    out.append(text)
+    return sorted(out, key=lambda t: hashlib.sha256(t.encode()).hexdigest())
+
+
+def interleave(a: list[str], b: list[str], n: int, share_b: float) -> list[str]:
+    """`n` lines, `share_b` of them from b, spread evenly through a's."""
+    nb = min(len(b), round(n * share_b))
+    na = min(len(a), n - nb)
+    out, j = [], 0
+    for i in range(na):
+        out.append(a[i])
+        while j < nb and (j + 1) * na <= (i + 1) * nb:
+            out.append(b[j])
+            j += 1
+    return out + b[j:nb]
+
+
 def split(texts: list[str], n_train: int, n_eval: int) -> tuple[list[str], list[str]]:
     """About one line in eight (by a hash of its text) is for evaluation, the rest for training."""
     train, evals = [], []
@@ -110,9 +153,16 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=7000)
     ap.add_argument("--eval", type=int, default=300)
     ap.add_argument("--packages", default="", help="comma-separated installed packages whose docstrings are added")
+    ap.add_argument("--wordnet", type=Path, default=None, help="WordNet 3.0 data folder (Debian wordnet-base)")
+    ap.add_argument("--wordnet-share", type=float, default=0.5, help="share of training lines from WordNet")
     a = ap.parse_args()
     train, evals = split(lines(tuple(p for p in a.packages.split(",") if p)), a.train, a.eval)
     a.out.mkdir(parents=True, exist_ok=True)
+    if a.wordnet is not None:
+        wn_train, wn_eval = split(wordnet_examples(a.wordnet), a.train, a.eval)
+        train = interleave(train, wn_train, a.train, a.wordnet_share)
+        (a.out / "eval_general.txt").write_text("\n".join(wn_eval) + "\n")
+        print(f"{len(wn_eval)} general eval lines (WordNet examples)")
     (a.out / "train.txt").write_text("\n".join(train) + "\n")
     (a.out / "eval.txt").write_text("\n".join(evals) + "\n")
     print(f"{len(train)} training lines, {len(evals)} eval lines -> {a.out}")

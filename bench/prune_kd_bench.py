@@ -14,7 +14,11 @@ torch FP32 model's, batch 8 padded to the longest.
 
     python -m bench.distill_text /tmp/text
     python -m bench.prune_kd_bench --train /tmp/text/train.txt --eval /tmp/text/eval.txt \
-        [--config configs/hf-embedder.yaml] [--speed-only "0.25,0.5;0,0.5"] [--output bench/results-prune-kd.md]
+        [--eval2 /tmp/text/eval_general.txt] [--config configs/hf-embedder.yaml] \
+        [--speed-only "0.25,0.5;0,0.5"] [--output bench/results-prune-kd.md]
+
+--eval2: a second kind of held-out text (bench.distill_text --wordnet writes eval_general.txt,
+everyday sentences), its cosine in a column of its own.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", type=Path, required=True)
     ap.add_argument("--eval", type=Path, required=True)
+    ap.add_argument("--eval2", type=Path, help="a second kind of held-out text, reported in its own column")
     ap.add_argument("--config", type=Path, default=ROOT / "configs/hf-embedder.yaml")
     ap.add_argument("--speed-only", default="", help="'H,F;H,F': pruned (untrained) + int8 models, latency only")
     ap.add_argument("--rounds", type=int, default=20)
@@ -105,12 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     tok = AutoTokenizer.from_pretrained(str(folder()))
     enc = lambda t, pad: {k: v.astype(np.int64) for k, v in tok(  # noqa: E731
         t, padding=pad, truncation=True, max_length=MAX_LEN, return_tensors="np").items()}
-    batches = [enc(texts[i:i + BATCH], True) for i in range(0, len(texts), BATCH)]
-    ref = torch_embeddings(folder(), batches)
-    quality = {name: (embeddings(p, batches) * ref).sum(1) for name, p in models.items()}
+
+    def cosines(lines: list[str]) -> dict[str, np.ndarray]:
+        batches = [enc(lines[i:i + BATCH], True) for i in range(0, len(lines), BATCH)]
+        ref = torch_embeddings(folder(), batches)
+        return {name: (embeddings(p, batches) * ref).sum(1) for name, p in models.items()}
+
+    quality = cosines(texts)
+    quality2 = cosines(args.eval2.read_text().splitlines()) if args.eval2 else None
     load = os.getloadavg()[0]
     times = interleaved(models, enc(texts[:BATCH], "max_length"), threads=THREADS, warmup=3, repeat=args.rounds)
-    text = report(models, times, quality, seconds, cpu_info(), args, (load, os.getloadavg()[0]))
+    text = report(models, times, quality, seconds, cpu_info(), args, (load, os.getloadavg()[0]), quality2)
     if args.output:
         args.output.write_text(text)
     print(text)
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(models, times, quality, seconds, cpu, args, load) -> str:
+def report(models, times, quality, seconds, cpu, args, load, quality2=None) -> str:
     base = np.asarray(times["int8 only"].times_ms)
     isa = ", ".join(cpu.get("isa", [])) or "unknown"
     lines = [
@@ -130,10 +140,12 @@ def report(models, times, quality, seconds, cpu, args, load) -> str:
         f"[quartiles]. Cosine: each of {len(next(iter(quality.values())))} eval sentences ({args.eval.name}, not in "
         "training) against the torch FP32 model's embedding.",
         "",
-        "| model | median ms | speed vs int8 only | size MB | cosine min / mean | optimize run s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | median ms | speed vs int8 only | size MB | cosine min / mean | optimize run s |"
+        + (f" cosine min / mean, {args.eval2.name} |" if quality2 else ""),
+        "| --- | --- | --- | --- | --- | --- |" + (" --- |" if quality2 else ""),
     ]
     lines += [speed_row(name, path, times[name].times_ms, base, quality[name]) + f" {seconds[name]:.0f} |"
+              + (f" {quality2[name].min():.4f} / {quality2[name].mean():.4f} |" if quality2 else "")
               for name, path in models.items()]
     return "\n".join(lines) + "\n"
 
