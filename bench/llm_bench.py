@@ -11,6 +11,12 @@ chat prompts × 32 teacher-forced positions along FP32's greedy continuation, an
 ratio on /usr/share/common-licenses/GPL-3 (text used for nothing else here). `--step-rounds`: single
 decode steps at a fixed past length as well (`decode_steps`), steadier on a shared machine. The weights come from
 a Q4_1 file, which flatters int4 (its weights already sit on a 4-bit grid): int8 is reported beside it.
+
+`--genai`: ONNX Runtime GenAI's model builder (`pip install onnxruntime-genai`, its CPU wheel) makes
+its own int4 model of the same float weights (saved as a Hugging Face folder first: the builder
+reads safetensors), `-p int4 -e cpu` with its defaults, measured in the same rounds as
+`genai-int4` (its graph runs through optimize.llm.generation.OrtCausalLM: the same input names,
+the cache sizes from its genai_config.json).
 """
 
 from __future__ import annotations
@@ -97,6 +103,28 @@ def build(work: Path, variants: list[str]) -> dict[str, Path]:
     return paths
 
 
+def build_genai(work: Path) -> Path:
+    """The model builder's int4 CPU model of the GGUF's float weights (reused when present)."""
+    import subprocess
+
+    from optimize.llm.load import load_causal_lm
+
+    hf, out = work / "hf", work / "genai-int4"
+    if not (hf / "config.json").is_file():
+        lm = load_causal_lm(gguf_path())
+        lm.model.save_pretrained(hf)
+        lm.tokenizer.save_pretrained(hf)
+    if not (out / "model.onnx").is_file():
+        t = time.perf_counter()
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", "int4",
+               "-e", "cpu", "-c", str(work / "genai-cache")]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"model builder failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        print(f"genai-int4: model builder {time.perf_counter() - t:.0f} s", flush=True)
+    return out / "model.onnx"
+
+
 def decode_steps(models: dict, prompt: list[int], rounds: int, steps: int = 16) -> dict[str, dict]:
     """One decode step's time at a fixed past length (the cache of one prefill of `prompt`, reused),
     the models interleaved in bursts of `steps` steps, order alternating, one warm-up round; per
@@ -139,6 +167,7 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--ppl-tokens", type=int, default=2048)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--genai", action="store_true", help="add ONNX Runtime GenAI's model builder int4 model")
     ap.add_argument("--no-speed", action="store_true", help="quality only")
     ap.add_argument("--no-quality", action="store_true", help="speed only")
     ap.add_argument("--step-rounds", type=int, default=0,
@@ -152,6 +181,9 @@ def main() -> None:
 
     variants = args.variants.split(",")
     paths = build(Path(args.work), variants)
+    if args.genai:
+        paths["genai-int4"] = build_genai(Path(args.work))
+        variants.append("genai-int4")
     tok = AutoTokenizer.from_pretrained(str(paths["fp32"].parent))
     prompts = [chat_ids(tok, p) for p in PROMPTS]
     text_ids = tok(PPL_TEXT.read_text(encoding="utf-8"))["input_ids"][: args.ppl_tokens]

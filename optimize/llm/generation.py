@@ -44,10 +44,22 @@ class OrtCausalLM:
                 f"{PAST_PREFIX}N.key/value inputs)"
             )
         self.has_positions = "position_ids" in inputs
-        shape = inputs[self.past_names[0]].shape
-        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        self.kv_heads, self.head_dim = self._cache_dims(inputs[self.past_names[0]].shape)
         self.cache_dtype = np.float16 if "float16" in inputs[self.past_names[0]].type else np.float32
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _cache_dims(self, shape: list[Any]) -> tuple[int, int]:
+        """(kv heads, head dim) from the past input's shape; ONNX Runtime GenAI's model builder leaves
+        the last one symbolic (`kv_cache_dim`) and writes both in genai_config.json beside the model."""
+        if isinstance(shape[1], int) and isinstance(shape[3], int):
+            return shape[1], shape[3]
+        meta = self.path.parent / "genai_config.json"
+        try:
+            dec = json.loads(meta.read_text(encoding="utf-8"))["model"]["decoder"]
+            return int(dec["num_key_value_heads"]), int(dec["head_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ModelLoadError(f"{self.path}: the KV cache's shape {shape} is symbolic and no genai_config.json "
+                                 "beside the model gives num_key_value_heads / head_size") from None
 
     def empty_cache(self, batch: int = 1) -> list[np.ndarray]:
         return [np.zeros((batch, self.kv_heads, 0, self.head_dim), self.cache_dtype) for _ in self.past_names]

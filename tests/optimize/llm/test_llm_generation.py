@@ -102,3 +102,29 @@ def test_torch_eager_runs_the_same_rounds_as_a_reference_line(exported):
     res = measure_speed({"onnx": OrtCausalLM(path), "torch_eager": eager}, "onnx", list(range(5, 21)), new_tokens=4,
                         rounds=3, warmup=1)
     assert res.decode_tps["torch_eager"] > 0 and res.prefill_ratio["torch_eager"].rounds == 3
+
+
+def test_a_symbolic_cache_dim_is_read_from_genai_config(exported, tmp_path):
+    """ONNX Runtime GenAI's model builder declares the cache's last dim as `kv_cache_dim`; its
+    genai_config.json gives the sizes (bench/llm_genai_peer.py runs its graphs through this class)."""
+    import json
+
+    import onnx
+
+    from optimize.errors import ModelLoadError
+
+    path, _ = exported
+    model = onnx.load(str(path))
+    for inp in model.graph.input:
+        if inp.name.startswith("past_key_values."):
+            inp.type.tensor_type.shape.dim[3].dim_param = "kv_cache_dim"
+    sym = tmp_path / "model.onnx"
+    onnx.save(model, str(sym), save_as_external_data=True, location="model.onnx.data")
+    with pytest.raises(ModelLoadError, match="symbolic"):
+        OrtCausalLM(sym)
+    ref = OrtCausalLM(path)
+    (tmp_path / "genai_config.json").write_text(json.dumps(
+        {"model": {"decoder": {"num_key_value_heads": ref.kv_heads, "head_size": ref.head_dim}}}))
+    lm = OrtCausalLM(sym)
+    assert (lm.kv_heads, lm.head_dim) == (ref.kv_heads, ref.head_dim)
+    assert list(generate(lm, [5, 9, 14], 6)) == list(generate(ref, [5, 9, 14], 6))
