@@ -113,6 +113,13 @@ class DataSourceConfig(Section):
         "all", description="For built-in data sets, CSV files and image folders: the fixed train (80%) / test (20%) split (stratified by label)."
     )
     samples: int | None = Field(None, gt=0, description="Use at most this many samples.")
+    text_spans: int = Field(
+        0, ge=0, le=16,
+        description="Text sources without labels: add this many random word spans of each line (4 words up to all but "
+        "one, fixed seed) after the lines (`samples` counts lines). More varied inputs from few lines when a student "
+        "learns the teacher's outputs: on the real MiniLM halving the FFN, 1 span per line raised held-out cosine "
+        "mean / min from 0.968 / 0.888 to 0.973 / 0.904 (docs/distill.md).",
+    )
     text_field: str = Field("text", min_length=1, description=".jsonl: the field holding each example's text.")
     label_field: str | None = Field(
         None, min_length=1,

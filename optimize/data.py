@@ -145,6 +145,9 @@ def load_dataset(
     elif source.lower().endswith((".txt", ".jsonl")):
         from optimize.frameworks.text_data import load_text
 
+        if getattr(spec, "text_spans", 0) and spec.split != "all":
+            raise DataError(f"{where}: text_spans needs split: all (a span of a held-out line would be trained on)")
+
         arrays, labels = load_text(_resolve(source, base_dir, where), where, spec, tokenizer, text_options)
         arrays, labels = _split(arrays, labels, spec.split)
     elif not source.startswith("builtin:") and (_as_path(source, base_dir)).is_dir():
@@ -165,7 +168,8 @@ def load_dataset(
         raise DataError(f"{where}: {len(ds.labels)} labels for {len(ds)} samples")
     if len(ds) == 0:
         raise DataError(f"{where}: contains no samples")
-    return ds.take(spec.samples) if spec.samples else ds
+    spans = getattr(spec, "text_spans", 0) and source.lower().endswith((".txt", ".jsonl"))
+    return ds.take(spec.samples) if spec.samples and not spans else ds  # with spans, samples counted lines
 
 
 def _from_callable(source: str, where: str, base_dir: Path) -> tuple[dict[str, np.ndarray], Any]:

@@ -188,6 +188,33 @@ def test_text_files_are_tokenized_with_the_folder_tokenizer(tmp_path, bert_dir):
         ctx3.data("train")
 
 
+def test_text_spans_add_word_spans_of_unlabeled_lines(tmp_path, bert_dir):
+    from optimize.frameworks.text_data import word_spans
+
+    lines = [" ".join(f"w{i}_{k}" for k in range(n)) for i, n in enumerate((3, 6, 9, 12))]
+    spans = word_spans(lines, 2)
+    assert len(spans) == 6  # the 3-word line gives none; three lines × two rounds
+    for sp in spans:
+        words = sp.split()
+        line = next(ln.split() for ln in lines if ln.split()[0].split("_")[0] == words[0].split("_")[0])
+        assert 4 <= len(words) < len(line) and " ".join(words) in " ".join(line)  # contiguous, shorter
+    assert word_spans(lines, 2) == spans  # fixed seed
+    (tmp_path / "t.txt").write_text("\n".join(sentences(10, 0)) + "\n")
+    handle = load_model(str(bert_dir))
+    for extra, n in (("", 10), (", text_spans: 1", 10 + len(word_spans(sentences(10, 0), 1))),
+                     (", text_spans: 1, samples: 4", 4 + len(word_spans(sentences(4, 0), 1)))):
+        cfg = model_cfg(f"data: {{train: {{source: t.txt{extra}}}}}\n")
+        ctx = RunContext(config=cfg, work_dir=tmp_path / "w", input_model=handle, inputs=handle.inputs, base_dir=tmp_path)
+        assert len(ctx.data("train")) == n, extra
+    rows = [{"text": s, "label": i % 2} for i, s in enumerate(sentences(6, 1))]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for src, why in (("d.jsonl", "unlabeled text"), ("t.txt, split: train", "split: all")):
+        cfg = model_cfg(f"data: {{train: {{source: {src}, text_spans: 1}}}}\n")
+        ctx = RunContext(config=cfg, work_dir=tmp_path / "w", input_model=handle, inputs=handle.inputs, base_dir=tmp_path)
+        with pytest.raises(DataError, match=why):
+            ctx.data("train")
+
+
 # ---------------------------------------------------------------------------- end to end
 
 

@@ -121,6 +121,13 @@ def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None, opt
     texts, labels = _read_texts(path, where, getattr(spec, "text_field", "text") or "text", getattr(spec, "label_field", None))
     if not texts:
         raise DataError(f"{where}: contains no text")
+    n_spans = int(getattr(spec, "text_spans", 0) or 0)
+    if n_spans:
+        if labels is not None:
+            raise DataError(f"{where}: text_spans adds parts of lines, which would not carry their line's label; "
+                            "use it with unlabeled text")
+        texts = texts[: spec.samples] if getattr(spec, "samples", None) else texts
+        texts = texts + word_spans(texts, n_spans)
     max_length = getattr(options, "max_length", None) or info.max_length
     padding = getattr(options, "padding", "longest")
     truncation = bool(getattr(options, "truncation", True))
@@ -144,6 +151,20 @@ def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None, opt
         else:
             raise DataError(f"{where}: the tokenizer does not produce the model input '{name}' (it gives {', '.join(enc)})")
     return arrays, (None if labels is None else _label_array(labels, info, where))
+
+
+def word_spans(texts: list[str], n: int, seed: int = 0) -> list[str]:
+    """`n` rounds of one random contiguous span per line of 6 words or more: 4 words up to all but one."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        for text in texts:
+            words = text.split()
+            if len(words) >= 6:
+                k = int(rng.integers(4, len(words)))
+                start = int(rng.integers(0, len(words) - k + 1))
+                out.append(" ".join(words[start:start + k]))
+    return out
 
 
 def load_tokenizer(path: Path, where: str) -> Any:
