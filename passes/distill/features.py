@@ -119,17 +119,26 @@ def make_projections(pairs: list[Any], s_feats: list[Any], t_feats: list[Any], k
     return nn.ModuleList(projs)
 
 
-def feature_loss(pairs: list[Any], projected: list[Any], t_feats: list[Any], kind: str) -> Any:
+def feature_loss(pairs: list[Any], projected: list[Any], t_feats: list[Any], kind: str, mask: Any = None) -> Any:
+    """Σ weight × loss per pair. `mask` (batch, tokens), a text batch's attention mask: a
+    (batch, tokens, width) feature is averaged over real tokens only (padding positions hold hidden
+    states of no token; the batch is padded to its longest line)."""
     import torch.nn.functional as F
 
     total = None
     for pair, s, t in zip(pairs, projected, t_feats, strict=True):
         s, t = s.float(), t.float().detach()
         if kind == "cosine":
-            ax = width_axis(t)
-            part = (1.0 - F.cosine_similarity(s, t, dim=ax, eps=1e-8)).mean()
+            per = 1.0 - F.cosine_similarity(s, t, dim=width_axis(t), eps=1e-8)
         else:
-            part = F.mse_loss(s, t)
+            per = (s - t) ** 2
+        tokens = mask is not None and s.dim() == 3 and tuple(s.shape[:2]) == tuple(mask.shape)
+        if tokens:
+            w = mask.to(per.dtype)
+            w = w if per.dim() == 2 else w.unsqueeze(-1).expand_as(per)
+            part = (per * w).sum() / w.sum().clamp(min=1.0)
+        else:
+            part = per.mean()
         part = pair.weight * part
         total = part if total is None else total + part
     return total

@@ -314,7 +314,8 @@ def _forward(loop: _Loop, xs: list[Any], y: Any, idx: Any) -> tuple[Any, Any, in
     if cfg.features:
         from passes.distill.features import feature_loss
 
-        feat = feature_loss(cfg.features, s_feats, t_feats, cfg.feature_loss)
+        mask = xs[s.names.index("attention_mask")] if "attention_mask" in s.names else None
+        feat = feature_loss(cfg.features, s_feats, t_feats, cfg.feature_loss, mask)
         loss = loss + feat
     return loss, kd, correct, feat
 

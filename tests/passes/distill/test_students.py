@@ -196,6 +196,28 @@ def test_feature_pairs_of_equal_width_and_cosine_feature_loss(tmp_path: Path) ->
     assert 0 <= m["feature_loss"] < m["feature_loss_first_epoch"]
 
 
+@pytest.mark.parametrize("kind", ["cosine", "mse"])
+def test_token_features_are_averaged_over_real_tokens_only(kind: str) -> None:
+    """A text batch is padded to its longest line: what the student computes at padding positions
+    must not weigh in the feature loss."""
+    from passes.distill.config import FeaturePairConfig
+    from passes.distill.features import feature_loss
+
+    gen = torch.Generator().manual_seed(7)
+    t = torch.randn(2, 5, 8, generator=gen)
+    s = t + 0.1 * torch.randn(2, 5, 8, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+    noisy = s.clone()
+    noisy[1, 2:] = 100 * torch.randn(3, 8, generator=gen)  # garbage where the second line has no tokens
+    pairs = [FeaturePairConfig(teacher="x", student="x")]
+    clean = feature_loss(pairs, [s], [t], kind, mask)
+    assert feature_loss(pairs, [noisy], [t], kind, mask) == pytest.approx(float(clean), rel=1e-5)
+    assert float(feature_loss(pairs, [noisy], [t], kind)) > 2 * float(clean)  # without the mask it counts
+    keep = mask.bool()
+    per = (1 - torch.nn.functional.cosine_similarity(s, t, dim=-1))[keep] if kind == "cosine" else ((s - t) ** 2)[keep]
+    assert float(clean) == pytest.approx(float(per.mean()), rel=1e-5)
+
+
 def test_a_feature_pair_naming_a_missing_layer_is_a_config_error(tmp_path: Path, teacher_weights: Path) -> None:
     teacher = digits_teacher(teacher_weights)
     # at plan time, when the model is known
