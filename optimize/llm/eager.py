@@ -24,8 +24,12 @@ class TorchCausalLM:
     """`model` (a transformers …ForCausalLM in eval mode) behind OrtCausalLM's step interface."""
 
     def __init__(self, model: Any, threads: int) -> None:
+        import inspect
+
         self.model = model
         self.threads = threads
+        # transformers 5.2x calls the cache argument `cache` (past_key_values warns, then goes in 5.40)
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def empty_cache(self) -> None:
         return None
@@ -42,7 +46,7 @@ class TorchCausalLM:
                 n = ids.shape[1]
                 mask = torch.ones((ids.shape[0], past_len + n), dtype=torch.long)
                 out = self.model(input_ids=torch.from_numpy(np.ascontiguousarray(ids)), attention_mask=mask,
-                                 past_key_values=cache, use_cache=True)
+                                 use_cache=True, **{self.cache_arg: cache})
         finally:
             torch.set_num_threads(before)
-        return _Step(out.past_key_values)
+        return _Step(out.cache if self.cache_arg == "cache" else out.past_key_values)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -96,8 +98,10 @@ def test_torch_eager_runs_the_same_rounds_as_a_reference_line(exported):
     path, lm = exported
     eager = TorchCausalLM(lm.model, threads=1)
     before = torch.get_num_threads()
-    out = eager.step(np.asarray([[5, 9, 14]], np.int64), eager.empty_cache(), 0)
-    out = eager.step(np.asarray([[3]], np.int64), out.cache, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers 5.2x: past_key_values= is deprecated
+        out = eager.step(np.asarray([[5, 9, 14]], np.int64), eager.empty_cache(), 0)
+        out = eager.step(np.asarray([[3]], np.int64), out.cache, 3)
     assert out.cache.get_seq_length() == 4 and torch.get_num_threads() == before
     res = measure_speed({"onnx": OrtCausalLM(path), "torch_eager": eager}, "onnx", list(range(5, 21)), new_tokens=4,
                         rounds=3, warmup=1)
