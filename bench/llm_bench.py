@@ -111,8 +111,16 @@ def build_genai(work: Path) -> Path:
 
     hf, out = work / "hf", work / "genai-int4"
     if not (hf / "config.json").is_file():
+        import copy
+
         lm = load_causal_lm(gguf_path())
-        lm.model.save_pretrained(hf)
+        # transformers refuses to save a model loaded from GGUF; the same float weights in a plain one
+        cfg = copy.deepcopy(lm.model.config)
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+        plain = type(lm.model)(cfg)
+        plain.load_state_dict(lm.model.state_dict())
+        plain.save_pretrained(hf)
         lm.tokenizer.save_pretrained(hf)
     if not (out / "model.onnx").is_file():
         t = time.perf_counter()
