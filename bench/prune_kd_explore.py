@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from optimize.frameworks.text_data import word_spans
+
 torch.set_num_threads(2)
 
 
@@ -294,20 +296,6 @@ def distill(student, teacher, ids, mask, ev, args, log):
     return student
 
 
-def crops(lines: list[str], n: int, seed: int = 0) -> list[str]:
-    """n random contiguous spans (4 words to all but one) of each line of 6 words or more."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        for t in lines:
-            w = t.split()
-            if len(w) >= 6:
-                k = int(rng.integers(4, len(w)))
-                s = int(rng.integers(0, len(w) - k + 1))
-                out.append(" ".join(w[s : s + k]))
-    return out
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", default="/tmp/p12/text/train.txt")
@@ -340,7 +328,7 @@ def main():
     train = Path(args.train).read_text().splitlines()
     if args.n_train:
         train = train[: args.n_train]
-    train += crops(train, args.crops)
+    train += word_spans(train, args.crops)  # the tool's data.train.text_spans
     ids, mask = encode(tok, train)
     evs = []
     for f in [args.eval] + ([args.eval2] if args.eval2 else []):
