@@ -16,7 +16,8 @@ a Q4_1 file, which flatters int4 (its weights already sit on a 4-bit grid): int8
 its own int4 model of the same float weights (saved as a Hugging Face folder first: the builder
 reads safetensors), `-p int4 -e cpu` with its defaults, measured in the same rounds as
 `genai-int4` (its graph runs through optimize.llm.generation.OrtCausalLM: the same input names,
-the cache sizes from its genai_config.json).
+the cache sizes from its genai_config.json), and `genai-fp32+minmax`: the builder's fused FP32 graph
+quantized by this tool's int4 minmax with configs/llm-int4.yaml's settings.
 """
 
 from __future__ import annotations
@@ -103,6 +104,29 @@ def build(work: Path, variants: list[str]) -> dict[str, Path]:
     return paths
 
 
+def build_genai_fp32_minmax(work: Path) -> Path:
+    """The builder's fused FP32 graph (GroupQueryAttention …) quantized by this tool's int4 minmax
+    (configs/llm-int4.yaml's settings): its fusions with our weights."""
+    import shutil
+    import subprocess
+
+    from passes.quantize.int4 import quantize_int4
+
+    build_genai(work)  # the Hugging Face folder
+    fp32, out = work / "genai-fp32" / "model.onnx", work / "genai-fp32-minmax" / "model.onnx"
+    if not fp32.is_file():
+        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(work / "hf"), "-o", str(fp32.parent),
+               "-p", "fp32", "-e", "cpu", "-c", str(work / "genai-cache")]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"model builder (fp32) failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    if not out.is_file():
+        quantize_int4(fp32, out, block_size=32, accuracy_level=4, head="int8", embedding="float", algorithm="minmax",
+                      correction="folded")
+        shutil.copy(fp32.parent / "genai_config.json", out.parent / "genai_config.json")
+    return out
+
+
 def build_genai(work: Path) -> Path:
     """The model builder's int4 CPU model of the GGUF's float weights (reused when present)."""
     import subprocess
@@ -175,7 +199,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--ppl-tokens", type=int, default=2048)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--genai", action="store_true", help="add ONNX Runtime GenAI's model builder int4 model")
+    ap.add_argument("--genai", action="store_true",
+                    help="add ONNX Runtime GenAI's model builder int4 model and its fused FP32 graph with our int4 minmax")
     ap.add_argument("--no-speed", action="store_true", help="quality only")
     ap.add_argument("--no-quality", action="store_true", help="speed only")
     ap.add_argument("--step-rounds", type=int, default=0,
@@ -191,7 +216,8 @@ def main() -> None:
     paths = build(Path(args.work), variants)
     if args.genai:
         paths["genai-int4"] = build_genai(Path(args.work))
-        variants.append("genai-int4")
+        paths["genai-fp32+minmax"] = build_genai_fp32_minmax(Path(args.work))
+        variants += ["genai-int4", "genai-fp32+minmax"]
     tok = AutoTokenizer.from_pretrained(str(paths["fp32"].parent))
     prompts = [chat_ids(tok, p) for p in PROMPTS]
     text_ids = tok(PPL_TEXT.read_text(encoding="utf-8"))["input_ids"][: args.ppl_tokens]
