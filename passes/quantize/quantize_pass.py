@@ -72,10 +72,10 @@ class QuantizePass(Pass):
         # format auto without an explicit mode tries static only when it can calibrate
         needs_static = cfg.mode == "static" and (cfg.format != "auto" or "mode" in cfg.model_fields_set)
         # (QAT re-calibrates on the pipeline's data; an input quantized already is handed back)
-        if needs_static and plan.form_at_pass == "onnx" and not _hands_back_input(plan):
+        if needs_static and plan.form_at_pass == "onnx":
             reason = calibration_refusal(cfg, plan.config, list(getattr(plan.model, "inputs", None) or []),
                                          plan.has_input_spec)
-            if reason is not None:
+            if reason is not None and not _hands_back_input(plan):  # reads the model: only when refusing
                 raise ConfigError(reason, key=f"{key}.mode")
         if cfg.mode == "static" and cfg.activation_type == "int8" and cfg.weight_type == "uint8":
             raise ConfigError(
