@@ -95,12 +95,14 @@ def decode_predictions(lm: OrtCausalLM, prompt: Sequence[int], teacher: Sequence
 
 
 def token_agreement(reference: OrtCausalLM, candidate: OrtCausalLM, prompts: Sequence[Sequence[int]],
-                    positions: int = 32) -> dict[str, Any]:
+                    positions: int = 32, continuations: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
     """Teacher-forced top-1 agreement along the reference's greedy continuation, both models on the
-    decode path (module doc): the reference's own predictions along it are the continuation itself."""
+    decode path (module doc): the reference's own predictions along it are the continuation itself.
+    `continuations`: the reference's, computed once when several candidates are judged."""
     same = total = 0
-    for prompt in prompts:
-        cont = np.asarray(greedy_continuation(reference, prompt, positions))
+    for k, prompt in enumerate(prompts):
+        cont = np.asarray(continuations[k] if continuations is not None
+                          else greedy_continuation(reference, prompt, positions))
         cand = decode_predictions(candidate, prompt, cont)
         same += int((cand == cont).sum())
         total += len(cont)

@@ -23,8 +23,6 @@ import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
     from optimize.context import RunContext
     from passes.quantize.config import QuantizeConfig
@@ -67,7 +65,7 @@ def choose(cfg: QuantizeConfig, src: Path, step_dir: Path, ctx: RunContext, buil
     ctx.progress.finish("quantize.auto")
     rows = _judge(ctx, ref, models, built, data, speed, len(prompt))
     kept = _pick(rows)
-    settings, path, facts = built[kept]
+    _, path, facts = built[kept]
     facts = {**facts, "auto": {"candidates": rows, "chosen": kept, "grid": {k: list(v) for k, v in AUTO_GRID.items()},
                                "held": sorted(k for k in AUTO_GRID if k in cfg.model_fields_set),
                                "speed": f"{len(prompt)}-token prompt + {NEW_TOKENS} decode steps, {ROUNDS} "
@@ -78,18 +76,17 @@ def choose(cfg: QuantizeConfig, src: Path, step_dir: Path, ctx: RunContext, buil
 def _judge(ctx: RunContext, ref: Any, models: dict[str, Any], built: list[Any], data: Any, speed: Any,
            prompt_tokens: int) -> list[dict[str, Any]]:
     """One row per candidate: settings, speed, quality and whether the run's quality gates pass."""
-    from optimize.llm.llm_metrics import decode_predictions, greedy_continuation, perplexity
+    from optimize.llm.llm_metrics import greedy_continuation, perplexity, token_agreement
     from optimize.llm.measure_run import POSITIONS, PPL_WINDOW
 
     gates = ctx.config.gates
     ctx.progress.start("quantize.auto", f"judge {len(built)} candidates on data.eval", None)
-    conts = [np.asarray(greedy_continuation(ref, p, POSITIONS)) for p in data.prompts]
+    conts = [greedy_continuation(ref, p, POSITIONS) for p in data.prompts]  # once for every candidate
     ref_ppl = perplexity(ref, data.text_ids, PPL_WINDOW)["value"]
     rows = []
     for i, (settings, _, _) in enumerate(built):
         name = f"candidate-{i}"
-        same = sum(int((decode_predictions(models[name], p, c) == c).sum()) for p, c in zip(data.prompts, conts, strict=True))
-        agreement = same / max(1, sum(len(c) for c in conts))
+        agreement = token_agreement(ref, models[name], data.prompts, POSITIONS, conts)["value"] or 0.0
         ppl = perplexity(models[name], data.text_ids, PPL_WINDOW)["value"]
         ratio = ppl / ref_ppl if ref_ppl and ppl is not None else None
         seconds = prompt_tokens / speed.prefill_tps[name] + NEW_TOKENS / speed.decode_tps[name]
