@@ -17,7 +17,8 @@ its own int4 model of the same float weights (saved as a Hugging Face folder fir
 reads safetensors), `-p int4 -e cpu` with its defaults, measured in the same rounds as
 `genai-int4` (its graph runs through optimize.llm.generation.OrtCausalLM: the same input names,
 the cache sizes from its genai_config.json), and `genai-fp32+minmax`: the builder's fused FP32 graph
-quantized by this tool's int4 minmax with configs/llm-int4.yaml's settings.
+quantized by this tool's int4 minmax with configs/llm-int4.yaml's settings, and `genai-fp32`, the
+builder's FP32 graph itself (how much of a ratio the fusion alone gives).
 """
 
 from __future__ import annotations
@@ -217,7 +218,8 @@ def main() -> None:
     if args.genai:
         paths["genai-int4"] = build_genai(Path(args.work))
         paths["genai-fp32+minmax"] = build_genai_fp32_minmax(Path(args.work))
-        variants += ["genai-int4", "genai-fp32+minmax"]
+        paths["genai-fp32"] = Path(args.work) / "genai-fp32" / "model.onnx"
+        variants += ["genai-int4", "genai-fp32+minmax", "genai-fp32"]
     tok = AutoTokenizer.from_pretrained(str(paths["fp32"].parent))
     prompts = [chat_ids(tok, p) for p in PROMPTS]
     text_ids = tok(PPL_TEXT.read_text(encoding="utf-8"))["input_ids"][: args.ppl_tokens]

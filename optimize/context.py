@@ -53,6 +53,9 @@ class RunContext:
     _data: dict[str, Dataset | None] = field(default_factory=dict)
     step_index: int = 0
     resume: bool = False  # --resume: training passes continue from their latest checkpoint
+    # a decoder LLM: the folder whose tokenizer / generation / genai_config files go beside the output
+    # (set by the export step to its chosen graph's folder; None: the baseline's)
+    serving_dir: Path | None = None
 
     @property
     def log(self) -> logging.Logger:

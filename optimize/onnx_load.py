@@ -18,6 +18,7 @@ def onnx_handle(path: Path, declared: list[TensorSpec]) -> ModelHandle:
     import onnx
 
     from optimize.export import onnx_input_specs
+    from optimize.onnx_check import check_onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -28,7 +29,7 @@ def onnx_handle(path: Path, declared: list[TensorSpec]) -> ModelHandle:
     _check_versions(path, model)
     _check_external_data(path, model)
     try:  # path-based: works for models over 2 GB; catches corruption that still decodes
-        onnx.checker.check_model(str(path))
+        check_onnx(path)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(f"{path}: not a valid ONNX model (ONNX checker: {first})") from None

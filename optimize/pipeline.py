@@ -388,7 +388,7 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, lineage: Lineage, started: 
 
         add_embedding_accuracy(report, ctx, baseline, current)
     try:
-        return _write_outputs(pl, opts, current, report, serving=baseline.onnx_path.parent if llm else None)  # type: ignore[union-attr]
+        return _write_outputs(pl, opts, current, report, serving=_serving_dir(ctx, baseline) if llm else None)  # type: ignore[union-attr]
     except OSError as exc:  # disk full, read-only folder, ...: exit 1 with the reason, not "internal"
         from optimize.errors import OutputError
 
@@ -544,6 +544,11 @@ def _write_charts(pl: Plan, report: Any, model_path: Path) -> None:
         report.findings.append(f"chart {key.removeprefix('chart_')} not drawn: {why}")
 
 
+def _serving_dir(ctx: RunContext, baseline: ModelHandle) -> Path:
+    """A decoder's serving files come from its export step's chosen graph, else from the baseline."""
+    return ctx.serving_dir or baseline.onnx_path.parent  # type: ignore[union-attr]
+
+
 def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any, serving: Path | None = None) -> Any:
     from optimize import onnx_io
     from optimize.report_md import to_markdown
@@ -560,7 +565,7 @@ def _write_outputs(pl: Plan, opts: RunOptions, final: ModelHandle, report: Any, 
     if serving is not None:  # a decoder: tokenizer, chat template, generation config, llm.json (optimize.llm.route)
         from optimize.llm.route import write_serving_files as write_llm_serving_files
 
-        report.files.update(write_llm_serving_files(serving, target.parent))
+        report.files.update(write_llm_serving_files(serving, target.parent, target.name))
     elif tokenizer is not None:  # a text model: its tokenizer beside the ONNX, so the folder serves as is
         from optimize.frameworks.hf import write_serving_files
 

@@ -19,8 +19,10 @@ from optimize.pass_api import Pass, PassConfig
 class ExportConfig(PassConfig):
     type: Literal["export"] = Field("export", description="Pass name: export")
     opset: int | None = Field(None, ge=13, le=23, description="ONNX opset (default: output.opset).")
-    exporter: Literal["auto", "dynamo", "torchscript"] | None = Field(
-        None, description="torch.onnx exporter (default: output.exporter)."
+    exporter: Literal["auto", "dynamo", "torchscript", "genai-builder"] | None = Field(
+        None, description="torch.onnx exporter (default: output.exporter). genai-builder: a decoder LLM only, "
+        "ONNX Runtime GenAI's model builder's fused FP32 graph (needs the [llm] extra); auto on a decoder measures "
+        "it against the TorchScript export and keeps the faster (docs/llm.md)."
     )
 
 
@@ -30,6 +32,13 @@ class ExportPass(Pass):
     config_cls = ExportConfig
     accepts = frozenset({"torch"})
     produces_onnx = True
+
+    def check(self, plan):  # type: ignore[no-untyped-def]
+        from optimize.errors import ConfigError
+
+        if self.config.exporter == "genai-builder" and plan.config.model.task != "text-generation":
+            raise ConfigError("exporter genai-builder makes decoder LLM graphs (model.task: text-generation); "
+                              "use auto, dynamo or torchscript", key=f"{plan.key}.exporter")
 
     def run(self, model, ctx):  # type: ignore[no-untyped-def]
         from optimize.errors import PassError
@@ -44,7 +53,7 @@ class ExportPass(Pass):
         metrics: dict[str, Any] = {}
         notes: list[str] = []
         if ctx.config.model.task == "text-generation":
-            return _export_decoder(model, path, opset, ctx)
+            return _export_decoder(model, opset, exporter, ctx)
         try:
             if exporter == "auto" and transformer_config(model) is not None:
                 handle, metrics["export_choice"] = _measured_export(model, path, opset, ctx)
@@ -56,17 +65,22 @@ class ExportPass(Pass):
         return PassResult(handle, {"exporter": handle.exporter, "opset": handle.opset, **metrics}, notes)
 
 
-def _export_decoder(model: Any, path: Any, opset: int, ctx: Any) -> Any:
-    """A decoder LLM: one graph for prefill and decode with its KV cache (optimize.llm.export,
-    TorchScript exporter whatever `exporter` says); the pipeline's FP32 baseline is that same
-    export, so its file is reused when the opset matches."""
-    from optimize.llm.route import baseline_path, export_handle
+def _export_decoder(model: Any, opset: int, exporter: str, ctx: Any) -> Any:
+    """A decoder LLM: one graph for prefill and decode with its KV cache — the TorchScript export
+    (the FP32 baseline's graph, its file reused) or the model builder's fused graph, measured under
+    `auto` (optimize.llm.export_choice)."""
+    from optimize.errors import PassError
+    from optimize.export import ExportError
+    from optimize.llm.export_choice import choice_note, export_decoder
     from optimize.pass_api import PassResult
 
-    handle = export_handle(model, path, opset, reuse=baseline_path(ctx.work_dir))
-    note = ("decoder exported with its KV cache (TorchScript, eager attention; past_key_values.* / present.*), "
-            "the same graph as the FP32 baseline")
-    return PassResult(handle, {"exporter": handle.exporter, "opset": opset, "kv_cache": True}, [note])
+    try:
+        handle, record = export_decoder(model, ctx.step_dir("export"), opset, exporter, ctx)
+    except ExportError as exc:
+        raise PassError("export", str(exc)) from None
+    ctx.serving_dir = handle.onnx_path.parent
+    metrics = {"exporter": handle.exporter, "opset": handle.opset, "kv_cache": True, "export_choice": record}
+    return PassResult(handle, metrics, [choice_note(record)])
 
 
 def choice_note(record: dict[str, Any]) -> str:

@@ -13,23 +13,25 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} : {{ m['co
 VOCAB = 128
 
 
-def tiny_config(model_type: str = "llama", tied: bool = False) -> Any:
+def tiny_config(model_type: str = "llama", tied: bool = False, intermediate: int = 128) -> Any:
+    """`intermediate` other than VOCAB for ONNX Runtime GenAI's model builder, which takes any Linear
+    with vocabulary-size outputs for the head."""
     from transformers import AutoConfig
 
-    cfg = AutoConfig.for_model(model_type, vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
+    cfg = AutoConfig.for_model(model_type, vocab_size=VOCAB, hidden_size=64, intermediate_size=intermediate,
                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2,
                                tie_word_embeddings=tied)
     return cfg
 
 
-def tiny_model(model_type: str = "llama", seed: int = 0, tied: bool = False) -> Any:
+def tiny_model(model_type: str = "llama", seed: int = 0, tied: bool = False, intermediate: int = 128) -> Any:
     """`tied`: lm_head shares the embedding table (as SmolLM2's does)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type, tied))
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, tied, intermediate))
     with torch.no_grad():  # larger logits than the default init, so argmax ties are unlikely
         model.lm_head.weight.mul_(20.0)
     return model.eval()
@@ -48,10 +50,10 @@ def tiny_tokenizer() -> Any:
     return fast
 
 
-def tiny_folder(root: Path, model_type: str = "llama", tied: bool = False) -> Path:
+def tiny_folder(root: Path, model_type: str = "llama", tied: bool = False, intermediate: int = 128) -> Path:
     """A Hugging Face causal-LM folder: config.json, model.safetensors, tokenizer files."""
-    folder = root / f"tiny-{model_type}{'-tied' if tied else ''}"
-    tiny_model(model_type, tied=tied).save_pretrained(str(folder))
+    folder = root / f"tiny-{model_type}{'-tied' if tied else ''}{'' if intermediate == 128 else f'-ffn{intermediate}'}"
+    tiny_model(model_type, tied=tied, intermediate=intermediate).save_pretrained(str(folder))
     tiny_tokenizer().save_pretrained(str(folder))
     return folder
 

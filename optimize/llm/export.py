@@ -144,7 +144,7 @@ def write_serving_files(lm: CausalLM, out_dir: Path) -> None:
 
 SERVING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                  "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                 "generation_config.json", LLM_META)
+                 "generation_config.json", LLM_META, "genai_config.json")
 
 
 def copy_serving_files(src_dir: Path, dst_dir: Path) -> list[str]:

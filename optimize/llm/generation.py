@@ -159,7 +159,7 @@ def open_output(path: str | Path, threads: int = 1) -> tuple[OrtCausalLM, Any]:
     from optimize.frameworks.common import has_module, quiet_transformers
 
     p = Path(path)
-    onnx_file = p / "model.onnx" if p.is_dir() else p
+    onnx_file = _model_in(p) if p.is_dir() else p
     if not onnx_file.is_file():
         raise ModelLoadError(f"{path}: no model.onnx (give the output folder of an LLM run or its .onnx file)")
     if not has_module("transformers"):
@@ -174,3 +174,16 @@ def open_output(path: str | Path, threads: int = 1) -> tuple[OrtCausalLM, Any]:
         line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelLoadError(f"{onnx_file.parent}: no usable tokenizer beside the model ({line})") from None
     return lm, tokenizer
+
+
+def _model_in(folder: Path) -> Path:
+    """The graph of an output folder: the one genai_config.json names, else model.onnx, else the
+    folder's only .onnx file."""
+    try:
+        named = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]["filename"]
+        if (folder / named).is_file():
+            return folder / named
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = sorted(folder.glob("*.onnx"))
+    return found[0] if len(found) == 1 and not (folder / "model.onnx").exists() else folder / "model.onnx"

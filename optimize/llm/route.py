@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -73,6 +74,11 @@ def check_plan(cfg: Any, config_file: str | None) -> None:
         if p.type not in ALLOWED_PASSES:
             raise _refuse(f"pass '{p.type}' does not run on a decoder LLM: {TASK} supports "
                           f"{' + '.join(ALLOWED_PASSES)} for now", config_file, "passes", i, "type")
+    for i, p in enumerate(cfg.passes):
+        if p.type == "export" and getattr(p, "exporter", None) == "genai-builder":
+            if importlib.util.find_spec("onnxruntime_genai") is None:
+                raise _refuse("genai-builder needs onnxruntime-genai: pip install 'optimize[llm]'",
+                              config_file, "passes", i, "exporter")
     for name in OTHER_GATES:
         if getattr(cfg.gates, name) is not None:
             raise _refuse(f"does not apply to {TASK}; its gates are min_token_agreement, max_perplexity_ratio, "
@@ -162,9 +168,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def write_serving_files(src_dir: Path, dst_dir: Path) -> dict[str, str]:
+def write_serving_files(src_dir: Path, dst_dir: Path, model_name: str = "model.onnx") -> dict[str, str]:
     """The serving files of an export (optimize.llm.export.SERVING_FILES) from `src_dir` beside
-    the output in `dst_dir`, each copied under a temporary folder there and renamed into place.
+    the output in `dst_dir`, each copied under a temporary folder there and renamed into place
+    (genai_config.json names the output, `model_name`, as its decoder file).
     Returns {"serving/NAME": path} for the report."""
     from optimize.llm.export import SERVING_FILES
 
@@ -177,11 +184,22 @@ def write_serving_files(src_dir: Path, dst_dir: Path) -> dict[str, str]:
         for name in SERVING_FILES:
             if (src_dir / name).is_file():
                 shutil.copyfile(src_dir / name, tmp / name)
+                if name == "genai_config.json":
+                    _name_decoder_file(tmp / name, model_name)
                 os.replace(tmp / name, dst_dir / name)
                 written[f"serving/{name}"] = str(dst_dir / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return written
+
+
+def _name_decoder_file(genai_config: Path, model_name: str) -> None:
+    """ONNX Runtime GenAI's runtime opens the file genai_config.json names: the output's name."""
+    import json
+
+    doc = json.loads(genai_config.read_text(encoding="utf-8"))
+    doc["model"]["decoder"]["filename"] = model_name
+    genai_config.write_text(json.dumps(doc, indent=4) + "\n", encoding="utf-8")
 
 
 def baseline_path(work_dir: Path) -> Path:
