@@ -28,7 +28,10 @@ SIZE_LIMIT = 1_900_000_000  # as int4.SIZE_LIMIT (int4 imports this module: no i
 
 def tied_embedding(model: Any, head_name: str | None) -> str | None:
     """The token-embedding table (V × K) whose transpose equals the float head's weight (K × V),
-    i.e. a tied `lm_head` exported as two initializers; None when the head is not tied."""
+    i.e. a tied `lm_head` exported as two initializers; or the head's weight itself when the
+    embedding reads it through a Transpose (ONNX Runtime GenAI's model builder: one K × V
+    initializer; after ONNX Runtime's constant folding the Gather reads it as a V × K table,
+    `gather_table`). None when the head is not tied."""
     import numpy as np
     from onnx import numpy_helper
 
@@ -37,11 +40,25 @@ def tied_embedding(model: Any, head_name: str | None) -> str | None:
     weight = inits.get(head.input[1]) if head is not None and head.op_type == "MatMul" else None
     if weight is None or len(weight.dims) != 2:
         return None
+    transposed = {n.output[0] for n in model.graph.node if n.op_type == "Transpose" and n.input[0] == weight.name
+                  and [list(a.ints) for a in n.attribute if a.name == "perm"] in ([], [[1, 0]])}
+    if any(n.op_type == "Gather" and n.input[0] in transposed for n in model.graph.node):
+        return weight.name
     for node in model.graph.node:
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
         if table is not None and list(table.dims) == list(weight.dims)[::-1] and table.data_type == weight.data_type:
             if np.array_equal(numpy_helper.to_array(table), numpy_helper.to_array(weight).T):
                 return table.name
+    return None
+
+
+def gather_table(model: Any) -> str | None:
+    """The 2-D initializer the token embedding (a Gather on `input_ids`) reads, if any."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == "input_ids":
+            table = inits.get(node.input[0])
+            return table.name if table is not None and len(table.dims) == 2 else None
     return None
 
 
@@ -74,7 +91,7 @@ def _branch(graph: Any, prefix: str, level: int | None, head_output: str, head_t
         is_head = head_output in node.output and node.op_type == "MatMulNBits"
         if is_head and head_table is not None:
             new = helper.make_node("FusedMatMul", [new.input[0], head_table], [new.output[0]], domain="com.microsoft",
-                                   name=prefix + "head_float_tied", transB=1)
+                                   name=prefix + "head_float_tied", transB=_vocab_first(graph, head_table, node))
         elif node.op_type == "MatMulNBits" and level is not None:
             for attr in new.attribute:
                 if attr.name == "accuracy_level":
@@ -84,6 +101,14 @@ def _branch(graph: Any, prefix: str, level: int | None, head_output: str, head_t
         nodes.append(new)
     outputs = [helper.make_tensor_value_info(prefix + o.name, o.type.tensor_type.elem_type, None) for o in graph.output]
     return helper.make_graph(nodes, prefix.strip("/") + "_path", [], outputs)
+
+
+def _vocab_first(graph: Any, table: str, head: Any) -> int:
+    """1 when `table` is V × K (an embedding table: the head multiplies by its transpose), 0 when it
+    is the head's own K × V weight."""
+    dims = next(list(t.dims) for t in graph.initializer if t.name == table)
+    vocab = next((a.i for a in head.attribute if a.name == "N"), None)
+    return int(dims[0] == vocab)
 
 
 def wrap(model: Any, head_table: str | None = None, head_output: str = "logits") -> dict[str, Any]:
@@ -126,7 +151,7 @@ def add_prompt_path(src: Path, dst: Path, head_table: str | None, save: Any) -> 
         fold_constants(src, folded)
         out = onnx.load(str(folded))
         if head_table is not None and not any(t.name == head_table for t in out.graph.initializer):
-            head_table = None
+            head_table = gather_table(out)  # folded: the builder's Transpose became a V × K initializer
         facts = wrap(out, head_table)
         save(out, dst)
     finally:

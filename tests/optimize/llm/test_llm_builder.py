@@ -133,3 +133,47 @@ def test_genai_builder_is_refused_at_plan_time_off_decoders_and_when_not_install
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime_genai" else real(name, *a))
     r, _ = _run(root, tmp_path, f"tiny-llama-ffn{FFN}", "    exporter: genai-builder\n")
     assert r.exit_code == 2 and "pip install 'optimize[llm]'" in r.stderr
+
+
+def test_the_prompt_path_finds_the_builders_tied_head_and_computes_it_in_float(root, tmp_path):
+    """The builder ties the head by reading its K × V weight through Transpose → Gather; the prompt
+    path's head multiplies by that table (after ONNX Runtime's folding, a V × K initializer)."""
+    from passes.quantize.int4 import quantize_int4, save
+    from passes.quantize.prefill_branch import add_prompt_path
+
+    lm = load_causal_lm(tiny_folder(tmp_path, tied=True, intermediate=FFN))
+    fp32 = export_with_builder(lm, tmp_path / "fp32" / "model.onnx")
+    plain, level1 = tmp_path / "plain" / "model.onnx", tmp_path / "level1" / "model.onnx"
+    facts = quantize_int4(fp32, plain, block_size=16, algorithm="minmax")
+    quantize_int4(fp32, level1, block_size=16, algorithm="minmax", accuracy_level=1, head="float")
+    assert facts["tied_embedding"] == "lm_head.MatMul.weight"
+    info = add_prompt_path(plain, tmp_path / "branched" / "model.onnx", facts["tied_embedding"], save)
+    assert info["prompt_head"] == "float (tied embedding)"
+    ids = np.asarray([list(range(5, 37))], np.int64)
+    a = OrtCausalLM(level1).step(ids, OrtCausalLM(level1).empty_cache(), 0).logits
+    branched = OrtCausalLM(tmp_path / "branched" / "model.onnx")
+    b = branched.step(ids, branched.empty_cache(), 0).logits
+    assert np.abs(a - b).max() < 1e-3 * np.abs(a).max()
+
+
+def test_the_builders_output_runs_with_plain_onnxruntime_and_the_tokenizer(root, tmp_path):
+    """The loop without optimize on the fused graph: no position_ids; present.N.x feeds past_key_values.N.x."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from optimize.llm.generation import generate
+
+    path = export_with_builder(load_causal_lm(root / f"tiny-llama-ffn{FFN}"), tmp_path / "g" / "model.onnx")
+    tok = AutoTokenizer.from_pretrained(str(path.parent))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    past = {i.name: np.zeros((1, 2, 0, 16), np.float32) for i in sess.get_inputs() if i.name.startswith("past_")}
+    outputs = [o.name for o in sess.get_outputs()]
+    prompt = tok("the capital of france is")["input_ids"]
+    ids, total, new = np.array([prompt], np.int64), len(prompt), []
+    for _ in range(6):
+        out = dict(zip(outputs, sess.run(None, {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64), **past}),
+                       strict=True))
+        new.append(int(out["logits"][0, -1].argmax()))
+        past = {n: out[n.replace("past_key_values.", "present.")] for n in past}
+        ids, total = np.array([[new[-1]]], np.int64), total + 1
+    assert new == list(generate(OrtCausalLM(path), prompt, 6))
