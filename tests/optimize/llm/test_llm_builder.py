@@ -56,8 +56,9 @@ def _torch_logits(model, ids, cache=None):
     return out.logits.numpy(), out.cache
 
 
-def test_builder_graph_matches_torch_on_prefill_and_a_cached_step_and_names_its_cache_dims(root, tmp_path):
-    lm = load_causal_lm(root / f"tiny-llama-ffn{FFN}")
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+def test_builder_graph_matches_torch_on_prefill_and_a_cached_step_and_names_its_cache_dims(tmp_path, model_type):
+    lm = load_causal_lm(tiny_folder(tmp_path, model_type, intermediate=FFN))
     path = export_with_builder(lm, tmp_path / "g" / "model.onnx")
     for name in ("genai_config.json", "llm.json", "tokenizer.json"):
         assert (path.parent / name).is_file(), name
