@@ -244,6 +244,32 @@ def refit(student, teacher, ids, mask, samples, damp=1e-2):
 # ---------------------------------------------------------------- distillation
 
 
+def _capture_qkv(model, layer: int, store: dict):
+    """Forward hooks keeping the query / key / value projections of one layer (MiniLMv2's relations)."""
+    att = model.encoder.layer[layer].attention.self
+    return [getattr(att, n).register_forward_hook(lambda _m, _a, out, n=n: store.__setitem__(n, out))
+            for n in ("query", "key", "value")]
+
+
+def relation_loss(s: dict, t: dict, a, heads: int):
+    """MiniLMv2: KL(teacher || student) of softmax(X Xᵀ / √d) per relation head, X ∈ {Q, K, V},
+    over real tokens (padding masked as keys, left out as queries)."""
+    total = 0.0
+    for n in ("query", "key", "value"):
+        b, n_tok, width = t[n].shape
+        d = width // heads
+
+        def scores(x, b=b, n_tok=n_tok, d=d):
+            x = x.view(b, n_tok, heads, d).transpose(1, 2)
+            return (x @ x.transpose(-1, -2) / d ** 0.5).masked_fill(a[:, None, None, :] == 0, -1e4)
+
+        lt, ls = F.log_softmax(scores(t[n]), -1), F.log_softmax(scores(s[n]), -1)
+        kl = (lt.exp() * (lt - ls)).sum(-1)
+        w = a[:, None, :].to(kl.dtype)
+        total = total + (kl * w).sum() / (w.sum() * heads)
+    return total / 3
+
+
 def distill(student, teacher, ids, mask, ev, args, log):
     lengths = mask.sum(1).numpy()
     rng = np.random.default_rng(0)
@@ -255,6 +281,9 @@ def distill(student, teacher, ids, mask, ev, args, log):
     step, t0, seen = 0, time.perf_counter(), 0
     with torch.no_grad():  # teacher targets once (pooled; hidden states recomputed: too big to keep)
         t_emb = embed_all(teacher, ids, mask)
+    s_qkv, t_qkv = {}, {}
+    if args.relations > 0:
+        _capture_qkv(student, args.rel_layer, s_qkv), _capture_qkv(teacher, args.rel_layer, t_qkv)  # kept for the run
     for ep, plan in enumerate(plans):
         student.train(not args.eval_mode)
         losses = []
@@ -271,6 +300,8 @@ def distill(student, teacher, ids, mask, ev, args, log):
                 e = F.normalize((out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
                 tok_miss = 1 - F.cosine_similarity(out.last_hidden_state, t_last, dim=-1)
                 feat = (tok_miss * a).sum() / a.sum()
+                if args.relations > 0:
+                    feat = feat + args.relations / args.tokens * relation_loss(s_qkv, t_qkv, a, args.rel_heads)
             elif args.feat > 0:
                 with torch.no_grad():
                     _, t_hid = pooled(teacher, i, a, hidden=True)
@@ -290,7 +321,8 @@ def distill(student, teacher, ids, mask, ev, args, log):
             losses.append((out_loss.item(), feat.item()))
             step += 1
             seen += len(b)
-        c = [cos_stats(embed_all(student, *e[:2]), e[2]) for e in ev]
+        with torch.no_grad():
+            c = [cos_stats(embed_all(student, *e[:2]), e[2]) for e in ev]
         log(f"epoch {ep + 1}: out loss {np.mean([x[0] for x in losses]):.4f} feat {np.mean([x[1] for x in losses]):.4f} "
             f"eval cos mean/min {c} {seen / (time.perf_counter() - t0):.1f} samples/s")
     return student
@@ -318,6 +350,10 @@ def main():
     ap.add_argument("--eval2", default="", help="a second eval file (another kind of text), reported beside --eval")
     ap.add_argument("--train-only", default="all", choices=["all", "ffn"], help="ffn: attention and embeddings frozen")
     ap.add_argument("--tokens", type=float, default=0.0, help="weight of 1 - cos of every token's last hidden state")
+    ap.add_argument("--relations", type=float, default=0.0,
+                    help="weight of MiniLMv2's Q/K/V self-relation KL at --rel-layer (needs --tokens > 0)")
+    ap.add_argument("--rel-layer", type=int, default=5)
+    ap.add_argument("--rel-heads", type=int, default=12)
     ap.add_argument("--global-ffn", action="store_true", help="rank FFN channels across layers, not per layer")
     ap.add_argument("--crops", type=int, default=0, help="add this many random word spans of each training line")
     args = ap.parse_args()

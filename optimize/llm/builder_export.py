@@ -69,7 +69,8 @@ def export_with_builder(lm: CausalLM, path: Path) -> Path:
         out = scratch / "out"
         cmd = [sys.executable, "-m", BUILDER_MODULE, "-i", str(scratch / "hf"), "-o", str(out),
                "-p", "fp32", "-e", "cpu", "-c", str(scratch / "cache")]
-        env = {**os.environ, "TQDM_DISABLE": "1"}
+        # offline: the builder reads the local folder and must never reach a hub
+        env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if done.returncode or not (out / "model.onnx").is_file():
             raise ExportError(f"the model builder failed (exit {done.returncode}): {_last_line(done.stderr)}")
