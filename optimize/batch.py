@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -279,20 +280,23 @@ def run_batch(
     running: dict[int, _Running] = {}
     interrupted: int | None = None
     with tempfile.TemporaryDirectory(prefix="optimize-batch-") as tmp:
-        try:
-            while pending or running:
-                while pending and len(running) < parallel:
-                    job = pending.pop(0)
-                    running[job.index] = _start(job, argv_for(job), Path(tmp))
-                    emit("start", job, None)
-                for idx, r in list(running.items()):
-                    if r.proc.poll() is not None:
-                        del running[idx]
-                        results[idx] = _collect(r)
-                        emit("done", r.job, results[idx])
-                time.sleep(0.05)
-        except KeyboardInterrupt as exc:
-            interrupted = int(getattr(exc, "exit_code", 130))
+        with _StopSignals() as stop:
+            try:
+                while (pending or running) and stop.code is None:
+                    while pending and len(running) < parallel:
+                        job = pending.pop(0)
+                        running[job.index] = _start(job, argv_for(job), Path(tmp))
+                        emit("start", job, None)
+                    for idx, r in list(running.items()):
+                        if r.proc.poll() is not None:
+                            del running[idx]
+                            results[idx] = _collect(r)
+                            emit("done", r.job, results[idx])
+                    time.sleep(0.05)
+            except KeyboardInterrupt as exc:  # outside the main thread, signals still arrive as exceptions
+                interrupted = int(getattr(exc, "exit_code", 130))
+        interrupted = stop.code if stop.code is not None else interrupted
+        if interrupted is not None:
             # SIGTERM, not SIGINT: a job started from a shell that ignores SIGINT (a background job, nohup)
             # inherits that; SIGTERM runs the same cleanup in `optimize run` (its Ctrl-C path, exit 143).
             _stop(running, signal.SIGTERM)
@@ -308,6 +312,33 @@ def run_batch(
         [r.exit_code for r in ordered if r.exit_code is not None])
     return BatchResult(manifest=manifest, parallel=parallel, jobs=ordered, exit_code=code,
                        interrupted=interrupted is not None)
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM / SIGHUP during the batch loop are recorded (exit code 128 + signal), not
+    raised: an exception landing inside `Popen.poll()` can leave its wait lock held, and stopping the
+    jobs would then hang in `wait()`. The loop checks `code`; the previous handlers are
+    back before the jobs are stopped, so a second Ctrl-C during that cleanup acts as before. Outside
+    the main thread no handler can be set and the exceptions stay as they were."""
+
+    def __init__(self) -> None:
+        self.code: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's ignore stays
+                    self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum: int, _frame: Any) -> None:
+        if self.code is None:
+            self.code = 128 + signum  # SIGINT 130, SIGTERM 143, SIGHUP 129
+
+    def __exit__(self, *_: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _start(job: Job, argv: list[str], tmp: Path) -> _Running:

@@ -217,9 +217,13 @@ def test_really_read_only_output_folder(capfd, tmp_path: Path, onnx_model: Path)
 
 
 SLOW_PASS = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from passes import graph
+
+# a test session started in the background (nohup, `&`) hands its children SIGINT ignored: this
+# process stands for a command run from a terminal, where Ctrl-C raises KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def slow(self, model, ctx):
     Path(sys.argv[1]).write_text(str(ctx.work_dir))

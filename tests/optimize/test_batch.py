@@ -157,8 +157,11 @@ def test_a_job_killed_by_a_signal_fails_the_batch(tmp_path):
 
 
 DRIVER = """\
-import sys
+import signal, sys
 from optimize.batch import Job, run_batch
+# a test session started in the background (nohup, `&`) hands its children SIGINT ignored, which the
+# batch keeps ignored (nohup's meaning): this driver stands for a batch run from a terminal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 d, stub = sys.argv[1], sys.argv[2]
 jobs = [Job(index=i, name=f"j{i}", model="m", config="p", output=f"{d}/o{i}.onnx", overrides=[], workdir=d)
         for i in range(3)]
