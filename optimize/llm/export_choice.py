@@ -44,7 +44,7 @@ def export_decoder(handle: ModelHandle, step_dir: Path, opset: int, exporter: st
         if why_not:
             raise ExportError(f"exporter {BUILDER}: {why_not}")
         built = _builder_graph(handle, step_dir / BUILDER / "model.onnx", ctx)
-        return built, {"chosen": BUILDER, "parity": built_parity(ctx, built)}
+        return built, {"chosen": BUILDER, "parity": built_parity(ctx, built, _speed_prompt(ctx))}
     plain = export_handle(handle, step_dir / TORCHSCRIPT / "model.onnx", opset, reuse=baseline_path(ctx.work_dir))
     if exporter != "auto":
         return plain, {"chosen": TORCHSCRIPT}
@@ -52,14 +52,15 @@ def export_decoder(handle: ModelHandle, step_dir: Path, opset: int, exporter: st
     if why_not:
         rows.append({"name": BUILDER, "status": f"skipped: {why_not}"})
         return plain, {"chosen": TORCHSCRIPT, "candidates": rows}
+    prompt = _speed_prompt(ctx)
     try:
         built = _builder_graph(handle, step_dir / BUILDER / "model.onnx", ctx)
-        parity = built_parity(ctx, built)
+        parity = built_parity(ctx, built, prompt)
     except ExportError as exc:
         rows.append({"name": BUILDER, "status": f"failed: {exc}"})
         return plain, {"chosen": TORCHSCRIPT, "candidates": rows}
     rows.append({"name": BUILDER, "status": "ok", "parity": parity})
-    return _timed_choice(ctx, {TORCHSCRIPT: plain, BUILDER: built}, rows)
+    return _timed_choice(ctx, {TORCHSCRIPT: plain, BUILDER: built}, rows, prompt)
 
 
 def _builder_graph(handle: ModelHandle, path: Path, ctx: Any) -> ModelHandle:
@@ -70,7 +71,15 @@ def _builder_graph(handle: ModelHandle, path: Path, ctx: Any) -> ModelHandle:
         export_with_builder(handle.module, path)
     finally:
         ctx.progress.finish("export.builder")
-    return handle.replace(form="onnx", onnx_path=path, module=None, exporter=EXPORTER_NAME, opset=None)
+    return handle.replace(form="onnx", onnx_path=path, module=None, exporter=EXPORTER_NAME, opset=_opset(path))
+
+
+def _opset(path: Path) -> int | None:
+    """The graph's ONNX (default-domain) opset: the builder chooses its own."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _speed_prompt(ctx: Any) -> list[int]:
@@ -82,7 +91,7 @@ def _speed_prompt(ctx: Any) -> list[int]:
     return speed_prompt(data, int(lm.config.vocab_size), ctx.seed, limit)[0]
 
 
-def built_parity(ctx: Any, built: ModelHandle) -> dict[str, Any]:
+def built_parity(ctx: Any, built: ModelHandle, prompt: list[int]) -> dict[str, Any]:
     """The builder's logits against the baseline's on the speed prompt and one cached decode step;
     ExportError when they differ (see module doc)."""
     from optimize.llm.generation import OrtCausalLM
@@ -90,7 +99,7 @@ def built_parity(ctx: Any, built: ModelHandle) -> dict[str, Any]:
 
     ref = OrtCausalLM(baseline_path(ctx.work_dir), threads=ctx.threads)
     got = OrtCausalLM(built.onnx_path, threads=ctx.threads)  # type: ignore[arg-type]
-    ids = np.asarray([_speed_prompt(ctx)], np.int64)
+    ids = np.asarray([prompt], np.int64)
     a, b = ref.step(ids, ref.empty_cache(), 0), got.step(ids, got.empty_cache(), 0)
     nxt = np.asarray([[int(a.logits[0, -1].argmax())]], np.int64)
     a2, b2 = ref.step(nxt, a.cache, ids.shape[1]), got.step(nxt, b.cache, ids.shape[1])
@@ -105,12 +114,11 @@ def built_parity(ctx: Any, built: ModelHandle) -> dict[str, Any]:
     return parity
 
 
-def _timed_choice(ctx: Any, graphs: dict[str, ModelHandle], rows: list[dict]) -> tuple[ModelHandle, dict]:
+def _timed_choice(ctx: Any, graphs: dict[str, ModelHandle], rows: list[dict], prompt: list[int]) -> tuple[ModelHandle, dict]:
     """Time every graph in the same interleaved rounds; keep the shortest request time."""
     from optimize.llm.generation import OrtCausalLM
     from optimize.llm.llm_metrics import measure_speed
 
-    prompt = _speed_prompt(ctx)
     models = {n: OrtCausalLM(h.onnx_path, threads=ctx.threads) for n, h in graphs.items()}  # type: ignore[arg-type]
     ctx.progress.start("export.auto", f"time {len(models)} FP32 decoder graphs, {ROUNDS} interleaved rounds", None)
     speed = measure_speed(models, TORCHSCRIPT, prompt, new_tokens=NEW_TOKENS, rounds=ROUNDS, warmup=1)
