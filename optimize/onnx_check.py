@@ -49,12 +49,23 @@ def check_onnx(path: str | Path, full_check: bool = False) -> None:
     if not _move_runtime_ops(model.graph):
         raise first
     model.opset_import.append(onnx.helper.make_opsetid(RUNTIME_DOMAIN, 1))
-    copy = path.with_name(f".{path.name}.{os.getpid()}.check.onnx")  # beside it: external data resolves
+    if not _has_external_data(model):  # checked in memory: nothing written beside the model
+        onnx.checker.check_model(model, full_check=full_check)
+        return
+    # external data resolves relative to the model's folder: a hidden copy of the graph (no weights)
+    # beside it, removed at once (a read-only folder then refuses the check with the OSError)
+    copy = path.with_name(f".{path.name}.{os.getpid()}.check.onnx")
     try:
         onnx.save(model, str(copy))
         onnx.checker.check_model(str(copy), full_check=full_check)
     finally:
         copy.unlink(missing_ok=True)
+
+
+def _has_external_data(model: object) -> bool:
+    import onnx
+
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)  # type: ignore[attr-defined]
 
 
 def _move_runtime_ops(graph: object) -> int:

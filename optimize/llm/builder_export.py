@@ -36,9 +36,13 @@ GENAI_CONFIG = "genai_config.json"
 EXPORTER_NAME = "onnxruntime-genai model builder (fp32, fused)"
 
 
+def builder_installed() -> bool:
+    return importlib.util.find_spec("onnxruntime_genai") is not None
+
+
 def builder_unavailable(model_type: str) -> str | None:
     """Why the builder cannot export this model here, or None when it can."""
-    if importlib.util.find_spec("onnxruntime_genai") is None:
+    if not builder_installed():
         return "onnxruntime-genai is not installed (pip install 'optimize[llm]')"
     if model_type not in BUILDER_TYPES:
         return f"the model builder is not used for model_type '{model_type}' here (tried: {', '.join(BUILDER_TYPES)})"

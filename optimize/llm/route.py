@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -74,9 +73,11 @@ def check_plan(cfg: Any, config_file: str | None) -> None:
         if p.type not in ALLOWED_PASSES:
             raise _refuse(f"pass '{p.type}' does not run on a decoder LLM: {TASK} supports "
                           f"{' + '.join(ALLOWED_PASSES)} for now", config_file, "passes", i, "type")
+    from optimize.llm.builder_export import builder_installed
+
     for i, p in enumerate(cfg.passes):
         if p.type == "export" and getattr(p, "exporter", None) == "genai-builder":
-            if importlib.util.find_spec("onnxruntime_genai") is None:
+            if not builder_installed():
                 raise _refuse("genai-builder needs onnxruntime-genai: pip install 'optimize[llm]'",
                               config_file, "passes", i, "exporter")
     for name in OTHER_GATES:
