@@ -121,13 +121,15 @@ class QuantizeConfig(PassConfig):
         "body's accuracy_level (an 8-bit head without level 4 ran SmolLM2's decode at 0.18x of FP32).",
     )
 
-    prefill: Literal["decode_kernels", "float_activations"] = Field(
+    prefill: Literal["decode_kernels", "float_activations", "int8_weights"] = Field(
         "decode_kernels",
         description="text-generation, weight_only with accuracy_level 2-4: how prompts (more than one token) run. "
         "decode_kernels: the decode steps' kernels; float_activations: one If on the sequence length holds a prompt "
         "path with the 4-bit kernels at accuracy_level 1 (and a tied head against the float embedding table), both "
         "paths reading the same weights: faster prompts on a CPU without int8 dot products, slower decode steps (the "
-        "If costs each step; docs/llm.md measures both).",
+        "If costs each step; docs/llm.md measures both); int8_weights: the prompt path's body as 7-bit per-column "
+        "codes of the 4-bit weights with int8 activations (DynamicQuantizeMatMul), stored beside the 4-bit ones: "
+        "the fastest prompts on such a CPU, ~2x the body's 4-bit bytes more on disk and in memory.",
     )
 
     @model_validator(mode="after")

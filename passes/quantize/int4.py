@@ -149,17 +149,31 @@ def fuse_sibling_matmuls(model: Any, skip: set[str] = frozenset()) -> int:
 
 
 def input_ranks(model: Any, nodes: list[str]) -> dict[str, int]:
-    """The rank of each named node's first input, from ONNX shape inference ({} where it fails,
-    e.g. past protobuf's 2 GB; the block sums then take the MatMul form)."""
+    """The rank of each named node's first input, from ONNX shape inference, then ONNX Runtime's
+    symbolic shape inference for what that left unknown (it knows ONNX Runtime's own ops, e.g. the
+    GenAI builder's GroupQueryAttention); a rank still unknown (either failed, e.g. past protobuf's
+    2 GB) makes its block sums take the slower MatMul form."""
     import onnx
 
     wanted = {n.input[0] for n in model.graph.node if n.name in set(nodes)}
-    try:
-        graph = onnx.shape_inference.infer_shapes(model).graph
-    except Exception:  # noqa: BLE001 - an optimization only: any failure means "rank unknown"
-        return {}
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in list(graph.value_info) + list(graph.input)
-            if v.name in wanted and v.type.tensor_type.HasField("shape")}
+    ranks: dict[str, int] = {}
+    for infer in (onnx.shape_inference.infer_shapes, _ort_symbolic_shapes):
+        try:
+            graph = infer(model).graph
+        except Exception:  # noqa: BLE001 - an optimization only: any failure means "rank unknown"
+            continue
+        ranks.update({v.name: len(v.type.tensor_type.shape.dim) for v in list(graph.value_info) + list(graph.input)
+                      if v.name in wanted and v.type.tensor_type.HasField("shape")})
+        if wanted <= set(ranks):
+            break
+    return ranks
+
+
+def _ort_symbolic_shapes(model: Any) -> Any:
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    with _quiet():
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
 
 
 def _used(model: Any) -> set[str]:

@@ -111,8 +111,8 @@ def _int4(cfg: QuantizeConfig, src: Any, dst: Any, ctx: RunContext, name: str, *
 
 def _prefill(cfg: QuantizeConfig, out: Any, facts: dict[str, Any], ctx: RunContext, name: str) -> Any:
     """The graph with a prompt path (passes/quantize/prefill_branch.py) when `prefill:
-    float_activations` asks for it and the body computes with int8 (or 16-bit) activations; returns
-    the path of the graph kept and records what was done in facts."""
+    float_activations` or `int8_weights` asks for it and the body computes with int8 (or 16-bit)
+    activations; returns the path of the graph kept and records what was done in facts."""
     from passes.quantize.int4 import save
     from passes.quantize.prefill_branch import add_prompt_path
 
@@ -121,12 +121,13 @@ def _prefill(cfg: QuantizeConfig, out: Any, facts: dict[str, Any], ctx: RunConte
                             else "the body's accuracy_level already computes with float activations"}
         return out
     branched = out.parent / "prompt-path" / "model.onnx"
-    ctx.progress.start(f"{name}.prefill", "add a prompt path (If on the sequence length, accuracy_level 1)", None)
+    how = "8-bit weights" if cfg.prefill == "int8_weights" else "accuracy_level 1"
+    ctx.progress.start(f"{name}.prefill", f"add a prompt path (If on the sequence length, {how})", None)
     try:
-        built = add_prompt_path(out, branched, facts.get("tied_embedding"), save)
+        built = add_prompt_path(out, branched, facts.get("tied_embedding"), save, body=cfg.prefill)
     finally:
         ctx.progress.finish(f"{name}.prefill")
-    facts["prefill"] = {"path": "float_activations", **built}
+    facts["prefill"] = {"path": cfg.prefill, **built}
     return branched
 
 
@@ -137,10 +138,14 @@ def _label(cfg: QuantizeConfig) -> str:
 
 
 def _prefill_note(p: dict[str, Any]) -> str:
-    if p.get("path") != "float_activations":
+    if p.get("path") not in ("float_activations", "int8_weights"):
         why = str(p.get("why") or "")
-        return f"; prefill float_activations not applied: {why}" if "accuracy_level" in why else ""
-    return f"; prompts run a path of their own (accuracy_level {p.get('prompt_accuracy_level')}, head {p.get('prompt_head')})"
+        return f"; prompt path not added: {why}" if "accuracy_level" in why else ""
+    if p["path"] == "int8_weights":
+        body = f"{p.get('prompt_int8_kernels')} MatMuls on 7-bit weights stored again ({p.get('prompt_weight_bytes')} bytes)"
+    else:
+        body = f"accuracy_level {p.get('prompt_accuracy_level')}"
+    return f"; prompts run a path of their own ({body}, head {p.get('prompt_head')})"
 
 
 def _note(facts: dict[str, Any]) -> str:

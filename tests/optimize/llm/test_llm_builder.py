@@ -9,6 +9,7 @@ import importlib.util
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 pytest.importorskip("transformers")
@@ -155,6 +156,24 @@ def test_the_prompt_path_finds_the_builders_tied_head_and_computes_it_in_float(r
     branched = OrtCausalLM(tmp_path / "branched" / "model.onnx")
     b = branched.step(ids, branched.empty_cache(), 0).logits
     assert np.abs(a - b).max() < 1e-3 * np.abs(a).max()
+    # prompts on 8-bit copies: every body MatMul (the builder's fused q/k/v included), the tied head still float
+    info8 = add_prompt_path(plain, tmp_path / "int8" / "model.onnx", facts["tied_embedding"], save, body="int8_weights")
+    body = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(plain)).graph.node) - 1
+    assert info8["prompt_int8_kernels"] == body and info8["prompt_head"] == "float (tied embedding)"
+    int8 = OrtCausalLM(tmp_path / "int8" / "model.onnx")
+    c = int8.step(ids, int8.empty_cache(), 0).logits
+    assert (c[0].argmax(-1) == a[0].argmax(-1)).mean() >= 0.9 and np.abs(c - a).mean() < 0.1 * np.abs(a).mean()
+
+
+def test_block_sums_on_the_builders_graph_take_the_reshape_form(root, tmp_path):
+    """ONNX shape inference stops at the builder's com.microsoft ops; ONNX Runtime's symbolic
+    inference knows the inputs' ranks, so no block sum is a MatMul by the dense 0/1 matrix."""
+    from passes.quantize.int4 import quantize_int4
+
+    fp32 = export_with_builder(load_causal_lm(root / f"tiny-llama-ffn{FFN}"), tmp_path / "fp32" / "model.onnx")
+    quantize_int4(fp32, tmp_path / "q" / "model.onnx", block_size=16, algorithm="minmax")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "q" / "model.onnx")).graph.node]
+    assert ops.count("ReduceSum") > 0 and "MatMul" not in ops
 
 
 def test_the_builders_output_runs_with_plain_onnxruntime_and_the_tokenizer(root, tmp_path):

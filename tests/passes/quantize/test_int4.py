@@ -192,3 +192,26 @@ def test_folded_correction_puts_the_remainder_inside_a_symmetric_kernel(fp32, tm
     ref, e, f = _logits(fp32, ids), _logits(exact, ids), _logits(folded, ids)
     # the folded remainder is rounded: a small change next to quantization's own
     assert np.abs(f - e).max() < 0.25 * np.abs(e - ref).max()
+
+
+def test_input_ranks_reach_past_onnx_runtimes_own_ops():
+    """ONNX shape inference stops at a com.microsoft op (the GenAI builder's graphs); ONNX
+    Runtime's symbolic inference continues, so the block sums get the Reshape form."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from passes.quantize.int4 import input_ranks
+
+    hidden = 8
+    norm = helper.make_node("SkipSimplifiedLayerNormalization", ["x", "skip", "gamma"], ["normed", "", "", "sum"],
+                            domain="com.microsoft", epsilon=1e-6)
+    mm = helper.make_node("MatMul", ["normed", "w"], ["y"], name="proj")
+    graph = helper.make_graph(
+        [norm, mm], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", "seq", hidden]) for n in ("x", "skip")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones(hidden, np.float32), "gamma"),
+         numpy_helper.from_array(np.ones((hidden, 4), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    assert not any(v.name == "normed" for v in onnx.shape_inference.infer_shapes(model).graph.value_info
+                   if v.type.tensor_type.HasField("shape"))  # the case this covers
+    assert input_ranks(model, ["proj"]) == {"normed": 3}
