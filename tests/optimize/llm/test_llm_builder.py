@@ -165,6 +165,27 @@ def test_the_prompt_path_finds_the_builders_tied_head_and_computes_it_in_float(r
     assert (c[0].argmax(-1) == a[0].argmax(-1)).mean() >= 0.9 and np.abs(c - a).mean() < 0.1 * np.abs(a).mean()
 
 
+@pytest.mark.parametrize("model_type", ["qwen2", "mistral"])
+def test_prompts_on_8_bit_copies_per_architecture(tmp_path, model_type):
+    """qwen2's q/k/v carry biases; each body MatMul of the builder's graph gets its 8-bit copy and
+    the prompt's logits stay near the 4-bit weights' at float activations."""
+    from passes.quantize.int4 import quantize_int4, save
+    from passes.quantize.prefill_branch import add_prompt_path
+
+    fp32 = export_with_builder(load_causal_lm(tiny_folder(tmp_path, model_type, intermediate=FFN)),
+                               tmp_path / "fp32" / "model.onnx")
+    plain, level1 = tmp_path / "plain" / "model.onnx", tmp_path / "level1" / "model.onnx"
+    facts = quantize_int4(fp32, plain, block_size=16, algorithm="minmax")
+    quantize_int4(fp32, level1, block_size=16, algorithm="minmax", accuracy_level=1)
+    info = add_prompt_path(plain, tmp_path / "int8" / "model.onnx", facts["tied_embedding"], save, body="int8_weights")
+    kernels = [n for n in onnx.load(str(plain)).graph.node if n.op_type == "MatMulNBits"]
+    assert info["prompt_int8_kernels"] == len(kernels) - 1  # all but the head
+    ids = np.asarray([list(range(5, 37))], np.int64)
+    ref, got = OrtCausalLM(level1), OrtCausalLM(tmp_path / "int8" / "model.onnx")
+    a, c = ref.step(ids, ref.empty_cache(), 0).logits, got.step(ids, got.empty_cache(), 0).logits
+    assert (c[0].argmax(-1) == a[0].argmax(-1)).mean() >= 0.9 and np.abs(c - a).mean() < 0.1 * np.abs(a).mean()
+
+
 def test_block_sums_on_the_builders_graph_take_the_reshape_form(root, tmp_path):
     """ONNX shape inference stops at the builder's com.microsoft ops; ONNX Runtime's symbolic
     inference knows the inputs' ranks, so no block sum is a MatMul by the dense 0/1 matrix."""
