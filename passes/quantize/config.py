@@ -121,7 +121,7 @@ class QuantizeConfig(PassConfig):
         "body's accuracy_level (an 8-bit head without level 4 ran SmolLM2's decode at 0.18x of FP32).",
     )
 
-    prefill: Literal["decode_kernels", "float_activations", "int8_weights"] = Field(
+    prefill: Literal["decode_kernels", "float_activations", "int8_weights", "auto"] = Field(
         "decode_kernels",
         description="text-generation, weight_only with accuracy_level 2-4: how prompts (more than one token) run. "
         "decode_kernels: the decode steps' kernels; float_activations: one If on the sequence length holds a prompt "
@@ -129,7 +129,9 @@ class QuantizeConfig(PassConfig):
         "paths reading the same weights: faster prompts on a CPU without int8 dot products, slower decode steps (the "
         "If costs each step; docs/llm.md measures both); int8_weights: the prompt path's body as 7-bit per-column "
         "codes of the 4-bit weights with int8 activations (DynamicQuantizeMatMul), stored beside the 4-bit ones: "
-        "the fastest prompts on such a CPU, ~2x the body's 4-bit bytes more on disk and in memory.",
+        "the fastest prompts on such a CPU, ~2x the body's 4-bit bytes more on disk and in memory, some quality; "
+        "auto: build both prompt paths, measure each on data.eval against the quality gates and keep the faster "
+        "request that passes (as format auto does; needs data.eval).",
     )
 
     @model_validator(mode="after")

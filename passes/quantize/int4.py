@@ -45,12 +45,13 @@ def _producers(graph: Any) -> dict[str, Any]:
 
 
 def head_node(model: Any, output: str = "logits") -> str | None:
-    """The name of the MatMul/Gemm that computes `output` (through reshapes, a bias Add, casts)."""
+    """The name of the MatMul/Gemm (or, once quantized, MatMulNBits) that computes `output`
+    (through reshapes, a bias Add, casts)."""
     producers = _producers(model.graph)
     node = producers.get(output)
     while node is not None and node.op_type in PASS_THROUGH:
         node = producers.get(node.input[0])
-    if node is not None and node.op_type in ("MatMul", "Gemm"):
+    if node is not None and node.op_type in ("MatMul", "Gemm", "MatMulNBits"):
         return node.name
     return None
 
@@ -170,10 +171,18 @@ def input_ranks(model: Any, nodes: list[str]) -> dict[str, int]:
 
 
 def _ort_symbolic_shapes(model: Any) -> Any:
+    """ONNX Runtime's symbolic shape inference, run in a temporary folder: when it cannot finish it
+    saves the model there (`sym_shape_infer_temp.onnx` and a `<uuid>.data` of its weights) before
+    raising. Not tried past protobuf's 2 GB (it copies the model). No rank is guessed."""
+    import contextlib
+    import tempfile
+
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    with _quiet():
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+    if model.ByteSize() > SIZE_LIMIT:
+        raise ValueError("model past 2 GB")
+    with tempfile.TemporaryDirectory(prefix="optimize-shapes-") as scratch, contextlib.chdir(scratch), _quiet():
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
 
 
 def _used(model: Any) -> set[str]:

@@ -52,6 +52,12 @@ def check(cfg: QuantizeConfig, task: str, key: str, data_eval: Any = None) -> No
     if auto and data_eval is None:
         raise ConfigError("format auto on a decoder judges each candidate on data.eval: set data.eval to a text file "
                           "(its lines are the prompts, its text the perplexity text)", key=f"{key}.format")
+    if cfg.prefill == "auto" and data_eval is None:
+        raise ConfigError("prefill auto judges each prompt path on data.eval: set data.eval to a text file "
+                          "(its lines are the prompts, its text the perplexity text)", key=f"{key}.prefill")
+    if cfg.prefill in ("auto", "int8_weights", "float_activations") and not auto and cfg.accuracy_level in (None, 0, 1):
+        raise ConfigError(f"prefill {cfg.prefill} adds a prompt path to a body computing with int8 activations: set "
+                          "accuracy_level: 4 (or 2-3), or format: auto", key=f"{key}.prefill")
     given = [f for f in GENERIC_ONLY if f in cfg.model_fields_set and not (f == "format" and auto)]
     if given:
         raise ConfigError(f"{given[0]} does not apply to a {TASK} model (its quantize options: mode, bits, "
@@ -73,12 +79,12 @@ def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> 
     out = ctx.step_dir(name) / "model.onnx"
     ctx.progress.start(f"{name}.llm", f"quantize the decoder ({_label(cfg)})", None)
     try:
-        if cfg.mode == "weight_only" and cfg.format == "auto":
+        if cfg.mode == "weight_only" and (cfg.format == "auto" or cfg.prefill == "auto"):
             from passes.quantize.llm_auto import choose
 
             out, facts = choose(cfg, src, ctx.step_dir(name), ctx, lambda s, dst: _int4(cfg, src, dst, ctx, name, **s))
         elif cfg.mode == "weight_only":
-            out, facts = _int4(cfg, src, out, ctx, name, accuracy_level=cfg.accuracy_level, block_size=cfg.block_size)
+            out, facts = _int4(cfg, src, out, ctx, name)
         else:
             head = "float" if cfg.head == "float" else "int8"
             facts = quantize_int8_dynamic(src, out, head=head, per_channel=cfg.per_channel,
@@ -97,37 +103,39 @@ def run(cfg: QuantizeConfig, model: ModelHandle, ctx: RunContext, name: str) -> 
     return PassResult(model.replace(onnx_path=out), {"mode": cfg.mode, "bits": cfg.bits, "llm": facts}, notes)
 
 
-def _int4(cfg: QuantizeConfig, src: Any, dst: Any, ctx: RunContext, name: str, *, accuracy_level: int | None,
-          block_size: int) -> tuple[Any, dict[str, Any]]:
-    """One int4 model at `dst` (plus its prompt path when asked): (the path kept, facts)."""
+def _int4(cfg: QuantizeConfig, src: Any, dst: Any, ctx: RunContext, name: str, **override: Any) -> tuple[Any, dict[str, Any]]:
+    """One int4 model at `dst` (plus its prompt path when asked): (the path kept, facts).
+    `override`: a `format` / `prefill` auto candidate's accuracy_level, block_size or prefill,
+    else the config's."""
     from passes.quantize.int4 import quantize_int4
 
-    facts = quantize_int4(src, dst, block_size=block_size, symmetric=cfg.symmetric_blocks,
-                          accuracy_level=accuracy_level, head=cfg.head, embedding=cfg.embedding,
+    s = {"accuracy_level": cfg.accuracy_level, "block_size": cfg.block_size, "prefill": cfg.prefill, **override}
+    facts = quantize_int4(src, dst, block_size=s["block_size"], symmetric=cfg.symmetric_blocks,
+                          accuracy_level=s["accuracy_level"], head=cfg.head, embedding=cfg.embedding,
                           algorithm=cfg.algorithm, head_accuracy_level=cfg.head_accuracy_level,
                           correction=cfg.correction)
-    return _prefill(cfg, dst, facts, ctx, name), facts
+    return _prefill(cfg, dst, facts, ctx, name, s["prefill"]), facts
 
 
-def _prefill(cfg: QuantizeConfig, out: Any, facts: dict[str, Any], ctx: RunContext, name: str) -> Any:
+def _prefill(cfg: QuantizeConfig, out: Any, facts: dict[str, Any], ctx: RunContext, name: str, how: str) -> Any:
     """The graph with a prompt path (passes/quantize/prefill_branch.py) when `prefill:
     float_activations` or `int8_weights` asks for it and the body computes with int8 (or 16-bit)
     activations; returns the path of the graph kept and records what was done in facts."""
     from passes.quantize.int4 import save
     from passes.quantize.prefill_branch import add_prompt_path
 
-    if cfg.prefill == "decode_kernels" or facts.get("accuracy_level") in (None, 0, 1):
-        facts["prefill"] = {"path": "decode_kernels", "why": "prefill: decode_kernels" if cfg.prefill == "decode_kernels"
+    if how == "decode_kernels" or facts.get("accuracy_level") in (None, 0, 1):
+        facts["prefill"] = {"path": "decode_kernels", "why": "prefill: decode_kernels" if how == "decode_kernels"
                             else "the body's accuracy_level already computes with float activations"}
         return out
     branched = out.parent / "prompt-path" / "model.onnx"
-    how = "8-bit weights" if cfg.prefill == "int8_weights" else "accuracy_level 1"
-    ctx.progress.start(f"{name}.prefill", f"add a prompt path (If on the sequence length, {how})", None)
+    what = "8-bit weights" if how == "int8_weights" else "accuracy_level 1"
+    ctx.progress.start(f"{name}.prefill", f"add a prompt path (If on the sequence length, {what})", None)
     try:
-        built = add_prompt_path(out, branched, facts.get("tied_embedding"), save, body=cfg.prefill)
+        built = add_prompt_path(out, branched, facts.get("tied_embedding"), save, body=how)
     finally:
         ctx.progress.finish(f"{name}.prefill")
-    facts["prefill"] = {"path": cfg.prefill, **built}
+    facts["prefill"] = {"path": how, **built}
     return branched
 
 

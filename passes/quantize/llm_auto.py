@@ -1,10 +1,12 @@
-"""`format: auto` on a decoder LLM (`mode: weight_only`, `model.task: text-generation`): build the
-int4 variants, measure each on this CPU against the FP32 export, keep the fastest that meets the
-quality gates.
+"""`format: auto` and `prefill: auto` on a decoder LLM (`mode: weight_only`, `model.task:
+text-generation`): build the int4 variants, measure each on this CPU against the FP32 export, keep
+the fastest that meets the quality gates.
 
-Candidates: `accuracy_level` {4, 1} × `block_size` {32, 128} (`AUTO_GRID`); a field the config
-sets explicitly is held at its value instead of varied, the other options (algorithm, head,
-embedding, prefill …) apply to every candidate. Which kernel wins depends on the CPU: level 4
+Candidates: with `format: auto`, `accuracy_level` {4, 1} × `block_size` {32, 128} (`AUTO_GRID`; a
+field the config sets explicitly is held at its value instead of varied); with `prefill: auto`,
+the prompt paths {int8_weights, float_activations} (`PREFILL_GRID`: prompts on 8-bit copies are
+faster and round more); both: their product. The other options (algorithm, head, embedding …)
+apply to every candidate. Which kernel wins depends on the CPU: level 4
 (int8 activations) makes decode fast where level 1 (float activations) keeps prompts near FP32 on
 a CPU without int8 dot products (docs/llm.md's kernel table).
 
@@ -28,14 +30,35 @@ if TYPE_CHECKING:
     from passes.quantize.config import QuantizeConfig
 
 AUTO_GRID = {"accuracy_level": (4, 1), "block_size": (32, 128)}
+PREFILL_GRID = {"prefill": ("int8_weights", "float_activations")}
 ROUNDS = 3
 NEW_TOKENS = 64
 
 
+def grid(cfg: QuantizeConfig) -> dict[str, tuple[Any, ...]]:
+    """The axes varied: AUTO_GRID (format auto; a field the config sets is held) and PREFILL_GRID
+    (prefill auto)."""
+    axes: dict[str, tuple[Any, ...]] = {}
+    if cfg.format == "auto":
+        axes.update({k: (v if k not in cfg.model_fields_set else (getattr(cfg, k),)) for k, v in AUTO_GRID.items()})
+    if cfg.prefill == "auto":
+        axes.update(PREFILL_GRID)
+    return axes
+
+
 def variants(cfg: QuantizeConfig) -> list[dict[str, Any]]:
-    """The candidates' settings: AUTO_GRID over the fields the config leaves unset."""
-    axes = {k: (v if k not in cfg.model_fields_set else (getattr(cfg, k),)) for k, v in AUTO_GRID.items()}
-    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+    """The candidates' settings: the product of `grid`'s axes, less the prompt paths of a body
+    that already computes with float activations (accuracy_level 0 / 1 / unset: no prompt path
+    is added, so the prefill axis would only build the same model twice)."""
+    axes = grid(cfg)
+    out: list[dict[str, Any]] = []
+    for combo in itertools.product(*axes.values()):
+        settings = dict(zip(axes, combo, strict=True))
+        if "prefill" in settings and settings.get("accuracy_level", cfg.accuracy_level) in (None, 0, 1):
+            settings["prefill"] = "decode_kernels"
+        if settings not in out:
+            out.append(settings)
+    return out
 
 
 def choose(cfg: QuantizeConfig, src: Path, step_dir: Path, ctx: RunContext, build: Any) -> tuple[Path, dict[str, Any]]:
@@ -49,7 +72,8 @@ def choose(cfg: QuantizeConfig, src: Path, step_dir: Path, ctx: RunContext, buil
     lm = ctx.input_model.module if ctx.input_model is not None else None
     data = eval_text(ctx, lm.tokenizer) if lm is not None else None
     if data is None:
-        raise ConfigError("format auto on a decoder judges each candidate on data.eval: set data.eval to a text file")
+        raise ConfigError("format / prefill auto on a decoder judges each candidate on data.eval: set data.eval to a "
+                          "text file")
     built: list[tuple[dict[str, Any], Path, dict[str, Any]]] = []
     for i, settings in enumerate(variants(cfg)):
         dst = step_dir / "auto" / f"candidate-{i}" / "model.onnx"
@@ -66,8 +90,9 @@ def choose(cfg: QuantizeConfig, src: Path, step_dir: Path, ctx: RunContext, buil
     rows = _judge(ctx, ref, models, built, data, speed, len(prompt))
     kept = _pick(rows)
     _, path, facts = built[kept]
-    facts = {**facts, "auto": {"candidates": rows, "chosen": kept, "grid": {k: list(v) for k, v in AUTO_GRID.items()},
-                               "held": sorted(k for k in AUTO_GRID if k in cfg.model_fields_set),
+    axes = grid(cfg)
+    facts = {**facts, "auto": {"candidates": rows, "chosen": kept, "grid": {k: list(v) for k, v in axes.items()},
+                               "held": sorted(k for k, v in axes.items() if len(v) == 1),
                                "speed": f"{len(prompt)}-token prompt + {NEW_TOKENS} decode steps, {ROUNDS} "
                                         f"interleaved rounds, {ctx.threads} threads", "quality": data.source}}
     return path, facts
@@ -117,6 +142,8 @@ def note(auto: dict[str, Any]) -> str:
     rows, kept = auto["candidates"], auto["chosen"]
     r = rows[kept]
     why = "the fastest passing the quality gates" if r["passes_quality"] else "none passed the quality gates: the closest"
-    return (f"format auto: {len(rows)} int4 candidates measured on this CPU, kept {_label({k: r[k] for k in AUTO_GRID})} "
+    which = " and ".join(f"{k} auto" for k, keys in (("format", AUTO_GRID), ("prefill", PREFILL_GRID))
+                         if any(x in auto["grid"] for x in keys))
+    return (f"{which}: {len(rows)} int4 candidates measured on this CPU, kept {_label({k: r[k] for k in auto['grid']})} "
             f"({why}; {r['request_s']:.2f} s per request, decode {r['decode_vs_fp32']:.2f}x of FP32, token agreement "
             f"{r['token_agreement']:.3f})")

@@ -85,6 +85,8 @@ def _branch(graph: Any, prefix: str, level: int | None, head_output: str, head_t
     given."""
     from onnx import helper
 
+    from passes.quantize.prompt_int8 import head_input
+
     source = list(graph.node) if source is None else source
     rename = {out: prefix + out for node in source for out in node.output if out}
     nodes = []
@@ -95,7 +97,8 @@ def _branch(graph: Any, prefix: str, level: int | None, head_output: str, head_t
         new.output[:] = [rename.get(x, x) for x in node.output]
         is_head = head_output in node.output and node.op_type == "MatMulNBits"
         if is_head and head_table is not None:
-            new = helper.make_node("FusedMatMul", [new.input[0], head_table], [new.output[0]], domain="com.microsoft",
+            x = rename.get(head_input(node, source), head_input(node, source))  # a folded head reads x + block sums
+            new = helper.make_node("FusedMatMul", [x, head_table], [new.output[0]], domain="com.microsoft",
                                    name=prefix + "head_float_tied", transB=_vocab_first(graph, head_table, node))
         elif node.op_type == "MatMulNBits" and level is not None:
             for attr in new.attribute:
@@ -116,15 +119,17 @@ def _vocab_first(graph: Any, table: str, head: Any) -> int:
     return int(dims[0] == vocab)
 
 
-def _prompt_source(graph: Any, body: str, head_output: str, opset: int) -> tuple[list[Any] | None, int]:
+def _prompt_source(model: Any, body: str, head_output: str, opset: int) -> tuple[list[Any] | None, int]:
     """The prompt path's node list before renaming (None: the graph's own) and the bytes of
     weights it adds: `body` int8_weights swaps the body's 4-bit kernels for 8-bit ones
     (passes/quantize/prompt_int8.py), their initializers added to the outer graph."""
+    from passes.quantize.int4 import head_node
     from passes.quantize.prompt_int8 import int8_nodes, live_nodes
 
     if body != "int8_weights":
         return None, 0
-    head = {n.name for n in graph.node if head_output in n.output}
+    graph = model.graph
+    head = {n.name for n in graph.node if head_output in n.output} | {head_node(model, head_output)}  # behind a Cast too
     nodes, added = int8_nodes(graph, head, opset)
     graph.initializer.extend(added)
     return live_nodes(nodes, [o.name for o in graph.output]), sum(len(t.raw_data) for t in added)
@@ -140,7 +145,7 @@ def wrap(model: Any, head_table: str | None = None, head_output: str = "logits",
     graph = model.graph
     kernels = sum(n.op_type == "MatMulNBits" for n in graph.node)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    source, added_bytes = _prompt_source(graph, body, head_output, opset)
+    source, added_bytes = _prompt_source(model, body, head_output, opset)
     prompt = _branch(graph, "prompt/", PROMPT_LEVEL, head_output, head_table, source)
     decode = _branch(graph, "decode/", None, head_output, None)
     outputs = [o.name for o in graph.output]

@@ -73,6 +73,13 @@ def _folded_input(node: Any, producers: dict[str, Any], k_aug: int, bs: int) -> 
     return (concat.input[0], k) if rest == 0 and k % bs == 0 else None
 
 
+def head_input(node: Any, nodes: list[Any]) -> str:
+    """The tensor a MatMulNBits node multiplies, before a folded correction widened it."""
+    attrs = {a.name: a.i for a in node.attribute}
+    folded = _folded_input(node, {o: n for n in nodes for o in n.output}, attrs["K"], attrs["block_size"])
+    return folded[0] if folded is not None else node.input[0]
+
+
 def _unfold(w: Any, k: int, bs: int) -> Any:
     """The K × N weight x itself meets: rows k… hold the correction against block sums and block
     sums / 16, and each block sum is that block's rows of x added up."""

@@ -44,6 +44,8 @@ class QuantizePass(Pass):
     def cache_exclusion(self) -> str | None:
         if getattr(self.config, "format", None) == "auto":
             return "quantize chooses its format from measured latency (not deterministic)"
+        if getattr(self.config, "prefill", None) == "auto":
+            return "quantize chooses its prompt path from measured latency (not deterministic)"
         return None
 
     def check(self, plan: PlanContext) -> None:

@@ -126,6 +126,24 @@ def test_format_auto_keeps_the_fastest_int4_variant_that_meets_the_quality_gates
     assert any(n.startswith("format auto: 2 int4 candidates") for n in report["steps"][1]["notes"])
 
 
+def test_prefill_auto_keeps_the_faster_prompt_path_that_meets_the_quality_gates(llm_dir, tmp_path):
+    """Both prompt paths built and judged like format auto's candidates; accuracy_level is the config's."""
+    cfg = _config(tmp_path, "prefill-auto.yaml", INT4.format(data=_data(llm_dir), gates="gates:\n  min_token_agreement: 0.3\n")
+                  .replace("    accuracy_level: 4\n", "    accuracy_level: 4\n    prefill: auto\n"))
+    out = tmp_path / "model.onnx"
+    r = _run(llm_dir, cfg, out)
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    llm = report["steps"][1]["metrics"]["llm"]
+    rows, kept = llm["auto"]["candidates"], llm["auto"]["chosen"]
+    assert [c["prefill"] for c in rows] == ["int8_weights", "float_activations"] and "accuracy_level" not in rows[0]
+    assert llm["prefill"]["path"] == rows[kept]["prefill"] and llm["accuracy_level"] == 4
+    passing = [i for i, c in enumerate(rows) if c["passes_quality"]]
+    assert kept == min(passing, key=lambda i: rows[i]["request_s"])
+    assert any(n.startswith("prefill auto: 2 int4 candidates") for n in report["steps"][1]["notes"])
+    assert report["output"]["ops"].get("If") == 1
+
+
 def test_without_eval_text_quality_is_null_with_the_reason_and_its_gate_fails(llm_dir, tmp_path):
     cfg = _config(tmp_path, "nodata.yaml", """\
 schema_version: 1
@@ -159,6 +177,8 @@ gates:
     ("  - type: quantize\n    mode: dynamic\n    prefill: float_activations\n", "prefill chooses how a weight_only"),
     ("  - type: quantize\n    mode: dynamic\n    format: auto\n", "format auto on a text-generation model measures"),
     ("  - type: quantize\n    mode: weight_only\n    bits: 4\n    format: auto\n", "judges each candidate on data.eval"),
+    ("  - type: quantize\n    mode: weight_only\n    bits: 4\n    prefill: auto\n", "judges each prompt path on data.eval"),
+    ("  - type: quantize\n    mode: weight_only\n    bits: 4\n    prefill: int8_weights\n", "set accuracy_level: 4"),
 ])
 def test_what_a_decoder_cannot_take_is_exit_2_in_one_line(llm_dir, tmp_path, passes, expected):
     cfg = _config(tmp_path, "bad.yaml", f"schema_version: 1\npasses:\n{passes}")

@@ -159,3 +159,47 @@ def test_the_fold_is_undone_where_block_sums_came_from_one_matmul(built, tmp_pat
     want = OrtCausalLM(level1).logits_along(IDS)
     got = OrtCausalLM(branched).logits_along(IDS)
     assert (got[0].argmax(-1) == want[0].argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("body", ["float_activations", "int8_weights"])
+def test_a_folded_int4_head_tied_to_the_embedding_reads_x_not_its_block_sums(built, tmp_path, body):
+    fp32, _, level1, _, _ = built
+    plain = tmp_path / "plain" / "model.onnx"
+    facts = quantize_int4(fp32, plain, block_size=16, algorithm="minmax", correction="folded", head="int4")
+    assert facts["tied_embedding"]
+    branched = tmp_path / body / "model.onnx"
+    info = add_prompt_path(plain, branched, facts["tied_embedding"], save, body=body)
+    assert info["prompt_head"] == "float (tied embedding)"
+    want = OrtCausalLM(level1).logits_along(IDS)  # float head
+    got = OrtCausalLM(branched).logits_along(IDS)
+    assert (got[0].argmax(-1) == want[0].argmax(-1)).mean() >= 0.9
+
+
+def test_prefill_auto_and_format_auto_build_each_distinct_model_once():
+    from passes.quantize.config import QuantizeConfig
+    from passes.quantize.llm_auto import variants
+    from passes.quantize.quantize_pass import QuantizePass
+
+    both = QuantizeConfig(mode="weight_only", bits=4, format="auto", prefill="auto", block_size=32)
+    got = variants(both)
+    assert {"accuracy_level": 1, "block_size": 32, "prefill": "decode_kernels"} in got
+    assert len(got) == 3  # level 4 × two prompt paths, level 1 once (it adds no prompt path)
+    assert variants(QuantizeConfig(mode="weight_only", bits=4, prefill="auto", accuracy_level=4)) == [
+        {"prefill": "int8_weights"}, {"prefill": "float_activations"}]
+    assert "prompt path" in QuantizePass(QuantizeConfig(mode="weight_only", bits=4, prefill="auto",
+                                                        accuracy_level=4)).cache_exclusion()
+
+
+def test_a_quantized_head_behind_a_cast_keeps_its_own_kernel_on_the_prompt_path():
+    from passes.quantize.int4 import head_node
+
+    rng = np.random.default_rng(8)
+    node, inits = _nbits_node(rng, 32, 8, 16, 8, None)
+    node.name, node.output[0] = "head", "head_out"
+    cast = helper.make_node("Cast", ["head_out"], ["logits"], to=TensorProto.FLOAT)
+    graph = helper.make_graph([node, cast], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    assert head_node(model) == "head"
+    nodes, _ = int8_nodes(model.graph, {head_node(model)})
+    assert [n.op_type for n in nodes] == ["MatMulNBits", "Cast"]
