@@ -108,39 +108,36 @@ def test_a_quality_gate_that_cannot_pass_exits_3_and_keeps_the_model_as_rejected
     assert report["output"]["ops"].get("If") == 1 and report["output"]["ops"].get("com.microsoft.MatMulNBits", 0) > 0
 
 
-def test_format_auto_keeps_the_fastest_int4_variant_that_meets_the_quality_gates(llm_dir, tmp_path):
-    """accuracy_level × block_size built and measured (block_size set in the config: held at 32)."""
+def _auto_run(llm_dir, tmp_path, quantize_lines, note):
+    """Run INT4 with `accuracy_level: 4` replaced by `quantize_lines`; check the candidates' table
+    and the choice (the fastest passing request); return (report, llm facts, candidate rows, kept)."""
     cfg = _config(tmp_path, "auto.yaml", INT4.format(data=_data(llm_dir), gates="gates:\n  min_token_agreement: 0.3\n")
-                  .replace("    accuracy_level: 4\n", "    format: auto\n"))
-    out = tmp_path / "model.onnx"
-    r = _run(llm_dir, cfg, out)
+                  .replace("    accuracy_level: 4\n", quantize_lines))
+    r = _run(llm_dir, cfg, tmp_path / "model.onnx")
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     llm = report["steps"][1]["metrics"]["llm"]
     rows, kept = llm["auto"]["candidates"], llm["auto"]["chosen"]
-    assert [(c["accuracy_level"], c["block_size"]) for c in rows] == [(4, 32), (1, 32)]
-    assert llm["auto"]["held"] == ["block_size"] and llm["accuracy_level"] == rows[kept]["accuracy_level"]
     assert all(c["decode_tps"] > 0 and c["token_agreement"] is not None for c in rows)
     passing = [i for i, c in enumerate(rows) if c["passes_quality"]]
     assert kept == min(passing, key=lambda i: rows[i]["request_s"])
-    assert any(n.startswith("format auto: 2 int4 candidates") for n in report["steps"][1]["notes"])
+    assert any(n.startswith(note) for n in report["steps"][1]["notes"])
+    return report, llm, rows, kept
+
+
+def test_format_auto_keeps_the_fastest_int4_variant_that_meets_the_quality_gates(llm_dir, tmp_path):
+    """accuracy_level × block_size built and measured (block_size set in the config: held at 32)."""
+    _, llm, rows, kept = _auto_run(llm_dir, tmp_path, "    format: auto\n", "format auto: 2 int4 candidates")
+    assert [(c["accuracy_level"], c["block_size"]) for c in rows] == [(4, 32), (1, 32)]
+    assert llm["auto"]["held"] == ["block_size"] and llm["accuracy_level"] == rows[kept]["accuracy_level"]
 
 
 def test_prefill_auto_keeps_the_faster_prompt_path_that_meets_the_quality_gates(llm_dir, tmp_path):
     """Both prompt paths built and judged like format auto's candidates; accuracy_level is the config's."""
-    cfg = _config(tmp_path, "prefill-auto.yaml", INT4.format(data=_data(llm_dir), gates="gates:\n  min_token_agreement: 0.3\n")
-                  .replace("    accuracy_level: 4\n", "    accuracy_level: 4\n    prefill: auto\n"))
-    out = tmp_path / "model.onnx"
-    r = _run(llm_dir, cfg, out)
-    assert r.exit_code == 0, r.stderr
-    report = json.loads(r.stdout)
-    llm = report["steps"][1]["metrics"]["llm"]
-    rows, kept = llm["auto"]["candidates"], llm["auto"]["chosen"]
+    report, llm, rows, kept = _auto_run(llm_dir, tmp_path, "    accuracy_level: 4\n    prefill: auto\n",
+                                        "prefill auto: 2 int4 candidates")
     assert [c["prefill"] for c in rows] == ["int8_weights", "float_activations"] and "accuracy_level" not in rows[0]
     assert llm["prefill"]["path"] == rows[kept]["prefill"] and llm["accuracy_level"] == 4
-    passing = [i for i, c in enumerate(rows) if c["passes_quality"]]
-    assert kept == min(passing, key=lambda i: rows[i]["request_s"])
-    assert any(n.startswith("prefill auto: 2 int4 candidates") for n in report["steps"][1]["notes"])
     assert report["output"]["ops"].get("If") == 1
 
 
