@@ -17,8 +17,9 @@ its own int4 model of the same float weights (saved as a Hugging Face folder fir
 reads safetensors), `-p int4 -e cpu` with its defaults, measured in the same rounds as
 `genai-int4` (its graph runs through optimize.llm.generation.OrtCausalLM: the same input names,
 the cache sizes from its genai_config.json), and `genai-fp32+minmax`: the builder's fused FP32 graph
-quantized by this tool's int4 minmax with configs/llm-int4.yaml's settings, and `genai-fp32`, the
-builder's FP32 graph itself (how much of a ratio the fusion alone gives).
+quantized by this tool's int4 minmax with configs/llm-int4.yaml's settings (`+float_activations`,
+`+int8_weights`: with that prompt path, the latter as the config now builds it), and `genai-fp32`,
+the builder's FP32 graph itself (how much of a ratio the fusion alone gives).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ VARIANTS = {  # name → (function, kwargs) in passes.quantize.int4
                                              "algorithm": "minmax", "fuse_projections": True, "correction": "folded"}),
     "int4-minmax-folded-h4": ("quantize_int4", {"block_size": 32, "accuracy_level": 4, "head": "int4",
                                                 "algorithm": "minmax", "fuse_projections": True, "correction": "folded"}),
-    "int8": ("quantize_int8_dynamic", {"head": "int8"}),  # 7-bit weights without VNNI (reduce_range auto)
-    "int8-8bit": ("quantize_int8_dynamic", {"head": "int8", "reduce_range": False}),
+    # 7-bit weights without VNNI (reduce_range auto), each token's input at its own scale
+    "int8": ("quantize_int8_dynamic", {"head": "int8"}),
+    "int8-ort": ("quantize_int8_dynamic", {"head": "int8", "per_token": False}),  # ORT's quantize_dynamic as it is
+    "int8-8bit": ("quantize_int8_dynamic", {"head": "int8", "reduce_range": False, "per_token": False}),
 }
 
 
@@ -125,6 +128,25 @@ def build_genai_fp32_minmax(work: Path) -> Path:
         quantize_int4(fp32, out, block_size=32, accuracy_level=4, head="int8", embedding="float", algorithm="minmax",
                       correction="folded")
         shutil.copy(fp32.parent / "genai_config.json", out.parent / "genai_config.json")
+    return out
+
+
+def build_genai_prompt_path(work: Path, body: str) -> Path:
+    """`genai-fp32+minmax` with a prompt path (`prefill: float_activations` / `int8_weights`), as
+    configs/llm-int4.yaml builds it."""
+    import shutil
+
+    import onnx
+
+    from passes.quantize.int4 import head_node, save
+    from passes.quantize.prefill_branch import add_prompt_path, tied_embedding
+
+    src = build_genai_fp32_minmax(work)
+    out = work / f"genai-fp32-minmax-{body}" / "model.onnx"
+    if not out.is_file():
+        fp32 = onnx.load(str(work / "genai-fp32" / "model.onnx"))
+        add_prompt_path(src, out, tied_embedding(fp32, head_node(fp32)), save, body=body)
+        shutil.copy(src.parent / "genai_config.json", out.parent / "genai_config.json")
     return out
 
 
@@ -218,8 +240,11 @@ def main() -> None:
     if args.genai:
         paths["genai-int4"] = build_genai(Path(args.work))
         paths["genai-fp32+minmax"] = build_genai_fp32_minmax(Path(args.work))
+        for body in ("float_activations", "int8_weights"):
+            paths[f"genai-fp32+minmax+{body}"] = build_genai_prompt_path(Path(args.work), body)
         paths["genai-fp32"] = Path(args.work) / "genai-fp32" / "model.onnx"
-        variants += ["genai-int4", "genai-fp32+minmax", "genai-fp32"]
+        variants += ["genai-int4", "genai-fp32+minmax", "genai-fp32+minmax+float_activations",
+                     "genai-fp32+minmax+int8_weights", "genai-fp32"]
     tok = AutoTokenizer.from_pretrained(str(paths["fp32"].parent))
     prompts = [chat_ids(tok, p) for p in PROMPTS]
     text_ids = tok(PPL_TEXT.read_text(encoding="utf-8"))["input_ids"][: args.ppl_tokens]

@@ -127,9 +127,10 @@ class QuantizeConfig(PassConfig):
         "decode_kernels: the decode steps' kernels; float_activations: one If on the sequence length holds a prompt "
         "path with the 4-bit kernels at accuracy_level 1 (and a tied head against the float embedding table), both "
         "paths reading the same weights: faster prompts on a CPU without int8 dot products, slower decode steps (the "
-        "If costs each step; docs/llm.md measures both); int8_weights: the prompt path's body as 7-bit per-column "
-        "codes of the 4-bit weights with int8 activations (DynamicQuantizeMatMul), stored beside the 4-bit ones: "
-        "the fastest prompts on such a CPU, ~2x the body's 4-bit bytes more on disk and in memory, some quality; "
+        "If costs each step; docs/llm.md measures both); int8_weights: the prompt path's MatMuls (all but the MLPs' "
+        "inner projections) as 7-bit per-column codes of the 4-bit weights with int8 activations at one scale per "
+        "token (DynamicQuantizeMatMul), stored beside the 4-bit ones: the fastest prompts on such a CPU, ~1.5x the "
+        "body's 4-bit bytes more on disk and in memory, some quality; "
         "auto: build both prompt paths, measure each on data.eval against the quality gates and keep the faster "
         "request that passes (as format auto does; needs data.eval).",
     )

@@ -402,30 +402,60 @@ def quantize_int4(src: Path, dst: Path, *, block_size: int = 32, symmetric: bool
 
 
 def quantize_int8_dynamic(src: Path, dst: Path, *, head: Policy = "int8", per_channel: bool = True,
-                          reduce_range: bool | None = None) -> dict[str, Any]:
-    """`src` → `dst` with ONNX Runtime's dynamic int8 MatMuls (the head int8 or kept float).
-    `reduce_range` None: 7-bit weights on a CPU without int8 dot-product instructions, where ONNX
-    Runtime's u8s8 kernels saturate 16-bit sums (SmolLM2 with 8-bit weights on AVX2: token
-    agreement 0.0, perplexity ×60,000)."""
+                          reduce_range: bool | None = None, per_token: bool = True) -> dict[str, Any]:
+    """`src` → `dst` with dynamic int8 MatMuls (the head int8 or kept float). `reduce_range` None:
+    7-bit weights on a CPU without int8 dot-product instructions, where ONNX Runtime's u8s8 kernels
+    saturate 16-bit sums (SmolLM2 with 8-bit weights on AVX2: token agreement 0.0, perplexity
+    ×60,000). `per_token`: each MatMul a DynamicQuantizeMatMul with its input scaled per token
+    (passes/quantize/prompt_int8.py: a decoder's tokens differ in scale by 10x and more, and one
+    activation scale per call cost SmolLM2 token agreement 0.80, perplexity ratio 1.72); False: ONNX
+    Runtime's `quantize_dynamic` as it is."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from optimize.hardware import has_int8_dot_product
 
     if reduce_range is None:
         reduce_range = not has_int8_dot_product()
-
     dst.parent.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(src), load_external_data=False)
     head_name = head_node(model)
     exclude = [head_name] if head_name and head == "float" else []
+    facts = {"format": "int8_dynamic", "per_channel": per_channel, "reduce_range": reduce_range,
+             "head": "float" if exclude else "int8", "head_node": head_name, "per_token": per_token}
+    if per_token:
+        _int8_per_token(src, dst, set(exclude), 63 if reduce_range else 127, per_channel)
+        return facts
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     with _quiet():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=per_channel,
                          reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude or None,
                          use_external_data_format=src.stat().st_size > SIZE_LIMIT)
-    return {"format": "int8_dynamic", "per_channel": per_channel, "reduce_range": reduce_range,
-            "head": "float" if exclude else "int8",
-            "head_node": head_name}
+    return facts
+
+
+def _int8_per_token(src: Path, dst: Path, exclude: set[str], code_max: int, per_channel: bool) -> None:
+    """Every MatMul by a float initializer (not in `exclude`) as DynamicQuantizeMatMul with per-token
+    input scaling; the float weights no node reads any more are dropped."""
+    import onnx
+    from onnx import helper
+
+    from passes.quantize.prompt_int8 import int8_nodes
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    nodes, added = int8_nodes(graph, exclude, opset, code_max=code_max, per_channel=per_channel, ops=("MatMul",),
+                              tag="dyn")
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    used = {i for n in nodes for i in n.input} | {i for t in added for i in [t.name]}
+    kept = [t for t in graph.initializer if t.name in used]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept + added)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    save(model, dst)
 
 
 def save(model: Any, dst: Path) -> None:

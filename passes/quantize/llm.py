@@ -163,5 +163,6 @@ def _note(facts: dict[str, Any]) -> str:
         return (f"decoder int4 ({how}): {facts['int4_matmuls']} MatMuls as 4-bit MatMulNBits blocks of "
                 f"{facts['block_size']}, accuracy_level {level if level is not None else 'unset'}; head "
                 f"{facts.get('head')}, embedding {facts.get('embedding')}{_prefill_note(facts.get('prefill') or {})}")
+    tokens = ", each token's input at its own scale" if facts.get("per_token") else ""
     return (f"decoder int8 dynamic: MatMuls with {'7' if facts.get('reduce_range') else '8'}-bit weights, "
-            f"per_channel {facts.get('per_channel')}; head {facts.get('head')}")
+            f"per_channel {facts.get('per_channel')}{tokens}; head {facts.get('head')}")

@@ -130,7 +130,7 @@ def _prompt_source(model: Any, body: str, head_output: str, opset: int) -> tuple
         return None, 0
     graph = model.graph
     head = {n.name for n in graph.node if head_output in n.output} | {head_node(model, head_output)}  # behind a Cast too
-    nodes, added = int8_nodes(graph, head, opset)
+    nodes, added = int8_nodes(graph, head, opset, keep_mlp_inner=True)
     graph.initializer.extend(added)
     return live_nodes(nodes, [o.name for o in graph.output]), sum(len(t.raw_data) for t in added)
 

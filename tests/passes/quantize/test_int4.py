@@ -68,12 +68,20 @@ def test_int4_head_differs_from_int8_head_on_the_head_only(fp32, tmp_path):
 
 
 def test_int8_dynamic_with_the_head_kept_float(fp32, tmp_path):
-    out = tmp_path / "d" / "model.onnx"
+    out, ort_out = tmp_path / "d" / "model.onnx", tmp_path / "o" / "model.onnx"
     facts = quantize_int8_dynamic(fp32, out, head="float")
-    names = {n.name: n.op_type for n in onnx.load(str(out)).graph.node}
-    assert names["/lm/lm_head/MatMul"] == "MatMul" and facts["head"] == "float"
-    assert Counter(names.values())["MatMulInteger"] == 14
-    assert np.isfinite(_logits(out, [5, 6, 7])).all()
+    model = onnx.load(str(out))
+    names = {n.name: n.op_type for n in model.graph.node}
+    assert names["/lm/lm_head/MatMul"] == "MatMul" and facts["head"] == "float" and facts["per_token"]
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["DynamicQuantizeMatMul"] == 14 and ops["ReduceMax"] == 8  # 7 projections × 2 layers; 4 inputs per layer
+    weights = {t.name for t in model.graph.initializer if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT}
+    assert not any("proj" in w for w in weights)  # the float body weights are gone, only their codes remain
+    ref = _logits(fp32, [5, 6, 7, 8, 9])
+    got = _logits(out, [5, 6, 7, 8, 9])
+    assert np.isfinite(got).all() and np.abs(got - ref).mean() < 0.05 * np.abs(ref).mean()
+    quantize_int8_dynamic(fp32, ort_out, head="float", per_token=False)  # ONNX Runtime's quantize_dynamic as it is
+    assert Counter(n.op_type for n in onnx.load(str(ort_out)).graph.node)["MatMulInteger"] == 14
 
 
 def _grid_matmul(tmp_path):

@@ -113,12 +113,14 @@ def test_the_body_is_8_bit_without_the_folded_correction(built):
     _, plain, _, branched, info = built
     model, prompt = _prompt_branch(branched)
     int8 = [n for n in prompt.node if n.op_type == "DynamicQuantizeMatMul"]
-    assert len(int8) == info["prompt_int8_kernels"] == 8  # 2 layers × (q/k/v, o, gate/up, down); the head is float
-    assert not any(n.op_type == "MatMulNBits" for n in prompt.node)
-    assert sum(n.op_type == "ReduceMax" for n in prompt.node) == 8  # one row scale per distinct input
-    assert not any(n.op_type == "Concat" and n.output[0].endswith("_xaug") for n in prompt.node)  # no block sums
+    assert len(int8) == info["prompt_int8_kernels"] == 6  # 2 layers × (q/k/v, o, gate/up); the head is float
+    kept = [n for n in prompt.node if n.op_type == "MatMulNBits"]
+    assert [n.name.split("/")[-2] for n in kept] == ["down_proj", "down_proj"]  # silu(gate) · up: 4-bit, float activations
+    assert sum(n.op_type == "ReduceMax" for n in prompt.node) == 6  # one row scale per distinct input
+    xaug = {n.output[0] for n in prompt.node if n.op_type == "Concat" and n.output[0].endswith("_xaug")}
+    assert len(xaug) == 2 and not any(n.input[0] in xaug for n in int8)  # block sums for the down projections only
     codes = [t for t in model.graph.initializer if t.name.endswith("_prompt_q8")]
-    assert len(codes) == 8 and all(numpy_helper.to_array(t).dtype == np.int8 for t in codes)
+    assert len(codes) == 6 and all(numpy_helper.to_array(t).dtype == np.int8 for t in codes)
     assert max(np.abs(numpy_helper.to_array(t)).max() for t in codes) <= 63
     assert info["prompt_weight_bytes"] == sum(len(t.raw_data) for t in model.graph.initializer
                                               if t.name.endswith(("_prompt_q8", "_prompt_s8")) or t.name.startswith("prompt_rows"))
@@ -154,8 +156,9 @@ def test_the_fold_is_undone_where_block_sums_came_from_one_matmul(built, tmp_pat
     assert concats and all(len(n.input) == 2 for n in concats)
     info = add_prompt_path(plain, branched, facts["tied_embedding"], save, body="int8_weights")
     _, prompt = _prompt_branch(branched)
-    assert info["prompt_int8_kernels"] == 8 and not any(n.op_type == "Concat" and n.output[0].endswith("_xaug")
-                                                        for n in prompt.node)
+    int8 = [n for n in prompt.node if n.op_type == "DynamicQuantizeMatMul"]
+    fed = {n.input[0] for n in int8}
+    assert info["prompt_int8_kernels"] == 6 and not any(n.output[0] in fed for n in prompt.node if n.op_type == "Concat")
     want = OrtCausalLM(level1).logits_along(IDS)
     got = OrtCausalLM(branched).logits_along(IDS)
     assert (got[0].argmax(-1) == want[0].argmax(-1)).mean() >= 0.9
@@ -203,3 +206,17 @@ def test_a_quantized_head_behind_a_cast_keeps_its_own_kernel_on_the_prompt_path(
     assert head_node(model) == "head"
     nodes, _ = int8_nodes(model.graph, {head_node(model)})
     assert [n.op_type for n in nodes] == ["MatMulNBits", "Cast"]
+
+
+def test_mlp_inner_activations_are_products_or_activation_outputs_not_norms():
+    from passes.quantize.prompt_int8 import mlp_inner
+
+    nodes = [helper.make_node("Mul", ["h", "inv"], ["hn"]), helper.make_node("Mul", ["gamma", "hn"], ["normed"]),
+             helper.make_node("Sigmoid", ["g"], ["sg"]), helper.make_node("Mul", ["g", "sg"], ["silu"]),
+             helper.make_node("Mul", ["silu", "up"], ["product"]), helper.make_node("FastGelu", ["f"], ["gelu"],
+                                                                                   domain="com.microsoft"),
+             helper.make_node("Transpose", ["attn"], ["moved"])]
+    producers = {o: n for n in nodes for o in n.output}
+    assert mlp_inner("product", producers, {"gamma"}) and mlp_inner("gelu", producers, {"gamma"})
+    assert not mlp_inner("normed", producers, {"gamma"}) and not mlp_inner("moved", producers, {"gamma"})
+    assert not mlp_inner("x", producers, {"gamma"})
