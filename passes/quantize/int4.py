@@ -27,6 +27,8 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, Literal
 
+from passes.quantize.prefill_branch import head_node
+
 Policy = Literal["float", "int8", "int4"]
 # rtn: round to nearest, integer zero points (ORT's default quantizer); hqq: half-quadratic optimized
 # scales and float zero points; minmax: each block's own min..max in 15 steps with a float zero point
@@ -37,25 +39,6 @@ Algorithm = Literal["rtn", "hqq", "minmax"]
 # Add), or folded into a symmetric 4-bit kernel as extra K rows (fewer nodes, no zero-point input)
 Correction = Literal["exact", "folded"]
 SIZE_LIMIT = 1_900_000_000  # protobuf's 2 GB cap, with room: save with external data past it
-PASS_THROUGH = {"Reshape", "Add", "Cast", "Identity", "Transpose", "Squeeze", "Unsqueeze"}
-
-
-def _producers(graph: Any) -> dict[str, Any]:
-    return {out: node for node in graph.node for out in node.output}
-
-
-def head_node(model: Any, output: str = "logits") -> str | None:
-    """The name of the MatMul/Gemm (or, once quantized, MatMulNBits) that computes `output`
-    (through reshapes, a bias Add, casts)."""
-    producers = _producers(model.graph)
-    node = producers.get(output)
-    while node is not None and node.op_type in PASS_THROUGH:
-        node = producers.get(node.input[0])
-    if node is not None and node.op_type in ("MatMul", "Gemm", "MatMulNBits"):
-        return node.name
-    return None
-
-
 def embedding_nodes(model: Any) -> list[str]:
     """Gathers that read token ids from a 2-D weight table: the token embedding(s)."""
     inits = {t.name: t for t in model.graph.initializer}

@@ -28,6 +28,21 @@ PROMPT_LEVEL = 1  # MatMulNBits accuracy_level of the prompt path: float activat
 SIZE_LIMIT = 1_900_000_000  # as int4.SIZE_LIMIT (int4 imports this module: no import back)
 
 
+PASS_THROUGH = {"Reshape", "Add", "Cast", "Identity", "Transpose", "Squeeze", "Unsqueeze"}
+
+
+def head_node(model: Any, output: str = "logits") -> str | None:
+    """The name of the MatMul/Gemm (or, once quantized, MatMulNBits) that computes `output`
+    (through reshapes, a bias Add, casts)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    node = producers.get(output)
+    while node is not None and node.op_type in PASS_THROUGH:
+        node = producers.get(node.input[0])
+    if node is not None and node.op_type in ("MatMul", "Gemm", "MatMulNBits"):
+        return node.name
+    return None
+
+
 def tied_embedding(model: Any, head_name: str | None) -> str | None:
     """The token-embedding table (V × K) whose transpose equals the float head's weight (K × V),
     i.e. a tied `lm_head` exported as two initializers; or the head's weight itself when the
@@ -123,7 +138,6 @@ def _prompt_source(model: Any, body: str, head_output: str, opset: int) -> tuple
     """The prompt path's node list before renaming (None: the graph's own) and the bytes of
     weights it adds: `body` int8_weights swaps the body's 4-bit kernels for 8-bit ones
     (passes/quantize/prompt_int8.py), their initializers added to the outer graph."""
-    from passes.quantize.int4 import head_node
     from passes.quantize.prompt_int8 import int8_nodes, live_nodes
 
     if body != "int8_weights":
