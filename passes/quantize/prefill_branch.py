@@ -9,8 +9,8 @@ holds its node list twice: `If(input_ids has more than one position)` → the pr
 kernels at `accuracy_level` 1, and a head tied to a float embedding table computed against that
 table), else → the decode path as quantized. Both branches read the same initializers: no weight
 is stored twice (the runtime prepacks each kernel's weights for its own compute type) — unless
-`prefill: int8_weights` asks for the body a second time as 8-bit codes (passes/quantize/prompt_int8.py:
-faster prompts for ~2x the body's 4-bit bytes).
+`prefill: int8_weights` asks for the body (less the MLPs' inner projections) a second time as 8-bit
+codes (passes/quantize/prompt_int8.py: faster prompts for ~1.5x the body's 4-bit bytes).
 
 Before wrapping, ONNX Runtime's basic, provider-independent optimizations fold the constant shape
 arithmetic: inside an `If` branch the runtime left it unfolded (SmolLM2: 3,859 nodes per decode
@@ -112,8 +112,8 @@ def _branch(graph: Any, prefix: str, level: int | None, head_output: str, head_t
         new.output[:] = [rename.get(x, x) for x in node.output]
         is_head = head_output in node.output and node.op_type == "MatMulNBits"
         if is_head and head_table is not None:
-            x = rename.get(head_input(node, source), head_input(node, source))  # a folded head reads x + block sums
-            new = helper.make_node("FusedMatMul", [x, head_table], [new.output[0]], domain="com.microsoft",
+            x = head_input(node, source)  # a folded head reads x + block sums: the float head reads x
+            new = helper.make_node("FusedMatMul", [rename.get(x, x), head_table], [new.output[0]], domain="com.microsoft",
                                    name=prefix + "head_float_tied", transB=_vocab_first(graph, head_table, node))
         elif node.op_type == "MatMulNBits" and level is not None:
             for attr in new.attribute:
@@ -143,8 +143,8 @@ def _prompt_source(model: Any, body: str, head_output: str, opset: int) -> tuple
     if body != "int8_weights":
         return None, 0
     graph = model.graph
-    head = {n.name for n in graph.node if head_output in n.output} | {head_node(model, head_output)}  # behind a Cast too
-    nodes, added = int8_nodes(graph, head, opset, keep_mlp_inner=True)
+    head = {head_node(model, head_output)}  # through a Cast / bias Add too
+    nodes, added = int8_nodes(graph, {h for h in head if h}, opset, keep_mlp_inner=True)
     graph.initializer.extend(added)
     return live_nodes(nodes, [o.name for o in graph.output]), sum(len(t.raw_data) for t in added)
 
