@@ -65,3 +65,16 @@ def tiny_export(root: Path, model_type: str = "llama", tied: bool = False) -> Pa
 
     lm = load_causal_lm(tiny_folder(root, model_type, tied))
     return export_causal_lm(lm, root / "onnx" / "model.onnx")
+
+
+def tiny_int4_pair(root: Path) -> tuple[Path, Path, Path, dict]:
+    """The tied tiny model exported, then int4 minmax (block 16) twice: as the decode path quantizes
+    it (accuracy_level 4, folded correction) and at accuracy_level 1 with a float head, the
+    reference a prompt path is compared with. Returns (fp32, plain, level1, plain's facts)."""
+    from passes.quantize.int4 import quantize_int4
+
+    fp32 = tiny_export(root, tied=True)
+    plain, level1 = root / "plain" / "model.onnx", root / "level1" / "model.onnx"
+    facts = quantize_int4(fp32, plain, block_size=16, algorithm="minmax", correction="folded")
+    quantize_int4(fp32, level1, block_size=16, algorithm="minmax", accuracy_level=1, head="float")
+    return fp32, plain, level1, facts

@@ -432,7 +432,7 @@ def _int8_per_token(src: Path, dst: Path, exclude: set[str], code_max: int, per_
                               tag="dyn")
     graph.ClearField("node")
     graph.node.extend(nodes)
-    used = {i for n in nodes for i in n.input} | {i for t in added for i in [t.name]}
+    used = {i for n in nodes for i in n.input}
     kept = [t for t in graph.initializer if t.name in used]
     graph.ClearField("initializer")
     graph.initializer.extend(kept + added)

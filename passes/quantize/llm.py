@@ -56,8 +56,9 @@ def check(cfg: QuantizeConfig, task: str, key: str, data_eval: Any = None) -> No
         raise ConfigError("prefill auto judges each prompt path on data.eval: set data.eval to a text file "
                           "(its lines are the prompts, its text the perplexity text)", key=f"{key}.prefill")
     if cfg.prefill in ("auto", "int8_weights", "float_activations") and not auto and cfg.accuracy_level in (None, 0, 1):
-        raise ConfigError(f"prefill {cfg.prefill} adds a prompt path to a body computing with int8 activations: set "
-                          "accuracy_level: 4 (or 2-3), or format: auto", key=f"{key}.prefill")
+        raise ConfigError(f"prefill {cfg.prefill} adds a prompt path beside a body that computes with int8 activations "
+                          "(accuracy_level 2-4), and this body does not: set accuracy_level: 4, or format: auto",
+                          key=f"{key}.prefill")
     given = [f for f in GENERIC_ONLY if f in cfg.model_fields_set and not (f == "format" and auto)]
     if given:
         raise ConfigError(f"{given[0]} does not apply to a {TASK} model (its quantize options: mode, bits, "

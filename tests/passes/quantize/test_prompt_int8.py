@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("torch")
 
 from onnx import numpy_helper  # noqa: E402
-from tiny_llm import tiny_export  # noqa: E402
+from tiny_llm import tiny_int4_pair  # noqa: E402
 
 from optimize.llm.generation import OrtCausalLM  # noqa: E402
 from passes.quantize.int4 import quantize_int4, save  # noqa: E402
@@ -25,10 +25,7 @@ IDS = np.asarray([list(range(5, 37))], np.int64)
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("prompt8")
-    fp32 = tiny_export(root, tied=True)
-    plain, level1 = root / "plain" / "model.onnx", root / "level1" / "model.onnx"
-    facts = quantize_int4(fp32, plain, block_size=16, algorithm="minmax", correction="folded")
-    quantize_int4(fp32, level1, block_size=16, algorithm="minmax", accuracy_level=1, head="float")
+    fp32, plain, level1, facts = tiny_int4_pair(root)
     branched = root / "int8" / "model.onnx"
     info = add_prompt_path(plain, branched, facts["tied_embedding"], save, body="int8_weights")
     return fp32, plain, level1, branched, info

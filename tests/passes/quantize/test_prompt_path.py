@@ -11,11 +11,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from tiny_llm import tiny_export  # noqa: E402
+from tiny_llm import tiny_int4_pair  # noqa: E402
 
 from optimize.llm.generation import OrtCausalLM  # noqa: E402
 from optimize.llm.llm_metrics import decode_predictions  # noqa: E402
-from passes.quantize.int4 import quantize_int4, save  # noqa: E402
+from passes.quantize.int4 import save  # noqa: E402
 from passes.quantize.prefill_branch import add_prompt_path  # noqa: E402
 
 IDS = np.asarray([list(range(5, 37))], np.int64)
@@ -24,10 +24,7 @@ IDS = np.asarray([list(range(5, 37))], np.int64)
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("prompt")
-    fp32 = tiny_export(root, tied=True)
-    plain, level1 = root / "plain" / "model.onnx", root / "level1" / "model.onnx"
-    facts = quantize_int4(fp32, plain, block_size=16, algorithm="minmax")
-    quantize_int4(fp32, level1, block_size=16, algorithm="minmax", accuracy_level=1, head="float")
+    fp32, plain, level1, facts = tiny_int4_pair(root)
     branched = root / "branched" / "model.onnx"
     built = add_prompt_path(plain, branched, facts["tied_embedding"], save)
     return fp32, plain, level1, branched, facts, built
