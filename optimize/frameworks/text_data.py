@@ -109,10 +109,12 @@ def _label_array(labels: list[Any], info: TokenizerInfo, where: str) -> np.ndarr
     return np.asarray([lookup[n] for n in names], dtype=np.int64)
 
 
-def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None, options: Any = None) -> tuple[dict[str, np.ndarray], Any]:
+def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None,
+              options: Any = None) -> tuple[dict[str, np.ndarray], Any, Any]:
     """Read and tokenize a .txt/.jsonl source. `spec` is the DataSourceConfig (text_field,
-    label_field); `options` the config's `model.tokenizer` section (max_length, padding,
-    truncation). Returns (input name → int64 array, labels or None)."""
+    label_field, text_spans, text_variants); `options` the config's `model.tokenizer` section
+    (max_length, padding, truncation). Returns (input name → int64 array, labels or None, rounds or
+    None: each sample's variant round, -1 for the lines themselves; see word_variants)."""
     if info is None:
         raise DataError(
             f"{where}: text needs a tokenizer: use a Hugging Face model folder (its tokenizer is used) "
@@ -122,12 +124,19 @@ def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None, opt
     if not texts:
         raise DataError(f"{where}: contains no text")
     n_spans = int(getattr(spec, "text_spans", 0) or 0)
-    if n_spans:
+    n_rounds = int(getattr(spec, "text_variants", 0) or 0)
+    rounds = None
+    if n_spans or n_rounds:
         if labels is not None:
-            raise DataError(f"{where}: text_spans adds parts of lines, which would not carry their line's label; "
+            field = "text_spans" if n_spans else "text_variants"
+            raise DataError(f"{where}: {field} adds parts of lines, which would not carry their line's label; "
                             "use it with unlabeled text")
         texts = texts[: spec.samples] if getattr(spec, "samples", None) else texts
-        texts = texts + word_spans(texts, n_spans)
+        lines = texts
+        texts = lines + word_spans(lines, n_spans)
+        variants, variant_rounds = word_variants(lines, n_rounds)
+        rounds = np.concatenate([np.full(len(texts), -1, dtype=np.int64), variant_rounds]) if n_rounds else None
+        texts = texts + variants
     max_length = getattr(options, "max_length", None) or info.max_length
     padding = getattr(options, "padding", "longest")
     truncation = bool(getattr(options, "truncation", True))
@@ -150,7 +159,37 @@ def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None, opt
             arrays[name] = np.zeros_like(np.asarray(enc["input_ids"]), dtype=np.int64)
         else:
             raise DataError(f"{where}: the tokenizer does not produce the model input '{name}' (it gives {', '.join(enc)})")
-    return arrays, (None if labels is None else _label_array(labels, info, where))
+    return arrays, (None if labels is None else _label_array(labels, info, where)), rounds
+
+
+def word_variants(texts: list[str], rounds: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """`rounds` rounds of one variant of each line of 3 words or more, and each variant's round: at
+    random either a contiguous span (3 words up to all but one; lines of 4+ words) or the line with
+    each word dropped with probability 0.15 (at least one, and two words kept at least). A student that learns a teacher's outputs
+    trains on the lines plus its share of the rounds each epoch (passes/distill/batches.py), so it
+    sees new inputs every epoch: on the real MiniLM with half its FFN removed, held-out cosine mean / min 0.965 / 0.870
+    → 0.971 / 0.906 (docs/distill.md)."""
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    ids: list[int] = []
+    for r in range(rounds):
+        for text in texts:
+            words = text.split()
+            if len(words) < 3:
+                continue
+            if len(words) >= 4 and rng.random() < 0.5:
+                k = int(rng.integers(3, len(words)))
+                start = int(rng.integers(0, len(words) - k + 1))
+                out.append(" ".join(words[start:start + k]))
+            else:
+                keep = rng.random(len(words)) >= 0.15
+                if keep.all():
+                    keep[int(rng.integers(0, len(words)))] = False
+                while keep.sum() < 2:  # two words at least: not an empty or one-word input
+                    keep[int(rng.choice(np.flatnonzero(~keep)))] = True
+                out.append(" ".join(w for w, k in zip(words, keep, strict=True) if k))
+            ids.append(r)
+    return out, np.asarray(ids, dtype=np.int64)
 
 
 def word_spans(texts: list[str], n: int, seed: int = 0) -> list[str]:

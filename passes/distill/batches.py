@@ -71,29 +71,52 @@ def as_batch(item: Any) -> Any:
 
 
 class EpochPlan:
-    """Each epoch's batches of sample indices for this rank."""
+    """Each epoch's batches of sample indices for this rank. `rounds` (data.train.text_variants):
+    each sample's round, -1 for samples of every epoch. With R rounds over `epochs` E, epoch e trains
+    on those and rounds e, e + E, e + 2E, … (R ≥ E), or round e mod R (R < E, cycled)."""
 
-    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int, lengths: Any = None) -> None:
-        from torch.utils.data import DistributedSampler
+    def __init__(self, n: int, batch_size: int, world: int, rank: int, seed: int, lengths: Any = None,
+                 rounds: Any = None, epochs: int = 1) -> None:
+        import numpy as np
 
-        if n < world:
-            fail(f"{n} training samples cannot be shared by {world} ranks")
-        self.batch_size = batch_size
-        self.lengths = lengths
-        self.seed = seed
-        self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.per_rank = len(self.sampler)
+        self.batch_size, self.lengths, self.seed = batch_size, lengths, seed
+        self.world, self.rank, self.epochs = world, rank, max(1, epochs)
+        self.rounds = rounds if rounds is not None and int(np.max(rounds, initial=-1)) >= 0 else None
+        self.n = n
+        smallest = min(len(self._subset(e)) for e in range(self.epochs)) if self.rounds is not None else n
+        if smallest < world:
+            fail(f"{smallest} training samples cannot be shared by {world} ranks")
+
+    def _subset(self, epoch: int) -> Any:
+        """The sample indices epoch `epoch` trains on (None: every sample)."""
+        import numpy as np
+
+        if self.rounds is None:
+            return None
+        count = int(self.rounds.max()) + 1
+        if count >= self.epochs:
+            mine = np.arange(epoch % self.epochs, count, self.epochs)
+        else:
+            mine = np.array([epoch % count])
+        return np.flatnonzero((self.rounds < 0) | np.isin(self.rounds, mine))
 
     def batches(self, epoch: int) -> list[list[int]]:
-        from torch.utils.data import BatchSampler
+        from torch.utils.data import BatchSampler, DistributedSampler
 
-        self.sampler.set_epoch(epoch)
+        subset = self._subset(epoch)
+        size = self.n if subset is None else len(subset)
+        sampler = DistributedSampler(range(size), num_replicas=self.world, rank=self.rank, shuffle=True,
+                                     seed=self.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        if subset is not None:  # positions in this epoch's subset → sample indices
+            order = [int(subset[i]) for i in order]
         if self.lengths is None:
-            batches = list(BatchSampler(self.sampler, self.batch_size, drop_last=False))
+            batches = list(BatchSampler(order, self.batch_size, drop_last=False))
         else:
-            batches = self._bucketed(list(self.sampler), epoch)
+            batches = self._bucketed(order, epoch)
         # a lone trailing sample is skipped: batch norm cannot train on one sample
-        return [b for b in batches if len(b) > 1 or self.per_rank == 1]
+        return [b for b in batches if len(b) > 1 or len(sampler) == 1]
 
     def _bucketed(self, order: list[int], epoch: int) -> list[list[int]]:
         """Batches of like length: the shuffled order sorted by length within windows, the

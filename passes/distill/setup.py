@@ -46,7 +46,13 @@ def training_data(model: Any, ctx: Any, cfg: DistillConfig) -> tuple[Any, str, l
     """(dataset, description, notes): data.train, else random inputs drawn from the input spec."""
     train = ctx.data("train")
     if train is not None:
-        return train, f"data.train ({len(train)} samples, {'labels' if train.labels is not None else 'no labels'})", []
+        labels = "labels" if train.labels is not None else "no labels"
+        rounds = getattr(train, "rounds", None)
+        if rounds is not None and len(rounds) and int(rounds.max()) >= 0:
+            per_round = int((rounds == 0).sum())
+            return train, (f"data.train ({int((rounds < 0).sum())} samples + {int(rounds.max()) + 1} rounds of "
+                           f"{per_round} variants shared out over the epochs; {labels})"), []
+        return train, f"data.train ({len(train)} samples, {labels})", []
     from optimize.data import random_dataset
 
     specs = ctx.inputs or model.inputs

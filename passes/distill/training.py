@@ -94,6 +94,7 @@ class _Loop:
     select: bool = False
     t0: float = 0.0
     t_cache: TeacherCache | None = None
+    frozen: list[Any] = field(default_factory=list)
 
 
 def train_student(student: Any, teacher: Any, setup: Setup, ctx: Any, cfg: DistillConfig, key: str = "distill") -> Trained:
@@ -112,6 +113,8 @@ def train_student(student: Any, teacher: Any, setup: Setup, ctx: Any, cfg: Disti
         _train(loop)
         after = _after(loop)
     finally:
+        for p in loop.frozen:
+            p.requires_grad_(True)
         for rec in loop.recorders:
             rec.remove()
         if loop.progress_open and sys.exc_info()[0] is not None:
@@ -141,8 +144,9 @@ def _build(loop: _Loop) -> None:
         loop.notes.append("distill: training labels are not 1-D integer class ids; trained with pure KD")
     loop.source = Batches([s.train.inputs[k] for k in s.names], s.train.labels if loop.labels_ok else None,
                           mask=attention_mask_index(s.names, s.train.inputs))
-    loop.plan = EpochPlan(len(s.train), s.batch_size, s.world, s.rank, loop.ctx.seed, lengths=loop.source.lengths())
-    loop.total_steps = cfg.epochs * len(loop.plan.batches(0))
+    loop.plan = EpochPlan(len(s.train), s.batch_size, s.world, s.rank, loop.ctx.seed, lengths=loop.source.lengths(),
+                          rounds=getattr(s.train, "rounds", None), epochs=cfg.epochs)
+    loop.total_steps = sum(len(loop.plan.batches(e)) for e in range(cfg.epochs))
     loop.t_cache = TeacherCache.for_run(cfg, len(s.train), loop.metrics)
     loop.use_cl = use_channels_last(cfg.channels_last, loop.student, loop.source, s.device)
     loop.metrics["channels_last"] = loop.use_cl
@@ -186,16 +190,39 @@ def _wrap(loop: _Loop, projections: Any) -> None:
     from passes.distill.features import Trainable
 
     s = loop.setup
+    _freeze(loop)
     loop.trainable = Trainable.wrap(loop.student, loop.s_rec, projections if projections is not None else torch.nn.ModuleList())
     loop.params = [p for p in loop.trainable.parameters() if p.requires_grad]
     if not any(p.requires_grad for p in loop.student.parameters()):
-        fail("the student has no trainable parameters")
+        fail("the student has no trainable parameters" + (" (freeze matches them all)" if loop.frozen else ""))
     loop.train_module = loop.trainable
     if s.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [s.device.index] if s.device.type == "cuda" else None
         loop.train_module = DistributedDataParallel(loop.trainable, device_ids=ids)
+
+
+def _freeze(loop: _Loop) -> None:
+    """`freeze`: the matching student parameters stop requiring gradients for this run (restored after)."""
+    from fnmatch import fnmatchcase
+
+    patterns = loop.cfg.freeze
+    if not patterns:
+        return
+    named = list(loop.student.named_parameters())
+    if not named:
+        fail("freeze: the student has no parameters")
+    unmatched = [pat for pat in patterns if not any(fnmatchcase(n, pat) for n, _ in named)]
+    if unmatched:
+        fail(f"freeze: {', '.join(unmatched)} matches no parameter of the student (names look like {named[0][0]!r})")
+    frozen = [p for n, p in named if p.requires_grad and any(fnmatchcase(n, pat) for pat in patterns)]
+    for p in frozen:
+        p.requires_grad_(False)
+    loop.frozen = frozen
+    total = sum(p.numel() for _, p in named)
+    loop.metrics["frozen_params"] = sum(p.numel() for p in frozen)
+    loop.metrics["frozen_fraction"] = round(loop.metrics["frozen_params"] / total, 4) if total else 0.0
 
 
 def _restore(loop: _Loop) -> None:

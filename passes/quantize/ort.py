@@ -53,13 +53,20 @@ def quantize_file(
             )
         # ONNX Runtime renames a Gemm it rewrites to NAME_MatMul before applying node lists
         alias = lambda names: [*names, *(f"{n}_MatMul" for n in names)]  # noqa: E731
-        quantize_dynamic(
-            str(qin), str(out), op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
-            reduce_range=cfg.reduce_range, weight_type=qtype[cfg.weight_type],
-            nodes_to_quantize=alias(include) if include else None,
-            nodes_to_exclude=alias(exclude) or None, use_external_data_format=large,
-            extra_options={**extra, "EnableSubgraph": True},
-        )
+        src = qin
+        try:
+            src = _per_token_first(cfg, qin, out, metrics, notes, include, exclude)
+            quantize_dynamic(
+                str(src), str(out), op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range, weight_type=qtype[cfg.weight_type],
+                nodes_to_quantize=alias(include) if include else None,
+                nodes_to_exclude=alias(exclude) or None, use_external_data_format=large,
+                extra_options={**extra, "EnableSubgraph": True},
+            )
+        finally:
+            scratch = _per_token_scratch(out)
+            for f in (scratch, scratch.with_name(scratch.name + ".data")):
+                f.unlink(missing_ok=True)
         onnx_io.normalize_ir_version_file(out)  # runnable as written (old IR: initializer inputs)
         return
     ort_in, projected = qin, None
@@ -78,6 +85,37 @@ def quantize_file(
         materialize_lowbit(cfg, out, projected, metrics, notes)
         return
     static(cfg, qin, qin, out, ctx, large, metrics, notes, include, exclude, weight_type, extra)
+
+
+def _per_token_scratch(out: Any) -> Any:
+    from pathlib import Path
+
+    return Path(out).with_name(Path(out).stem + ".per-token.onnx")
+
+
+def _per_token_first(cfg: QuantizeConfig, qin: Any, out: Any, metrics: dict[str, Any], notes: list[str],
+                     include: list[str] | None, exclude: list[str]) -> Any:
+    """`per_token`: the chosen MatMuls rewritten per token into a scratch file beside `out` (returned;
+    `qin` itself when there is nothing to do)."""
+    from pathlib import Path
+
+    if cfg.per_token == "none" or cfg.bits != 8 or cfg.weight_type != "int8":
+        return qin
+    if cfg.op_types is not None and "MatMul" not in cfg.op_types:
+        notes.append(f"per_token {cfg.per_token}: op_types leaves MatMul out; nothing scaled per token")
+        return qin
+    from passes.quantize.token_scales import scale_per_token
+
+    scratch = _per_token_scratch(out)
+    # 7-bit weights on ONNX Runtime's own grid (±64) when reduce_range is on
+    n = scale_per_token(Path(qin), scratch, cfg.per_token, code_max=64 if cfg.reduce_range else 127,
+                        per_channel=cfg.per_channel, include=include, exclude=exclude)
+    metrics["per_token_matmuls"] = n
+    if not n:
+        notes.append(f"per_token {cfg.per_token}: no MatMul by a weight " + (
+            "reads an activation's output" if cfg.per_token == "mlp" else "to scale") + "; all scaled per call")
+        return qin
+    return scratch
 
 
 def materialize_lowbit(

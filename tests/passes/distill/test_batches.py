@@ -47,3 +47,33 @@ def test_buckets_group_like_lengths_cover_every_sample_once_and_repeat_per_seed(
     plain = EpochPlan(1000, 16, 1, 0, seed=3).batches(0)
     assert spread < 0.2 * np.mean([lengths[b].max() - lengths[b].min() for b in plain])
     assert plan.batches(0) == batches and plan.batches(1) != batches  # resumable, reshuffled per epoch
+
+
+def test_variant_rounds_train_the_lines_every_epoch_and_one_round_per_epoch():
+    # 6 lines (round -1) and 2 rounds of 4 variants over 4 epochs: each epoch the lines + one round, cycled
+    rounds = np.array([-1] * 6 + [0] * 4 + [1] * 4)
+    lengths = np.arange(1, len(rounds) + 1)
+    plan = EpochPlan(len(rounds), 2, world=1, rank=0, seed=5, lengths=lengths, rounds=rounds, epochs=4)
+    for epoch in range(4):
+        got = sorted(i for b in plan.batches(epoch) for i in b)
+        assert got == [*range(6), *(range(6, 10) if epoch % 2 == 0 else range(10, 14))], epoch
+    plain = EpochPlan(len(rounds), 2, world=1, rank=0, seed=5, lengths=lengths, rounds=np.full(len(rounds), -1))
+    assert sorted(i for b in plain.batches(1) for i in b) == list(range(len(rounds)))  # no rounds: every sample
+
+
+def test_more_rounds_than_epochs_share_them_out():
+    # 5 rounds of 2 variants over 2 epochs: epoch 0 takes rounds 0, 2, 4; epoch 1 rounds 1, 3
+    rounds = np.array([-1] * 4 + [r for r in range(5) for _ in range(2)])
+    plan = EpochPlan(len(rounds), 2, world=1, rank=0, seed=1, rounds=rounds, epochs=2)
+    got = [sorted(i for b in plan.batches(e) for i in b) for e in (0, 1, 2)]
+    assert got[0] == [0, 1, 2, 3, 4, 5, 8, 9, 12, 13] and got[1] == [0, 1, 2, 3, 6, 7, 10, 11]
+    assert got[2] == got[0]  # a third epoch (not planned for) repeats the first's rounds
+
+
+def test_variant_rounds_split_between_ranks_without_overlap():
+    rounds = np.array([-1] * 8 + [0] * 8 + [1] * 8)
+    plans = [EpochPlan(len(rounds), 2, world=2, rank=r, seed=0, rounds=rounds, epochs=2) for r in (0, 1)]
+    for epoch in (0, 1):
+        parts = [sorted(i for b in p.batches(epoch) for i in b) for p in plans]
+        assert not set(parts[0]) & set(parts[1]) and len(parts[0]) == len(parts[1]) == 8
+        assert sorted(parts[0] + parts[1]) == [*range(8), *(range(8, 16) if epoch == 0 else range(16, 24))]

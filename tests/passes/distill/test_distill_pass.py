@@ -310,3 +310,24 @@ def test_train_mode_false_trains_the_student_in_inference_mode(tmp_path: Path, t
     assert student.modes and set(student.modes) == {train_mode}
     old = before.body.state_dict()
     assert any(not torch.equal(old[k], v) for k, v in student.body.state_dict().items()), "weights trained"
+
+
+def test_frozen_parameters_keep_their_values_and_the_rest_train(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 5)).eval()
+    spec = [TensorSpec("x", ("batch", 6))]
+    start = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in start.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # a student to recover
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, spec), "passes: [{type: distill, epochs: 1, lr: 0.01, freeze: ['0.*']}]\n")
+    result = distill(ctx, torch_handle(start, spec))
+    after = result.model.module.state_dict()
+    assert torch.equal(after["0.weight"], before["0.weight"]) and torch.equal(after["0.bias"], before["0.bias"])
+    assert not torch.equal(after["2.weight"], before["2.weight"])
+    assert result.metrics["frozen_params"] == 6 * 16 + 16
+    assert all(p.requires_grad for p in result.model.module.parameters())  # restored after the run
+    bad = distill_ctx(tmp_path / "b", torch_handle(teacher, spec), "passes: [{type: distill, epochs: 1, freeze: ['*.attention.*']}]\n")
+    with pytest.raises(PassError, match=r"freeze: \*\.attention\.\* matches no parameter"):
+        distill(bad, torch_handle(copy.deepcopy(start), spec))
