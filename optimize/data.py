@@ -23,7 +23,8 @@ class Dataset:
     inputs: dict[str, np.ndarray]  # input name -> array with the sample axis first
     labels: np.ndarray | None = None
     description: str = ""
-    # text_variants: each sample's round (-1: every epoch; r: the epochs e with e % rounds == r)
+    # text_variants: each sample's round (-1: trained every epoch; r ≥ 0: the epochs that round is
+    # shared out to, passes/distill/batches.py EpochPlan)
     rounds: np.ndarray | None = None
 
     def __len__(self) -> int:

@@ -165,10 +165,10 @@ def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None,
 def word_variants(texts: list[str], rounds: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
     """`rounds` rounds of one variant of each line of 3 words or more, and each variant's round: at
     random either a contiguous span (3 words up to all but one; lines of 4+ words) or the line with
-    each word dropped with probability 0.15 (at least one, and two words kept at least). A student that learns a teacher's outputs
-    trains on the lines plus its share of the rounds each epoch (passes/distill/batches.py), so it
-    sees new inputs every epoch: on the real MiniLM with half its FFN removed, held-out cosine mean / min 0.965 / 0.870
-    → 0.971 / 0.906 (docs/distill.md)."""
+    each word dropped with probability 0.15 (at least one, and two words kept at least). A student
+    that learns a teacher's outputs trains on the lines plus its share of the rounds each epoch
+    (passes/distill/batches.py), so it sees new inputs every epoch: on the real MiniLM with half its
+    FFN removed, held-out cosine mean / min 0.965 / 0.870 → 0.971 / 0.906 (docs/distill.md)."""
     rng = np.random.default_rng(seed)
     out: list[str] = []
     ids: list[int] = []
