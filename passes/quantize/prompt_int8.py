@@ -208,6 +208,23 @@ def int8_nodes(graph: Any, skip: set[str], opset: int = 17, *, code_max: int = C
     return nodes, added + rows.added
 
 
+def drop_unread(model: Any, names: set[str]) -> None:
+    """Remove the initializers in `names` that no node of any (sub)graph and no graph output still
+    reads, with their graph-input entries (old IR lists initializers as inputs): the float weights a
+    rewrite replaced, while a weight an If branch or an output also reads stays."""
+    from optimize.inspect_onnx import all_graphs
+
+    graph = model.graph
+    read = {i for g in all_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
+    gone = names - read
+    kept = [t for t in graph.initializer if t.name not in gone]
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept)
+    inputs = [i for i in graph.input if i.name not in gone]
+    graph.ClearField("input")
+    graph.input.extend(inputs)
+
+
 def live_nodes(nodes: list[Any], outputs: list[str]) -> list[Any]:
     """`nodes` (in order) that some output depends on."""
     needed, keep = set(outputs), []

@@ -72,7 +72,7 @@ def scale_per_token(src: Path, dst: Path, scope: str, *, code_max: int, per_chan
     from onnx import helper
 
     from passes.quantize.int4 import save
-    from passes.quantize.prompt_int8 import int8_nodes
+    from passes.quantize.prompt_int8 import drop_unread, int8_nodes
 
     model = onnx.load(str(src))
     graph = model.graph
@@ -90,24 +90,8 @@ def scale_per_token(src: Path, dst: Path, scope: str, *, code_max: int, per_chan
     graph.ClearField("node")
     graph.node.extend(nodes)
     graph.initializer.extend(added)
-    _drop_unread(model, replaced)
+    drop_unread(model, replaced)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     save(model, dst)
     return len(chosen)
-
-
-def _drop_unread(model: Any, names: set[str]) -> None:
-    """Remove the float weights in `names` that no node of any (sub)graph and no graph output still
-    reads, with their graph-input entries (old IR lists initializers as inputs)."""
-    from optimize.inspect_onnx import all_graphs
-
-    graph = model.graph
-    read = {i for g in all_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
-    gone = names - read
-    kept = [t for t in graph.initializer if t.name not in gone]
-    graph.ClearField("initializer")
-    graph.initializer.extend(kept)
-    inputs = [i for i in graph.input if i.name not in gone]
-    graph.ClearField("input")
-    graph.input.extend(inputs)
