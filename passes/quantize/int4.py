@@ -419,24 +419,13 @@ def quantize_int8_dynamic(src: Path, dst: Path, *, head: Policy = "int8", per_ch
 
 def _int8_per_token(src: Path, dst: Path, exclude: set[str], code_max: int, per_channel: bool) -> None:
     """Every MatMul by a float initializer (not in `exclude`) as DynamicQuantizeMatMul with per-token
-    input scaling; the float weights nothing reads any more are dropped (prompt_int8.drop_unread)."""
+    input scaling; the float weights nothing reads any more are dropped."""
     import onnx
-    from onnx import helper
 
-    from passes.quantize.prompt_int8 import drop_unread, int8_nodes
+    from passes.quantize.prompt_int8 import rewrite_matmuls
 
     model = onnx.load(str(src))
-    graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    weights = {n.input[1] for n in graph.node if n.op_type == "MatMul" and len(n.input) == 2}
-    nodes, added = int8_nodes(graph, exclude, opset, code_max=code_max, per_channel=per_channel, ops=("MatMul",),
-                              tag="dyn")
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    graph.initializer.extend(added)
-    drop_unread(model, weights)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    rewrite_matmuls(model, exclude, code_max=code_max, per_channel=per_channel, tag="dyn")
     save(model, dst)
 
 

@@ -208,6 +208,24 @@ def int8_nodes(graph: Any, skip: set[str], opset: int = 17, *, code_max: int = C
     return nodes, added + rows.added
 
 
+def rewrite_matmuls(model: Any, skip: set[str], *, code_max: int, per_channel: bool, tag: str) -> None:
+    """`model` in place: every MatMul by a float initializer not named in `skip` as a per-token
+    DynamicQuantizeMatMul (`int8_nodes`); the float weights nothing reads any more dropped."""
+    from onnx import helper
+
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    weights = {n.input[1] for n in graph.node if n.op_type == "MatMul" and len(n.input) == 2}
+    nodes, added = int8_nodes(graph, skip, opset, code_max=code_max, per_channel=per_channel, ops=("MatMul",),
+                              tag=tag)
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    graph.initializer.extend(added)
+    drop_unread(model, weights)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
 def drop_unread(model: Any, names: set[str]) -> None:
     """Remove the initializers in `names` that no node of any (sub)graph and no graph output still
     reads, with their graph-input entries (old IR lists initializers as inputs): the float weights a

@@ -69,10 +69,9 @@ def scale_per_token(src: Path, dst: Path, scope: str, *, code_max: int, per_chan
     symmetric within ±`code_max`); returns how many (0: nothing chosen, nothing written). Unnamed
     nodes are named first (the choice is by name)."""
     import onnx
-    from onnx import helper
 
     from passes.quantize.int4 import save
-    from passes.quantize.prompt_int8 import drop_unread, int8_nodes
+    from passes.quantize.prompt_int8 import rewrite_matmuls
 
     model = onnx.load(str(src))
     graph = model.graph
@@ -82,16 +81,7 @@ def scale_per_token(src: Path, dst: Path, scope: str, *, code_max: int, per_chan
     chosen = chosen_matmuls(graph, scope, include, exclude)
     if not chosen:
         return 0
-    replaced = {n.input[1] for n in graph.node if n.name in chosen}
     others = {n.name for n in graph.node if n.name not in chosen}
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    nodes, added = int8_nodes(graph, others, opset, code_max=code_max, per_channel=per_channel, ops=("MatMul",),
-                              tag="tok")
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    graph.initializer.extend(added)
-    drop_unread(model, replaced)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    rewrite_matmuls(model, others, code_max=code_max, per_channel=per_channel, tag="tok")
     save(model, dst)
     return len(chosen)
