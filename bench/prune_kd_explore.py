@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from optimize.frameworks.text_data import word_spans, word_variants
+from optimize.frameworks.text_variants import word_spans, word_variants
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("EXPLORE_THREADS", "2")))
 
 
 def load(path: str):
@@ -192,7 +193,8 @@ def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float, g
         layer.attention.output.dense = _slice_linear(layer.attention.output.dense, idx, 1)
         att.num_attention_heads = keep_h
         att.all_head_size = keep_h * hd
-        keep_f = keep_counts[li] if keep_counts else int(round(len(fs) * (1 - ffn_ratio)))
+        ratio = ffn_ratio[li] if isinstance(ffn_ratio, list) else ffn_ratio  # a list: one ratio per layer
+        keep_f = keep_counts[li] if keep_counts else int(round(len(fs) * (1 - ratio)))
         fk = torch.sort(torch.topk(fs, keep_f).indices).values
         layer.intermediate.dense = _slice_linear(layer.intermediate.dense, fk, 0)
         layer.output.dense = _slice_linear(layer.output.dense, fk, 1)
@@ -338,6 +340,32 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
     return student
 
 
+def _swap_pool(tok, lines, kind):
+    """Words a swap draws from. text: the training lines' words; vocab: the tokenizer's whole-word
+    tokens (WordPiece: not ##-prefixed), alphabetic, two letters or more."""
+    if kind == "text":
+        return sorted({w for line in lines for w in line.split()})
+    return sorted(w for w in tok.get_vocab() if w.isalpha() and not w.startswith("##") and len(w) > 1)
+
+
+def swap_variants(lines, rounds, pool, p, seed=0):
+    """Each line of 3+ words with each word replaced, with probability p (one at least), by a word
+    drawn from `pool`: new combinations of words the teacher labels (TinyBERT-style augmentation,
+    random words instead of a masked LM's). Measured: no gain (docs/distill.md)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(rounds):
+        for line in lines:
+            words = line.split()
+            if len(words) < 3:
+                continue
+            hit = rng.random(len(words)) < p
+            if not hit.any():
+                hit[int(rng.integers(0, len(words)))] = True
+            out.append(" ".join(pool[int(rng.integers(0, len(pool)))] if h else w for w, h in zip(words, hit, strict=True)))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", default="/tmp/p12/text/train.txt")
@@ -345,6 +373,8 @@ def main():
     ap.add_argument("--n-train", type=int, default=0)
     ap.add_argument("--heads", type=float, default=0.25)
     ap.add_argument("--ffn", type=float, default=0.5)
+    ap.add_argument("--drop-layers", default="", help="'i,j': encoder layers removed (after head / FFN pruning)")
+    ap.add_argument("--ffn-layers", default="", help="'r0,r1,…': one FFN ratio per layer (overrides --ffn)")
     ap.add_argument("--importance", default="fisher", choices=["l2", "act", "fisher"])
     ap.add_argument("--importance-samples", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=1)
@@ -357,7 +387,7 @@ def main():
     ap.add_argument("--save", default="")
     ap.add_argument("--grid", default="", help="'h,f;h,f': post-prune (+ refit) cosine only, for each point")
     ap.add_argument("--refit", type=int, default=0, help="samples for the least-squares refit (0: none)")
-    ap.add_argument("--eval2", default="", help="a second eval file (another kind of text), reported beside --eval")
+    ap.add_argument("--eval2", nargs="*", default=[], help="more eval files (other kinds of text), reported beside --eval")
     ap.add_argument("--train-only", default="all", choices=["all", "ffn"], help="ffn: attention and embeddings frozen")
     ap.add_argument("--tokens", type=float, default=0.0, help="weight of 1 - cos of every token's last hidden state")
     ap.add_argument("--relations", type=float, default=0.0,
@@ -366,6 +396,11 @@ def main():
     ap.add_argument("--rel-heads", type=int, default=12)
     ap.add_argument("--global-ffn", action="store_true", help="rank FFN channels across layers, not per layer")
     ap.add_argument("--crops", type=int, default=0, help="add this many random word spans of each training line")
+    ap.add_argument("--swap", type=int, default=0,
+                    help="of the --fresh rounds, this many replace words at random (pool: --swap-pool)")
+    ap.add_argument("--swap-pool", default="text", choices=["text", "vocab"],
+                    help="text: words of the training lines; vocab: the tokenizer's whole-word tokens")
+    ap.add_argument("--swap-p", type=float, default=0.2)
     ap.add_argument("--fresh", type=int, default=0,
                     help="this many new variants of each line every epoch (the tool's data.train.text_variants)")
     args = ap.parse_args()
@@ -379,7 +414,7 @@ def main():
     train += word_spans(train, args.crops)  # the tool's data.train.text_spans
     ids, mask = encode(tok, train)
     evs = []
-    for f in [args.eval] + ([args.eval2] if args.eval2 else []):
+    for f in [args.eval, *args.eval2]:
         e_ids, e_mask = encode(tok, Path(f).read_text().splitlines())
         evs.append((e_ids, e_mask, embed_all(teacher, e_ids, e_mask)))
     e_ids, e_mask, ref = evs[0]
@@ -395,21 +430,33 @@ def main():
             log(f"heads {h} ffn {f}: pruned {plain}, refit {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
         return
     student = copy.deepcopy(teacher)
-    if args.heads or args.ffn:
+    if args.heads or args.ffn or args.ffn_layers:
         if args.importance == "l2":
             hs, fs = importance_l2(student)
         else:
             hs, fs = importance_data(student, ids, mask, args.importance, min(args.importance_samples, len(ids)))
-        prune(student, hs, fs, args.heads, args.ffn, args.global_ffn)
+        ffn = [float(r) for r in args.ffn_layers.split(",")] if args.ffn_layers else args.ffn
+        prune(student, hs, fs, args.heads, ffn, args.global_ffn)
         log(f"FFN widths {[layer.intermediate.dense.out_features for layer in _layers(student)]}")
         if args.refit:
             log(f"pruned, before refit: eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
             refit(student, teacher, ids, mask, min(args.refit, len(ids)))
+    if args.drop_layers:
+        gone = {int(i) for i in args.drop_layers.split(",")}
+        student.encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(student.encoder.layer) if i not in gone])
+        student.config.num_hidden_layers = len(student.encoder.layer)
+        log(f"layers {sorted(gone)} removed: {len(student.encoder.layer)} left")
     n_params = sum(p.numel() for p in student.encoder.parameters())
     log(f"pruned: encoder params {n_params}; eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
     if args.epochs:
         base = list(train)
-        fresh = (lambda ep: encode(tok, word_variants(base, args.fresh, seed=1000 + ep)[0])) if args.fresh else None
+        pool = _swap_pool(tok, base, args.swap_pool) if args.swap else []
+
+        def fresh_lines(ep):
+            lines = word_variants(base, args.fresh - args.swap, seed=1000 + ep)[0]
+            return lines + swap_variants(base, args.swap, pool, args.swap_p, seed=2000 + ep)
+
+        fresh = (lambda ep: encode(tok, fresh_lines(ep))) if args.fresh else None
         distill(student, teacher, ids, mask, evs, args, log, fresh)
     if args.save:
         torch.save(student, args.save)

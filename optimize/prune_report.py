@@ -42,6 +42,11 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
                          _fmt(sparsity) if sparsity is not None else "—", _fmt(removed)])
         lines += table(["layer", "shape before", "shape after", "sparsity", "params removed"], rows) + [""]
     facts = []
+    d = metrics.get("drop_layers")
+    if isinstance(d, dict):
+        q = d.get("quality_after_drop") or {}
+        facts.append(f"blocks removed {d.get('removed')} of {d.get('blocks_before')} ({d.get('selection')}); output "
+                     f"cosine after the drop mean {_fmt(q.get('mean_cosine'))} / min {_fmt(q.get('min_cosine'))} on {q.get('on')}")
     if metrics.get("params_before") is not None:
         facts.append(f"params {metrics['params_before']} → {metrics.get('params_after')}")
     if metrics.get("sparsity") is not None:

@@ -47,7 +47,8 @@ def make_tokenizer():
 def bert_config(**kw):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    kw = {"num_hidden_layers": 2, **kw}
+    return BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_attention_heads=4,
                       intermediate_size=64, max_position_embeddings=64, **kw)
 
 
@@ -189,7 +190,7 @@ def test_text_files_are_tokenized_with_the_folder_tokenizer(tmp_path, bert_dir):
 
 
 def test_text_spans_add_word_spans_of_unlabeled_lines(tmp_path, bert_dir):
-    from optimize.frameworks.text_data import word_spans
+    from optimize.frameworks.text_variants import word_spans
 
     lines = [" ".join(f"w{i}_{k}" for k in range(n)) for i, n in enumerate((3, 6, 9, 12))]
     spans = word_spans(lines, 2)
@@ -216,7 +217,7 @@ def test_text_spans_add_word_spans_of_unlabeled_lines(tmp_path, bert_dir):
 
 
 def test_text_variants_add_rounds_of_new_inputs_marked_by_round(tmp_path, bert_dir):
-    from optimize.frameworks.text_data import word_spans, word_variants
+    from optimize.frameworks.text_variants import word_spans, word_variants
 
     lines = [" ".join(f"w{i}_{k}" for k in range(n)) for i, n in enumerate((2, 3, 6, 12))]
     variants, rounds = word_variants(lines, 3)
@@ -238,6 +239,72 @@ def test_text_variants_add_rounds_of_new_inputs_marked_by_round(tmp_path, bert_d
     ctx = RunContext(config=cfg, work_dir=tmp_path / "w2", input_model=handle, inputs=handle.inputs, base_dir=tmp_path)
     with pytest.raises(DataError, match="text_variants needs split: all"):
         ctx.data("train")
+
+
+# ---------------------------------------------------------------------------- whole blocks removed
+
+
+def test_drop_layers_chooses_the_blocks_that_move_the_outputs_least(tmp_path, monkeypatch):
+    import itertools
+
+    from optimize.data import Dataset
+    from passes.prune import blocks as B
+    from passes.prune.util import torch_outputs
+
+    handle = load_model(str(save_folder(tmp_path / "b4", num_hidden_layers=4)))
+    module, names = handle.module, [s.name for s in handle.inputs]
+    where = B.block_list(module)
+    assert where is not None and where[1] == "layer" and len(where[2]) == 4
+    enc = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "b4"))(sentences(24, 0), padding=True, return_tensors="np")
+    ds = Dataset({k: np.asarray(enc[k], dtype=np.int64) for k in names})
+    ref = torch_outputs(module, ds, names)[0]
+    scores = {c: B._score(module, where, c, ds, names, ref) for c in itertools.combinations(range(4), 2)}
+    assert len(set(scores.values())) > 1 and max(scores.values()) < 1.0
+    gone, how = B.choose(module, where, 2, ds, names)
+    assert gone == max(scores, key=lambda c: scores[c]) and how["selection"] == "every combination (6)"
+    assert len(module.model.encoder.layer) == 4  # every candidate put back
+    monkeypatch.setattr(B, "MAX_COMBINATIONS", 1)
+    greedy, how = B.choose(module, where, 2, ds, names)
+    first = max(range(4), key=lambda i: B._score(module, where, (i,), ds, names, ref))
+    assert how["selection"].startswith("greedy") and first in greedy and len(set(greedy)) == 2
+    B.drop(module, where, gone)
+    assert len(module.model.encoder.layer) == 2 and module.model.config.num_hidden_layers == 2
+    kept = [i for i in range(4) if i not in gone]
+    assert all(a is where[2][i] for a, i in zip(module.model.encoder.layer, kept, strict=True))
+
+
+@pytest.mark.slow  # ~5 s: prune, export, measure
+def test_drop_layers_through_the_pipeline_then_heads_and_ffn(tmp_path, monkeypatch):
+    from optimize import pipeline
+    from optimize.api import RunOptions
+    from optimize.report_md import to_markdown
+
+    folder = save_folder(tmp_path / "b4", num_hidden_layers=4)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.txt").write_text("\n".join(sentences(32, 0)) + "\n")
+    base = ("schema_version: 1\ndata: {train: {source: train.txt}}\nmodel: {tokenizer: {max_length: 16}}\n"
+            "output: {exporter: torchscript}\nmeasure: {repeat: 3, warmup: 1, single_thread: false}\n")
+    (tmp_path / "p.yaml").write_text(base + "passes:\n  - {type: prune, method: structured, drop_layers: 2, sparsity: 0.0}\n")
+    report = pipeline.run(RunOptions(model=str(folder), config="p.yaml", threads=1))
+    step = next(s for s in report.steps if s.type == "prune")
+    dropped = step.metrics["drop_layers"]
+    assert f"blocks removed {dropped['removed']} of 4" in to_markdown(report)
+    assert dropped["blocks_before"] == 4 and dropped["blocks_after"] == 2 and len(dropped["removed"]) == 2
+    assert sorted(dropped["kept"] + dropped["removed"]) == [0, 1, 2, 3]
+    assert 0 < dropped["quality_after_drop"]["mean_cosine"] < 1 and dropped["quality_after_drop"]["on"]
+    assert step.metrics["macs_reduction"] > 1.5 and step.params_after < step.params_before
+    (tmp_path / "q.yaml").write_text(base + "passes:\n  - {type: prune, method: structured, drop_layers: [0], sparsity: 0.5}\n")
+    step = next(s for s in pipeline.run(RunOptions(model=str(folder), config="q.yaml", threads=1)).steps if s.type == "prune")
+    assert step.metrics["drop_layers"]["removed"] == [0] and step.metrics["drop_layers"]["selection"] == "given"
+    ffn = [e for e in step.metrics["layers"] if e["name"].endswith("intermediate.dense")]
+    assert len(ffn) == 3 and all(e["shape_after"][0] == 32 for e in ffn)
+    before = sum(p.numel() for p in load_model(str(folder)).module.parameters())
+    assert step.metrics["params_before"] == before  # counted before the block went
+    (tmp_path / "r.yaml").write_text(base + "passes:\n  - {type: prune, method: structured, drop_layers: [4], sparsity: 0.0}\n")
+    with pytest.raises(ConfigError, match="the model has 4 blocks"):
+        pipeline.run(RunOptions(model=str(folder), config="r.yaml", threads=1))
+    with pytest.raises(ConfigError, match="drop_layers applies to method: structured"):
+        load_config_text("schema_version: 1\npasses: [{type: prune, drop_layers: 1}]\n")
 
 
 # ---------------------------------------------------------------------------- end to end

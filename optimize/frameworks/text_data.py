@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from optimize.errors import DataError
+from optimize.frameworks.text_variants import word_spans, word_variants
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 LABEL_FIELDS = ("label", "labels", "y", "target", "class")
@@ -123,20 +124,7 @@ def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None,
     texts, labels = _read_texts(path, where, getattr(spec, "text_field", "text") or "text", getattr(spec, "label_field", None))
     if not texts:
         raise DataError(f"{where}: contains no text")
-    n_spans = int(getattr(spec, "text_spans", 0) or 0)
-    n_rounds = int(getattr(spec, "text_variants", 0) or 0)
-    rounds = None
-    if n_spans or n_rounds:
-        if labels is not None:
-            field = "text_spans" if n_spans else "text_variants"
-            raise DataError(f"{where}: {field} adds parts of lines, which would not carry their line's label; "
-                            "use it with unlabeled text")
-        texts = texts[: spec.samples] if getattr(spec, "samples", None) else texts
-        lines = texts
-        texts = lines + word_spans(lines, n_spans)
-        variants, variant_rounds = word_variants(lines, n_rounds)
-        rounds = np.concatenate([np.full(len(texts), -1, dtype=np.int64), variant_rounds]) if n_rounds else None
-        texts = texts + variants
+    texts, rounds = _with_variants(texts, labels, spec, where)
     max_length = getattr(options, "max_length", None) or info.max_length
     padding = getattr(options, "padding", "longest")
     truncation = bool(getattr(options, "truncation", True))
@@ -162,48 +150,22 @@ def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None,
     return arrays, (None if labels is None else _label_array(labels, info, where)), rounds
 
 
-def word_variants(texts: list[str], rounds: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """`rounds` rounds of one variant of each line of 3 words or more, and each variant's round: at
-    random either a contiguous span (3 words up to all but one; lines of 4+ words) or the line with
-    each word dropped with probability 0.15 (at least one, and two words kept at least). A student
-    that learns a teacher's outputs trains on the lines plus its share of the rounds each epoch
-    (passes/distill/batches.py), so it sees new inputs every epoch: on the real MiniLM with half its
-    FFN removed, held-out cosine mean / min 0.965 / 0.870 → 0.971 / 0.906 (docs/distill.md)."""
-    rng = np.random.default_rng(seed)
-    out: list[str] = []
-    ids: list[int] = []
-    for r in range(rounds):
-        for text in texts:
-            words = text.split()
-            if len(words) < 3:
-                continue
-            if len(words) >= 4 and rng.random() < 0.5:
-                k = int(rng.integers(3, len(words)))
-                start = int(rng.integers(0, len(words) - k + 1))
-                out.append(" ".join(words[start:start + k]))
-            else:
-                keep = rng.random(len(words)) >= 0.15
-                if keep.all():
-                    keep[int(rng.integers(0, len(words)))] = False
-                while keep.sum() < 2:  # two words at least: not an empty or one-word input
-                    keep[int(rng.choice(np.flatnonzero(~keep)))] = True
-                out.append(" ".join(w for w, k in zip(words, keep, strict=True) if k))
-            ids.append(r)
-    return out, np.asarray(ids, dtype=np.int64)
-
-
-def word_spans(texts: list[str], n: int, seed: int = 0) -> list[str]:
-    """`n` rounds of one random contiguous span per line of 6 words or more: 4 words up to all but one."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        for text in texts:
-            words = text.split()
-            if len(words) >= 6:
-                k = int(rng.integers(4, len(words)))
-                start = int(rng.integers(0, len(words) - k + 1))
-                out.append(" ".join(words[start:start + k]))
-    return out
+def _with_variants(texts: list[str], labels: Any, spec: Any, where: str) -> tuple[list[str], Any]:
+    """The lines (at most `samples`) plus their word spans and variants, and each sample's variant
+    round (-1: a line or span; None without text_variants); the texts unchanged without either."""
+    n_spans = int(getattr(spec, "text_spans", 0) or 0)
+    n_rounds = int(getattr(spec, "text_variants", 0) or 0)
+    if not (n_spans or n_rounds):
+        return texts, None
+    if labels is not None:
+        field = "text_spans" if n_spans else "text_variants"
+        raise DataError(f"{where}: {field} adds parts of lines, which would not carry their line's label; "
+                        "use it with unlabeled text")
+    lines = texts[: spec.samples] if getattr(spec, "samples", None) else texts
+    out = lines + word_spans(lines, n_spans)
+    variants, variant_rounds = word_variants(lines, n_rounds)
+    rounds = np.concatenate([np.full(len(out), -1, dtype=np.int64), variant_rounds]) if n_rounds else None
+    return out + variants, rounds
 
 
 def load_tokenizer(path: Path, where: str) -> Any:

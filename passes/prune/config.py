@@ -50,6 +50,15 @@ class PruneConfig(PassConfig):
         0.0,
         description="structured, transformers: fraction of attention heads removed in each attention module (whole heads; `sparsity` then applies to FFN neurons); auto: searched like sparsity (with both auto, half the FFN ratio).",
     )
+    drop_layers: int | list[int] = Field(
+        0,
+        description="structured, transformer encoders: remove whole blocks before any head / FFN pruning: a count (the "
+        "blocks whose removal moves the outputs least on importance_samples of data.calibration or data.train; every "
+        "combination when there are at most 64, else greedily) or a list of block indices (0-based). A block's "
+        "attention goes with it, so at one speed more of the model stays than by narrowing every block "
+        "(docs/distill.md). The blocks left are renumbered from 0: include / exclude / layer_sparsity patterns and "
+        "later passes' layer names see the new numbers (the step's metrics list the original indices kept).",
+    )
     search_grid: list[float] = Field(
         list(SEARCH_GRID), min_length=1,
         description="auto: the ratios probed (bisected: quality falls as the ratio grows).",
@@ -111,6 +120,14 @@ class PruneConfig(PassConfig):
                 raise ValueError(f"must be less than 1.0 (got {v})")
         return v
 
+    @field_validator("drop_layers", mode="before")
+    @classmethod
+    def _no_bools(cls, v: object) -> object:
+        """true / false are not block counts or indices (pydantic would read them as 1 / 0)."""
+        if isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v)):
+            raise ValueError(f"expected a block count or a list of block indices, got {v!r}")
+        return v
+
     @field_validator("search_grid")
     @classmethod
     def _grid(cls, v: list[float]) -> list[float]:
@@ -135,6 +152,14 @@ class PruneConfig(PassConfig):
             raise ValueError("refit applies to method: structured")
         if auto and self.method != "structured":
             raise ValueError("sparsity/head_sparsity auto applies to method: structured")
+        if self.drop_layers and self.method != "structured":
+            raise ValueError("drop_layers applies to method: structured")
+        if isinstance(self.drop_layers, list) and (
+            not self.drop_layers or len(set(self.drop_layers)) != len(self.drop_layers) or min(self.drop_layers) < 0
+        ):
+            raise ValueError(f"drop_layers: block indices must be distinct and at least 0 (one at least), got {self.drop_layers}")
+        if isinstance(self.drop_layers, int) and self.drop_layers < 0:
+            raise ValueError(f"drop_layers must be at least 0, got {self.drop_layers}")
         if self.finetune_epochs and self.steps == 1:
             raise ValueError("finetune_epochs runs between gradual steps: set steps > 1 (or use a distill pass after prune)")
         return self

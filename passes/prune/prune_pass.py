@@ -36,6 +36,7 @@ class PrunePass(Pass):
                 "head_sparsity": cfg.head_sparsity == "auto" or cfg.head_sparsity > 0,
                 "sparsity": cfg.sparsity == "auto",
                 "steps": cfg.steps > 1, "round_to": cfg.round_to is not None, "refit": cfg.refit,
+                "drop_layers": bool(cfg.drop_layers),
             }
             for field_name, used in torch_only.items():
                 if used:
@@ -44,6 +45,9 @@ class PrunePass(Pass):
                     )
         if cfg.refit and not (plan.has_data("calibration") or plan.has_data("train")):
             raise ConfigError("refit fits layers on data: declare data.calibration or data.train", key=f"{key}.refit")
+        if isinstance(cfg.drop_layers, int) and cfg.drop_layers and not (plan.has_data("calibration") or plan.has_data("train")):
+            raise ConfigError("drop_layers: N chooses the blocks on data: declare data.calibration or data.train "
+                              "(or list the block indices)", key=f"{key}.drop_layers")
         if cfg.importance in ("taylor", "fisher") and not (plan.has_data("calibration") or plan.has_data("train")):
             raise ConfigError(
                 f"importance: {cfg.importance} ranks channels by gradients on data: declare data.calibration or data.train",
@@ -98,17 +102,7 @@ class PrunePass(Pass):
     def _run_torch(self, model: Any, ctx: Any) -> PassResult:
         cfg = self.config
         if cfg.method == "structured":
-            from passes.prune.torch_structured import run_structured
-
-            searched: tuple[Any, ...] = ()
-            if "auto" in (cfg.sparsity, cfg.head_sparsity):
-                from passes.prune.search import search
-
-                cfg, *searched = search(cfg, self.name, model, ctx)
-            result = run_structured(cfg, self.name, model, ctx)
-            if searched:
-                result.metrics["search"] = searched[0]
-                result.notes.extend(searched[1])
+            result = self._run_structured(model, ctx)
         else:
             from passes.prune.torch_masked import run_masked
 
@@ -118,6 +112,43 @@ class PrunePass(Pass):
 
             result.metrics["nm_gpu"] = nm_gpu_benchmark(result.model, ctx)
         return result
+
+    def _run_structured(self, model: Any, ctx: Any) -> PassResult:
+        from passes.prune.torch_structured import run_structured
+
+        cfg = self.config
+        dropped: dict[str, Any] = {}
+        original = model
+        if cfg.drop_layers:
+            from passes.prune.blocks import run_drop
+
+            model, dropped = run_drop(cfg, self.name, model, ctx)
+            if cfg.sparsity == 0 and cfg.head_sparsity == 0 and not cfg.layer_sparsity:  # blocks only
+                keys = ("params_before", "params_after", "macs_before", "macs_after", "macs_batch")
+                metrics = {"method": "structured", "drop_layers": dropped, **{k: dropped[k] for k in keys}}
+                return PassResult(model, metrics=_reductions(metrics))
+        searched: tuple[Any, ...] = ()
+        if "auto" in (cfg.sparsity, cfg.head_sparsity):
+            from passes.prune.search import search
+
+            cfg, *searched = search(cfg, self.name, model, ctx)
+        result = run_structured(cfg, self.name, model, ctx, reference=original)
+        if searched:
+            result.metrics["search"] = searched[0]
+            result.notes.extend(searched[1])
+        if dropped:  # the counts from before the blocks went
+            result.metrics.update(drop_layers=dropped, params_before=dropped["params_before"],
+                                  macs_before=dropped["macs_before"])
+            _reductions(result.metrics)
+        return result
+
+
+def _reductions(m: dict[str, Any]) -> dict[str, Any]:
+    """params_removed and macs_reduction from the before / after counts in `m`."""
+    pb, pa, mb, ma = (m.get(k) for k in ("params_before", "params_after", "macs_before", "macs_after"))
+    m["params_removed"] = round(1 - pa / pb, 6) if pb and pa is not None else None
+    m["macs_reduction"] = round(mb / ma, 4) if mb and ma else None
+    return m
 
 
 _FORMULA = "zlib (DEFLATE, level 6) of the weights' float bytes, as in a .zip"

@@ -146,7 +146,9 @@ class _Job:
     importance_desc: str = ""
 
 
-def run_structured(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> PassResult:
+def run_structured(cfg: PruneConfig, name: str, model: Any, ctx: Any, reference: Any = None) -> PassResult:
+    """`reference`: the model each step's quality is measured against (default `model`; the model
+    before whole blocks were dropped)."""
     job = _start(cfg, name, model, ctx)
     counts_before = _param_counts(job.module)
     macs_before = U.torch_macs(job.module, job.args)
@@ -155,7 +157,7 @@ def run_structured(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> PassRes
     job.fractions = [0.0, *U.schedule(1.0, cfg.steps, cfg.schedule)]  # fractions of the target after each step
     # per-step quality: data.eval (or random inputs) against the unpruned model
     eval_ds, eval_desc = U.eval_inputs(ctx, model.inputs)
-    job.quality_data = (eval_ds, eval_desc, U.torch_outputs(model.module, eval_ds, job.input_names))
+    job.quality_data = (eval_ds, eval_desc, U.torch_outputs((reference or model).module, eval_ds, job.input_names))
     job.importance_desc = cfg.importance
     step_rows = _prune_steps(job, pruner_options)
     counts_after = _param_counts(job.module)
