@@ -56,18 +56,19 @@ def block_list(module: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None
 
 def _score(module: nn.Module, where: tuple[nn.Module, str, nn.ModuleList], gone: tuple[int, ...],
            ds: Any, names: list[str], reference: np.ndarray) -> float:
-    """Mean output cosine against `reference` with the blocks `gone` taken out (put back after)."""
+    """Mean per-sample output cosine against `reference` (the run's parity measure; -inf when an
+    output is not finite) with the blocks `gone` taken out (put back after)."""
+    from optimize.runtime import parity
     from passes.prune.util import torch_outputs
 
     parent, attr, blocks = where
     setattr(parent, attr, nn.ModuleList([b for i, b in enumerate(blocks) if i not in gone]))
     try:
-        out = torch_outputs(module, ds, names)[0].reshape(len(reference), -1)
+        out = torch_outputs(module, ds, names)
     finally:
         setattr(parent, attr, blocks)
-    ref = reference.reshape(len(reference), -1)
-    cos = (out * ref).sum(1) / np.maximum(np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
-    return float(cos.mean())
+    mean = parity([reference], out)["mean_cosine"]
+    return float("-inf") if mean is None else float(mean)
 
 
 def choose(module: nn.Module, where: tuple[nn.Module, str, nn.ModuleList], n: int, ds: Any,
