@@ -147,7 +147,7 @@ class DataSection(Section):
 
 
 class HardwareSection(Section):
-    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where passes train and models are measured.")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where the distill and prune passes train and score, and where models are measured.")
     threads: int | None = Field(None, gt=0, le=1024, description="Intra-op threads (default: all cores).")
 
 

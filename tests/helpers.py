@@ -15,6 +15,14 @@ from optimize.handle import ModelHandle
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent  # the repository root, wherever the importing test module sits
 
+
+def child_pythonpath() -> str:
+    """PYTHONPATH for a child process: the repository first, then what this process was given (where
+    dependencies come from PYTHONPATH rather than an installed environment)."""
+    import os
+
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+
 EMPTY_CONFIG = "schema_version: 1\npasses: []\n"
 
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import child_pythonpath
 
 FAST = "measure: {repeat: 3, warmup: 1, parity_samples: 8}\n"
 
@@ -31,7 +31,7 @@ def cli(capfd: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 def cli_process(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run `python -m cli ARGS` as a real process (its own interpreter, exit code, streams)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": child_pythonpath(), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "cli", *[str(a) for a in args]],
         capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout,

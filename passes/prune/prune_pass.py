@@ -101,12 +101,15 @@ class PrunePass(Pass):
 
     def _run_torch(self, model: Any, ctx: Any) -> PassResult:
         cfg = self.config
-        if cfg.method == "structured":
-            result = self._run_structured(model, ctx)
-        else:
-            from passes.prune.torch_masked import run_masked
+        with U.on_run_device(model.module, ctx) as device:
+            if cfg.method == "structured":
+                result = self._run_structured(model, ctx)
+            else:
+                from passes.prune.torch_masked import run_masked
 
-            result = run_masked(cfg, model, ctx)
+                result = run_masked(cfg, model, ctx)
+            result.model.module.to("cpu")  # the next pass and the export take it from the CPU
+        result.metrics["device"] = device
         if cfg.method == "nm" and str(getattr(ctx, "device", "cpu")).startswith("cuda") and cfg.nm_gpu_benchmark:
             from passes.prune.gpu import nm_gpu_benchmark
 

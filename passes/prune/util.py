@@ -14,6 +14,7 @@ Heavy imports happen inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -181,6 +182,22 @@ def eval_inputs(ctx: Any, specs: list[Any], n: int = 256) -> tuple[Any, str]:
     from optimize.data import random_dataset
 
     return random_dataset(specs, min(n, 64), getattr(ctx, "seed", 0)), "random inputs from the input spec"
+
+
+@contextlib.contextmanager
+def on_run_device(module: Any, ctx: Any) -> Iterator[str]:
+    """Score, choose and cut where the run trains (--device cuda): the input module is moved there
+    for the pass (every scoring helper follows the module's device) and back to the CPU after.
+    Yields the device's name."""
+    want = str(getattr(ctx, "device", "cpu") or "cpu")
+    if not want.startswith("cuda"):
+        yield "cpu"
+        return
+    module.to(want)
+    try:
+        yield str(next((p.device for p in module.parameters()), want))
+    finally:
+        module.to("cpu")
 
 
 def torch_outputs(module: Any, ds: Any, names: list[str], batch: int = 64) -> list[np.ndarray]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from helpers import child_pythonpath
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,7 @@ def test_quiet_run_prints_no_onnx_runtime_warnings(tmp_path: Path) -> None:
     cfg.write_text("schema_version: 1\npasses:\n  - type: quantize\n    mode: static\n    random_calibration: true\n"
                    "measure: {repeat: 3, warmup: 1, single_thread: false, parity_samples: 8}\noutput: {markdown: false}\n")
     r = subprocess.run([sys.executable, "-m", "cli", "run", str(src), "-c", str(cfg), "-o", str(tmp_path / "o.onnx"), "-q"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env={"PYTHONPATH": child_pythonpath(), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Removing initializer" not in r.stderr and "onnxruntime" not in r.stderr, r.stderr[-2000:]
     assert "\x1b[" not in r.stderr  # no raw colour escapes outside a terminal

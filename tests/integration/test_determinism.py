@@ -17,7 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from reliability_helpers import ROOT, cli, make_mlp_onnx, write_config
+from helpers import child_pythonpath
+from reliability_helpers import cli, make_mlp_onnx, write_config
 
 INT8 = "  - type: prune\n    sparsity: 0.5\n  - type: quantize\n    mode: dynamic\n    per_channel: true\n"
 
@@ -34,7 +35,7 @@ def test_onnx_int8_pipeline_is_byte_identical_across_processes(capfd, tmp_path: 
     assert code == 0, err
     p = subprocess.run(
         [sys.executable, "-m", "cli", "run", str(model), "-c", str(cfg), "-o", str(tmp_path / "b.onnx"), "-q"],
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": "1"}, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": child_pythonpath(), "PYTHONHASHSEED": "1"}, capture_output=True, text=True, timeout=300,
     )
     assert p.returncode == 0, p.stderr
     assert sha(tmp_path / "a.onnx") == sha(tmp_path / "b.onnx")
@@ -85,7 +86,7 @@ def test_builtin_example_is_byte_identical_across_processes(tmp_path: Path) -> N
     for i in range(2):
         p = subprocess.run(
             [sys.executable, "-m", "cli", "run", "-o", str(tmp_path / f"ex{i}.onnx"), "-q", "--json"],
-            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": child_pythonpath()}, capture_output=True, text=True, timeout=900, cwd=tmp_path,
         )
         assert p.returncode == 0, p.stderr
         shas.append(json.loads(p.stdout)["output"]["sha256"])

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import child_pythonpath
 from reliability_helpers import (
-    ROOT,
     assert_nothing_written,
     assert_one_line_error,
     cli,
@@ -246,7 +246,7 @@ def test_signal_mid_pass(capfd, tmp_path: Path, onnx_model: Path, sig: int, code
     started = tmp_path / "started"
     script = tmp_path / "slow_pass.py"
     script.write_text(SLOW_PASS)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)}
+    env = {**os.environ, "PYTHONPATH": child_pythonpath(), "TMPDIR": str(tmp)}
     p = subprocess.Popen(
         [sys.executable, str(script), str(started), "run", str(onnx_model), "-c", str(cfg), "-o", str(out), "-q"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

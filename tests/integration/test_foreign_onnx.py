@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from helpers import ROOT
+from helpers import ROOT, child_pythonpath
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
@@ -19,7 +19,7 @@ LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": child_pythonpath(), "PATH": "/usr/bin:/bin"},
     )
 
 

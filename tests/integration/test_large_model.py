@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import ROOT
+from helpers import child_pythonpath
 from onnx import TensorProto, helper
 from reliability_helpers import cli, write_config
 
@@ -257,7 +257,7 @@ def test_onnx_prune_count_and_write_hold_one_tensor_not_the_model(tmp_path: Path
 
     src = _mlp_with_external_data(tmp_path / "in", [(64, 65536), (65536, 64)] * 4)
     model_bytes = (src.parent / "m.onnx.data").stat().st_size
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": child_pythonpath()}
     code = ("from optimize import onnx_io; onnx_io.EXTERNAL_DATA_THRESHOLD = 0\n"
             "from passes.prune import util; util.COMPRESS_LIMIT_BYTES = 0\n" + MEMORY_PROBE)
     proc = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path), str(Path(__file__).parent)],

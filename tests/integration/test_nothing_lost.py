@@ -15,8 +15,8 @@ from pathlib import Path
 
 import onnx
 import pytest
+from helpers import child_pythonpath
 from reliability_helpers import (
-    ROOT,
     assert_nothing_written,
     assert_one_line_error,
     cli,
@@ -287,7 +287,7 @@ def test_work_dir_in_use_by_a_running_run(capfd, tmp_path: Path, model: Path) ->
 
 
 def _process(tmp_path: Path, model: Path, cfg: Path, out: Path, *extra: str, **popen: object) -> int:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": child_pythonpath()}
     argv = [sys.executable, "-m", "cli", "run", str(model), "-c", str(cfg), "-o", str(out), *extra]
     return subprocess.run(argv, env=env, timeout=180, **popen).returncode  # type: ignore[call-overload]
 
@@ -295,7 +295,7 @@ def _process(tmp_path: Path, model: Path, cfg: Path, out: Path, *extra: str, **p
 @pytest.mark.parametrize("gate, code", [("", 0), (FAILING_GATE, 3)])
 def test_closed_stdout_pipe_keeps_files_and_exit_code(tmp_path: Path, model: Path, gate: str, code: int) -> None:
     cfg, out = write_config(tmp_path, GRAPH, gate), tmp_path / "o.onnx"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": child_pythonpath()}
     p = subprocess.Popen([sys.executable, "-m", "cli", "run", str(model), "-c", str(cfg), "-o", str(out), "--json", "-q"],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     p.stdout.close()  # type: ignore[union-attr] - `optimize run ... --json | true`
@@ -368,7 +368,7 @@ def _hang_up(tmp_path: Path, *args: str) -> tuple[int, str, Path]:
     script.write_text(SLOW_PASS)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)}
+    env = {**os.environ, "PYTHONPATH": child_pythonpath(), "TMPDIR": str(tmp)}
     p = subprocess.Popen([sys.executable, str(script), str(started), *args], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     try:

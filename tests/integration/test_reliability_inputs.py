@@ -17,6 +17,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from helpers import child_pythonpath
 from reliability_helpers import (
     assert_nothing_written,
     assert_one_line_error,
@@ -369,7 +370,6 @@ def test_rejections_in_real_processes(tmp_path: Path, mlp_bytes: bytes) -> None:
     import subprocess
     import sys
 
-    from reliability_helpers import ROOT
 
     cfg = write_config(tmp_path, PIPELINE)
     flipped = tmp_path / "flipped.onnx"
@@ -381,7 +381,7 @@ def test_rejections_in_real_processes(tmp_path: Path, mlp_bytes: bytes) -> None:
         "pickle": ([str(evil)], "--trust-model"),
         "flag": ([str(flipped), "--bogus"], "No such option: --bogus"),
     }
-    env = {"PYTHONPATH": str(ROOT)}
+    env = {"PYTHONPATH": child_pythonpath()}
     import os
 
     procs = {

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import child_pythonpath
 
 from optimize.batch import Job, combine_exit_codes, load_manifest, run_batch, summary_lines
 from optimize.errors import ConfigError
@@ -186,7 +186,7 @@ time.sleep(60)
 def test_ctrl_c_stops_every_job_and_exits_130(tmp_path):
     (tmp_path / "driver.py").write_text(DRIVER)
     (tmp_path / "long.py").write_text(LONG)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=child_pythonpath())
     p = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path), str(tmp_path / "long.py")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 30

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import onnx
 import pytest
-from reliability_helpers import ROOT, cli, make_mlp_onnx, write_config
+from helpers import child_pythonpath
+from reliability_helpers import cli, make_mlp_onnx, write_config
 
 PIPE = "  - type: prune\n    sparsity: 0.5\n  - type: quantize\n    mode: dynamic\n"
 
@@ -228,7 +229,7 @@ def test_a_store_racing_another_keeps_the_first_entry(tmp_path: Path, setup) -> 
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": child_pythonpath()}
     env.pop("OPTIMIZE_PASS_CACHE", None)
     return env
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, digits_teacher, distill_ctx, torch_handle
+from helpers import child_pythonpath, digits_teacher, distill_ctx, torch_handle
 from helpers import run_first_pass as distill
 
 from optimize.config import load_config_text
@@ -282,7 +282,7 @@ def test_cli_exits_2_before_any_work_for_a_missing_feature_layer_or_no_data_and_
         (tmp_path / "p.yaml").write_text("schema_version: 1\n" + config)
         return subprocess.run(
             [sys.executable, "-m", "cli", "run", model, "-c", "p.yaml", "-o", "out.onnx"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": child_pythonpath()},
         )
 
     r = run(DIGITS_DATA + "passes: [{type: distill, features: [{teacher: conv9, student: conv2}]}]\n", "optimize.example:digits_cnn")
