@@ -96,6 +96,12 @@ def _check_versions(path: Path, model: Any) -> None:
             f"{path}: ONNX IR version {model.ir_version} is newer than {hint} IR {max_ir}; upgrade onnx and onnxruntime, "
             "or re-export the model with an older IR version"
         )
+    if model.ir_version > 10:  # every onnxruntime this tool supports reads IR 10
+        from optimize.runtime import ir_too_new_message, runtime_refuses_ir
+
+        newest = runtime_refuses_ir(int(model.ir_version))
+        if newest is not None:
+            raise ModelLoadError(f"{path}: {ir_too_new_message(int(model.ir_version), newest)}")
     for op in model.opset_import:
         limit = max_opset.get(op.domain)
         if limit is not None and op.version > limit:

@@ -6,6 +6,7 @@ the CPU from the next on a small machine and distort every ratio (docs/architect
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,48 @@ def session(path: str | Path, threads: int = 1, device: str = "cpu") -> Any:
     try:
         return ort.InferenceSession(str(path), so, providers=providers)
     except Exception as exc:
+        too_new = _ir_too_new(str(exc))
+        if too_new:  # an onnx newer than the onnxruntime beside it writes IR versions the runtime refuses
+            raise VerificationError(f"{path}: {ir_too_new_message(*too_new)}") from None
         raise VerificationError(f"{path}: ONNX Runtime cannot load the model: {_whole(exc)}") from None
+
+
+def _ir_too_new(message: str) -> tuple[int, int] | None:
+    """(the model's IR version, the runtime's newest) from ONNX Runtime's refusal, else None."""
+    import re
+
+    found = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", message)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def ir_too_new_message(ir: int, newest: int) -> str:
+    import onnxruntime as ort
+
+    return (f"ONNX IR version {ir} is newer than onnxruntime {ort.__version__} reads (up to IR {newest}); upgrade "
+            f"onnxruntime, or save the model with ir_version {newest} if it needs nothing newer")
+
+
+@functools.lru_cache(maxsize=8)
+def runtime_refuses_ir(ir: int) -> int | None:
+    """The newest IR version the installed ONNX Runtime reads, when it is older than `ir`; else None.
+    Asked of the runtime itself (a one-node model at that IR version): it publishes no such number,
+    and onnx and onnxruntime are installed independently (onnx 1.23 writes IR 14, onnxruntime 1.30
+    reads up to 13)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "ir_probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = ir
+    try:
+        ort.InferenceSession(model.SerializeToString(),
+                             providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        found = _ir_too_new(str(exc))
+        return found[1] if found else None
+    return None
 
 
 def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

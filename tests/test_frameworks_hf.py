@@ -402,7 +402,7 @@ def test_embedding_gate_fails_with_exit_3_semantics(tmp_path, bert_dir, monkeypa
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_folder_blocks_out_fisher_distill_on_cuda(tmp_path, monkeypatch):
-    """configs/hf-embedder.yaml's recipe on CUDA: block choice, Fisher scores and distillation there."""
+    """configs/hf-embedder.yaml's recipe on CUDA (+ the least-squares refit): block choice, Fisher scores, refit and distillation there."""
     from optimize import pipeline
     from optimize.api import RunOptions
 
@@ -412,14 +412,17 @@ def test_folder_blocks_out_fisher_distill_on_cuda(tmp_path, monkeypatch):
     (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps({"text": s}) for s in sentences(16, 1)) + "\n")
     (tmp_path / "p.yaml").write_text(
         PIPELINE.replace("    sparsity: 0.5\n    head_sparsity: 0.5\n",
-                         "    importance: fisher\n    drop_layers: 1\n    sparsity: 0.25\n    head_sparsity: 0.0\n")
+                         "    importance: fisher\n    drop_layers: 1\n    sparsity: 0.25\n    head_sparsity: 0.0\n    refit: true\n")
         .replace("train: {source: train.txt}", "train: {source: train.txt, text_variants: 2}")
     )
     report = pipeline.run(RunOptions(model=str(folder), config="p.yaml", threads=2, device="cuda"))
     prune = next(s for s in report.steps if s.type == "prune").metrics
     assert len(prune["drop_layers"]["removed"]) == 1 and prune["importance"].startswith("fisher")
-    assert prune["device"].startswith("cuda")
+    assert prune["device"].startswith("cuda") and prune["per_step"][-1]["refit"], prune["per_step"]
     distill = next(s for s in report.steps if s.type == "distill").metrics
     assert distill["device"].startswith("cuda") and distill["samples_per_s"] > 0
-    assert report.metrics["gpu_speedup"].value is not None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # else the output latency is CUDA's itself
+        assert report.metrics["gpu_speedup"].value is not None
     assert report.metrics["accuracy"].inputs["min"] > 0.5

@@ -101,6 +101,7 @@ class PrunePass(Pass):
 
     def _run_torch(self, model: Any, ctx: Any) -> PassResult:
         cfg = self.config
+        home = next((p.device for p in model.module.parameters()), "cpu")
         with U.on_run_device(model.module, ctx) as device:
             if cfg.method == "structured":
                 result = self._run_structured(model, ctx)
@@ -108,7 +109,7 @@ class PrunePass(Pass):
                 from passes.prune.torch_masked import run_masked
 
                 result = run_masked(cfg, model, ctx)
-            result.model.module.to("cpu")  # the next pass and the export take it from the CPU
+            result.model.module.to(home)  # handed on where the model came (the CPU): the next pass and the export expect it
         result.metrics["device"] = device
         if cfg.method == "nm" and str(getattr(ctx, "device", "cpu")).startswith("cuda") and cfg.nm_gpu_benchmark:
             from passes.prune.gpu import nm_gpu_benchmark

@@ -81,9 +81,9 @@ def _batches(ds: Any, keys: list[str], dev: Any) -> list[tuple[list[torch.Tensor
 
 def _solve(x: torch.Tensor, y: torch.Tensor, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     if bias:
-        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
     g = x.T @ x
-    g += DAMP * g.diagonal().mean().clamp(min=1e-12) * torch.eye(len(g), dtype=g.dtype)
+    g += DAMP * g.diagonal().mean().clamp(min=1e-12) * torch.eye(len(g), dtype=g.dtype, device=g.device)
     w = torch.linalg.solve(g, x.T @ y)
     return (w[:-1].T, w[-1]) if bias else (w.T, None)
 

@@ -131,7 +131,10 @@ def _step_row(job: _Masking, model: Any, k: int, frac: float, quality_data: tupl
     }
     row.update({f"{q}_after_prune": v for q, v in U.quality(job.module, eval_ds, names, reference).items()})
     if k < cfg.steps - 1 and cfg.finetune_epochs > 0:
+        device = next((p.device for p in job.module.parameters()), None)
         job.module, ft = finetune(job.module, model.replace(module=job.module), job.ctx, cfg.finetune_epochs, cfg.finetune_lr)
+        if device is not None:
+            job.module.to(device)  # training hands the module back on the CPU; the next step scores where this one did
         job.chosen = [(n, job.module.get_submodule(n)) for n, _ in job.chosen]
         row["finetune_epochs"] = cfg.finetune_epochs
         row["finetune_train_loss"] = ft.get("train_loss")

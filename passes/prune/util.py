@@ -186,18 +186,32 @@ def eval_inputs(ctx: Any, specs: list[Any], n: int = 256) -> tuple[Any, str]:
 
 @contextlib.contextmanager
 def on_run_device(module: Any, ctx: Any) -> Iterator[str]:
-    """Score, choose and cut where the run trains (--device cuda): the input module is moved there
-    for the pass (every scoring helper follows the module's device) and back to the CPU after.
-    Yields the device's name."""
+    """Score, choose and cut where the run trains (--device cuda): the input module (also the
+    distill pass's teacher) is moved there for the pass (every scoring helper follows the module's
+    device) and back where it was after, also on failure. Yields the device's name.
+
+    Under torchrun with several processes the pass stays where the module is: each rank prunes its
+    own copy, and DistributedDataParallel needs every rank to cut the same channels, which CPU
+    kernels guarantee and GPU reductions (ties broken by rounding) need not."""
+    import torch
+
+    from optimize.errors import PassError
+
+    home = next((p.device for p in module.parameters()), None)
     want = str(getattr(ctx, "device", "cpu") or "cpu")
-    if not want.startswith("cuda"):
-        yield "cpu"
+    dist = torch.distributed
+    several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if home is None or not want.startswith("cuda") or several:
+        yield str(home or "cpu")
         return
-    module.to(want)
     try:
-        yield str(next((p.device for p in module.parameters()), want))
+        try:
+            module.to(want)
+        except torch.cuda.OutOfMemoryError:
+            raise PassError("prune", f"the model does not fit on {want} for scoring; run with --device cpu") from None
+        yield str(next(p.device for p in module.parameters()))
     finally:
-        module.to("cpu")
+        module.to(home)
 
 
 def torch_outputs(module: Any, ds: Any, names: list[str], batch: int = 64) -> list[np.ndarray]:

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from cli_helpers import ROOT, make_report
+from helpers import child_pythonpath
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -47,7 +48,7 @@ def test_root_h_and_completion():
     assert "Usage: optimize" in _help(["-h"])
     # Without a shell to detect (CI, pytest under nohup) typer's flag prints "Shell  not supported";
     # typer's own test switch makes the option take the shell's name instead.
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT), "PYTHONPATH": child_pythonpath(), "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     p = subprocess.run([sys.executable, "-m", "cli", "--show-completion", "bash"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60, env=env)
     assert p.returncode == 0, p.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -252,3 +253,45 @@ def test_predict_feeds_a_batch_1_export_one_sample_at_a_time(tmp_path: Path) -> 
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
     (y,) = predict(session(path), {"x": x}, batch_size=64)
     assert y.shape == (5, 2) and np.allclose(y, x @ np.arange(8, dtype=np.float32).reshape(4, 2), atol=1e-5)
+
+
+def test_ir_version_newer_than_the_runtime(tmp_path: Path, monkeypatch) -> None:
+    """onnx 1.23 writes IR 14, which onnxruntime 1.30 refuses (seen on a GPU server's image). The
+    user's model: exit 2 at load, one line naming both versions. A file the tool wrote: the same
+    words, as a verification failure (exit 1)."""
+    import onnxruntime as ort
+
+    from optimize import runtime
+    from optimize.errors import ModelLoadError
+    from optimize.loaders import load_model
+
+    real = ort.InferenceSession
+
+    def old_runtime(model: Any, *a: Any, **k: Any) -> Any:
+        ir = onnx.load_from_string(model).ir_version if isinstance(model, bytes) else onnx.load(model).ir_version
+        if ir > 13:
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/"
+                               f"onnxruntime/core/graph/model.cc:202 onnxruntime::Model::Model(...) Unsupported model "
+                               f"IR version: {ir}, max supported IR version: 13")
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(ort, "InferenceSession", old_runtime)
+    runtime.runtime_refuses_ir.cache_clear()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 14
+    path = tmp_path / "new.onnx"
+    onnx.save(model, str(path))
+    try:
+        with pytest.raises(ModelLoadError, match=r"IR version 14 is newer than onnxruntime .* \(up to IR 13\); upgrade") as err:
+            load_model(str(path))
+        assert err.value.exit_code == 2 and "\n" not in str(err.value)
+        with pytest.raises(VerificationError, match=r"IR version 14 is newer than onnxruntime"):
+            session(path)
+        model.ir_version = 8
+        onnx.save(model, str(path))
+        assert load_model(str(path)).form == "onnx"
+    finally:
+        runtime.runtime_refuses_ir.cache_clear()

@@ -438,3 +438,33 @@ def test_onnx_embeddings_and_non_float_weights(ctx, tmp_path):
     assert int((got["E"] == 0).sum()) == 40 and not (got["W"] == 0).any()
     sess = ort.InferenceSession(str(res.model.onnx_path), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"ids": np.array([[1, 2, 3]], np.int64)})[0].shape == (1, 3, 4)
+
+
+def test_on_run_device_moves_the_model_for_the_pass_and_back_even_on_failure(monkeypatch):
+    """--device cuda: the input module (the distill pass's teacher too) goes to the GPU for the
+    pass and back where it was after, also when the pass fails or the model does not fit."""
+    from types import SimpleNamespace
+
+    from optimize.errors import PassError
+    from passes.prune.util import on_run_device
+
+    module = nn.Linear(2, 2)
+    moves: list[str] = []
+    monkeypatch.setattr(module, "to", lambda where: moves.append(str(where)))  # no GPU here: record only
+    with on_run_device(module, SimpleNamespace(device="cpu")) as where:
+        assert where == "cpu"
+    assert moves == []
+    with pytest.raises(RuntimeError, match="mid-pass"), on_run_device(module, SimpleNamespace(device="cuda")):
+        raise RuntimeError("mid-pass")
+    assert moves == ["cuda", "cpu"]
+
+    def too_big(where: object) -> None:
+        moves.append(str(where))
+        if str(where) == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    moves.clear()
+    monkeypatch.setattr(module, "to", too_big)
+    with pytest.raises(PassError, match="does not fit on cuda.*--device cpu"), on_run_device(module, SimpleNamespace(device="cuda")):
+        pass
+    assert moves == ["cuda", "cpu"]
