@@ -258,6 +258,8 @@ def _restore(loop: _Loop) -> None:
 def _train(loop: _Loop) -> None:
     cfg, ctx, state = loop.cfg, loop.ctx, loop.state
     loop.select = loop.setup.eval_ds is not None and (cfg.keep_best or cfg.early_stopping_patience is not None)
+    if loop.select and cfg.keep_best and state["best_score"] is None:
+        _start_as_candidate(loop)
     epochs_label = f"{cfg.epochs} epochs" + (f", resumed at step {state['step']}" if loop.resumed_from else "")
     ctx.progress.start("distill", f"distill ({epochs_label}, {loop.setup.data_desc})", cfg.epochs)
     loop.progress_open = True
@@ -266,6 +268,18 @@ def _train(loop: _Loop) -> None:
     loop.train_module.train(loop.cfg.train_mode)
     while state["epoch"] < cfg.epochs and not state["stopped_early"]:
         _epoch(loop)
+
+
+def _start_as_candidate(loop: _Loop) -> None:
+    """keep_best: the weights training starts from are the first candidate (epoch 0), so a run that
+    only moves the student away from its teacher on data.eval (a lightly pruned model, a high lr)
+    hands back what it was given."""
+    s, state = loop.setup, loop.state
+    state["best_score"] = score(loop.cfg, loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device,
+                                s.task, loop.before)
+    state["best_epoch"] = 0
+    loop.best_state = {k: v.detach().clone() for k, v in loop.trainable.state_dict().items()}
+    loop.train_module.train(loop.cfg.train_mode)
 
 
 def _epoch(loop: _Loop) -> None:
@@ -484,7 +498,11 @@ def _optional_metrics(loop: _Loop) -> None:
         metrics["best_epoch"] = state["best_epoch"]
         metrics["stopped_early"] = state["stopped_early"]
         metrics["eval_metric"] = score_name(cfg, loop.setup.task, loop.setup.eval_ds)
-        if cfg.keep_best:
+        if cfg.keep_best and state["best_epoch"] == 0:
+            loop.notes.append(
+                "distill: no epoch beat the starting weights on data.eval (keep_best): they are returned unchanged"
+            )
+        elif cfg.keep_best:
             loop.notes.append(
                 f"distill: keep_best returned the weights of epoch {state['best_epoch']}, chosen on data.eval; "
                 "accuracy measured on the same data is optimistic by that choice"
