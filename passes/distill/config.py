@@ -100,7 +100,7 @@ class DistillConfig(PassConfig):
         "samples/s, and 6 frozen epochs ended slightly above 4 unfrozen ones in about the same time (docs/distill.md).",
     )
     keep_best: bool = Field(
-        False, description="Return the weights of the epoch with the best eval metric, not the last (needs data.eval); the starting weights count as epoch 0, so a run that only made the student worse returns it unchanged.",
+        False, description="Return the weights of the epoch with the best eval metric, not the last (needs data.eval); the starting weights count as epoch 0 (eval_metric_start), so a run that only made the student worse returns it unchanged; with early_stopping_patience, epochs then count as bad until one beats the start.",
     )
     checkpoint_every: int | None = Field(
         None, ge=1, le=100_000_000, description="Write a safetensors checkpoint every N steps (resume with --resume)."

@@ -258,7 +258,7 @@ def _restore(loop: _Loop) -> None:
 def _train(loop: _Loop) -> None:
     cfg, ctx, state = loop.cfg, loop.ctx, loop.state
     loop.select = loop.setup.eval_ds is not None and (cfg.keep_best or cfg.early_stopping_patience is not None)
-    if loop.select and cfg.keep_best and state["best_score"] is None:
+    if loop.select and cfg.keep_best and state["best_score"] is None and state["step"] == 0:
         _start_as_candidate(loop)
     epochs_label = f"{cfg.epochs} epochs" + (f", resumed at step {state['step']}" if loop.resumed_from else "")
     ctx.progress.start("distill", f"distill ({epochs_label}, {loop.setup.data_desc})", cfg.epochs)
@@ -270,13 +270,25 @@ def _train(loop: _Loop) -> None:
         _epoch(loop)
 
 
+def _rank0(loop: _Loop, value: float) -> float:
+    """Rank 0's eval score on every rank (one process: the value itself), so all ranks decide alike."""
+    import torch
+
+    s = loop.setup
+    if s.world == 1:
+        return value
+    box = torch.tensor([value], dtype=torch.float64, device=s.device)
+    torch.distributed.broadcast(box, 0)
+    return float(box.item())
+
+
 def _start_as_candidate(loop: _Loop) -> None:
     """keep_best: the weights training starts from are the first candidate (epoch 0), so a run that
     only moves the student away from its teacher on data.eval (a lightly pruned model, a high lr)
     hands back what it was given."""
     s, state = loop.setup, loop.state
-    state["best_score"] = score(loop.cfg, loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device,
-                                s.task, loop.before)
+    value = score(loop.cfg, loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task, loop.before)
+    state["best_score"] = state["eval_start"] = _rank0(loop, value)
     state["best_epoch"] = 0
     loop.best_state = {k: v.detach().clone() for k, v in loop.trainable.state_dict().items()}
     loop.train_module.train(loop.cfg.train_mode)
@@ -413,14 +425,9 @@ def _record_epoch(loop: _Loop, sums: list[float]) -> str:
 
 def _select(loop: _Loop, epoch: int) -> str:
     """Score the epoch on data.eval: keep the best weights, count epochs without improvement."""
-    import torch
 
     cfg, s, state = loop.cfg, loop.setup, loop.state
-    value = score(cfg, loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task, loop.before)
-    if s.world > 1:  # every rank takes rank 0's decision
-        box = torch.tensor([value], dtype=torch.float64, device=s.device)
-        torch.distributed.broadcast(box, 0)
-        value = float(box.item())
+    value = _rank0(loop, score(cfg, loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task, loop.before))
     state["eval_scores"].append(value)
     info = f" eval {value:.{4 if s.task != 'classification' else 1}f}"
     if state["best_score"] is None or value > state["best_score"] + cfg.min_delta:
@@ -495,6 +502,8 @@ def _optional_metrics(loop: _Loop) -> None:
         metrics["clipped_steps"] = state["clipped"]
     if loop.select:
         metrics["eval_metric_per_epoch"] = [rounded(v) for v in state["eval_scores"][:100]]
+        if state.get("eval_start") is not None:  # keep_best: the starting weights' score (best_epoch 0)
+            metrics["eval_metric_start"] = rounded(state["eval_start"])
         metrics["best_epoch"] = state["best_epoch"]
         metrics["stopped_early"] = state["stopped_early"]
         metrics["eval_metric"] = score_name(cfg, loop.setup.task, loop.setup.eval_ds)

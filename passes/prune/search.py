@@ -100,11 +100,11 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConf
         0.0 if cfg.sparsity == "auto" else float(cfg.sparsity), 0.0 if cfg.head_sparsity == "auto" else float(cfg.head_sparsity)
     )
     notes = _notes(chosen, best is None, stopped, limit, source, len(probes), budget)
-    if source.startswith("gates.") and _quantize_follows(ctx):
-        notes.append(f"prune search: the probes are measured before int8, and a quantize pass follows: int8 costs "
-                     f"its own cosine (all-MiniLM-L6-v2's min on held-out text: 0.984 with dynamic int8 alone), so a "
-                     f"ratio that just meets {limit:g} here can miss {source} after int8; set search_min_cosine "
-                     f"above the gate by int8's own loss (a quantize-only run measures it)")
+    if source.startswith("gates.") and _quantize_follows(ctx, cfg):
+        notes.append(f"prune search: the probes are measured before quantization, and a quantize pass follows: it "
+                     f"costs its own cosine (all-MiniLM-L6-v2's min on held-out text: 0.984 with dynamic int8 alone), "
+                     f"so a ratio that just meets {limit:g} here can miss {source} after it; set search_min_cosine "
+                     f"above the gate by the quantization's own loss (a quantize-only run measures it)")
     metrics = {
         "threshold": limit, "threshold_from": source, "quality_on": eval_desc, "grid": grid,
         "curve": [asdict(probes[g]) for g in sorted(probes)],
@@ -116,12 +116,13 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConf
     return cfg.model_copy(update={"sparsity": chosen[0], "head_sparsity": chosen[1]}), metrics, notes
 
 
-def _quantize_follows(ctx: Any) -> bool:
-    """A quantize pass comes after the (first) prune pass with an auto ratio."""
+def _quantize_follows(ctx: Any, cfg: PruneConfig) -> bool:
+    """A quantize pass comes after this prune pass (found by identity; else the first with an auto ratio)."""
     passes = list(getattr(getattr(ctx, "config", None), "passes", None) or [])
-    auto = [i for i, p in enumerate(passes) if getattr(p, "type", None) == "prune"
-            and "auto" in (getattr(p, "sparsity", None), getattr(p, "head_sparsity", None))]
-    return bool(auto) and any(getattr(p, "type", None) == "quantize" for p in passes[auto[0] + 1:])
+    here = [i for i, p in enumerate(passes) if p is cfg] or [
+        i for i, p in enumerate(passes) if getattr(p, "type", None) == "prune"
+        and "auto" in (getattr(p, "sparsity", None), getattr(p, "head_sparsity", None))]
+    return bool(here) and any(getattr(p, "type", None) == "quantize" for p in passes[here[0] + 1:])
 
 
 def _notes(chosen: tuple[float, float], none: bool, stopped: bool, limit: float, source: str, n: int, budget: float) -> list[str]:

@@ -190,6 +190,6 @@ def test_keep_best_hands_back_the_starting_weights_when_no_epoch_beats_them(tmp_
     )
     result = distill(distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path), student)
     m = result.metrics
-    assert m["best_epoch"] == 0 and max(m["eval_metric_per_epoch"]) < 100.0, m["eval_metric_per_epoch"]
+    assert m["best_epoch"] == 0 and max(m["eval_metric_per_epoch"]) < m["eval_metric_start"], m
     assert all(torch.equal(v, start[k]) for k, v in result.model.module.state_dict().items())
     assert any("no epoch beat the starting weights" in n for n in result.notes)

@@ -125,8 +125,8 @@ def test_auto_says_int8_after_it_costs_its_own_cosine(mlp_ctx):
     base = "schema_version: 1\ngates: {min_parity_cosine: 0.0}\npasses:\n  - {type: prune, method: structured, sparsity: auto}\n"
     ctx.config = load_config_text(base + "  - {type: quantize, mode: dynamic}\n")
     notes = _run(handle, ctx).notes
-    assert any("measured before int8" in n and "search_min_cosine" in n for n in notes), notes
+    assert any("measured before quantization" in n and "search_min_cosine" in n for n in notes), notes
     ctx.config = load_config_text(base)
-    assert not any("before int8" in n for n in _run(handle, ctx).notes)
+    assert not any("before quantization" in n for n in _run(handle, ctx).notes)
     ctx.config = load_config_text(base + "  - {type: quantize, mode: dynamic}\n")
-    assert not any("before int8" in n for n in _run(handle, ctx, search_min_cosine=0.0).notes)  # the user chose the target
+    assert not any("before quantization" in n for n in _run(handle, ctx, search_min_cosine=0.0).notes)  # the user chose the target
