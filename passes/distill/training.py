@@ -425,7 +425,6 @@ def _record_epoch(loop: _Loop, sums: list[float]) -> str:
 
 def _select(loop: _Loop, epoch: int) -> str:
     """Score the epoch on data.eval: keep the best weights, count epochs without improvement."""
-
     cfg, s, state = loop.cfg, loop.setup, loop.state
     value = _rank0(loop, score(cfg, loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task, loop.before))
     state["eval_scores"].append(value)
