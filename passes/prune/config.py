@@ -88,7 +88,7 @@ class PruneConfig(PassConfig):
     keep_output_layer: bool = Field(
         True, description="Never prune the final layer (the classifier head), whose outputs are the model's outputs."
     )
-    round_to: int | None = Field(None, gt=0, description="structured: keep channel counts a multiple of this.")
+    round_to: int | None = Field(None, gt=0, description="structured: keep channel counts a multiple of this (torch models: rounded down by Torch-Pruning, so a little more than sparsity goes, e.g. 1,229 → 1,216 FFN neurons at 64; ONNX models: rounded up).")
     steps: int = Field(
         1, ge=1, le=1000,
         description="Gradual pruning: reach the target sparsity over this many steps (magnitude and structured, torch).",
