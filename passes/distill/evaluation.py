@@ -91,9 +91,16 @@ def score(
         r = evaluate(
             student, teacher, ds, names, batch_size, device, task, with_teacher=False, teacher_preds=before.get("teacher_preds")
         )
+    else:
+        r = evaluate(student, teacher, ds, names, batch_size, device, task, with_teacher=True)
+    return score_of(cfg, task, r, before)
+
+
+def score_of(cfg: DistillConfig, task: str, r: dict[str, Any], before: dict[str, Any]) -> float:
+    """`score`'s value from one `evaluate` result (the evaluation before training is one already)."""
+    if task == "classification":
         hit = r["student_correct"] if before.get("has_labels") else r["agree"]
         return 100.0 * hit / max(r["n"], 1)
-    r = evaluate(student, teacher, ds, names, batch_size, device, task, with_teacher=True)
     if cfg.output_loss == "cosine":
         return r.get("cos", 0.0) / max(r["n"], 1)
     return -(r["sq"] / max(r["elems"], 1))

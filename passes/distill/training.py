@@ -35,7 +35,14 @@ from passes.distill.devices import (
     use_channels_last,
     zero_masks,
 )
-from passes.distill.evaluation import accuracy_metrics, evaluate, rounded, score, score_name
+from passes.distill.evaluation import (
+    accuracy_metrics,
+    evaluate,
+    rounded,
+    score,
+    score_name,
+    score_of,
+)
 from passes.distill.loss import distill_loss, loss_text
 from passes.distill.optim import lr_at, make_optimizer
 from passes.distill.setup import Setup
@@ -283,15 +290,13 @@ def _rank0(loop: _Loop, value: float) -> float:
 
 
 def _start_as_candidate(loop: _Loop) -> None:
-    """keep_best: the weights training starts from are the first candidate (epoch 0), so a run that
-    only moves the student away from its teacher on data.eval (a lightly pruned model, a high lr)
-    hands back what it was given."""
-    s, state = loop.setup, loop.state
-    value = score(loop.cfg, loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task, loop.before)
-    state["best_score"] = state["eval_start"] = _rank0(loop, value)
+    """keep_best: the weights training starts from are the first candidate (epoch 0, scored from the
+    evaluation before training: no second pass), so a run that only moves the student away from its
+    teacher on data.eval (a lightly pruned model, a high lr) hands back what it was given."""
+    state = loop.state
+    state["best_score"] = state["eval_start"] = _rank0(loop, score_of(loop.cfg, loop.setup.task, loop.before, loop.before))
     state["best_epoch"] = 0
     loop.best_state = {k: v.detach().clone() for k, v in loop.trainable.state_dict().items()}
-    loop.train_module.train(loop.cfg.train_mode)
 
 
 def _epoch(loop: _Loop) -> None:
