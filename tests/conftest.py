@@ -22,6 +22,30 @@ os.environ["OPTIMIZE_PASS_CACHE"] = "off"
 os.environ["OPTIMIZE_CHARTS"] = "off"
 
 
+def _write_test_models_at_an_ir_the_runtime_reads() -> None:
+    """onnx and onnxruntime are installed independently: onnx 1.23 writes IR 14 by default, which
+    onnxruntime 1.30 refuses (and the tool rightly rejects, exit 2). The models the tests build with
+    onnx.helper.make_model get the newest IR the installed runtime reads, as a user's exporter
+    pinned to their runtime would write; a test that sets ir_version itself keeps its own."""
+    import onnx
+
+    from optimize.runtime import runtime_refuses_ir
+
+    newest = runtime_refuses_ir(onnx.IR_VERSION)
+    if newest is None:
+        return
+    make_model = onnx.helper.make_model
+
+    def at_runtime_ir(graph, **kwargs):
+        kwargs.setdefault("ir_version", newest)
+        return make_model(graph, **kwargs)
+
+    onnx.helper.make_model = at_runtime_ir
+
+
+_write_test_models_at_an_ir_the_runtime_reads()
+
+
 @pytest.fixture
 def charts_on(monkeypatch):
     """`output.charts: auto` draws again (matplotlib permitting) for this test."""

@@ -12,7 +12,9 @@ original's than pruning alone (docs/distill.md has the numbers).
 
 Rows are tokens: with an `attention_mask` input, padding positions are left out. A layer the
 unpruned model never calls through its forward (e.g. the packed projection of
-nn.MultiheadAttention's fused path) is skipped.
+nn.MultiheadAttention's fused path) is skipped, and so is one whose outputs were pruned as well (a
+CNN's first classifier layer): which of the unpruned model's outputs each kept one matches is not
+known here.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ def refit(student: nn.Module, original: nn.Module, names: list[str], ds: Any, ke
             x = _run(student, _Capture(layer, "in"), batches)
             if x is None or y is None or len(x) != len(y):
                 report.append({"name": name, "skipped": "the unpruned model does not call this layer in its forward"})
+                continue
+            if y.shape[1] != layer.out_features:
+                report.append({"name": name, "skipped": "its outputs were pruned too (refit matches whole outputs only)"})
                 continue
             x, y = x.double(), y.double()
             before = _rel_error(layer, x, y)

@@ -47,7 +47,7 @@ def cheap_and_costly(tmp_path: Path) -> tuple[Path, Path]:
 
 def bench(*args: str) -> str:
     res = CliRunner().invoke(app, ["bench", *args, "--threads", "1", "--warmup", "2", "--repeat", "10",
-                                   "--progress", "none"])
+                                   "--progress", "none"], env={"COLUMNS": "120"})
     assert res.exit_code == 0, res.stderr
     return res.stdout
 

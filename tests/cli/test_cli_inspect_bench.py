@@ -107,7 +107,7 @@ def test_bench_json_and_threads(runner, fake_bench):
 
 
 def test_bench_default_threads_and_table(runner, fake_bench):
-    r = runner.invoke(app, ["bench", "a.onnx", "--vs", "b.onnx", "--progress", "none"])
+    r = runner.invoke(app, ["bench", "a.onnx", "--vs", "b.onnx", "--progress", "none"], env={"COLUMNS": "100"})
     assert r.exit_code == 0, r.stderr
     assert fake_bench[-1]["threads"] is None  # the library picks its default
     for text in ("Latency", "MODEL", "BASELINE", "> 1: MODEL is faster", "a.onnx", "b.onnx", "1.50x", "2.00x", "p50 ms", "p99 ms", "per s",

@@ -85,3 +85,39 @@ def test_device_cuda_with_no_amp_trains_in_float32(tmp_path: Path) -> None:
     assert r.returncode in (0, 3), r.stderr[-3000:]
     distill = _step(json.loads(r.stdout), "distill")
     assert distill["device"].startswith("cuda") and distill["amp"] is None
+
+
+def _digits_config(path: Path, prune: str) -> Path:
+    path.write_text(
+        "schema_version: 1\n"
+        "data:\n  train: {source: 'builtin:digits', split: train}\n  eval: {source: 'builtin:digits', split: test}\n"
+        f"passes:\n  - {{type: prune, method: structured, {prune}}}\n  - {{type: distill, epochs: 4, lr: 0.002}}\n"
+        "gates: {max_accuracy_drop: 5.0}\n"
+    )
+    return path
+
+
+def test_gradual_refit_prune_runs_on_cuda_and_hands_the_model_back(tmp_path: Path) -> None:
+    # refit's least-squares solve and the fine-tuning between steps on CUDA tensors
+    cfg = _digits_config(tmp_path / "g.yaml", "importance: fisher, sparsity: 0.5, steps: 2, finetune_epochs: 1, refit: true")
+    r = _cli(["-c", str(cfg), "--device", "cuda", "-o", str(tmp_path / "g.onnx")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    prune = _step(json.loads(r.stdout), "prune")
+    assert prune["device"].startswith("cuda")
+    steps = prune["per_step"]
+    assert len(steps) == 2 and steps[0]["finetune_epochs"] == 1
+    assert all(s["refit"]["layers"] >= 1 for s in steps), steps
+    assert steps[0]["refit"]["rel_error_after_mean"] < steps[0]["refit"]["rel_error_before_mean"], steps[0]
+
+
+def test_sparsity_auto_searches_on_cuda(tmp_path: Path) -> None:
+    cfg = _digits_config(tmp_path / "a.yaml", "sparsity: auto, search_grid: [0.125, 0.25, 0.5], search_min_cosine: 0.8,"
+                                              " search_samples: 256, search_budget_minutes: 2")
+    r = _cli(["-c", str(cfg), "--device", "cuda", "-o", str(tmp_path / "a.onnx")], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    prune = _step(json.loads(r.stdout), "prune")
+    assert prune["device"].startswith("cuda")
+    search = prune["search"]
+    assert search["curve"] and all(p["min_cosine"] is not None for p in search["curve"]), search
+    met = [p["sparsity"] for p in search["curve"] if p["meets"]]
+    assert search["chosen"]["sparsity"] == (max(met) if met else 0.0), search

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -19,9 +20,10 @@ from optimize.llm.load import is_causal_lm_source, load_causal_lm  # noqa: E402
 
 
 def _torch_logits(model, ids, cache=None):
+    arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # 5.2x / older
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(ids), use_cache=True, **({"cache": cache} if cache is not None else {}))
-    return out.logits.numpy(), out.cache
+        out = model(input_ids=torch.from_numpy(ids), use_cache=True, **({arg: cache} if cache is not None else {}))
+    return out.logits.numpy(), getattr(out, arg)
 
 
 def _past_feed(sess, layers, past):

@@ -348,3 +348,14 @@ def test_refit_restores_the_outputs_of_a_pruned_ffn(ctx):
     assert torch.equal(fitted.model.module[0].weight, plain.model.module[0].weight)  # only the reader changes
     with pytest.raises(ValueError, match="refit applies to method: structured"):
         PruneConfig(method="magnitude", refit=True)
+
+
+def test_refit_skips_a_layer_whose_outputs_were_pruned_too(ctx):
+    # the digits CNN's fc1: its inputs (conv channels) and outputs (hidden neurons) both shrink
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    ctx._data["calibration"] = _classification_data(256)
+    ctx._data["eval"] = _classification_data(128, seed=1)
+    row = run(mlp_handle(module), ctx, method="structured", sparsity=0.5, refit=True).metrics["per_step"][0]["refit"]
+    assert row["skipped"] == ["2"] and row["layers"] == 1, row
+    assert row["rel_error_after_mean"] < row["rel_error_before_mean"]
