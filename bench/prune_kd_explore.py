@@ -282,6 +282,10 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
     total = args.epochs * -(-(len(ids) + n_extra) // args.bs)
     warm = int(args.warmup * total)
     step, t0, seen = 0, time.perf_counter(), 0
+    ema = copy.deepcopy(student) if args.ema else None  # --ema: an exponential moving average of the trained weights
+    if ema is not None:
+        by_name = dict(ema.named_parameters())
+        ema_params = [by_name[n] for n, p in student.named_parameters() if any(p is q for q in params)]
     with torch.no_grad():  # teacher targets once (pooled; hidden states recomputed: too big to keep)
         t_base = embed_all(teacher, ids, mask)
     s_qkv, t_qkv = {}, {}
@@ -314,6 +318,12 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
                 feat = (tok_miss * a).sum() / a.sum()
                 if args.relations > 0:
                     feat = feat + args.relations / args.tokens * relation_loss(s_qkv, t_qkv, a, args.rel_heads)
+            elif args.feat_cos > 0:  # every student layer's tokens against its teacher layer's (after --drop-layers: the map)
+                with torch.no_grad():
+                    _, t_hid = pooled(teacher, i, a, hidden=True)
+                e, s_hid = pooled(student, i, a, hidden=True)
+                pairs = [(s_hid[j], t_hid[t]) for j, t in enumerate(args.layer_map) if j > 0]
+                feat = sum((((1 - F.cosine_similarity(s, t, dim=-1)) * a).sum() / a.sum()) for s, t in pairs) / len(pairs)
             elif args.feat > 0:
                 with torch.no_grad():
                     _, t_hid = pooled(teacher, i, a, hidden=True)
@@ -326,10 +336,13 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
             # --tail: each sample weighted by its own miss over the batch's mean (weights average 1), so
             # the worst-matched sentences pull harder; the min cosine is a tail statistic
             out_loss = (miss * (miss / miss.mean()).detach()).mean() if args.tail else miss.mean()
-            loss = out_loss + (args.tokens if args.tokens > 0 else args.feat) * feat
+            loss = out_loss + (args.tokens if args.tokens > 0 else args.feat_cos if args.feat_cos > 0 else args.feat) * feat
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema_params, params, 1 - args.ema)
             losses.append((out_loss.item(), feat.item()))
             step += 1
             seen += len(b)
@@ -337,6 +350,10 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
             c = [cos_stats(embed_all(student, *e[:2]), e[2]) for e in ev]
         log(f"epoch {ep + 1}: out loss {np.mean([x[0] for x in losses]):.4f} feat {np.mean([x[1] for x in losses]):.4f} "
             f"eval cos mean/min {c} {seen / (time.perf_counter() - t0):.1f} samples/s")
+        if ema is not None:
+            ema.eval()
+            with torch.no_grad():
+                log(f"epoch {ep + 1} EMA {args.ema}: eval cos mean/min {[cos_stats(embed_all(ema, *e[:2]), e[2]) for e in ev]}")
     return student
 
 
@@ -381,6 +398,9 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--warmup", type=float, default=0.05, help="fraction of steps")
     ap.add_argument("--feat", type=float, default=0.0, help="weight of the per-layer hidden-state MSE")
+    ap.add_argument("--feat-cos", type=float, default=0.0,
+                    help="weight of 1 - cos of every token's hidden state at every student layer against its teacher layer")
+    ap.add_argument("--ema", type=float, default=0.0, help="also evaluate an EMA of the trained weights with this decay per step")
     ap.add_argument("--bs", type=int, default=32)
     ap.add_argument("--tail", action="store_true", help="weight each sample's 1 - cos by itself over the batch mean")
     ap.add_argument("--eval-mode", action="store_true", help="train with dropout off (the tool's train_mode: false)")
@@ -441,8 +461,9 @@ def main():
         if args.refit:
             log(f"pruned, before refit: eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
             refit(student, teacher, ids, mask, min(args.refit, len(ids)))
+    gone = {int(i) for i in args.drop_layers.split(",")} if args.drop_layers else set()
+    args.layer_map = [0] + [i + 1 for i in range(len(student.encoder.layer)) if i not in gone]  # student hidden j → teacher's
     if args.drop_layers:
-        gone = {int(i) for i in args.drop_layers.split(",")}
         student.encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(student.encoder.layer) if i not in gone])
         student.config.num_hidden_layers = len(student.encoder.layer)
         log(f"layers {sorted(gone)} removed: {len(student.encoder.layer)} left")

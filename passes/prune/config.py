@@ -35,7 +35,7 @@ class PruneConfig(PassConfig):
     )
     refit: bool = Field(
         False,
-        description="structured: after pruning, re-solve each Linear layer whose inputs were removed (FFN output, attention output projection) by least squares so its outputs match the unpruned model's on data.calibration (or data.train) samples.",
+        description="structured: after pruning, re-solve each Linear layer whose inputs were removed (FFN output, attention output projection; a CNN's or MLP's inner layers against the outputs they kept) by least squares so its outputs match the unpruned model's on data.calibration (or data.train) samples; the step's refit metrics list any layer skipped, with why.",
     )
     refit_samples: int = Field(256, ge=1, le=100_000, description="refit: data samples (text: their real tokens are the rows).")
     layer_sparsity: dict[str, float] = Field(

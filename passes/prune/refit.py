@@ -11,10 +11,11 @@ distillation — on a pretrained sentence encoder it brings the pruned embedding
 original's than pruning alone (docs/distill.md has the numbers).
 
 Rows are tokens: with an `attention_mask` input, padding positions are left out. A layer the
-unpruned model never calls through its forward (e.g. the packed projection of
-nn.MultiheadAttention's fused path) is skipped, and so is one whose outputs were pruned as well (a
-CNN's first classifier layer): which of the unpruned model's outputs each kept one matches is not
-known here.
+unpruned model never calls through its forward is skipped. A layer whose outputs were pruned as
+well (a CNN's first classifier layer, an MLP's middle layer) is solved against the unpruned layer's
+outputs it kept (`kept_outputs`, recorded as Torch-Pruning removes channels). The unpruned model is
+compared in the pruned one's form (nn.MultiheadAttention split into q/k/v projections), so layer names
+match.
 """
 
 from __future__ import annotations
@@ -90,39 +91,65 @@ def _solve(x: torch.Tensor, y: torch.Tensor, bias: bool) -> tuple[torch.Tensor, 
     return (w[:-1].T, w[-1]) if bias else (w.T, None)
 
 
-def refit(student: nn.Module, original: nn.Module, names: list[str], ds: Any, keys: list[str]) -> list[dict[str, Any]]:
+def refit(student: nn.Module, original: nn.Module, names: list[str], ds: Any, keys: list[str],
+          kept_outputs: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
     """Refit the Linear layers `names` of `student` (in module order) against the same layers of
-    `original`. Returns one row per layer: name, rows used, relative output error before/after."""
+    `original`. `kept_outputs`: for a layer whose outputs were pruned too, which of the original
+    layer's outputs it still has (in order). Returns one row per layer: name, rows used, relative
+    output error before/after, or `skipped` with the reason."""
+    kept_outputs = kept_outputs or {}
+    report, todo = [], []
+    for name in names:
+        why = _cannot_refit(student, original, name, kept_outputs.get(name))
+        if why:
+            report.append({"name": name, "skipped": why})
+        else:
+            todo.append(name)
+    if not todo:
+        return report
     dev = next((p.device for p in student.parameters()), torch.device("cpu"))
     batches = _batches(ds, keys, dev)
     was = student.training, original.training
     student.eval()
     original.eval()
-    report = []
     try:
-        targets = _targets(original, names, batches)
-        for name in names:
-            layer = student.get_submodule(name)
-            y = targets[name]
-            x = _run(student, _Capture(layer, "in"), batches)
-            if x is None or y is None or len(x) != len(y):
-                report.append({"name": name, "skipped": "the unpruned model does not call this layer in its forward"})
-                continue
-            if y.shape[1] != layer.out_features:
-                report.append({"name": name, "skipped": "its outputs were pruned too (refit matches whole outputs only)"})
-                continue
-            x, y = x.double(), y.double()
-            before = _rel_error(layer, x, y)
-            w, b = _solve(x, y, layer.bias is not None)
-            with torch.no_grad():
-                layer.weight.copy_(w.to(layer.weight.dtype))
-                if b is not None:
-                    layer.bias.copy_(b.to(layer.bias.dtype))
-            report.append({"name": name, "rows": len(x), "rel_error_before": before, "rel_error_after": _rel_error(layer, x, y)})
+        targets = _targets(original, todo, batches)
+        for name in todo:
+            report.append(_refit_layer(student, name, targets.pop(name), kept_outputs.get(name), batches))
     finally:
         student.train(was[0])
         original.train(was[1])
     return report
+
+
+def _cannot_refit(student: nn.Module, original: nn.Module, name: str, kept: list[int] | None) -> str | None:
+    """Why layer `name` cannot be refit (before any forward pass), else None."""
+    try:
+        ref = original.get_submodule(name)
+    except AttributeError:
+        return "the unpruned model has no layer of this name"
+    width = len(kept) if kept is not None else getattr(ref, "out_features", None)
+    if width != student.get_submodule(name).out_features:
+        return "its outputs were pruned and which of the unpruned layer's outputs it kept is not known"
+    return None
+
+
+def _refit_layer(student: nn.Module, name: str, y: torch.Tensor | None, kept: list[int] | None,
+                 batches: list[Any]) -> dict[str, Any]:
+    layer = student.get_submodule(name)
+    x = _run(student, _Capture(layer, "in"), batches)
+    if x is None or y is None or len(x) != len(y):
+        return {"name": name, "skipped": "the unpruned model does not call this layer in its forward"}
+    if kept is not None:
+        y = y[:, kept]
+    x, y = x.double(), y.double()
+    before = _rel_error(layer, x, y)
+    w, b = _solve(x, y, layer.bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(w.to(layer.weight.dtype))
+        if b is not None:
+            layer.bias.copy_(b.to(layer.bias.dtype))
+    return {"name": name, "rows": len(x), "rel_error_before": before, "rel_error_after": _rel_error(layer, x, y)}
 
 
 def _rel_error(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:

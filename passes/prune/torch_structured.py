@@ -102,13 +102,43 @@ def _refit(job: _Job) -> dict[str, Any]:
         raise PassError(job.name, "refit needs data (data.calibration or data.train)")
     ds = ds.take(job.cfg.refit_samples)
     keys = job.input_names if job.input_names and all(k in ds.inputs for k in job.input_names) else list(ds.inputs)
-    rows = refit(job.module, job.model.module, input_pruned_layers(job.module, job.shapes), ds, keys)
+    rows = refit(job.module, _refit_reference(job), input_pruned_layers(job.module, job.shapes), ds, keys, job.kept_outputs)
     done = [r for r in rows if "skipped" not in r]
+    if not done and rows and not any("refit: no layer" in n for n in job.notes):
+        job.notes.append(f"refit: no layer could be refit ({rows[0]['name']}: {rows[0]['skipped']})")
     return {
-        "layers": len(done), "skipped": [r["name"] for r in rows if "skipped" in r], "samples": len(ds),
+        "layers": len(done), "skipped": [{"name": r["name"], "reason": r["skipped"]} for r in rows if "skipped" in r],
+        "samples": len(ds),
         "rel_error_before_mean": round(float(np.mean([r["rel_error_before"] for r in done])), 6) if done else None,
         "rel_error_after_mean": round(float(np.mean([r["rel_error_after"] for r in done])), 6) if done else None,
     }
+
+
+def _refit_reference(job: _Job) -> Any:
+    """The unpruned model in the pruned one's form (attention split as in `_start`), made once."""
+    if job.refit_reference is None:
+        from optimize.export import copy_module
+        from passes.prune import transformer as T
+
+        job.refit_reference = job.model.module
+        if job.converted_attention:
+            job.refit_reference = copy_module(job.model.module)
+            T.convert_attention(job.refit_reference)
+    return job.refit_reference
+
+
+def _track_kept_outputs(job: _Job, group: Any) -> None:
+    """Record which of each Linear's original outputs survive this group's removal (refit solves
+    a layer whose outputs were pruned against those)."""
+    from torch import nn
+
+    names = {id(m): n for n, m in job.layers}
+    for dep, idxs in group:
+        mod = dep.target.module
+        if isinstance(mod, nn.Linear) and getattr(dep.handler, "__name__", "") == "prune_out_channels" and id(mod) in names:
+            kept = job.kept_outputs.get(names[id(mod)], list(range(mod.out_features)))
+            gone = {int(i) for i in idxs}
+            job.kept_outputs[names[id(mod)]] = [k for j, k in enumerate(kept) if j not in gone]
 
 
 def _param_counts(module: Any) -> dict[str, int]:
@@ -144,6 +174,9 @@ class _Job:
     fractions: list[float] = field(default_factory=list)
     quality_data: tuple[Any, str, Any] = (None, "", None)  # eval data, its description, reference outputs
     importance_desc: str = ""
+    converted_attention: bool = False
+    kept_outputs: dict[str, list[int]] = field(default_factory=dict)  # refit: a Linear's original outputs still kept
+    refit_reference: Any = None
 
 
 def run_structured(cfg: PruneConfig, name: str, model: Any, ctx: Any, reference: Any = None) -> PassResult:
@@ -187,6 +220,7 @@ def _start(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> _Job:
     job.masked = _bake_masks(module, name)
     # Attention: packed nn.MultiheadAttention → separate q/k/v so heads can go.
     converted = T.convert_attention(module)
+    job.converted_attention = bool(converted)
     if converted:
         job.notes.append(
             f"nn.MultiheadAttention replaced by SplitHeadAttention (same weights, separate q/k/v) in "
@@ -388,6 +422,8 @@ def _remove_groups(job: _Job, pruner: Any) -> None:
             root = group[0].dep.target.module
             layer = next((n for n, m in job.layers if m is root), type(root).__name__)
             try:
+                if job.cfg.refit:
+                    _track_kept_outputs(job, group)
                 group.prune()
             except Exception as exc:
                 raise PassError(

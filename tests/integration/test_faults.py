@@ -285,7 +285,8 @@ def test_signal_mid_pass(capfd, tmp_path: Path, onnx_model: Path, sig: int, code
     assert [ln for ln in err.splitlines() if ln.strip()][-1] == line
     assert_nothing_written(out)
     assert not work_dir.exists(), "the temporary work folder was left behind"
-    assert [p for p in tmp.iterdir() if _name_pattern(p.name) not in _environment_leftovers(tmp_path, env)] == []
+    environment = _environment_leftovers(tmp_path, env)
+    assert [p for p in tmp.iterdir() if _name_pattern(p.name) not in environment] == []
     # a re-run succeeds
     assert run_cli(capfd, onnx_model, cfg, out)[0] == 0
     assert out.is_file()

@@ -350,12 +350,43 @@ def test_refit_restores_the_outputs_of_a_pruned_ffn(ctx):
         PruneConfig(method="magnitude", refit=True)
 
 
-def test_refit_skips_a_layer_whose_outputs_were_pruned_too(ctx):
-    # the digits CNN's fc1: its inputs (conv channels) and outputs (hidden neurons) both shrink
+def test_refit_solves_a_layer_whose_outputs_were_pruned_too_against_the_outputs_it_kept(ctx):
+    # the digits CNN's fc1 / an MLP's middle layer: its inputs and outputs both shrink
     torch.manual_seed(0)
     module = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
     ctx._data["calibration"] = _classification_data(256)
     ctx._data["eval"] = _classification_data(128, seed=1)
-    row = run(mlp_handle(module), ctx, method="structured", sparsity=0.5, refit=True).metrics["per_step"][0]["refit"]
-    assert row["skipped"] == ["2"] and row["layers"] == 1, row
+    plain = run(mlp_handle(module), ctx, method="structured", sparsity=0.5)
+    res = run(mlp_handle(module), ctx, method="structured", sparsity=0.5, refit=True, steps=2)
+    for row in res.metrics["per_step"]:
+        assert row["refit"]["layers"] == 2 and row["refit"]["skipped"] == [], row["refit"]
+        assert row["refit"]["rel_error_after_mean"] < row["refit"]["rel_error_before_mean"]
+    assert res.model.module[2].out_features == 16  # pruned twice: the kept outputs were tracked across steps
+    assert res.metrics["per_step"][-1]["mean_cosine_after_prune"] > plain.metrics["per_step"][0]["mean_cosine_after_prune"]
+
+
+class _AttentionBlock(nn.Module):
+    """Linear → nn.MultiheadAttention → mean → Linear: the first Linear's outputs (no LayerNorm
+    after it) are prunable, so the attention's q/k/v inputs shrink."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(16, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x)).unsqueeze(1).expand(-1, 3, -1)
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+def test_refit_compares_multihead_attention_in_its_split_form(ctx):
+    # the pruned copy splits nn.MultiheadAttention into q/k/v projections; the unpruned reference
+    # must be split the same way, or the names do not exist there (was: AttributeError, exit 1)
+    torch.manual_seed(0)
+    ctx._data["calibration"] = _classification_data(256)
+    ctx._data["eval"] = _classification_data(128, seed=1)
+    res = run(mlp_handle(_AttentionBlock().eval()), ctx, method="structured", sparsity=0.5, refit=True)
+    row = res.metrics["per_step"][0]["refit"]
+    assert row["layers"] >= 3 and row["skipped"] == [], row  # q, k and v: their inputs were pruned
     assert row["rel_error_after_mean"] < row["rel_error_before_mean"]
