@@ -1,5 +1,5 @@
-"""PNG charts for the Markdown report: latency by thread count, per-layer sparsity, and accuracy vs
-size across the pipeline's steps.
+"""PNG charts for the Markdown report: latency by thread count, per-layer sparsity, accuracy vs
+size across the pipeline's steps, and `sparsity: auto`'s search curve (quality and latency by ratio).
 
 Drawn with matplotlib (the optional extra `pip install 'optimize[charts]'`), imported lazily and
 used through its object-oriented API with the Agg canvas (`matplotlib.figure.Figure` +
@@ -36,6 +36,7 @@ CHARTS = {
     "chart_latency": "Latency by thread count (median; whisker to p90)",
     "chart_sparsity": "Per-layer sparsity",
     "chart_accuracy": "Accuracy vs size across the pipeline",
+    "chart_search": "Pruning search: quality and latency by ratio",
 }
 MAX_LAYERS = 60  # per-layer bars beyond this are unreadable; the chart says how many were left out
 
@@ -98,6 +99,7 @@ def write_charts(report: Any, stem: Path, output_model: Path | None = None) -> C
         "chart_latency": lambda fig: _latency(fig, report),
         "chart_sparsity": lambda fig: _sparsity(fig, report, output_model),
         "chart_accuracy": lambda fig: _accuracy(fig, report),
+        "chart_search": lambda fig: _search(fig, report),
     }
     for key, draw in drawers.items():
         if not applies(key, report):  # nothing this run did to show: no chart, no finding, no stale file
@@ -128,6 +130,8 @@ def applies(key: str, report: Any) -> bool:
     int8 rounding and the chart would be empty."""
     if key == "chart_sparsity":
         return any(s.sparsifies for s in report.steps)
+    if key == "chart_search":
+        return search_curve(report) is not None
     return True
 
 
@@ -274,6 +278,48 @@ def _accuracy(fig: Any, report: Any) -> str | None:
     return None
 
 
+def search_curve(report: Any) -> dict[str, Any] | None:
+    """The first prune step's `sparsity: auto` search metrics with a curve, else None."""
+    for s in report.steps:
+        search = s.metrics.get("search") if s.sparsifies else None
+        if isinstance(search, dict) and search.get("curve"):
+            return search
+    return None
+
+
+def _search(fig: Any, report: Any) -> str | None:
+    search = search_curve(report)
+    if search is None:
+        return "no sparsity: auto search in this run"
+    curve = search["curve"]
+    heads_only = all(p.get("sparsity") == curve[0].get("sparsity") for p in curve) and len(curve) > 1
+    key = "head_sparsity" if heads_only else "sparsity"
+    ax = fig.add_subplot()
+    xs = [p[key] for p in curve]
+    for field_name, style, label in (("min_cosine", "o-", "min cosine, distilled"),
+                                     ("min_cosine_before_distill", "x--", "min cosine, pruned only")):
+        pts = [(x, p[field_name]) for x, p in zip(xs, curve, strict=True) if p.get(field_name) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=label)
+    ax.axhline(search["threshold"], color="#d62728", lw=1, ls=":", label=f"target {search['threshold']:g}")
+    chosen = (search.get("chosen") or {}).get(key)
+    if chosen:
+        ax.axvline(chosen, color="#2ca02c", lw=1, label=f"chosen {chosen:g}")
+    ax.set_xlabel(f"{key} (grid points probed)")
+    ax.set_ylabel(f"min output cosine ({search.get('quality_on')})")
+    lat = [(x, p["latency_ms"]) for x, p in zip(xs, curve, strict=True) if p.get("latency_ms") is not None]
+    if lat:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*lat, strict=True), "s-", color="#7f7f7f", alpha=0.6, label="latency ms (torch, batch 8)")
+        ax2.set_ylabel("latency, ms")
+        ax2.ticklabel_format(axis="y", useOffset=False)
+        fig.subplots_adjust(right=0.88)  # room for the second axis's labels
+        ax2.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("Pruning search: quality and latency by ratio", fontsize=10)
+    return None
+
+
 def markdown_lines(report: Any) -> list[str]:
     """The "Charts" section: an image link per written chart, by its file name (the charts lie
     beside the Markdown file)."""
@@ -287,4 +333,4 @@ def markdown_lines(report: Any) -> list[str]:
 
 
 __all__ = ["CHARTS", "INSTALL_HINT", "ChartResult", "applies", "chart_paths", "markdown_lines", "missing_reason", "require",
-           "wanted", "write_charts"]
+           "search_curve", "wanted", "write_charts"]

@@ -73,7 +73,7 @@ def measure(
     in_facts = lineage.input_facts or {}
     out_facts = model_facts(final.onnx_path, "onnx", final)
     weight_metrics(in_facts, out_facts, final.onnx_path, baseline is pl.handle, metrics)
-    findings.extend(weight_findings(in_facts, out_facts, metrics))
+    findings.extend(weight_findings(in_facts, out_facts, metrics, any(s.sparsifies for s in lineage.steps)))
     diagnostics = _diagnostics(ctx, baseline, final, bench_inputs, ver.ort_device, speedup, metrics, findings)
     if slow_at is not None:
         causes = diagnostics.likely_causes if diagnostics is not None else []
@@ -236,11 +236,13 @@ def _quantization_ratio(out_facts: dict[str, Any], out_path: Any) -> Metric:
     return Metric(value=q_inputs["bits"] / (32 * total), formula=F_QRATIO, inputs=q_inputs)
 
 
-def weight_findings(in_facts: dict[str, Any], out_facts: dict[str, Any], metrics: dict[str, Metric]) -> list[str]:
-    """What the weight counts say about speed and size."""
+def weight_findings(in_facts: dict[str, Any], out_facts: dict[str, Any], metrics: dict[str, Metric],
+                    pruned: bool = True) -> list[str]:
+    """What the weight counts say about speed and size. `pruned`: a step of the run zeroed weights
+    (without one, the output's zeros are int8 rounding, not a pruning choice to warn about)."""
     found = []
     sparsity, removed = metrics["sparsity"].value, metrics["params_removed"].value
-    if sparsity and sparsity > 0.05 and removed is not None and removed < 0.01:
+    if pruned and sparsity and sparsity > 0.05 and removed is not None and removed < 0.01:
         found.append(
             "unstructured zeros do not make ONNX Runtime's dense CPU kernels faster; they shrink the compressed file, "
             "not latency (structured pruning removes work)"

@@ -1,5 +1,6 @@
 """Markdown sections for a prune step's metrics: the per-layer table, MACs before/after, the
-compressed size, the gradual schedule's per-step table and a sensitivity scan. Used by
+compressed size, the gradual schedule's per-step table, `sparsity: auto`'s search curve and a
+sensitivity scan. Used by
 `optimize.report_md.to_markdown` and by `optimize prune-scan`."""
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
         else:
             facts.append(f"2:4 on GPU: not measured ({g.get('reason')})")
     lines += [f"- {f}" for f in facts]
+    lines += search_markdown(metrics.get("search"))
     rows = metrics.get("per_step") or []
     if len(rows) > 1:
         keys = [k for k in rows[0] if k != "step"]
@@ -77,6 +79,26 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
             keys += [k for k in r if k not in keys and k != "step"]
         lines += [""] + table(["step", *keys], [[r.get("step"), *(_fmt(r.get(k)) for k in keys)] for r in rows])
     return lines
+
+
+def search_markdown(search: Any) -> list[str]:
+    """`sparsity: auto`'s curve: one row per probe (ratio → quality after its short distillation,
+    MACs, latency), the chosen point marked, and the target it was held to."""
+    if not isinstance(search, dict) or not search.get("curve"):
+        return []
+    chosen = search.get("chosen") or {}
+    rows = []
+    for p in search["curve"]:
+        mark = "**chosen**" if (p.get("sparsity"), p.get("head_sparsity")) == (chosen.get("sparsity"), chosen.get("head_sparsity")) else ""
+        rows.append([_fmt(p.get("sparsity")), _fmt(p.get("head_sparsity")), _fmt(p.get("min_cosine_before_distill")),
+                     _fmt(p.get("min_cosine")), _fmt(p.get("mean_cosine")), _fmt(p.get("macs_reduction")),
+                     _fmt(p.get("latency_ms")), "yes" if p.get("meets") else "no", mark])
+    target = f"min cosine ≥ {_fmt(search.get('threshold'))} ({search.get('threshold_from')}) on {search.get('quality_on')}"
+    stop = "; the time budget stopped the search" if search.get("stopped_by_budget") else ""
+    head = ["", f"Pruning search: {target}; each probe {search.get('probe_training')}{stop}. Chosen: sparsity "
+                f"{_fmt(chosen.get('sparsity'))}, head_sparsity {_fmt(chosen.get('head_sparsity'))}.", ""]
+    return head + table(["sparsity", "head_sparsity", "min cos (pruned)", "min cos (distilled)", "mean cos", "MACs ÷",
+                         "latency ms", "meets", ""], rows)
 
 
 def scan_markdown(scan: dict[str, Any]) -> list[str]:

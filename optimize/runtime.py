@@ -85,7 +85,20 @@ def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     if missing:
         raise VerificationError(f"no data for model inputs {missing}")
     axes = input_batch_axes(sess)
-    return {n: to_model_layout(inputs[n], axes.get(n, 0)) for n in names}
+    types = {i.name: i.type for i in sess.get_inputs()}
+    return {n: _as_input_type(to_model_layout(inputs[n], axes.get(n, 0)), types[n]) for n in names}
+
+
+_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _as_input_type(arr: Any, onnx_type: str) -> Any:
+    """Float data in the float type the input takes: an fp16 model with float16 inputs
+    (`keep_io_types: false`) is measured on the same float32 data as the model it came from."""
+    want = _FLOAT_TYPES.get(onnx_type)
+    if want is None or not isinstance(arr, np.ndarray) or arr.dtype == want or arr.dtype.kind != "f":
+        return arr
+    return arr.astype(want)
 
 
 def _dims(shape: Any) -> tuple[Any, ...]:

@@ -145,7 +145,7 @@ def weight_findings(in_facts: dict[str, Any], out_facts: dict[str, Any], metrics
     correction of float zero points (int4 minmax / hqq) adds K / block_size rows (or a small MatMul) per node."""
     from optimize.measure import weight_findings as generic
 
-    found = generic(in_facts, out_facts, metrics)
+    found = generic(in_facts, out_facts, metrics, any(getattr(s, "sparsifies", False) for s in steps))
     split = any(str(((s.metrics or {}).get("llm") or {}).get("algorithm")) in ("minmax", "hqq") for s in steps)
     if split and (out_facts.get("weights") or 0) > (in_facts.get("weights") or 0):
         found = [f for f in found if not f.startswith("the output stores more weight elements")]

@@ -83,11 +83,25 @@ class DistillPass(Pass):
             what = "keep_best" if cfg.keep_best else "early_stopping_patience"
             raise ConfigError(f"{what} selects on the eval metric: declare data.eval", key=f"{plan.key}.{what}")
         module = getattr(getattr(plan, "model", None), "module", None)
+        if cfg.freeze and module is not None and cfg.student is None:
+            self._check_freeze(cfg.freeze, module, plan.key)
         if cfg.features and module is not None:
             from passes.distill.features import check_names
 
             names_kept = cfg.student is None or (cfg.student.depth is None and cfg.student.factory is None)
             check_names(cfg.features, module, module if names_kept else None, plan.key)
+
+    @staticmethod
+    def _check_freeze(patterns: list[str], module: Any, key: str) -> None:
+        """A freeze pattern that matches no parameter of the input model is a typo: exit 2 before
+        any pass runs (the student is the input model, pruned; its parameter names are the same)."""
+        from fnmatch import fnmatchcase
+
+        names = [n for n, _ in module.named_parameters()]
+        unmatched = [pat for pat in patterns if not any(fnmatchcase(n, pat) for n in names)]
+        if names and unmatched:
+            raise ConfigError(f"{', '.join(unmatched)} matches no parameter of the model (names look like {names[0]!r})",
+                              key=f"{key}.freeze")
 
     def _check_factory(self, spec: str, plan: PlanContext) -> None:
         import importlib

@@ -35,7 +35,7 @@ class PrunePass(Pass):
                 "importance": cfg.importance in ("taylor", "fisher"),
                 "head_sparsity": cfg.head_sparsity == "auto" or cfg.head_sparsity > 0,
                 "sparsity": cfg.sparsity == "auto",
-                "steps": cfg.steps > 1, "round_to": cfg.round_to is not None, "refit": cfg.refit,
+                "steps": cfg.steps > 1, "refit": cfg.refit,
                 "drop_layers": bool(cfg.drop_layers),
             }
             for field_name, used in torch_only.items():
@@ -43,6 +43,9 @@ class PrunePass(Pass):
                     raise ConfigError(
                         f"{field_name} needs a torch model; the model is ONNX at this point", key=f"{key}.{field_name}"
                     )
+        if cfg.method == "structured" and plan.form_at_pass == "torch" and any(p.name == "quantize" for p in plan.earlier):
+            raise ConfigError("structured pruning cannot resize the layers quantization-aware training wraps; "
+                              "put the structured prune pass before quantize", key=f"{key}.method")
         if cfg.refit and not (plan.has_data("calibration") or plan.has_data("train")):
             raise ConfigError("refit fits layers on data: declare data.calibration or data.train", key=f"{key}.refit")
         if isinstance(cfg.drop_layers, int) and cfg.drop_layers and not (plan.has_data("calibration") or plan.has_data("train")):
@@ -88,6 +91,7 @@ class PrunePass(Pass):
             before = U.torch_weight_arrays(model.module)
             after = U.torch_weight_arrays(result.model.module)
         result.metrics["compressed_bytes"] = _compressed(before, after)
+        result.notes.extend(_unmatched_patterns(self.config, _layer_names(model) | _layer_names(result.model)))
         return result
 
     def _run_onnx(self, model: Any, ctx: Any) -> PassResult:
@@ -131,12 +135,14 @@ class PrunePass(Pass):
                 keys = ("params_before", "params_after", "macs_before", "macs_after", "macs_batch")
                 metrics = {"method": "structured", "drop_layers": dropped, **{k: dropped[k] for k in keys}}
                 return PassResult(model, metrics=_reductions(metrics))
+        cfg, head_notes = _without_heads(cfg, model.module)
         searched: tuple[Any, ...] = ()
         if "auto" in (cfg.sparsity, cfg.head_sparsity):
             from passes.prune.search import search
 
             cfg, *searched = search(cfg, self.name, model, ctx)
         result = run_structured(cfg, self.name, model, ctx, reference=original)
+        result.notes.extend(head_notes)
         if searched:
             result.metrics["search"] = searched[0]
             result.notes.extend(searched[1])
@@ -175,3 +181,38 @@ def _compressed_unmeasured(big: int) -> dict[str, Any]:
         "reason": f"not measured: {big} bytes of weights, over {U.COMPRESS_LIMIT_BYTES} "
                   "(zlib would add minutes)",
     }
+
+
+def _without_heads(cfg: Any, module: Any) -> tuple[Any, list[str]]:
+    """head_sparsity on a model without attention heads: 0, with a note (a search would probe, and
+    report choosing, head ratios that change nothing)."""
+    from passes.prune.transformer import has_heads
+
+    if cfg.head_sparsity == 0 or has_heads(module):
+        return cfg, []
+    note = f"head_sparsity {cfg.head_sparsity}: the model has no attention heads to remove (head_sparsity 0)"
+    return cfg.model_copy(update={"head_sparsity": 0.0}), [note]
+
+
+def _layer_names(model: Any) -> set[str]:
+    """Every name a layer pattern can match: torch module and parameter names; ONNX node and
+    initializer names."""
+    if model.form == "torch":
+        return {n for n, _ in model.module.named_modules()} | {n for n, _ in model.module.named_parameters()}
+    from optimize import onnx_io
+
+    graph = onnx_io.load(model.onnx_path, load_external_data=False).graph
+    return {n.name for n in graph.node} | {i.name for i in graph.initializer}
+
+
+def _unmatched_patterns(cfg: Any, names: set[str]) -> list[str]:
+    """A note per include / exclude / layer_sparsity glob that matches no layer: a typo there
+    otherwise prunes at the default ratio without a word."""
+    from fnmatch import fnmatchcase
+
+    fields = {"include": cfg.include, "exclude": cfg.exclude, "layer_sparsity": list(cfg.layer_sparsity)}
+    return [
+        f"{field}: {pattern!r} matches no layer of the model"
+        for field, patterns in fields.items() for pattern in patterns
+        if not any(fnmatchcase(n, pattern) for n in names)
+    ]

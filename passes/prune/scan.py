@@ -51,6 +51,23 @@ def _candidates(handle: Any, method: str) -> list[str]:
     return seen
 
 
+def _check_layers(handle: Any, layers: list[str], method: str) -> None:
+    """--layer names the model does not have: exit 2 with some names it has."""
+    from optimize.errors import UsageError
+
+    if handle.form == "torch":
+        known = {n for n, _ in handle.module.named_modules()}
+    else:
+        from optimize import onnx_io
+
+        graph = onnx_io.load(handle.onnx_path).graph
+        known = {n.name for n in graph.node} | {i.name for i in graph.initializer}
+    unknown = [n for n in layers if n not in known]
+    if unknown:
+        some = _candidates(handle, method)[:6]
+        raise UsageError(f"--layer: the model has no layer {', '.join(map(repr, unknown))} (scannable layers: {', '.join(some)})")
+
+
 def _outputs(handle: Any, ds: Any) -> list[np.ndarray]:
     if handle.form == "torch":
         from passes.prune.util import torch_outputs
@@ -86,10 +103,14 @@ def scan(
     bad = [r for r in ratios if not 0 < r < 1]
     if bad or not ratios:
         raise UsageError(f"--ratios must be fractions in (0, 1): {bad or 'none given'}")
+    if not -1 <= min_cosine <= 1 or max_drop < 0:
+        raise UsageError(f"--min-cosine must be in [-1, 1] and --max-drop at least 0 (got {min_cosine:g}, {max_drop:g})")
     cfg = _config(config_path)
     handle = load_model(model, model_cfg=cfg.model, trust_model=trust_model, base_dir=Path.cwd())
     if not handle.inputs:
         raise UsageError("the model's inputs are unknown: give -c CONFIG with model.inputs")
+    if layers:
+        _check_layers(handle, layers, method)
     with tempfile.TemporaryDirectory(prefix="optimize-scan-") as work:
         ctx = RunContext(config=cfg, work_dir=Path(work), inputs=list(handle.inputs), input_model=handle)
         ds = ctx.data("eval")

@@ -55,7 +55,7 @@ def threshold(cfg: PruneConfig, ctx: Any) -> tuple[float, str]:
         if value is not None:
             return float(value), f"gates.{name}"
     raise ConfigError(
-        "sparsity/head_sparsity auto needs a quality target: set search_min_cosine or gates.min_embedding_cosine",
+        "sparsity/head_sparsity auto needs a quality target: set search_min_cosine, gates.min_embedding_cosine or gates.min_parity_cosine",
         key=f"{getattr(ctx, 'key', 'prune')}.search_min_cosine",
     )
 

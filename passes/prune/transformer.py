@@ -157,6 +157,12 @@ def find_attention(model: nn.Module) -> list[Attention]:
     return found
 
 
+def has_heads(model: nn.Module) -> bool:
+    """Whether head pruning has anything to remove: an nn.MultiheadAttention or an attention module
+    `find_attention` recognises."""
+    return any(isinstance(m, nn.MultiheadAttention) for m in model.modules()) or bool(find_attention(model))
+
+
 def residual_writers(model: nn.Module, args: tuple[Any, ...], layers: list[tuple[str, nn.Module]]) -> list[str]:
     """Names of the layers whose output channels share a dependency group with a LayerNorm or an
     embedding: the writers of the residual stream, whose pruning would change the hidden size."""

@@ -68,7 +68,7 @@ def _nbits(model: Any, bits: int, block_size: int, symmetric: bool, accuracy_lev
                                  quant_axes=(("MatMul", 0), ("Gather", 1)), algo_config=algo)
     if algorithm == "minmax":
         quant.node_quantizer = _minmax_quantizer(algo)
-    with _quiet():
+    with quiet_quantizer():
         quant.process()
     out = quant.model.model
     if float_zero:
@@ -164,7 +164,7 @@ def _ort_symbolic_shapes(model: Any) -> Any:
 
     if model.ByteSize() > SIZE_LIMIT:
         raise ValueError("model past 2 GB")
-    with tempfile.TemporaryDirectory(prefix="optimize-shapes-") as scratch, contextlib.chdir(scratch), _quiet():
+    with tempfile.TemporaryDirectory(prefix="optimize-shapes-") as scratch, contextlib.chdir(scratch), quiet_quantizer():
         return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
 
 
@@ -334,7 +334,7 @@ def _minmax_quantizer(config: Any) -> Any:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_quantizer() -> Iterator[None]:
     """The quantizers print, and log each skipped node at INFO (their own logger and the root)."""
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
     root = logging.getLogger()
@@ -410,7 +410,7 @@ def quantize_int8_dynamic(src: Path, dst: Path, *, head: Policy = "int8", per_ch
         return facts
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet():
+    with quiet_quantizer():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=per_channel,
                          reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude or None,
                          use_external_data_format=src.stat().st_size > SIZE_LIMIT)

@@ -281,7 +281,10 @@ def weight_only(cfg: QuantizeConfig, qin: Any, out: Any, large: bool, metrics: d
         accuracy_level=cfg.accuracy_level or None, nodes_to_exclude=list(cfg.exclude_nodes),
         op_types_to_quantize=("MatMul",),
     )
-    quantizer.process()
+    from passes.quantize.int4 import quiet_quantizer
+
+    with quiet_quantizer():  # it logs every node it skips at INFO, even under -q
+        quantizer.process()
     quantizer.model.save_model_to_file(str(out), large)
     if cfg.accuracy_level != 4:
         notes.append(

@@ -31,6 +31,30 @@ def _lat(ms: float, threads: int) -> Latency:
                    runtime="onnxruntime", device="cpu")
 
 
+SEARCH = {  # a sparsity: auto search as passes/prune/search.py records it
+    "threshold": 0.95, "threshold_from": "gates.min_embedding_cosine", "quality_on": "data.eval",
+    "grid": [0.25, 0.5, 0.75], "probe_training": "1 epoch on 512 data.train samples, lr 0.0005", "stopped_by_budget": False,
+    "curve": [
+        {"sparsity": 0.5, "head_sparsity": 0.0, "min_cosine": 0.961, "mean_cosine": 0.99, "min_cosine_before_distill": 0.9,
+         "macs_reduction": 1.6, "latency_ms": 4.1, "meets": True},
+        {"sparsity": 0.75, "head_sparsity": 0.0, "min_cosine": 0.91, "mean_cosine": 0.97, "min_cosine_before_distill": 0.7,
+         "macs_reduction": 2.9, "latency_ms": 2.5, "meets": False},
+    ],
+    "chosen": {"sparsity": 0.5, "head_sparsity": 0.0},
+}
+
+
+def test_the_search_curve_is_a_table_with_the_chosen_point_and_its_target():
+    from optimize.prune_report import search_markdown
+
+    lines = search_markdown(SEARCH)
+    text = "\n".join(lines)
+    assert "min cosine ≥ 0.95 (gates.min_embedding_cosine) on data.eval" in text and "Chosen: sparsity 0.5" in text
+    rows = [ln for ln in lines if ln.startswith("| 0.")]
+    assert len(rows) == 2 and rows[0].endswith("| yes | **chosen** |") and rows[1].endswith("| no |  |"), rows
+    assert search_markdown({"curve": []}) == [] and search_markdown(None) == []
+
+
 def _report(tmp_path: Path) -> Report:
     layers = [
         {"name": "fc1", "shape_before": [16, 8], "shape_after": [16, 8], "weights": 128, "zeros": 64, "sparsity": 0.5},
@@ -44,7 +68,7 @@ def _report(tmp_path: Path) -> Report:
         output=ModelFacts(path="out.onnx", form="onnx", bytes=1500, weights=1000, weight_bits=8000),
         steps=[
             Step(index=1, type="prune", config={}, form_in="torch", form_out="torch", seconds=0.1,
-                 sparsifies=True, metrics={"method": "magnitude", "layers": layers}),
+                 sparsifies=True, metrics={"method": "magnitude", "layers": layers, "search": SEARCH}),
             Step(index=2, type="distill", config={}, form_in="torch", form_out="torch", seconds=1.0,
                  trains=True, params_after=600, metrics={"student_accuracy": 95.5, "teacher_accuracy": 97.0}),
         ],
@@ -100,7 +124,7 @@ def test_charts_are_pngs_and_the_markdown_links_them(tmp_path):
     r.files.update({k: str(p) for k, p in res.files.items()})
     md = to_markdown(r)
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert links == ["m.report.latency.png", "m.report.sparsity.png", "m.report.accuracy.png"]
+    assert links == ["m.report.latency.png", "m.report.sparsity.png", "m.report.accuracy.png", "m.report.search.png"]
     assert all((tmp_path / link).is_file() for link in links)  # relative to the Markdown beside them
 
 

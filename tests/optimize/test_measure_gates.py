@@ -180,3 +180,13 @@ def test_speed_bound_rejects_other_values() -> None:
 
     with pytest.raises(ConfigError):
         load_config_text("schema_version: 1\npasses: []\ngates:\n  speed_bound: middle\n", file="g.yaml")
+
+
+def test_zero_weights_are_called_unstructured_pruning_only_after_a_pruning_step():
+    # int8 rounding with reduce_range leaves ~5% zeros in a quantize-only run: no pruning advice then
+    from optimize.measure import weight_findings
+
+    metrics = {"sparsity": Metric(value=0.053, formula="zeros / total"), "params_removed": Metric(value=0.0, formula="")}
+    facts = {"weights": 1000}
+    assert weight_findings(facts, facts, metrics, pruned=False) == []
+    assert [f for f in weight_findings(facts, facts, metrics, pruned=True) if f.startswith("unstructured zeros")]

@@ -47,3 +47,15 @@ def test_io_float16_when_not_kept(tmp_path, mlp_onnx):
 def test_blocked_op_types_keep_float32_weights(tmp_path, mlp_onnx):
     model = onnx.load(str(convert(tmp_path, mlp_onnx, op_block_list=["Gemm"]).model.onnx_path))
     assert matrix_types(model) == {F32}
+
+
+def test_a_float16_io_model_is_measured_on_the_same_float32_data(tmp_path, mlp_onnx):
+    # keep_io_types: false ended every run in "error: internal" (float32 data fed to float16 inputs)
+    from optimize.runtime import predict
+
+    path = convert(tmp_path, mlp_onnx, keep_io_types=False).model.onnx_path
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(mlp_onnx), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    out = predict(sess, {"x": x})[0]
+    assert out.dtype == np.float16 and cosine(out.astype(np.float32), ref) > 0.999

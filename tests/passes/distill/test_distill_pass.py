@@ -331,3 +331,14 @@ def test_frozen_parameters_keep_their_values_and_the_rest_train(tmp_path: Path) 
     bad = distill_ctx(tmp_path / "b", torch_handle(teacher, spec), "passes: [{type: distill, epochs: 1, freeze: ['*.attention.*']}]\n")
     with pytest.raises(PassError, match=r"freeze: \*\.attention\.\* matches no parameter"):
         distill(bad, torch_handle(copy.deepcopy(start), spec))
+
+
+def test_a_freeze_pattern_matching_no_parameter_is_refused_at_plan_time(cfg):
+    # exit 2 before any pass runs, not exit 1 after the earlier passes did their work
+    module = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    plan = PlanContext(config=cfg, input_form="torch", has_input_spec=True, index=1, form_at_pass="torch",
+                       model=torch_handle(module, [TensorSpec("x", ("batch", 6))]))
+    with pytest.raises(ConfigError, match=r"nomatch\* matches no parameter of the model") as err:
+        DistillPass(DistillConfig(freeze=["0.*", "nomatch*"])).check(plan)
+    assert err.value.key == "passes[1].freeze"
+    DistillPass(DistillConfig(freeze=["0.*"])).check(plan)

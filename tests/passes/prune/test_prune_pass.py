@@ -214,6 +214,17 @@ def test_structured_respects_exclude_and_round_to(ctx):
     assert m(torch.randn(2, 16)).shape == (2, 4)
 
 
+def test_patterns_that_match_no_layer_and_heads_on_a_model_without_attention_are_noted(ctx):
+    # a typo in layer_sparsity / exclude otherwise prunes at the default ratio without a word
+    res = run(torch_handle(mlp_of(16, 32, 32, 4), 16), ctx, method="structured", sparsity=0.5, head_sparsity=0.5,
+              exclude=["0", "nope*"], layer_sparsity={"2": 0.25, "fc9": 0.1})
+    assert "exclude: 'nope*' matches no layer of the model" in res.notes
+    assert "layer_sparsity: 'fc9' matches no layer of the model" in res.notes
+    assert not any("'0'" in n or "'2'" in n for n in res.notes), res.notes
+    assert any(n.startswith("head_sparsity 0.5: the model has no attention heads") for n in res.notes), res.notes
+    assert res.model.module[2].out_features == 24  # layer_sparsity 0.25 applied
+
+
 def test_structured_keeps_earlier_masks(ctx):
     masked = run(torch_handle(mlp_of(16, 32, 32, 4), 16), ctx, sparsity=0.5)
     res = run(masked.model, ctx, method="structured", sparsity=0.25)
@@ -266,6 +277,18 @@ def test_check_rejects_torch_only_options_on_onnx(cfg):
     PrunePass(PruneConfig(method="structured")).check(plan)  # channels of MatMul/Gemm/Conv chains
     PrunePass(PruneConfig(method="magnitude")).check(plan)  # fine on ONNX
     PrunePass(PruneConfig(method="nm")).check(plan)
+    PrunePass(PruneConfig(method="structured", round_to=8)).check(plan)  # the ONNX path rounds up (was refused)
+
+
+def test_check_refuses_structured_pruning_after_quantization_aware_training(cfg):
+    from passes.quantize import QuantizeConfig, QuantizePass
+
+    qat = QuantizePass(QuantizeConfig(mode="static"))
+    plan = PlanContext(config=cfg, input_form="torch", has_input_spec=True, index=1, form_at_pass="torch", earlier=[qat])
+    with pytest.raises(ConfigError, match="before quantize") as err:
+        PrunePass(PruneConfig(method="structured")).check(plan)
+    assert err.value.key == "passes[1].prune.method"
+    PrunePass(PruneConfig(method="magnitude")).check(plan)  # masks work on wrapped weights
 
 
 # ---- ONNX ----------------------------------------------------------------------------------

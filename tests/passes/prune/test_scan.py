@@ -47,3 +47,14 @@ def test_cli_prune_scan_json_and_usage_errors(tmp_path):
     snippet = res.stdout.split("```yaml")[1].split("```")[0]
     assert yaml.safe_load(snippet)["passes"][0]["layer_sparsity"] == {"fc1": 0.5}
     assert not np.isnan(json.loads(runner.invoke(app, ["prune-scan", str(src), "--ratios", "0.25", "--json"]).stdout)["baseline"])
+
+
+def test_cli_prune_scan_refuses_a_layer_the_model_lacks_and_impossible_targets(tmp_path):
+    src, _ = ffn_model(tmp_path / "ffn.onnx", list(range(8)))
+    runner = CliRunner()
+    res = runner.invoke(app, ["prune-scan", str(src), "--ratios", "0.5", "--layer", "nope", "-q"])
+    assert res.exit_code == 2 and "no layer 'nope'" in res.output and "fc1" in res.output, res.output
+    res = runner.invoke(app, ["prune-scan", str(src), "--ratios", "0.5", "--min-cosine", "2", "-q"])
+    assert res.exit_code == 2 and "--min-cosine" in res.output, res.output
+    res = runner.invoke(app, ["prune-scan", str(src), "--ratios", "0.5", "--layer", "fc1", "--json", "-q"])
+    assert res.exit_code == 0 and [r["name"] for r in json.loads(res.stdout)["layers"]] == ["fc1"], res.output

@@ -81,7 +81,7 @@ def test_auto_needs_a_quality_target_and_reads_the_gate():
 
     text = "schema_version: 1\ndata: {train: {source: t.npz}, eval: {source: e.npz}}\npasses: []\n"
     plan = PlanContext(config=load_config_text(text), input_form="torch", has_input_spec=True, index=0, form_at_pass="torch")
-    with pytest.raises(ConfigError, match="search_min_cosine or gates.min_embedding_cosine"):
+    with pytest.raises(ConfigError, match="search_min_cosine, gates.min_embedding_cosine or gates.min_parity_cosine"):
         PrunePass(PruneConfig(method="structured", sparsity="auto")).check(plan)
     gated = load_config_text(text + "gates: {min_embedding_cosine: 0.95}\n")
     plan.config = gated
