@@ -292,8 +292,7 @@ def _search(fig: Any, report: Any) -> str | None:
     if search is None:
         return "no sparsity: auto search in this run"
     curve = search["curve"]
-    heads_only = all(p.get("sparsity") == curve[0].get("sparsity") for p in curve) and len(curve) > 1
-    key = "head_sparsity" if heads_only else "sparsity"
+    key = "head_sparsity" if search.get("searched") == ["head_sparsity"] else "sparsity"  # both: heads are half
     ax = fig.add_subplot()
     xs = [p[key] for p in curve]
     for field_name, style, label in (("min_cosine", "o-", "min cosine, distilled"),

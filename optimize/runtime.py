@@ -79,13 +79,13 @@ def runtime_refuses_ir(ir: int) -> int | None:
 def feeds_for(sess: Any, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Select (and order) the arrays a session needs; a 1-input model accepts any single array."""
     names = [i.name for i in sess.get_inputs()]
+    types = {i.name: i.type for i in sess.get_inputs()}
     if len(names) == 1 and names[0] not in inputs and len(inputs) == 1:
-        return {names[0]: next(iter(inputs.values()))}
+        return {names[0]: _as_input_type(next(iter(inputs.values())), types[names[0]])}
     missing = [n for n in names if n not in inputs]
     if missing:
         raise VerificationError(f"no data for model inputs {missing}")
     axes = input_batch_axes(sess)
-    types = {i.name: i.type for i in sess.get_inputs()}
     return {n: _as_input_type(to_model_layout(inputs[n], axes.get(n, 0)), types[n]) for n in names}
 
 

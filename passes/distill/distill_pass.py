@@ -83,7 +83,7 @@ class DistillPass(Pass):
             what = "keep_best" if cfg.keep_best else "early_stopping_patience"
             raise ConfigError(f"{what} selects on the eval metric: declare data.eval", key=f"{plan.key}.{what}")
         module = getattr(getattr(plan, "model", None), "module", None)
-        if cfg.freeze and module is not None and cfg.student is None:
+        if cfg.freeze and module is not None and cfg.student is None and not plan.earlier:
             self._check_freeze(cfg.freeze, module, plan.key)
         if cfg.features and module is not None:
             from passes.distill.features import check_names
@@ -93,8 +93,9 @@ class DistillPass(Pass):
 
     @staticmethod
     def _check_freeze(patterns: list[str], module: Any, key: str) -> None:
-        """A freeze pattern that matches no parameter of the input model is a typo: exit 2 before
-        any pass runs (the student is the input model, pruned; its parameter names are the same)."""
+        """With distill the first pass (the student is the input model itself), a freeze pattern
+        that matches none of its parameters is a typo: exit 2 before any work. After other passes the
+        names can change (split attention, pruning masks): the run-time check judges those."""
         from fnmatch import fnmatchcase
 
         names = [n for n, _ in module.named_parameters()]

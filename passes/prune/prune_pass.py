@@ -43,7 +43,8 @@ class PrunePass(Pass):
                     raise ConfigError(
                         f"{field_name} needs a torch model; the model is ONNX at this point", key=f"{key}.{field_name}"
                     )
-        if cfg.method == "structured" and plan.form_at_pass == "torch" and any(p.name == "quantize" for p in plan.earlier):
+        resizes = cfg.sparsity != 0 or cfg.head_sparsity != 0 or bool(cfg.layer_sparsity)
+        if cfg.method == "structured" and resizes and plan.form_at_pass == "torch" and any(p.name == "quantize" for p in plan.earlier):
             raise ConfigError("structured pruning cannot resize the layers quantization-aware training wraps; "
                               "put the structured prune pass before quantize", key=f"{key}.method")
         if cfg.refit and not (plan.has_data("calibration") or plan.has_data("train")):
@@ -91,7 +92,7 @@ class PrunePass(Pass):
             before = U.torch_weight_arrays(model.module)
             after = U.torch_weight_arrays(result.model.module)
         result.metrics["compressed_bytes"] = _compressed(before, after)
-        result.notes.extend(_unmatched_patterns(self.config, _layer_names(model) | _layer_names(result.model)))
+        result.notes.extend(_unmatched_patterns(self.config, _layer_names(result.model)))
         return result
 
     def _run_onnx(self, model: Any, ctx: Any) -> PassResult:
@@ -195,14 +196,20 @@ def _without_heads(cfg: Any, module: Any) -> tuple[Any, list[str]]:
 
 
 def _layer_names(model: Any) -> set[str]:
-    """Every name a layer pattern can match: torch module and parameter names; ONNX node and
-    initializer names."""
+    """Every name a layer pattern is matched against, as the selectors match them (torch_common.
+    selected): torch module names and NAME.weight (the model after any dropped blocks: patterns see
+    the new numbers); ONNX weight keys, node names and NODE.weight, initializer names."""
     if model.form == "torch":
-        return {n for n, _ in model.module.named_modules()} | {n for n, _ in model.module.named_parameters()}
+        names = {n for n, _ in model.module.named_modules()}
+        return names | {f"{n}.weight" for n in names} | {n for n, _ in model.module.named_parameters()}
     from optimize import onnx_io
+    from optimize.inspect_onnx import iter_weight_uses
 
-    graph = onnx_io.load(model.onnx_path, load_external_data=False).graph
-    return {n.name for n in graph.node} | {i.name for i in graph.initializer}
+    proto = onnx_io.load(model.onnx_path, load_external_data=False)
+    found = {i.name for i in proto.graph.initializer}
+    for u in iter_weight_uses(proto):
+        found |= {u.key, u.name, u.node.name, f"{u.node.name}.weight"}
+    return found
 
 
 def _unmatched_patterns(cfg: Any, names: set[str]) -> list[str]:

@@ -55,16 +55,17 @@ def _check_layers(handle: Any, layers: list[str], method: str) -> None:
     """--layer names the model does not have: exit 2 with some names it has."""
     from optimize.errors import UsageError
 
+    candidates = _candidates(handle, method)
     if handle.form == "torch":
         known = {n for n, _ in handle.module.named_modules()}
     else:
         from optimize import onnx_io
 
-        graph = onnx_io.load(handle.onnx_path).graph
+        graph = onnx_io.load(handle.onnx_path, load_external_data=False).graph
         known = {n.name for n in graph.node} | {i.name for i in graph.initializer}
-    unknown = [n for n in layers if n not in known]
+    unknown = [n for n in layers if n not in known | set(candidates)]
     if unknown:
-        some = _candidates(handle, method)[:6]
+        some = candidates[:6]
         raise UsageError(f"--layer: the model has no layer {', '.join(map(repr, unknown))} (scannable layers: {', '.join(some)})")
 
 

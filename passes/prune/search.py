@@ -107,6 +107,7 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConf
                      f"above the gate by the quantization's own loss (a quantize-only run measures it)")
     metrics = {
         "threshold": limit, "threshold_from": source, "quality_on": eval_desc, "grid": grid,
+        "searched": [f for f in ("sparsity", "head_sparsity") if getattr(cfg, f) == "auto"],
         "curve": [asdict(probes[g]) for g in sorted(probes)],
         "chosen": {"sparsity": chosen[0], "head_sparsity": chosen[1]},
         "probe_training": f"1 epoch on {cfg.search_samples} data.train samples, lr {cfg.search_lr:g}",

@@ -33,7 +33,7 @@ def _lat(ms: float, threads: int) -> Latency:
 
 SEARCH = {  # a sparsity: auto search as passes/prune/search.py records it
     "threshold": 0.95, "threshold_from": "gates.min_embedding_cosine", "quality_on": "data.eval",
-    "grid": [0.25, 0.5, 0.75], "probe_training": "1 epoch on 512 data.train samples, lr 0.0005", "stopped_by_budget": False,
+    "grid": [0.25, 0.5, 0.75], "searched": ["sparsity"], "probe_training": "1 epoch on 512 data.train samples, lr 0.0005", "stopped_by_budget": False,
     "curve": [
         {"sparsity": 0.5, "head_sparsity": 0.0, "min_cosine": 0.961, "mean_cosine": 0.99, "min_cosine_before_distill": 0.9,
          "macs_reduction": 1.6, "latency_ms": 4.1, "meets": True},

@@ -59,3 +59,5 @@ def test_a_float16_io_model_is_measured_on_the_same_float32_data(tmp_path, mlp_o
     ref = ort.InferenceSession(str(mlp_onnx), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     out = predict(sess, {"x": x})[0]
     assert out.dtype == np.float16 and cosine(out.astype(np.float32), ref) > 0.999
+    other_name = predict(sess, {"input": x})[0]  # one input, data under another name
+    assert np.array_equal(other_name, out)

@@ -223,6 +223,10 @@ def test_patterns_that_match_no_layer_and_heads_on_a_model_without_attention_are
     assert not any("'0'" in n or "'2'" in n for n in res.notes), res.notes
     assert any(n.startswith("head_sparsity 0.5: the model has no attention heads") for n in res.notes), res.notes
     assert res.model.module[2].out_features == 24  # layer_sparsity 0.25 applied
+    masked = run(torch_handle(mlp_of(16, 32, 32, 4), 16), ctx, method="magnitude", sparsity=0.5)  # parametrized weights
+    again = run(masked.model, ctx, method="structured", sparsity=0.25, exclude=["0.weight"], layer_sparsity={"2": 0.5})
+    assert not [n for n in again.notes if "matches no layer" in n], again.notes
+    assert again.model.module[0].out_features == 32 and again.model.module[2].out_features == 16
 
 
 def test_structured_keeps_earlier_masks(ctx):
@@ -289,6 +293,7 @@ def test_check_refuses_structured_pruning_after_quantization_aware_training(cfg)
         PrunePass(PruneConfig(method="structured")).check(plan)
     assert err.value.key == "passes[1].prune.method"
     PrunePass(PruneConfig(method="magnitude")).check(plan)  # masks work on wrapped weights
+    PrunePass(PruneConfig(method="structured", sparsity=0, drop_layers=[1])).check(plan)  # whole blocks only: no resizing
 
 
 # ---- ONNX ----------------------------------------------------------------------------------

@@ -365,6 +365,27 @@ def test_refit_solves_a_layer_whose_outputs_were_pruned_too_against_the_outputs_
     assert res.metrics["per_step"][-1]["mean_cosine_after_prune"] > plain.metrics["per_step"][0]["mean_cosine_after_prune"]
 
 
+def test_refit_uses_the_outputs_each_layer_kept(ctx, monkeypatch):
+    # layer 0's last 32 neurons are dead (zero weights), so pruning takes exactly them and layer 2
+    # sees every live input: its exact least-squares solution is its own pruned weights, the rows of
+    # the outputs it kept. A wrong kept-output map would solve for other rows.
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    with torch.no_grad():
+        module[0].weight[32:] = 0
+        module[0].bias[32:] = 0
+    ctx._data["calibration"] = _classification_data(256)
+    ctx._data["eval"] = _classification_data(128, seed=1)
+    import passes.prune.refit as refit_module
+
+    monkeypatch.setattr(refit_module, "DAMP", 1e-6)  # (nearly) plain least squares: the exact solution
+    plain = run(mlp_handle(module), ctx, method="structured", sparsity=0.5).model.module[2]
+    res = run(mlp_handle(module), ctx, method="structured", sparsity=0.5, refit=True)
+    fitted = res.model.module[2]
+    assert res.metrics["per_step"][0]["refit"]["layers"] == 2 and fitted.weight.shape == plain.weight.shape == (16, 32)
+    assert float((fitted.weight - plain.weight).norm() / plain.weight.norm()) < 1e-3
+
+
 class _AttentionBlock(nn.Module):
     """Linear → nn.MultiheadAttention → mean → Linear: the first Linear's outputs (no LayerNorm
     after it) are prunable, so the attention's q/k/v inputs shrink."""
