@@ -300,6 +300,7 @@ def test_drop_layers_through_the_pipeline_then_heads_and_ffn(tmp_path, monkeypat
     assert len(ffn) == 3 and all(e["shape_after"][0] == 32 for e in ffn)
     before = sum(p.numel() for p in load_model(str(folder)).module.parameters())
     assert step.metrics["params_before"] == before  # counted before the block went
+    assert step.metrics["per_step"][-1]["params_removed"] == step.metrics["params_removed"]  # the same base
     (tmp_path / "r.yaml").write_text(base + "passes:\n  - {type: prune, method: structured, drop_layers: [4], sparsity: 0.0}\n")
     with pytest.raises(ConfigError, match="the model has 4 blocks"):
         pipeline.run(RunOptions(model=str(folder), config="r.yaml", threads=1))

@@ -151,6 +151,9 @@ class PrunePass(Pass):
             result.metrics.update(drop_layers=dropped, params_before=dropped["params_before"],
                                   macs_before=dropped["macs_before"])
             _reductions(result.metrics)
+            for row in result.metrics.get("per_step") or []:  # against the model before its blocks went, as above
+                if row.get("params") is not None:
+                    row["params_removed"] = round(1 - row["params"] / dropped["params_before"], 6)
         return result
 
 
