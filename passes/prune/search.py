@@ -8,7 +8,8 @@ measures the output cosine over data.eval against the input model, the MACs and 
 Quality falls as the ratio grows, so the grid is bisected: about log2(len(grid)) + 1 probes. A probe
 passes when its min cosine, after the short distillation or before it (the pruned model alone:
 the pipeline's distill pass starts from it and trains longer), reaches the threshold
-(`search_min_cosine`, else gates.min_embedding_cosine, else gates.min_parity_cosine). The short distillation recovers less than
+(`search_min_cosine`, else gates.min_embedding_cosine, else gates.min_parity_cosine; a gate is
+raised by what a following quantize pass costs the input model, passes/prune/int8_margin.py). The short distillation recovers less than
 the pipeline's own distill pass will, so the choice errs on the safe side. Probes stop when the next
 one would overrun `search_budget_minutes` (judged by the longest probe so far); the largest passing
 ratio seen so far is chosen, 0 when none passed.
@@ -79,6 +80,9 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConf
     teacher = getattr(ctx, "input_model", None)
     teacher = teacher if teacher is not None and teacher.module is not None else model
     reference = U.torch_outputs(teacher.module, eval_ds, names)
+    margin = _quantize_margin(cfg, ctx, source, teacher, eval_ds, reference)
+    if "margin" in margin:
+        limit, source = min(1.0, round(limit + margin["margin"], 6)), f"{source} + the quantize pass's own loss"
     t0 = time.perf_counter()
     probes: dict[float, Probe] = {}
     lo, hi, best, stopped = 0, len(grid) - 1, None, False
@@ -99,8 +103,8 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConf
     chosen = point(cfg, grid[best]) if best is not None else (
         0.0 if cfg.sparsity == "auto" else float(cfg.sparsity), 0.0 if cfg.head_sparsity == "auto" else float(cfg.head_sparsity)
     )
-    notes = _notes(chosen, best is None, stopped, limit, source, len(probes), budget)
-    if source.startswith("gates.") and _quantize_follows(ctx, cfg):
+    notes = _notes(chosen, best is None, stopped, limit, source, len(probes), budget) + _margin_notes(margin, limit)
+    if source.startswith("gates.") and "margin" not in margin and _quantize_follows(ctx, cfg):
         notes.append(f"prune search: the probes are measured before quantization, and a quantize pass follows: it "
                      f"costs its own cosine (all-MiniLM-L6-v2's min on held-out text: 0.984 with dynamic int8 alone), "
                      f"so a ratio that just meets {limit:g} here can miss {source} after it; set search_min_cosine "
@@ -108,6 +112,7 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConf
     metrics = {
         "threshold": limit, "threshold_from": source, "quality_on": eval_desc, "grid": grid,
         "searched": [f for f in ("sparsity", "head_sparsity") if getattr(cfg, f) == "auto"],
+        "quantize_margin": margin or None,
         "curve": [asdict(probes[g]) for g in sorted(probes)],
         "chosen": {"sparsity": chosen[0], "head_sparsity": chosen[1]},
         "probe_training": f"1 epoch on {cfg.search_samples} data.train samples, lr {cfg.search_lr:g}",
@@ -115,6 +120,29 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConf
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return cfg.model_copy(update={"sparsity": chosen[0], "head_sparsity": chosen[1]}), metrics, notes
+
+
+def _quantize_margin(cfg: PruneConfig, ctx: Any, source: str, teacher: Any, eval_ds: Any, reference: Any) -> dict[str, Any]:
+    """The following quantize pass's own loss on the input model (passes/prune/int8_margin.py), when
+    the target is a gate; {} when it does not apply."""
+    from passes.prune.int8_margin import following_quantize, quantize_margin
+
+    qcfg = following_quantize(ctx, cfg) if source.startswith("gates.") else None
+    if qcfg is None:
+        return {}
+    ctx.log.info("prune search: measuring what the quantize pass costs the input model")
+    return quantize_margin(ctx, qcfg, teacher, eval_ds, reference)
+
+
+def _margin_notes(margin: dict[str, Any], limit: float) -> list[str]:
+    if "margin" in margin:
+        return [f"prune search: the quantize pass after it takes the input model's min cosine to "
+                f"{margin['min_cosine']:g} here, so the probes (measured before quantization) were held to "
+                f"the gate + {margin['margin']:g} = {limit:g}"]
+    if "reason" in margin:
+        return [f"prune search: what the quantize pass costs was not measured ({margin['reason']}); the probes "
+                "were held to the gate alone"]
+    return []
 
 
 def _quantize_follows(ctx: Any, cfg: PruneConfig) -> bool:
