@@ -48,6 +48,7 @@ class RunContext:
     seed: int = 0
     progress: Progress = field(default_factory=NullProgress)
     input_model: ModelHandle | None = None  # the pipeline's input (the distillation teacher)
+    baseline: ModelHandle | None = None  # the input model as FP32 ONNX, what every comparison is against
     inputs: list[TensorSpec] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path.cwd)  # relative data paths resolve here
     _data: dict[str, Dataset | None] = field(default_factory=dict)

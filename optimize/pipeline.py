@@ -360,6 +360,7 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, lineage: Lineage, started: 
         input_model=handle, inputs=list(handle.inputs), base_dir=pl.base_dir, resume=opts.resume,
     )
     baseline = _baseline(handle, ctx)
+    ctx.baseline = baseline
     lineage.input_facts = {**model_facts(baseline.onnx_path, handle.form, baseline), "path": handle.source}  # type: ignore[arg-type]
 
     follower = distributed.active() and not distributed.is_main()  # stops after the last training step

@@ -73,7 +73,7 @@ class PruneConfig(PassConfig):
     search_warmup_steps: int = Field(2, ge=0, le=100_000, description="auto: warm-up steps of each probe's distillation.")
     search_min_cosine: float | None = Field(
         None, ge=-1, le=1,
-        description="auto: the min output cosine (over data.eval, against the input model) a probe must reach; default gates.min_embedding_cosine, else gates.min_parity_cosine, raised by what a quantize pass after it (on ONNX) costs the input model, measured once on data.eval (the probes are measured before quantization). A value given here is used as given.",
+        description="auto: the min output cosine (over data.eval, against the input model) a probe must reach; default gates.min_embedding_cosine, else gates.min_parity_cosine, raised by what a quantize pass after it (on ONNX) costs the input model, measured once on the search's data.eval samples (the probes are measured before quantization; an estimate: the baseline export, no fp16/graph pass between, outside search_budget_minutes). A value given here is used as given.",
     )
     keep_hidden_size: bool = Field(
         True,

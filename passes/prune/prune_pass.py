@@ -141,7 +141,7 @@ class PrunePass(Pass):
         if "auto" in (cfg.sparsity, cfg.head_sparsity):
             from passes.prune.search import search
 
-            cfg, *searched = search(cfg, self.name, model, ctx)
+            cfg, *searched = search(cfg, self.name, model, ctx, origin=self.config)
         result = run_structured(cfg, self.name, model, ctx, reference=original)
         result.notes.extend(head_notes)
         if searched:

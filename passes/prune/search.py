@@ -70,8 +70,9 @@ def point(cfg: PruneConfig, g: float) -> tuple[float, float]:
     return sparsity, round(g / 2, 6) if s_auto else g
 
 
-def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConfig, dict[str, Any], list[str]]:
-    """(the config with the chosen numbers, the search's metrics, notes)."""
+def search(cfg: PruneConfig, name: str, model: Any, ctx: Any, origin: PruneConfig | None = None) -> tuple[PruneConfig, dict[str, Any], list[str]]:
+    """(the config with the chosen numbers, the search's metrics, notes). `origin`: the pass's config
+    as the pipeline holds it (`cfg` may be an adjusted copy), to find the passes after it."""
     limit, source = threshold(cfg, ctx)
     grid = sorted(set(cfg.search_grid))
     budget = cfg.search_budget_minutes * 60.0
@@ -80,7 +81,7 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConf
     teacher = getattr(ctx, "input_model", None)
     teacher = teacher if teacher is not None and teacher.module is not None else model
     reference = U.torch_outputs(teacher.module, eval_ds, names)
-    margin = _quantize_margin(cfg, ctx, source, teacher, eval_ds, reference)
+    margin = _quantize_margin(origin or cfg, ctx, source, teacher, eval_ds, reference)
     if "margin" in margin:
         limit, source = min(1.0, round(limit + margin["margin"], 6)), f"{source} + the quantize pass's own loss"
     t0 = time.perf_counter()
@@ -104,7 +105,7 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any) -> tuple[PruneConf
         0.0 if cfg.sparsity == "auto" else float(cfg.sparsity), 0.0 if cfg.head_sparsity == "auto" else float(cfg.head_sparsity)
     )
     notes = _notes(chosen, best is None, stopped, limit, source, len(probes), budget) + _margin_notes(margin, limit)
-    if source.startswith("gates.") and "margin" not in margin and _quantize_follows(ctx, cfg):
+    if source.startswith("gates.") and "margin" not in margin and _quantize_follows(ctx, origin or cfg):
         notes.append(f"prune search: the probes are measured before quantization, and a quantize pass follows: it "
                      f"costs its own cosine (all-MiniLM-L6-v2's min on held-out text: 0.984 with dynamic int8 alone), "
                      f"so a ratio that just meets {limit:g} here can miss {source} after it; set search_min_cosine "
@@ -130,15 +131,18 @@ def _quantize_margin(cfg: PruneConfig, ctx: Any, source: str, teacher: Any, eval
     qcfg = following_quantize(ctx, cfg) if source.startswith("gates.") else None
     if qcfg is None:
         return {}
-    ctx.log.info("prune search: measuring what the quantize pass costs the input model")
     return quantize_margin(ctx, qcfg, teacher, eval_ds, reference)
 
 
 def _margin_notes(margin: dict[str, Any], limit: float) -> list[str]:
+    if "margin" in margin and limit >= 1.0:
+        return [f"prune search: the quantize pass after it alone takes the input model's min cosine to "
+                f"{margin['min_cosine']:g}, which leaves no room under the gate: no pruning was chosen"]
     if "margin" in margin:
         return [f"prune search: the quantize pass after it takes the input model's min cosine to "
                 f"{margin['min_cosine']:g} here, so the probes (measured before quantization) were held to "
-                f"the gate + {margin['margin']:g} = {limit:g}"]
+                f"the gate + {margin['margin']:g} = {limit:g} (measured before the probes, outside "
+                f"search_budget_minutes)"]
     if "reason" in margin:
         return [f"prune search: what the quantize pass costs was not measured ({margin['reason']}); the probes "
                 "were held to the gate alone"]
@@ -146,12 +150,10 @@ def _margin_notes(margin: dict[str, Any], limit: float) -> list[str]:
 
 
 def _quantize_follows(ctx: Any, cfg: PruneConfig) -> bool:
-    """A quantize pass comes after this prune pass (found by identity; else the first with an auto ratio)."""
-    passes = list(getattr(getattr(ctx, "config", None), "passes", None) or [])
-    here = [i for i, p in enumerate(passes) if p is cfg] or [
-        i for i, p in enumerate(passes) if getattr(p, "type", None) == "prune"
-        and "auto" in (getattr(p, "sparsity", None), getattr(p, "head_sparsity", None))]
-    return bool(here) and any(getattr(p, "type", None) == "quantize" for p in passes[here[0] + 1:])
+    """A quantize pass comes after this prune pass."""
+    from passes.prune.int8_margin import passes_after
+
+    return any(getattr(p, "type", None) == "quantize" for p in passes_after(ctx, cfg) or [])
 
 
 def _notes(chosen: tuple[float, float], none: bool, stopped: bool, limit: float, source: str, n: int, budget: float) -> list[str]:

@@ -139,3 +139,20 @@ def test_auto_holds_the_probes_above_the_gate_by_what_int8_after_it_costs(mlp_ct
     ctx.config = load_config_text(base + "  - {type: quantize, mode: dynamic}\n  - {type: distill, epochs: 1}\n")
     notes = _run(handle, ctx).notes  # quantization-aware training: the quantize pass runs in torch, not measured
     assert any("measured before quantization" in n and "search_min_cosine" in n for n in notes), notes
+
+
+def test_the_int8_margin_moves_the_choice_and_the_pass_is_found_in_the_pipeline(mlp_ctx, monkeypatch):
+    from optimize.config import load_config_text
+    from passes.prune import int8_margin
+
+    handle, ctx = mlp_ctx
+    ctx.config = load_config_text("schema_version: 1\ngates: {min_parity_cosine: -1.0}\npasses:\n"
+                                  "  - {type: prune, method: structured, sparsity: auto, search_grid: [0.25, 0.5, 0.75],"
+                                  " search_samples: 64}\n  - {type: quantize, mode: dynamic}\n")
+    own = ctx.config.passes[0]  # the pipeline's own config object: found by identity
+    assert int8_margin.following_quantize(ctx, own) is ctx.config.passes[1]
+    plain = PrunePass(own).run(handle, ctx).metrics["search"]
+    monkeypatch.setattr(int8_margin, "quantize_margin", lambda *a: {"min_cosine": 0.4, "margin": 0.6, "seconds": 0.0})
+    raised = PrunePass(own).run(handle, ctx)
+    assert plain["chosen"]["sparsity"] == 0.75 and raised.metrics["search"]["threshold"] == -0.4
+    assert raised.metrics["search"]["chosen"]["sparsity"] < plain["chosen"]["sparsity"], (plain, raised.metrics["search"])
