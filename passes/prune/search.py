@@ -81,7 +81,7 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any, origin: PruneConfi
     teacher = getattr(ctx, "input_model", None)
     teacher = teacher if teacher is not None and teacher.module is not None else model
     reference = U.torch_outputs(teacher.module, eval_ds, names)
-    margin = _quantize_margin(origin or cfg, ctx, source, teacher, eval_ds, reference)
+    margin = _rank0(_quantize_margin(origin or cfg, ctx, source, teacher, eval_ds, reference))
     if "margin" in margin:
         limit, source = min(1.0, round(limit + margin["margin"], 6)), f"{source} + the quantize pass's own loss"
     t0 = time.perf_counter()
@@ -89,11 +89,12 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any, origin: PruneConfi
     lo, hi, best, stopped = 0, len(grid) - 1, None, False
     while lo <= hi:
         longest = max((p.seconds for p in probes.values()), default=0.0)
-        if probes and time.perf_counter() - t0 + longest > budget:
+        if _rank0(bool(probes) and time.perf_counter() - t0 + longest > budget):  # torchrun: every rank stops alike
             stopped = True
             break
         mid = (lo + hi) // 2
         probe = _probe(cfg, name, model, ctx, grid[mid], (eval_ds, names, reference, teacher), limit)
+        probe.meets = _rank0(probe.meets)
         probes[grid[mid]] = probe
         ctx.log.info("prune search: sparsity %.3f heads %.3f → min cosine %s (%s)", probe.sparsity,
                      probe.head_sparsity, probe.min_cosine, "meets" if probe.meets else "misses")
@@ -121,6 +122,21 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any, origin: PruneConfi
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return cfg.model_copy(update={"sparsity": chosen[0], "head_sparsity": chosen[1]}), metrics, notes
+
+
+def _rank0(value: Any) -> Any:
+    """Rank 0's value on every rank under torchrun (the value itself in one process): each probe
+    trains under DistributedDataParallel, so the ranks must take the same decisions, and the time
+    budget is read on each rank's own clock."""
+    from optimize import distributed
+
+    if not distributed.active():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _quantize_margin(cfg: PruneConfig, ctx: Any, source: str, teacher: Any, eval_ds: Any, reference: Any) -> dict[str, Any]:

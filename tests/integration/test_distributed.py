@@ -92,3 +92,29 @@ def test_a_failed_gate_gives_every_rank_exit_code_3(config: Path, tmp_path: Path
     assert sorted(codes) == ["3", "3"], two.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.")) == ["m.rejected.onnx", "m.report.json"]
     assert json.loads((tmp_path / "m.report.json").read_text())["status"] == "gate_failed"
+
+
+def test_sparsity_auto_under_two_gloo_processes_decides_alike_on_every_rank(config: Path, tmp_path: Path) -> None:
+    # each probe trains under DDP, so the ranks must decide alike (rank 0's stop and meets decisions
+    # are broadcast; a divergence near the time budget cannot be forced here): the search runs through
+    weights = re.search(r"weights: (.+)}", config.read_text()).group(1)
+    cfg = tmp_path / "auto.yaml"
+    cfg.write_text(
+        f"schema_version: 1\nmodel: {{weights: {weights}}}\n"
+        "data:\n  train: {source: 'builtin:digits', split: train}\n  eval: {source: 'builtin:digits', split: test}\n"
+        "measure: {warmup: 1, repeat: 3, single_thread: false, parity_samples: 16}\noutput: {markdown: false}\n"
+        "passes:\n  - {type: prune, method: structured, sparsity: auto, search_grid: [0.25, 0.5, 0.75],"
+        " search_samples: 128, search_min_cosine: 0.5}\n  - {type: distill, epochs: 1, lr: 0.002}\n"
+    )
+    two = _run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cli", "run",
+         "optimize.example:digits_cnn", "-c", str(cfg), "--threads", "1", "--progress", "none", "--json",
+         "-o", str(tmp_path / "auto" / "m.onnx")],
+        tmp_path,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    report = json.loads(two.stdout)
+    assert _distill_metrics(report)["world_size"] == 2
+    search = next(s for s in report["steps"] if s["type"] == "prune")["metrics"]["search"]
+    met = [p["sparsity"] for p in search["curve"] if p["meets"]]
+    assert search["curve"] and search["chosen"]["sparsity"] == (max(met) if met else 0.0), search
