@@ -301,6 +301,13 @@ def test_drop_layers_through_the_pipeline_then_heads_and_ffn(tmp_path, monkeypat
     before = sum(p.numel() for p in load_model(str(folder)).module.parameters())
     assert step.metrics["params_before"] == before  # counted before the block went
     assert step.metrics["per_step"][-1]["params_removed"] == step.metrics["params_removed"]  # the same base
+    (tmp_path / "a.yaml").write_text(  # blocks out, then the FFN ratio searched on the blocks left
+        base.replace("data: {train: {source: train.txt}}", "data: {train: {source: train.txt}, eval: {source: train.txt}}")
+        + "passes:\n  - {type: prune, method: structured, drop_layers: [1], sparsity: auto, search_grid: [0.25, 0.5],"
+        " search_samples: 16, search_min_cosine: -1.0}\n")
+    step = next(s for s in pipeline.run(RunOptions(model=str(folder), config="a.yaml", threads=1)).steps if s.type == "prune")
+    assert step.metrics["drop_layers"]["removed"] == [1] and step.metrics["search"]["chosen"]["sparsity"] == 0.5
+    assert step.metrics["params_before"] == before and step.metrics["params_removed"] > 0.25
     (tmp_path / "r.yaml").write_text(base + "passes:\n  - {type: prune, method: structured, drop_layers: [4], sparsity: 0.0}\n")
     with pytest.raises(ConfigError, match="the model has 4 blocks"):
         pipeline.run(RunOptions(model=str(folder), config="r.yaml", threads=1))
