@@ -115,6 +115,24 @@ class Evaluator:
             return None
         return float((out.argmax(axis=-1) == self.eval_ds.labels).mean() * 100)
 
+    def held_out(self, path: Path) -> dict[str, Any] | None:
+        """Parity on data.eval samples no choice was made on: those after the first
+        `measure.parity_samples` (as many again at most). None without such samples (or without
+        real data). The fallback keeps layers in float until the samples it judges on meet the
+        floor, so those read optimistic; these do not."""
+        from optimize.probes import slice_samples
+        from optimize.runtime import parity, predict, session
+
+        ds = self.ctx.data("eval") if self.realistic else None
+        if ds is None or len(ds) <= self.samples:
+            return None
+        stop = min(len(ds), 2 * self.samples)
+        inputs = slice_samples(ds.inputs, self.samples, stop)
+        ref = predict(session(self.float_path, threads=self.ctx.threads), inputs, self.batch)
+        p = parity(ref, predict(session(path, threads=self.ctx.threads), inputs, self.batch))
+        return {"samples": stop - self.samples, "min_cosine": p["min_cosine"], "mean_cosine": p["mean_cosine"],
+                "on": f"data.eval samples {self.samples}–{stop - 1} (the choice was made on the first {self.samples})"}
+
     def check(self, path: Path) -> Check:
         from optimize.runtime import parity, predict, session
 

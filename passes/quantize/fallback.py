@@ -66,7 +66,26 @@ def fixed_with_fallback(job: Job, out: Path, metrics: dict[str, Any], notes: lis
     shutil.move(str(found.path), str(out))
     shutil.rmtree(out.parent / "fallback", ignore_errors=True)
     fallback_report(metrics, notes, reason, found, goal)
+    held_out_report(evaluator, out, goal, metrics, notes)
     return out
+
+
+def held_out_report(evaluator: Evaluator, path: Path, goal: Goal, metrics: dict[str, Any], notes: list[str]) -> None:
+    """`parity_held_out`: the chosen model on eval samples the fallback did not choose on, and a
+    note when those miss the floor its own samples met."""
+    held = evaluator.held_out(path)
+    if held is None:
+        if evaluator.realistic:
+            notes.append(f"the fallback chose on all {evaluator.samples} data.eval sample(s), none left to check "
+                         "its choice on: on other inputs the min cosine can be lower (a real OCR model read 0.980 on "
+                         "its 12 and 0.953 on 12 others); more data.eval than measure.parity_samples adds that check")
+        return
+    metrics["parity_held_out"] = held
+    low = held["min_cosine"]
+    if goal.floor is not None and low is not None and low < goal.floor:
+        notes.append(f"on {held['samples']} data.eval samples the fallback did not choose on, min cosine {low:.4f}, "
+                     f"below the floor {goal.floor:g} its own samples met: the layers kept in float fit those samples; "
+                     "raise measure.parity_samples (the fallback judges on that many) or give more data.eval")
 
 
 def fallback_report(metrics: dict[str, Any], notes: list[str], reason: str | None, found: SearchResult,

@@ -159,6 +159,23 @@ def test_fallback_keeps_exactly_the_reported_layers_in_float(tmp_path, mode):
     assert p["min_cosine"] == pytest.approx(res.metrics["parity_after_fallback"]["min_cosine"], abs=1e-6)
 
 
+def test_the_fallback_choice_is_checked_on_eval_samples_it_did_not_choose_on(tmp_path):
+    inputs = [TensorSpec("x", ("batch", 16))]
+    src = export_module(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    cfg = QuantizeConfig(mode="dynamic", per_channel=False, parity_floor=0.95, reduce_range=True)
+    small = CFG.replace("measure: {", "measure: {parity_samples: 32, ")
+    ctx = make_ctx(tmp_path / "work", small + eval_data_yaml(tmp_path, "x", (16,), n=80), inputs=inputs, threads=2)
+    res = QuantizePass(cfg).run(onnx_handle(src, inputs), ctx)
+    held = res.metrics["parity_held_out"]
+    assert res.metrics["float_nodes"] and held["samples"] == 32  # samples 32..63: as many as it chose on
+    x = {"x": ctx.data("eval").inputs["x"][32:64]}
+    p = parity(predict(session(src), x), predict(session(res.model.onnx_path), x))
+    assert held["min_cosine"] == pytest.approx(p["min_cosine"], abs=1e-6)
+    all_used = make_ctx(tmp_path / "w2", CFG + eval_data_yaml(tmp_path / "e2", "x", (16,), n=64), inputs=inputs, threads=2)
+    res = QuantizePass(cfg).run(onnx_handle(src, inputs), all_used)
+    assert "parity_held_out" not in res.metrics and any("none left to check" in n for n in res.notes), res.notes
+
+
 def test_no_fallback_steered_by_random_probes(tmp_path):
     """Without data the pass's parity runs on random probes: the fallback would pick the layers that
     matter for noise (on a real text recognizer it met 0.98 on noise and gave 0.912 on text lines)."""
