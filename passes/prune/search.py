@@ -81,7 +81,7 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any, origin: PruneConfi
     teacher = getattr(ctx, "input_model", None)
     teacher = teacher if teacher is not None and teacher.module is not None else model
     reference = U.torch_outputs(teacher.module, eval_ds, names)
-    margin = _rank0(_quantize_margin(origin or cfg, ctx, source, teacher, eval_ds, reference))
+    margin = _rank0(_quantize_margin(origin or cfg, ctx, source, teacher, eval_ds, reference) if _rank() == 0 else {})
     if "margin" in margin:
         limit, source = min(1.0, round(limit + margin["margin"], 6)), f"{source} + the quantize pass's own loss"
     t0 = time.perf_counter()
@@ -124,13 +124,24 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any, origin: PruneConfi
     return cfg.model_copy(update={"sparsity": chosen[0], "head_sparsity": chosen[1]}), metrics, notes
 
 
+def _world() -> int:
+    """Processes training together, as the probes' distillation sees them (passes/distill/devices.py)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if _world() > 1 else 0
+
+
 def _rank0(value: Any) -> Any:
     """Rank 0's value on every rank under torchrun (the value itself in one process): each probe
     trains under DistributedDataParallel, so the ranks must take the same decisions, and the time
     budget is read on each rank's own clock."""
-    from optimize import distributed
-
-    if not distributed.active():
+    if _world() == 1:
         return value
     import torch.distributed as dist
 

@@ -119,7 +119,8 @@ class Evaluator:
         """Parity on data.eval samples no choice was made on: those after the first
         `measure.parity_samples` (as many again at most). None without such samples (or without
         real data). The fallback keeps layers in float until the samples it judges on meet the
-        floor, so those read optimistic; these do not."""
+        floor, so those read optimistic; these do not. Parity only: an accuracy goal is judged on
+        all of data.eval."""
         from optimize.probes import slice_samples
         from optimize.runtime import parity, predict, session
 
@@ -131,6 +132,7 @@ class Evaluator:
         ref = predict(session(self.float_path, threads=self.ctx.threads), inputs, self.batch)
         p = parity(ref, predict(session(path, threads=self.ctx.threads), inputs, self.batch))
         return {"samples": stop - self.samples, "min_cosine": p["min_cosine"], "mean_cosine": p["mean_cosine"],
+                "all_finite": p["all_finite"],
                 "on": f"data.eval samples {self.samples}–{stop - 1} (the choice was made on the first {self.samples})"}
 
     def check(self, path: Path) -> Check:

@@ -148,7 +148,7 @@ def run_auto(job: Job, specs: list[Any], fused: Path, out: Path, metrics: dict[s
     if chosen.float_nodes:
         notes.append(f"layers kept in float: {', '.join(chosen.float_nodes)}")
     result = _adopt(chosen, job.src, out, extra, metrics, notes)
-    if chosen.float_nodes:  # a fallback candidate: judged on the samples it was tuned on
+    if chosen.sensitivity is not None:  # a fallback candidate: judged on the samples it was tuned on
         from passes.quantize.fallback import held_out_report
 
         held_out_report(evaluator, result, goal, metrics, notes)

@@ -156,3 +156,31 @@ def test_the_int8_margin_moves_the_choice_and_the_pass_is_found_in_the_pipeline(
     raised = PrunePass(own).run(handle, ctx)
     assert plain["chosen"]["sparsity"] == 0.75 and raised.metrics["search"]["threshold"] == -0.4
     assert raised.metrics["search"]["chosen"]["sparsity"] < plain["chosen"]["sparsity"], (plain, raised.metrics["search"])
+
+
+def test_under_torchrun_rank_0s_decisions_drive_every_rank(mlp_ctx, monkeypatch):
+    """Each probe trains under DDP: a rank that stopped on its own clock while another began a probe
+    would hang both. Faked here: a two-process group whose rank 0 says "stop" at the second check."""
+    import torch.distributed as dist
+
+    handle, ctx = mlp_ctx
+    calls: list[object] = []
+
+    def broadcast(box, src):
+        assert src == 0
+        calls.append(box[0])
+        if len(calls) == 4:  # margin, stop #1, meets #1, stop #2: rank 0 ran out of budget
+            box[0] = True
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)  # this process is rank 1: it does not measure the margin
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    from passes.prune import search as search_module
+
+    monkeypatch.setattr(search_module, "_short_distill", lambda cfg, model, teacher, ctx: model.module)
+    res = _run(handle, ctx, search_min_cosine=-1.0, search_budget_minutes=1000)
+    s = res.metrics["search"]
+    assert calls[0] == {} and calls[1] is False and calls[3] is False  # this rank's own clock said go on
+    assert len(s["curve"]) == 1 and s["stopped_by_budget"] is True
+
