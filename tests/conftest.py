@@ -26,7 +26,11 @@ def _write_test_models_at_an_ir_the_runtime_reads() -> None:
     """onnx and onnxruntime are installed independently: onnx 1.23 writes IR 14 by default, which
     onnxruntime 1.30 refuses (and the tool rightly rejects, exit 2). The models the tests build with
     onnx.helper.make_model get the newest IR the installed runtime reads, as a user's exporter
-    pinned to their runtime would write; a test that sets ir_version itself keeps its own."""
+    pinned to their runtime would write; a test that sets ir_version itself keeps its own. Calls
+    from outside tests/ (the library, onnxruntime's tools) are left as they are, so a library call
+    that writes an IR its runtime refuses still fails here."""
+    import sys
+
     import onnx
 
     from optimize.runtime import runtime_refuses_ir
@@ -35,9 +39,11 @@ def _write_test_models_at_an_ir_the_runtime_reads() -> None:
     if newest is None:
         return
     make_model = onnx.helper.make_model
+    tests_dir = str(Path(__file__).resolve().parent)
 
     def at_runtime_ir(graph, **kwargs):
-        kwargs.setdefault("ir_version", newest)
+        if sys._getframe(1).f_code.co_filename.startswith(tests_dir):
+            kwargs.setdefault("ir_version", newest)
         return make_model(graph, **kwargs)
 
     onnx.helper.make_model = at_runtime_ir
