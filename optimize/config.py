@@ -186,6 +186,13 @@ class OutputSection(Section):
         "time them here and keep the fastest (a tie within 3% goes to the one closest to torch after int8; "
         "docs/frameworks.md); for other models, dynamo, then TorchScript."
     )
+    skip_layernorm: Literal["auto", "avoid", "allow"] = Field(
+        "auto",
+        description="Residual Add + LayerNormalization, which ONNX Runtime fuses into SkipLayerNormalization, whose "
+        "CPU kernel is several times slower than the two ops it replaces (docs/architecture.md). auto: on a CPU run where "
+        "ONNX Runtime fuses some, write each such Add as Sum (same values, not fused) when the two layouts, timed "
+        "interleaved here, say it is faster; avoid: always write Sum; allow: leave the graph as the passes wrote it.",
+    )
     cache: bool = Field(
         True,
         description="Reuse and store ONNX pass outputs in the pass cache, keyed by input content, pass config, "

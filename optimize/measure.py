@@ -68,7 +68,7 @@ def measure(
     findings.extend(getattr(pl, "notes", None) or [])  # where probe shapes came from (file metadata)
     eval_ds = ctx.data("eval")
     accuracy_metrics(ctx, ver, eval_ds, lineage, metrics)
-    bench_inputs = _bench_inputs(ctx, baseline, eval_ds)
+    bench_inputs = bench_inputs_for(ctx, baseline, eval_ds)
     speedup, latency, slow_at = speed_metrics(ctx, baseline, final, last_torch, bench_inputs, ver.ort_device, metrics, findings)
     in_facts = lineage.input_facts or {}
     out_facts = model_facts(final.onnx_path, "onnx", final)
@@ -165,7 +165,7 @@ def accuracy_metrics(ctx: Any, ver: Verified, eval_ds: Any, lineage: Lineage, me
     )
 
 
-def _bench_inputs(ctx: Any, baseline: Any, eval_ds: Any) -> dict[str, np.ndarray]:
+def bench_inputs_for(ctx: Any, baseline: Any, eval_ds: Any) -> dict[str, np.ndarray]:
     """One latency batch: eval data when there is enough, else random inputs from the input spec."""
     m = ctx.config.measure
     if eval_ds is not None and len(eval_ds) >= m.batch:

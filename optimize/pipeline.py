@@ -378,8 +378,10 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, lineage: Lineage, started: 
         report = measure_llm(pl=pl, ctx=ctx, baseline=baseline, final=current, lineage=lineage, started=started,
                              started_at=started_at, env=hardware.versions(), hw=hardware.describe())
     else:
-        from optimize.measure import measure
+        from optimize import skip_layernorm
+        from optimize.measure import bench_inputs_for, measure
 
+        current = skip_layernorm.apply(ctx, current, lineage, bench_inputs_for(ctx, baseline, ctx.data("eval")))
         report = measure(
             pl=pl, ctx=ctx, baseline=baseline, final=current, last_torch=last_torch, lineage=lineage,
             started=started, started_at=started_at, env=hardware.versions(), hw=hardware.describe(),
