@@ -77,6 +77,7 @@ def interleaved(
     key: str = "bench",
     model_threads: dict[str, int] | None = None,
     more: MoreRounds | None = None,
+    what: str = "latency",
 ) -> dict[str, Timing]:
     """Time each ONNX model on the same inputs, interleaved; returns a Timing per model name.
 
@@ -84,7 +85,8 @@ def interleaved(
     runs on a cache or frequency state another left. Sub-millisecond models are timed over several calls per sample
     (the same count for every model) so timer and scheduler noise do not dominate.
     `model_threads` gives some models their own intra-op thread count (the same model at 1 and N
-    threads, interleaved, for parallel_speedup); `more` adds rounds while a ratio is undecided.
+    threads, interleaved, for parallel_speedup); `more` adds rounds while a ratio is undecided;
+    `what` names the timing on the progress line.
     """
     import onnxruntime as ort
 
@@ -99,7 +101,7 @@ def interleaved(
     times: dict[str, list[float]] = {name: [] for name in sessions}
     label = f"{threads} thread{'s' if threads > 1 else ''}" if len(set(per_model.values())) == 1 else \
         " and ".join(sorted({str(t) for t in per_model.values()}, key=int)) + " threads"
-    progress.start(key, f"latency ({label}, batch {batch})", repeat)
+    progress.start(key, f"{what} ({label}, batch {batch})", repeat)
     _rounds(sessions, feeds, inner, times, 0, repeat, lambda: progress.advance(key))
     if more is not None:
         t0 = time.perf_counter()

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from tiny_models import save_graph
 
 from optimize import skip_layernorm
+from optimize.benchmark import Timing
 from optimize.speed import FASTER, SAME, RatioEstimate
 
 H = 16
@@ -98,7 +99,8 @@ def test_rewrite_of_a_decomposed_layer_norm_keeps_the_values(tmp_path):
 
 def _choose(tmp_path, src, mode):
     x = np.random.default_rng(0).standard_normal((2, 4, H)).astype(np.float32)
-    return skip_layernorm.choose(src, tmp_path / "out", mode=mode, inputs={"x": x}, threads=1, warmup=1, tolerance=0.03)
+    return skip_layernorm.choose(src, tmp_path / "out", mode=mode, inputs={"x": x}, threads=1, warmup=1, repeat=20,
+                                 tolerance=0.03)
 
 
 def test_allow_and_a_graph_without_residual_adds_decide_nothing(tmp_path):
@@ -153,7 +155,7 @@ def test_the_pipeline_records_the_layout_step(tmp_path, mode):
         return
     step = report.steps[-1]
     assert [s.type for s in report.steps] == ["graph", "skip_layernorm"] and step.inserted and step.pass_index is None
-    assert step.metrics == {"mode": "avoid", "residual_adds": 2, "layout": "sum"} and sums == 2
+    assert step.metrics == {"mode": "avoid", "residual_adds": 2, "rewritten": 2, "layout": "sum"} and sums == 2
     assert report.metrics["parity"].value > 0.9999
 
 
@@ -165,6 +167,136 @@ def test_auto_decides_nothing_when_the_runtime_fuses_nothing(tmp_path, monkeypat
     for vi in (*model.graph.input, *model.graph.output):
         vi.type.tensor_type.ClearField("shape")
     onnx.save(model, str(src))
-    assert skip_layernorm.fused_count(src, tmp_path / "probe", 1) == 0 and not (tmp_path / "probe").exists()
+    assert skip_layernorm.runtime_fused(src, tmp_path / "probe", 1) == set() and not (tmp_path / "probe").exists()
     monkeypatch.setattr(skip_layernorm, "_time_both", lambda *a, **k: pytest.fail("nothing to time"))
     assert _choose(tmp_path, src, "auto") is None and not (tmp_path / "out").exists()
+
+
+def _with_broadcast_residual(path: Path) -> Path:
+    """The block graph with a third residual in front: x + pos (pos of shape (1, 4, H), computed, as a
+    BERT embedding sum) → LayerNormalization; ONNX Runtime fuses only adds of equal shapes."""
+    model = onnx.load(str(_block_graph(path)))
+    g = model.graph
+    g.input.append(helper.make_tensor_value_info("pos", TensorProto.FLOAT, [1, 4, H]))
+    first = [helper.make_node("Relu", ["pos"], ["pr"]), helper.make_node("Add", ["x", "pr"], ["r0"]),
+             helper.make_node("LayerNormalization", ["r0", "g", "be"], ["x0"], axis=-1, epsilon=1e-5)]
+    rest = list(g.node)
+    for n in rest:
+        n.input[:] = ["x0" if i == "x" else i for i in n.input]
+    del g.node[:]
+    g.node.extend(first + rest)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_auto_rewrites_only_the_adds_the_runtime_fuses(tmp_path, monkeypatch):
+    src = _with_broadcast_residual(tmp_path / "m.onnx")
+    est = RatioEstimate(1.2, 1.1, 1.3, FASTER, 0.03, 20)
+    monkeypatch.setattr(skip_layernorm, "_time_both", lambda *a, **k: (est, 2.0, 1.7, 20))
+    x = np.random.default_rng(0).standard_normal((2, 4, H)).astype(np.float32)
+    feeds = {"x": x, "pos": np.ones((1, 4, H), np.float32)}
+    choice = skip_layernorm.choose(src, tmp_path / "out", mode="auto", inputs=feeds, threads=1, warmup=1, repeat=20,
+                                   tolerance=0.03)
+    assert choice.metrics["residual_adds"] == 3 and choice.metrics["fused"] == choice.metrics["rewritten"] == 2
+    sums = [n.output[0] for n in onnx.load(str(choice.path)).graph.node if n.op_type == "Sum"]
+    assert sums == ["r1", "r2"]  # the broadcast add, which the runtime does not fuse, stays an Add
+    plain = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = plain
+    got = ort.InferenceSession(str(choice.path), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    avoid = skip_layernorm.choose(src, tmp_path / "out2", mode="avoid", inputs=feeds, threads=1, warmup=1, repeat=20,
+                                  tolerance=0.03)
+    assert avoid.metrics["rewritten"] == 3
+
+
+@pytest.mark.parametrize(("add_ms", "sum_ms", "layout"), [(2.0, 1.5, "sum"), (1.5, 2.0, "add")])
+def test_auto_direction_of_the_decision(tmp_path, monkeypatch, add_ms, sum_ms, layout):
+    """Fixed timings through the real ratio and verdict code: the faster file wins."""
+    def fake(models, inputs, **kw):
+        jitter = np.linspace(0.99, 1.01, kw["repeat"])
+        return {"add": Timing("add", list(add_ms * jitter), 2, 1, 1, "ort", "cpu"),
+                "sum": Timing("sum", list(sum_ms * jitter), 2, 1, 1, "ort", "cpu")}
+
+    monkeypatch.setattr("optimize.benchmark.interleaved", fake)
+    src = _block_graph(tmp_path / "m.onnx")
+    choice = _choose(tmp_path, src, "auto")
+    assert choice.metrics["layout"] == layout and (choice.path == src) is (layout == "add")
+
+
+def test_no_rewrite_below_opset_8_with_attributes_or_for_integers(tmp_path):
+    model = onnx.load(str(_block_graph(tmp_path / "m.onnx")))
+    assert len(skip_layernorm.residual_adds(model)) == 2
+    old = onnx.ModelProto()
+    old.CopyFrom(model)
+    old.opset_import[0].version = 7
+    assert skip_layernorm.residual_adds(old) == []
+    attr = onnx.ModelProto()
+    attr.CopyFrom(model)
+    next(n for n in attr.graph.node if n.output[0] == "r1").attribute.append(helper.make_attribute("broadcast", 1))
+    assert [n.output[0] for n in skip_layernorm.residual_adds(attr)] == ["r2"]
+    ints = onnx.ModelProto()
+    ints.CopyFrom(model)
+    ints.graph.value_info.append(helper.make_tensor_value_info("a2", TensorProto.INT32, None))
+    assert [n.output[0] for n in skip_layernorm.residual_adds(ints)] == ["r1"]
+
+
+def test_rewrite_streams_external_weights(tmp_path):
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    model = onnx.load(str(_block_graph(tmp_path / "m.onnx")))
+    onnx.save_model(model, str(src_dir / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.onnx.data", size_threshold=0)
+    dst = tmp_path / "out" / "model.onnx"
+    assert skip_layernorm.rewrite(src_dir / "m.onnx", dst) == 2
+    assert (dst.parent / "model.onnx.data").is_file()
+    x = np.random.default_rng(3).standard_normal((2, 4, H)).astype(np.float32)
+    plain = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    np.testing.assert_array_equal(_run(src_dir / "m.onnx", x, plain), _run(dst, x, plain))
+
+
+def _ctx(tmp_path, mode="auto", device="cpu"):
+    from types import SimpleNamespace
+
+    from optimize.progress import NullProgress
+
+    cfg = SimpleNamespace(output=SimpleNamespace(skip_layernorm=mode),
+                          measure=SimpleNamespace(warmup=1, repeat=5, speed_tolerance=0.03))
+    return SimpleNamespace(config=cfg, device=device, work_dir=tmp_path, threads=1, progress=NullProgress())
+
+
+def test_apply_turns_a_failure_into_a_note_and_keeps_the_model(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from optimize.handle import ModelHandle
+
+    src = _block_graph(tmp_path / "m.onnx")
+    final = ModelHandle(form="onnx", onnx_path=src, inputs=[], outputs=["y"])
+    lineage = SimpleNamespace(steps=[])
+
+    def boom(*a, **k):
+        (tmp_path / "01-skip_layernorm").mkdir()
+        raise RuntimeError("[ONNXRuntimeError] my.domain:Foo is not a registered op")
+
+    monkeypatch.setattr(skip_layernorm, "choose", boom)
+    assert skip_layernorm.apply(_ctx(tmp_path), final, lineage, {}) is final
+    (step,) = lineage.steps
+    assert step.metrics["layout"] == "add" and "not a registered op" in step.metrics["error"]
+    assert "not decided" in step.notes[0] and not (tmp_path / "01-skip_layernorm").exists()
+
+
+def test_apply_auto_leaves_cuda_runs_alone_and_decides_on_cpu(tmp_path):
+    from types import SimpleNamespace
+
+    from optimize.handle import ModelHandle
+
+    src = _block_graph(tmp_path / "m.onnx")
+    final = ModelHandle(form="onnx", onnx_path=src, inputs=[], outputs=["y"])
+    lineage = SimpleNamespace(steps=[])
+    x = np.random.default_rng(0).standard_normal((2, 4, H)).astype(np.float32)
+    assert skip_layernorm.apply(_ctx(tmp_path, device="cuda"), final, lineage, {"x": x}) is final and not lineage.steps
+    out = skip_layernorm.apply(_ctx(tmp_path), final, lineage, {"x": x})
+    (step,) = lineage.steps
+    assert step.type == "skip_layernorm" and step.index == 1 and step.metrics["fused"] == 2
+    assert (out.onnx_path != src) is (step.metrics["layout"] == "sum")
