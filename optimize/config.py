@@ -189,9 +189,10 @@ class OutputSection(Section):
     skip_layernorm: Literal["auto", "avoid", "allow"] = Field(
         "auto",
         description="Residual Add + LayerNormalization, which ONNX Runtime fuses into SkipLayerNormalization, whose "
-        "CPU kernel is several times slower than the two ops it replaces (docs/architecture.md). auto: on a CPU run where "
-        "ONNX Runtime fuses some, write each such Add as Sum (same values, not fused) when the two layouts, timed "
-        "interleaved here, say it is faster; avoid: always write Sum; allow: leave the graph as the passes wrote it.",
+        "CPU kernel is several times slower than the two ops it replaces (docs/architecture.md). auto: on a --device cpu "
+        "run, write the Adds ONNX Runtime fuses as Sum (same values, not fused) when the two files, timed interleaved "
+        "here, say it is faster; avoid: write every residual Add before a layer norm as Sum, untimed (a Sum also hides "
+        "the add from the runtime's Attention fusion); allow: leave the graph as the passes wrote it.",
     )
     cache: bool = Field(
         True,

