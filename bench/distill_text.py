@@ -18,7 +18,10 @@ after work"), read from the `data.noun/verb/adj/adv` files of Debian's `wordnet-
 (`apt-get install wordnet-base`, or `apt-get download wordnet-base && dpkg -x wordnet-base*.deb x`
 for x/usr/share/wordnet): examples of 6 to 60 words, deduplicated, hash-split the same way.
 `--wordnet-share` of the training lines come from them (interleaved), and their evaluation lines
-go to OUT_DIR/eval_general.txt (`--eval` of them).
+go to OUT_DIR/eval_general.txt (`--eval` of them). `--fortunes DIR` adds a third register:
+quotations and aphorisms from Debian's `fortunes` package (`apt-get install fortunes`,
+/usr/share/games/fortunes), their held-out lines in OUT_DIR/eval_fortunes.txt and
+`--fortunes-share` of the training lines (taken from the WordNet share's place in the interleave).
 
 writes OUT_DIR/train.txt and OUT_DIR/eval.txt (one line per example; with --wordnet also
 eval_general.txt) and prints their counts.
@@ -125,6 +128,33 @@ def wordnet_examples(folder: Path) -> list[str]:
     return sorted(out, key=lambda t: hashlib.sha256(t.encode()).hexdigest())
 
 
+# Debian's `fortunes` / `fortunes-min` categories of prose (quotations, aphorisms, short anecdotes);
+# left out: ASCII art, verse, code, the Zippy and Star Trek dialogue files.
+FORTUNE_FILES = ("fortunes", "people", "wisdom", "love", "food", "pets", "work", "education", "humorists",
+                 "literature", "platitudes", "politics", "science", "sports", "kids", "medicine", "miscellaneous",
+                 "men-women", "law", "news", "computers")
+
+
+def fortunes(folder: Path) -> list[str]:
+    """Fortune-cookie quotations (Debian `fortunes`: /usr/share/games/fortunes), the attribution
+    (`-- Name`) cut off, 6 to 60 words, mostly letters, deduplicated, ordered by a hash of the text."""
+    seen: set[str] = set()
+    out = []
+    for name in FORTUNE_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+            body = re.split(r"\n\s*--", entry, maxsplit=1)[0]
+            text = " ".join(body.split())
+            words = len(text.split())
+            letters = sum(c.isalpha() or c.isspace() for c in text) / max(len(text), 1)
+            if 6 <= words <= 60 and letters > 0.9 and text[0].isalpha() and text not in seen:
+                seen.add(text)
+                out.append(text)
+    return sorted(out, key=lambda t: hashlib.sha256(t.encode()).hexdigest())
+
+
 def interleave(a: list[str], b: list[str], n: int, share_b: float) -> list[str]:
     """`n` lines, `share_b` of them from b, spread evenly through a's."""
     nb = min(len(b), round(n * share_b))
@@ -155,14 +185,28 @@ def main() -> None:
     ap.add_argument("--packages", default="", help="comma-separated installed packages whose docstrings are added")
     ap.add_argument("--wordnet", type=Path, default=None, help="WordNet 3.0 data folder (Debian wordnet-base)")
     ap.add_argument("--wordnet-share", type=float, default=0.5, help="share of training lines from WordNet")
+    ap.add_argument("--fortunes", type=Path, default=None,
+                    help="Debian fortunes folder (/usr/share/games/fortunes): quotations as a third source")
+    ap.add_argument("--fortunes-share", type=float, default=0.0, help="share of training lines from the fortunes")
     a = ap.parse_args()
     train, evals = split(lines(tuple(p for p in a.packages.split(",") if p)), a.train, a.eval)
     a.out.mkdir(parents=True, exist_ok=True)
+    general: list[str] = []
     if a.wordnet is not None:
         wn_train, wn_eval = split(wordnet_examples(a.wordnet), a.train, a.eval)
-        train = interleave(train, wn_train, a.train, a.wordnet_share)
+        general = wn_train
         (a.out / "eval_general.txt").write_text("\n".join(wn_eval) + "\n")
         print(f"{len(wn_eval)} general eval lines (WordNet examples)")
+    if a.fortunes is not None:
+        fo_train, fo_eval = split(fortunes(a.fortunes), a.train, a.eval)
+        (a.out / "eval_fortunes.txt").write_text("\n".join(fo_eval) + "\n")
+        print(f"{len(fo_eval)} quotation eval lines (fortunes)")
+        share = a.fortunes_share / max(a.fortunes_share + (a.wordnet_share if a.wordnet else 0.0), 1e-9)
+        general = interleave(general, fo_train, round(a.train * (a.fortunes_share + (a.wordnet_share if a.wordnet else 0))),
+                             share) if a.fortunes_share else general
+    if general:
+        general_share = (a.wordnet_share if a.wordnet else 0.0) + (a.fortunes_share if a.fortunes else 0.0)
+        train = interleave(train, general, a.train, general_share)
     (a.out / "train.txt").write_text("\n".join(train) + "\n")
     (a.out / "eval.txt").write_text("\n".join(evals) + "\n")
     print(f"{len(train)} training lines, {len(evals)} eval lines -> {a.out}")

@@ -49,7 +49,13 @@ def _type_name(ann: Any) -> str:
 
 def _default(field: Any) -> str:
     if field.default is PydanticUndefined:
-        return "required" if field.default_factory is None else "(empty)"
+        if field.default_factory is None:
+            return "required"
+        try:
+            value = field.default_factory()
+        except TypeError:  # a factory that wants the validated data
+            return "(computed)"
+        return f"`{value!r}`".replace("'", "") if value not in ([], {}) and not isinstance(value, BaseModel) else "(empty)"
     return "null" if field.default is None else f"`{field.default!r}`".replace("'", "")
 
 

@@ -78,7 +78,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "torch-pruning", "numpy"):
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript", "onnx-ir", "torch-pruning", "numpy"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -150,3 +150,92 @@ def test_a_rewrite_failure_is_a_note_not_the_run(tmp_path, monkeypatch):
     assert "rewrites" not in res.metrics and "unsupported graph" in res.notes[0]
     x = np.random.default_rng(4).standard_normal((1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(run(res.model.onnx_path, x), run(src, x), rtol=1e-4, atol=1e-4)
+
+
+def _graph_run(nodes, inits, path, opset=14, shape=("batch", 3, 8, 8), out_shape=(None,) * 4, ir=8):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+    graph = helper.make_graph(nodes, "g", [x], [y], initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir
+    onnx.save(model, str(path))
+    res = GraphPass(GraphConfig()).run(onnx_handle(path, CONV_IN), make_ctx(path.parent / "work", inputs=CONV_IN))
+    xin = np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    got, ref = run(res.model.onnx_path, xin), run(path, xin)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    onnx.checker.check_model(onnx.load(str(res.model.onnx_path)))
+    return res
+
+
+def test_a_scale_of_rank_above_one_is_not_folded(tmp_path):
+    """A size-1 scale of shape (1, 1, 1, 1): folding it would make a 4-D conv bias."""
+    rng = np.random.default_rng(0)
+    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "B": rng.standard_normal(4).astype(np.float32),
+             "s": np.full((1, 1, 1, 1), 1.5, np.float32), "t": np.array([0.2], np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["y"])]
+    res = _graph_run(nodes, inits, tmp_path / "in.onnx")
+    assert res.metrics["rewrites"]["conv_affine"] == 0
+
+
+def test_two_convs_sharing_a_weight_are_each_folded(tmp_path):
+    rng = np.random.default_rng(1)
+    inits = {"W": rng.standard_normal((3, 3, 3, 3)).astype(np.float32), "B": rng.standard_normal(3).astype(np.float32),
+             "s1": np.array([1.5], np.float32), "t1": np.array([0.2], np.float32),
+             "s2": np.array([0.5], np.float32), "t2": np.array([-1.0], np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["s1", "c1"], ["m1"]), helper.make_node("Add", ["m1", "t1"], ["a1"]),
+             helper.make_node("Conv", ["a1", "W", "B"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c2", "s2"], ["m2"]), helper.make_node("Add", ["t2", "m2"], ["y"])]
+    res = _graph_run(nodes, inits, tmp_path / "in.onnx")
+    assert res.metrics["rewrites"]["conv_affine"] == 2 and "rewrites_kept" not in res.metrics
+    assert [n.op_type for n in onnx.load(str(res.model.onnx_path)).graph.node] == ["Conv", "Conv"]
+
+
+def test_an_affine_before_an_unpadded_conv_is_folded(tmp_path):
+    rng = np.random.default_rng(2)
+    inits = {"W": rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "B": rng.standard_normal(4).astype(np.float32),
+             "s": np.array([1.5], np.float32), "t": np.array([0.2], np.float32)}
+    nodes = [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
+             helper.make_node("Conv", ["a", "W", "B"], ["y"], pads=[0, 0, 0, 0], strides=[2, 2])]
+    res = _graph_run(nodes, inits, tmp_path / "in.onnx")
+    assert res.metrics["rewrites"]["conv_affine"] == 1
+    assert [n.op_type for n in onnx.load(str(res.model.onnx_path)).graph.node] == ["Conv"]
+
+
+def test_hard_swish_inside_an_if_branch_below_opset_14(tmp_path):
+    three, zero, six = (numpy_helper.from_array(np.array(v, np.float32), n) for n, v in
+                        (("three", 3.0), ("zero", 0.0), ("six", 6.0)))
+    out = helper.make_tensor_value_info("b", TensorProto.FLOAT, None)
+    swish = helper.make_graph([helper.make_node("Add", ["x", "three"], ["a3"]),
+                               helper.make_node("Clip", ["a3", "zero", "six"], ["cl"]),
+                               helper.make_node("Mul", ["x", "cl"], ["p"]), helper.make_node("Div", ["p", "six"], ["b"])],
+                              "then", [], [out], initializer=[three, zero, six])
+    plain = helper.make_graph([helper.make_node("Identity", ["x"], ["b"])], "else", [], [out])
+    inits = {"k": np.array([1.0], np.float32)}
+    nodes = [helper.make_node("ReduceSum", ["x"], ["sx"], keepdims=0), helper.make_node("Greater", ["sx", "k"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=swish, else_branch=plain)]
+    res = _graph_run(nodes, inits, tmp_path / "in.onnx", opset=13)
+    assert res.metrics["rewrites"]["hardswish"] == 1
+    node = next(n for n in onnx.load(str(res.model.onnx_path)).graph.node if n.op_type == "If")
+    body = next(a.g for a in node.attribute if a.name == "then_branch")
+    assert sorted(n.op_type for n in body.node) == ["HardSigmoid", "Mul"]
+
+
+def test_a_rewrite_that_fails_its_check_is_undone(tmp_path, monkeypatch):
+    from passes import graph_rewrites
+
+    real = graph_rewrites.apply
+
+    def wrong(model, names):  # the real rewrite, then a sabotaged weight: outputs change
+        out, counts = real(model, names)
+        w = next(t for t in out.graph.initializer if len(t.dims) == 4)
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2, w.name))
+        return out, counts
+
+    monkeypatch.setattr(graph_rewrites, "apply", wrong)
+    src = conv_block(tmp_path / "in.onnx", 14)
+    res = GraphPass(GraphConfig()).run(onnx_handle(src, CONV_IN), make_ctx(tmp_path / "work", inputs=CONV_IN))
+    assert res.metrics["rewrites_kept"] is False and "undone" in res.notes[0] and "changed" in res.notes[0]
+    assert [n.op_type for n in onnx.load(str(res.model.onnx_path)).graph.node].count("Clip") == 1
