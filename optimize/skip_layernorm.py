@@ -15,9 +15,9 @@ default session on the fast kernels, with no session setting for the user to rem
 hides the add from the runtime's other fusions (its Attention fusion looks for an `Add` among a
 layer norm's consumers), so `auto` rewrites only the adds the runtime fuses into
 SkipLayerNormalization, and keeps the rewrite only when the two files, timed interleaved on this
-machine, say it is faster. ONNX Runtime's CUDA kernel for the fused op is fast, so `auto` decides
-on `--device cpu` runs only. Written by hand: no library rewrites a graph to avoid one runtime's
-fusion.
+machine, say it is faster (the 95% interval of the ratio above 1). ONNX Runtime's CUDA kernel for
+the fused op is fast, so `auto` decides on `--device cpu` runs only. Written by hand: no library
+rewrites a graph to avoid one runtime's fusion.
 """
 
 from __future__ import annotations
@@ -170,9 +170,10 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
     metrics.update(add_ms=round(add_ms, 3), sum_ms=round(sum_ms, 3), speedup=round(est.value, 4),
                    interval=[round(est.low, 4), round(est.high, 4)], verdict=est.verdict, rounds=rounds,
                    threads=threads, batch=_batch(inputs))
-    from optimize.speed import FASTER
-
-    if est.verdict == FASTER:
+    # The two files compute the same values, so any speed the interval is sure of decides: the speed
+    # tolerance that keeps the report from claiming noise as a change is not needed here (one fused op
+    # of eleven is ~3% of MiniLM's time, at the edge of that band)
+    if est.low > 1.0:
         return LayoutChoice(rewritten, {**metrics, "layout": "sum"}, [
             f"{metrics['rewritten']} residual Add before a layer norm written as Sum, so ONNX Runtime no longer fuses "
             f"them into SkipLayerNormalization (its CPU kernel is slow): {est.value:.2f}x faster "
