@@ -11,7 +11,10 @@ Measured on the real all-MiniLM-L6-v2 (embedding cosine to the FP32 model, mean 
 held-out docstring sentences; speed against all per-call at batch 8 × 128; AMD EPYC with AVX-512 VNNI, 2
 threads; bench/token_scales_bench.py): all per-call 0.9932 / 0.9801; `mlp` (the six FFN output
 projections) 0.9959 / 0.9915 at 1.008x [0.977, 1.027]; `all` 0.9977 / 0.9949 at 0.820x (each
-MatMul's row scaling costs a pass over its input).
+MatMul's row scaling costs a pass over its input). That 1.008x was measured against a per-call graph
+in which ONNX Runtime fused the FFNs' residual adds into its slow SkipLayerNormalization kernel, which
+this rewrite happens to prevent; against the pipeline's Sum layout (optimize/skip_layernorm.py)
+`mlp` costs its passes: 0.926x [0.919, 0.939] through the tool (docs/distill.md).
 """
 
 from __future__ import annotations
