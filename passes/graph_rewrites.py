@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from typing import Any
 
-REWRITES = ("conv_affine", "hardswish")
-
 
 def available() -> str | None:
     """None when this onnxscript has the rules, else why not (an older onnxscript)."""
