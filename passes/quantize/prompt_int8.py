@@ -31,7 +31,10 @@ Written by hand: no library converts MatMulNBits blocks to another kernel's layo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from passes.quantize.activation_floor import constant_scalars, floor_of
 
 CODE_MAX = 63  # 7-bit codes: no 16-bit saturation in AVX2's u8 × s8 pair sums
 
@@ -101,10 +104,12 @@ TINY = 1e-12  # the smallest row scale: an all-zero row (padding) divides by thi
 
 class _RowScales:
     """x / max|x| per row (token) and that max, computed once per input: the kernel then quantizes
-    every token at its own scale (a 1-per-call scale let one large token flatten the rest)."""
+    every token at its own scale (a 1-per-call scale let one large token flatten the rest). The
+    division is a multiply by the row's reciprocal (a [rows, 1] tensor), and where the graph proves
+    x ≥ −b (activation_floor) the max is max(max x, b), without a pass for |x|."""
 
-    def __init__(self, opset: int) -> None:
-        self.opset, self.done, self.added = opset, {}, []
+    def __init__(self, opset: int, floor_of: Callable[[str], float | None] = lambda x: None) -> None:
+        self.opset, self.floor_of, self.done, self.added = opset, floor_of, {}, []
 
     def of(self, x: str, out: list[Any]) -> tuple[str, str]:
         import numpy as np
@@ -113,18 +118,27 @@ class _RowScales:
         if x in self.done:
             return self.done[x]
         base = f"{x}_rows"
-        reduce = (helper.make_node("ReduceMax", [f"{base}_abs", "prompt_rows_axis"], [f"{base}_max"], keepdims=1,
+        floor = self.floor_of(x)
+        magnitude = x if floor is not None else f"{base}_abs"
+        reduce = (helper.make_node("ReduceMax", [magnitude, "prompt_rows_axis"], [f"{base}_max"], keepdims=1,
                                    name=f"{base}_max")
                   if self.opset >= 18 else
-                  helper.make_node("ReduceMax", [f"{base}_abs"], [f"{base}_max"], axes=[-1], keepdims=1,
+                  helper.make_node("ReduceMax", [magnitude], [f"{base}_max"], axes=[-1], keepdims=1,
                                    name=f"{base}_max"))
-        if self.opset >= 18 and not self.added:
+        if self.opset >= 18 and not any(t.name == "prompt_rows_axis" for t in self.added):
             self.added.append(numpy_helper.from_array(np.array([-1], np.int64), "prompt_rows_axis"))
-        if not any(t.name == "prompt_rows_tiny" for t in self.added):
-            self.added.append(numpy_helper.from_array(np.array(TINY, np.float32), "prompt_rows_tiny"))
-        out += [helper.make_node("Abs", [x], [f"{base}_abs"], name=f"{base}_abs"), reduce,
-                helper.make_node("Max", [f"{base}_max", "prompt_rows_tiny"], [f"{base}_scale"], name=f"{base}_scale"),
-                helper.make_node("Div", [x, f"{base}_scale"], [f"{base}_unit"], name=f"{base}_unit")]
+        least = "prompt_rows_tiny"
+        if floor is not None and floor > TINY:
+            least = f"prompt_rows_floor_{x}"
+            self.added.append(numpy_helper.from_array(np.array(floor, np.float32), least))
+        elif not any(t.name == least for t in self.added):
+            self.added.append(numpy_helper.from_array(np.array(TINY, np.float32), least))
+        if floor is None:
+            out.append(helper.make_node("Abs", [x], [f"{base}_abs"], name=f"{base}_abs"))
+        out += [reduce,
+                helper.make_node("Max", [f"{base}_max", least], [f"{base}_scale"], name=f"{base}_scale"),
+                helper.make_node("Reciprocal", [f"{base}_scale"], [f"{base}_inverse"], name=f"{base}_inverse"),
+                helper.make_node("Mul", [x, f"{base}_inverse"], [f"{base}_unit"], name=f"{base}_unit")]
         self.done[x] = (f"{base}_unit", f"{base}_scale")
         return self.done[x]
 
@@ -186,7 +200,9 @@ def int8_nodes(graph: Any, skip: set[str], opset: int = 17, *, code_max: int = C
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     constants = set(inits) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    nodes, added, rows = [], [], _RowScales(opset)
+    scalar = constant_scalars(graph)
+    nodes, added = [], []
+    rows = _RowScales(opset, lambda x: floor_of(x, producers, scalar))
     for node in graph.node:
         found = _operands(node, inits, producers) if node.op_type in ops and node.name not in skip else None
         if found is not None and keep_mlp_inner and mlp_inner(found[0], producers, constants):
