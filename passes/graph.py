@@ -48,7 +48,9 @@ class GraphPass(Pass):
         so.optimized_model_filepath = str(basic)
         ort.InferenceSession(str(model.onnx_path), so, providers=["CPUExecutionProvider"])
         metrics: dict = {"level": self.config.level}
-        out, notes = _rewrite(basic, step / "model.onnx", self.config.rewrites, metrics, ctx)
+        from passes.graph_rewrites import rewrite_checked
+
+        out, notes = rewrite_checked(basic, step / "model.onnx", self.config.rewrites, metrics, ctx)
         before, after = op_counts(model.onnx_path), op_counts(out)
         metrics.update(nodes_before=sum(before.values()), nodes_after=sum(after.values()))
         grown = _grown(model.onnx_path, out)
@@ -58,44 +60,6 @@ class GraphPass(Pass):
                 f"ONNX Runtime's optimizer grew the model from {grown[0] / 1e6:.2f} to {grown[1] / 1e6:.2f} MB "
                 "(weights shared by subgraphs copied into each): the input is handed back unchanged"])
         return PassResult(model.replace(onnx_path=out), metrics, notes)
-
-
-def _rewrite(basic, dst, names, metrics, ctx):  # type: ignore[no-untyped-def]
-    """The pattern rewrites of ONNX Runtime's graph `basic`, written to `dst` and checked against it:
-    (the file to hand on, notes). Their counts go to metrics['rewrites']; ONNX Runtime's graph is
-    handed on (with a note) when onnxscript here lacks the rules, fails, or its result fails the check."""
-    if not names:
-        return basic, []
-    from optimize import onnx_io
-    from passes import graph_rewrites
-
-    missing = graph_rewrites.available()
-    if missing:
-        return basic, [f"pattern rewrites skipped: {missing}"]
-    try:
-        model, counts = graph_rewrites.apply(onnx_io.load(basic), list(names))
-    except Exception as exc:  # noqa: BLE001 - the rewrites are extra: ONNX Runtime's graph stands without them
-        return basic, [f"pattern rewrites skipped: onnxscript could not rewrite this graph ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"]
-    metrics["rewrites"] = counts
-    if not any(counts.values()):
-        return basic, []
-    graph_rewrites.drop_dead_initializers(model)
-    onnx_io.save(model, dst)
-    why = graph_rewrites.check(dst, basic, _probe_inputs(ctx))
-    if why:
-        metrics["rewrites_kept"] = False
-        return basic, [f"pattern rewrites undone: the rewritten graph failed its check ({why})"]
-    return dst, []
-
-
-def _probe_inputs(ctx):  # type: ignore[no-untyped-def]
-    """Two samples to run both graphs on, or None when none can be made (the check then stops at the
-    checker and a load)."""
-    try:
-        return ctx.sample_inputs("eval", 2)[0]
-    except Exception:  # noqa: BLE001 - symbolic dims without --input-shape, a model without an input spec
-        return None
 
 
 def _grown(src, out) -> tuple[int, int] | None:  # type: ignore[no-untyped-def]

@@ -163,3 +163,41 @@ def drop_dead_initializers(model: Any) -> int:
         del model.graph.input[:]
         model.graph.input.extend(inputs)
     return len(dead)
+
+
+def rewrite_checked(src: Any, dst: Any, names: list[str], metrics: dict[str, Any], ctx: Any) -> tuple[Any, list[str]]:
+    """The named rewrites of the graph in `src` (ONNX Runtime's basic-level graph, so constants are
+    folded), written to `dst` and checked against `src`: (the file to hand on, notes). Their counts
+    go to metrics['rewrites']; `src` is handed on (with a note) when onnxscript here lacks the rules,
+    fails, or its result fails the check, and without one when nothing matched."""
+    if not names:
+        return src, []
+    from optimize import onnx_io
+
+    missing = available()
+    if missing:
+        return src, [f"pattern rewrites skipped: {missing}"]
+    try:
+        model, counts = apply(onnx_io.load(src), list(names))
+    except Exception as exc:  # noqa: BLE001 - the rewrites are extra: the graph before stands without them
+        return src, [f"pattern rewrites skipped: onnxscript could not rewrite this graph ({type(exc).__name__}: "
+                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"]
+    metrics["rewrites"] = counts
+    if not any(counts.values()):
+        return src, []
+    drop_dead_initializers(model)
+    onnx_io.save(model, dst)
+    why = check(dst, src, _probe_inputs(ctx))
+    if why:
+        metrics["rewrites_kept"] = False
+        return src, [f"pattern rewrites undone: the rewritten graph failed its check ({why})"]
+    return dst, []
+
+
+def _probe_inputs(ctx: Any) -> dict[str, Any] | None:
+    """Two samples to run both graphs on, or None when none can be made (the check then stops at the
+    checker and a load)."""
+    try:
+        return ctx.sample_inputs("eval", 2)[0]
+    except Exception:  # noqa: BLE001 - symbolic dims without --input-shape, a model without an input spec
+        return None

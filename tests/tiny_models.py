@@ -105,3 +105,26 @@ def ffn_model(path: Path, dead: list[int]):
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 5, 8])], inits, path,
     ), inits
 
+
+def conv_block(path: Path, opset: int) -> Path:
+    """PP-HGNet-like: Conv → Mul by a shape-[1] scale (constant first) → Add a shape-[1] shift →
+    hard swish written out (Add 3, Clip 0..6, Mul by its input, Div 6) → y."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = {"W": rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "B": rng.standard_normal(6).astype(np.float32),
+             "s": np.array([1.7], np.float32), "t": np.array([-0.3], np.float32), "three": np.array(3.0, np.float32),
+             "zero": np.array(0.0, np.float32), "six": np.array(6.0, np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["s", "c"], ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
+             helper.make_node("Add", ["a", "three"], ["a3"]), helper.make_node("Clip", ["a3", "zero", "six"], ["cl"]),
+             helper.make_node("Mul", ["a", "cl"], ["p"]), helper.make_node("Div", ["p", "six"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 8, 8])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

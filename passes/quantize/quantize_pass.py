@@ -155,7 +155,8 @@ class QuantizePass(Pass):
         finally:
             quiet.setLevel(old_level)
             _cleanup(step, keep=("model.onnx", "model.onnx.data"))
-        why_none = nothing_quantized(final, src, cfg.op_types) if final != src else None
+        float_chosen = metrics.get("format") == "auto" and metrics.get("mode") == "float"  # fused / rewritten
+        why_none = nothing_quantized(final, src, cfg.op_types) if final != src and not float_chosen else None
         if why_none:
             notes.append(why_none)
             final = src
@@ -174,6 +175,10 @@ class QuantizePass(Pass):
         large = onnx_io.total_bytes(src) > onnx_io.EXTERNAL_DATA_THRESHOLD
         scratch = step / "scratch"
         fused = ort.fuse(cfg, src, step / "fused.onnx", large, metrics) if cfg.fusion != "none" else src
+        if cfg.rewrite_names() and not large:
+            from passes.quantize.rewrites import rewritten_input
+
+            fused = rewritten_input(fused, step, cfg.rewrite_names(), ctx, metrics, notes)
         per_channel_qdq = cfg.per_channel and (cfg.mode == "static" or cfg.format == "auto")
         prepared = step / "prepared.onnx"
         info = prepare(fused, prepared, min_opset=PER_CHANNEL_QDQ_OPSET if per_channel_qdq else None, large=large)

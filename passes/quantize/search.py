@@ -117,7 +117,10 @@ def run_auto(job: Job, specs: list[Any], fused: Path, out: Path, metrics: dict[s
     work.mkdir(parents=True, exist_ok=True)
     candidates = [Candidate("float (input)", job.src, {"mode": "float"}, quantized=False, passed=True)]
     if fused != job.src:
-        candidates.append(Candidate("float fused", fused, {"mode": "float", "fusion": cfg.fusion}, quantized=False))
+        rewritten = bool(metrics.get("rewrites", {}).get("applied"))
+        what = " + ".join((["fused"] if cfg.fusion != "none" else []) + (["rewritten"] if rewritten else []))
+        candidates.append(Candidate(f"float {what}", fused, {"mode": "float", "fusion": cfg.fusion,
+                                                             "rewritten": rewritten}, quantized=False))
     built, extra = build_candidates(job, settings, work, evaluator, goal)
     candidates.extend(built)
     runnable = [c for c in candidates if not c.failed]

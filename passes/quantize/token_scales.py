@@ -8,13 +8,15 @@ DynamicQuantizeMatMul on the input divided by each row's max |x|, multiplied bac
 `quantize_dynamic` then takes the MatMuls left.
 
 Measured on the real all-MiniLM-L6-v2 (embedding cosine to the FP32 model, mean / min on 300
-held-out docstring sentences; speed against all per-call at batch 8 × 128; AMD EPYC with AVX-512 VNNI, 2
-threads; bench/token_scales_bench.py): all per-call 0.9932 / 0.9801; `mlp` (the six FFN output
-projections) 0.9959 / 0.9915 at 1.008x [0.977, 1.027]; `all` 0.9977 / 0.9949 at 0.820x (each
-MatMul's row scaling costs a pass over its input). That 1.008x was measured against a per-call graph
-in which ONNX Runtime fused the FFNs' residual adds into its slow SkipLayerNormalization kernel, which
-this rewrite happens to prevent; against the pipeline's Sum layout (optimize/skip_layernorm.py)
-`mlp` costs its passes: 0.926x [0.919, 0.939] through the tool (docs/distill.md).
+held-out docstring sentences; speed against all per-call at batch 8 × 128; AMD EPYC family 26 (Zen 5)
+with AVX-512 VNNI, 2 threads; bench/results-prune-kd.md): all per-call 0.9929 / 0.9844; `mlp` (the six
+FFN output projections) 0.9957 / 0.9917 at 0.953x [0.949, 0.960]. Each row's scale costs passes over
+the projection's input: 0.883x with Abs and a Div per row, 0.953x since the Abs is skipped where
+the graph proves the activation's floor (activation_floor.py) and the Div is a multiply by the
+row's reciprocal. `all` read 0.9977 / 0.9949 at 0.820x (bench/token_scales_bench.py, before both).
+An earlier 1.008x for `mlp` was measured against a per-call graph in which ONNX Runtime fused the
+FFNs' residual adds into its slow SkipLayerNormalization kernel, which this rewrite happens to
+prevent; the pipeline now avoids that fusion itself (optimize/skip_layernorm.py).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from helpers import make_ctx, onnx_handle
 from onnx import TensorProto, helper, numpy_helper
+from tiny_models import conv_block
 
 from optimize.handle import TensorSpec
 from passes.graph import GraphConfig, GraphPass
@@ -78,26 +79,6 @@ def test_an_optimization_that_grows_the_file_hands_back_the_input(tmp_path):
     res = GraphPass(GraphConfig()).run(onnx_handle(src, inputs), make_ctx(tmp_path / "work", inputs=inputs))
     assert res.model.onnx_path == src and res.metrics["kept_input"] is True
     assert any("grew the model" in n and "handed back unchanged" in n for n in res.notes)
-
-
-def conv_block(path, opset: int):
-    """PP-HGNet-like: Conv → Mul by a shape-[1] scale (constant first) → Add a shape-[1] shift →
-    hard swish written out (Add 3, Clip 0..6, Mul by its input, Div 6) → y."""
-    rng = np.random.default_rng(0)
-    inits = {"W": rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "B": rng.standard_normal(6).astype(np.float32),
-             "s": np.array([1.7], np.float32), "t": np.array([-0.3], np.float32), "three": np.array(3.0, np.float32),
-             "zero": np.array(0.0, np.float32), "six": np.array(6.0, np.float32)}
-    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Mul", ["s", "c"], ["m"]), helper.make_node("Add", ["m", "t"], ["a"]),
-             helper.make_node("Add", ["a", "three"], ["a3"]), helper.make_node("Clip", ["a3", "zero", "six"], ["cl"]),
-             helper.make_node("Mul", ["a", "cl"], ["p"]), helper.make_node("Div", ["p", "six"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 8, 8])],
-                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
 
 
 CONV_IN = [TensorSpec("x", ("batch", 3, 8, 8))]
