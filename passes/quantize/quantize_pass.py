@@ -48,6 +48,10 @@ class QuantizePass(Pass):
             return "quantize chooses its prompt path from measured latency (not deterministic)"
         return None
 
+    def cache_inputs(self, config):  # type: ignore[no-untyped-def]
+        # per_token auto measures token outliers in batches of measure.batch
+        return {"measure.batch": config.measure.batch} if getattr(self.config, "per_token", None) == "auto" else {}
+
     def check(self, plan: PlanContext) -> None:
         from optimize.errors import ConfigError
 

@@ -41,5 +41,5 @@ def rewritten_input(src: Path, step: Path, names: list[str], ctx: Any, metrics: 
     if out == basic:
         return src
     notes.append("pattern rewrites before quantizing: "
-                 + ", ".join(f"{n} {c}" for n, c in counts.items()) + " (exact algebra, checked against the input)")
+                 + ", ".join(f"{n} {c}" for n, c in counts.items()) + " (exact algebra, checked against ONNX Runtime's basic graph of the input)")
     return out

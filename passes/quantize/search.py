@@ -174,14 +174,19 @@ def _summary(job: Job, chosen: Candidate, candidates: list[Candidate], timing: d
 
 def _adopt(chosen: Candidate, src: Path, out: Path, extra: dict[str, tuple[dict[str, Any], list[str]]],
            metrics: dict[str, Any], notes: list[str]) -> Path:
+    from optimize import onnx_io
+    from optimize.inspect_onnx import all_graphs
+
     if not (chosen.quantized or chosen.path != src):
         metrics["mode"] = "float"
         return src
     cm, cn = extra.get(chosen.name, ({}, []))
     metrics.update({k: v for k, v in cm.items() if k.startswith("calibration")})
     notes.extend(cn)
-    shutil.copyfile(chosen.path, out)
-    data = chosen.path.with_name(chosen.path.name + ".data")
-    if data.exists():
-        shutil.copyfile(data, out.with_name(out.name + ".data"))
+    model = onnx_io.load(chosen.path, load_external_data=False)
+    if any(onnx_io.uses_external(t) for g in all_graphs(model.graph) for t in g.initializer):
+        # the file names its data file (cand-0.onnx.data, fused.onnx.data): written anew as out's own
+        onnx_io.save_streaming(model, out, chosen.path.parent)
+    else:
+        shutil.copyfile(chosen.path, out)
     return out

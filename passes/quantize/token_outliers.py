@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_RATIO = 4.0  # blocks that gained from per-token read ~8, those that did not ~2
+_MEASURED: dict[tuple[Any, ...], dict[str, float]] = {}  # repair retries and fallback scans re-quantize the same file
 
 
 def outlier_ratios(src: Path, inputs_of: dict[str, str], feeds: dict[str, np.ndarray], batch: int) -> dict[str, float]:
@@ -33,6 +33,9 @@ def outlier_ratios(src: Path, inputs_of: dict[str, str], feeds: dict[str, np.nda
     `inputs_of` maps each MatMul to its input tensor; `feeds` holds the samples (first axis)."""
     import onnx
     import onnxruntime as ort
+
+    from optimize.probes import slice_samples
+    from optimize.runtime import feeds_for
 
     model = onnx.load(str(src), load_external_data=False)
     wanted = sorted(set(inputs_of.values()))
@@ -43,12 +46,11 @@ def outlier_ratios(src: Path, inputs_of: dict[str, str], feeds: dict[str, np.nda
     onnx.save(model, str(probe))
     try:
         sess = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
-        names = [i.name for i in sess.get_inputs()]
-        mask_name = next((n for n in names if "attention_mask" in n), None)
-        n = len(next(iter(feeds.values())))
+        mask_name = next((i.name for i in sess.get_inputs() if "attention_mask" in i.name), None)
+        n = max((len(v) for v in feeds.values() if np.ndim(v) > 0), default=1)
         per_batch: dict[str, list[float]] = {t: [] for t in wanted}
         for start in range(0, n, batch):
-            feed = {k: feeds[k][start:start + batch] for k in names}
+            feed = feeds_for(sess, slice_samples(feeds, start, start + batch))
             outs = sess.run(wanted, feed)
             mask = feed[mask_name] if mask_name else None
             for t, x in zip(wanted, outs, strict=True):
@@ -78,34 +80,44 @@ def choose(cfg: Any, src: Path, ctx: Any, include: list[str] | None, exclude: li
     """The names of the MatMuls after an activation (`mlp`) whose input has token outliers on the
     user's data ([] for none: all per call), or `include` unchanged when there is no data to measure
     on (then every one of them is scaled per token, as `mlp` would)."""
+    from optimize.errors import OptimizeError
     from passes.quantize.token_scales import candidate_inputs
 
     inputs_of = candidate_inputs(src, "mlp", include, exclude)
     if not inputs_of:
         return include  # the caller says that no MatMul reads an activation
-    found = _user_samples(ctx)
-    if found is None:
-        notes.append("per_token auto: no data (data.calibration, data.train or data.eval) to find token outliers "
-                     "on; every MatMul after an activation is scaled per token")
-        return include
-    feeds, source = found
-    batch = max(1, int(getattr(ctx.config.measure, "batch", 1)))
     try:
-        ratios = outlier_ratios(src, inputs_of, feeds, batch)
+        found = _user_samples(ctx)
+        if found is None:
+            _note(notes, "per_token auto: no data (data.calibration, data.train or data.eval) to find token outliers "
+                         "on; every MatMul after an activation is scaled per token")
+            return include
+        feeds, source = found
+        batch = max(1, int(getattr(ctx.config.measure, "batch", 1)))
+        key = (str(src), src.stat().st_mtime_ns, batch, source, tuple(sorted(inputs_of.items())))
+        ratios = _MEASURED[key] if key in _MEASURED else _MEASURED.setdefault(
+            key, outlier_ratios(src, inputs_of, feeds, batch))
+    except OptimizeError:  # the user's data is unusable: say so as for any other step
+        raise
     except Exception as exc:  # noqa: BLE001 - the measurement is a refinement: mlp's choice stands without it
-        notes.append(f"per_token auto: could not measure token outliers ({type(exc).__name__}: "
+        _note(notes, f"per_token auto: could not measure token outliers ({type(exc).__name__}: "
                      f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); every MatMul after an activation is "
                      "scaled per token")
         return include
     kept = sorted(name for name, r in ratios.items() if r >= cfg.per_token_ratio)
     metrics["per_token_ratios"] = {name: round(r, 2) for name, r in sorted(ratios.items())}
-    samples = len(next(iter(feeds.values())))
-    notes.append(f"per_token auto: {len(kept)} of {len(inputs_of)} MatMuls after an activation scaled per token, "
+    samples = max((len(v) for v in feeds.values() if np.ndim(v) > 0), default=1)
+    _note(notes, f"per_token auto: {len(kept)} of {len(inputs_of)} MatMuls after an activation scaled per token, "
                  f"those whose largest token reads ≥ {cfg.per_token_ratio:g}x the median token ({samples} samples "
                  f"of {source}, batches of {batch}; ratios: "
                  + ", ".join(f"{r:.1f}" for _, r in sorted(ratios.items())) + ")"
                  + ("" if kept else "; all scaled per call"))
     return kept
+
+
+def _note(notes: list[str], text: str) -> None:
+    if text not in notes:  # a repair retry quantizes again with the same notes
+        notes.append(text)
 
 
 def _user_samples(ctx: Any, n: int = 64) -> tuple[dict[str, np.ndarray], str] | None:

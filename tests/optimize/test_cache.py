@@ -319,3 +319,20 @@ def test_size_limit_evicts_the_least_recently_used_entries(tmp_path: Path) -> No
     assert limited.store("c" * 64, {}, model, {}, [])  # three entries do not fit in 2.5: "b" goes
     assert sorted(p.name[:1] for p in entries(tmp_path / "c")) == ["a", "c"]
     assert sum(s for _, s, _ in limited.entries()) <= limited.max_bytes
+
+
+def test_settings_a_pass_reads_outside_its_config_are_in_its_key(capfd, tmp_path: Path) -> None:
+    """per_token auto measures token outliers in batches of measure.batch: another batch may choose
+    other MatMuls, so it must not reuse the entry."""
+    model = make_mlp_onnx(tmp_path / "in" / "m.onnx")
+    cache = tmp_path / "cache"
+    step = "  - type: quantize\n    mode: dynamic\n    per_token: auto\n"
+
+    def with_batch(batch: int) -> Path:
+        p = tmp_path / f"b{batch}.yaml"
+        p.write_text(f"schema_version: 1\npasses:\n{step}measure: {{repeat: 3, warmup: 1, parity_samples: 8, batch: {batch}}}\n")
+        return p
+
+    run(capfd, model, with_batch(1), tmp_path / "a.onnx", cache)
+    assert cached(run(capfd, model, with_batch(2), tmp_path / "b.onnx", cache)) == {"quantize": False}
+    assert cached(run(capfd, model, with_batch(2), tmp_path / "c.onnx", cache)) == {"quantize": True}

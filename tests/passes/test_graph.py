@@ -242,3 +242,17 @@ def test_the_check_runs_a_fixed_batch_model_on_one_probe_at_a_time(tmp_path):
     w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2, w.name))
     onnx.save(broken, str(tmp_path / "broken.onnx"))
     assert "changed" in graph_rewrites.check(tmp_path / "broken.onnx", src, probes)  # the run still compares
+
+
+def test_the_check_passes_a_scalar_input_whole(tmp_path):
+    """Cutting the probes to one sample must leave a 0-d input as it is."""
+    from passes import graph_rewrites
+
+    out = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "s"], ["y"])], "g",
+                              [out("x", TensorProto.FLOAT, [1, 3]), out("s", TensorProto.FLOAT, [])],
+                              [out("y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    probes = {"x": np.ones((2, 3), np.float32), "s": np.array(2.0, np.float32)}
+    assert graph_rewrites.check(tmp_path / "m.onnx", tmp_path / "m.onnx", probes) is None

@@ -110,3 +110,17 @@ def test_a_gelu_mlp_scales_per_token_without_an_abs_pass_and_computes_the_same()
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     rel = np.linalg.norm(got - want, axis=-1) / np.linalg.norm(want, axis=-1)
     assert rel.max() < 0.03, rel.max()
+
+
+@pytest.mark.parametrize("d", [1.0, 1.702, 0.25])
+def test_the_silu_floor_holds_for_every_input(d):
+    nodes = [helper.make_node("Mul", ["h", "c_d"], ["hd"]), helper.make_node("Sigmoid", ["hd"], ["s"]),
+             helper.make_node("Mul", ["h", "s"], ["g"])]
+    inits = [const("c_d", d)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("h", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("g", TensorProto.FLOAT, [None])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    h = np.linspace(-60 / d, 60 / d, 400_001, dtype=np.float32)
+    g = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"h": h})[0]
+    b = floor(nodes, inits)
+    assert g.min() >= -b and g.min() < -b / 1.02
