@@ -124,6 +124,7 @@ class QuantizePass(Pass):
             base_metrics,
             describe_result,
             nothing_quantized,
+            unmatched_exclusions,
         )
 
         cfg = self.config
@@ -147,6 +148,7 @@ class QuantizePass(Pass):
             job, fused = self._prepare(cfg, src, step, ctx, metrics, notes)
         finally:
             ctx.progress.finish(f"{self.name}.prepare")
+        notes.extend(unmatched_exclusions(cfg, job.qin, bool(metrics.get("rewrites", {}).get("applied"))))
         quiet = logging.getLogger()
         old_level = quiet.level
         quiet.setLevel(max(old_level, logging.ERROR))  # the quantizers warn through the root logger

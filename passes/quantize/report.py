@@ -129,3 +129,23 @@ def describe_result(cfg: QuantizeConfig, src: Path, final: Path, after_qat: bool
             "on CPU; static QDQ is the fast layout for convolutions"
         )
 
+
+
+def unmatched_exclusions(cfg: Any, path: Path, rewritten: bool) -> list[str]:
+    """A note naming the `exclude_nodes` that match no node of the graph the quantizer gets (they
+    keep nothing in float), with what node names look like there; [] when all match."""
+    if not cfg.exclude_nodes:
+        return []
+    import onnx
+
+    from optimize.inspect_onnx import all_graphs
+
+    names = [n.name for g in all_graphs(onnx.load(str(path), load_external_data=False).graph) for n in g.node]
+    missing = [n for n in cfg.exclude_nodes if n not in set(names)]
+    if not missing:
+        return []
+    example = next((n for n in names if n), "")
+    why = (" (the conv_affine rewrite gives the convs it folds new names; rewrites: [] keeps them)"
+           if rewritten else "")
+    return [f"exclude_nodes: {', '.join(missing)} match no node of the model and keep nothing in float{why}; "
+            f"node names look like {example!r}"]

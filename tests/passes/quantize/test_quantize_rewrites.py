@@ -113,3 +113,16 @@ def test_a_chosen_candidate_with_external_weights_is_written_with_its_own_data_f
         f.unlink()  # the step's cleanup
     x = np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)
     np.testing.assert_allclose(run(out, x), run(tmp_path / "in.onnx", x), rtol=1e-5, atol=1e-5)
+
+
+def test_exclude_nodes_that_match_nothing_are_said(tmp_path):
+    src = conv_block(tmp_path / "in.onnx", 14)
+    res = quantize(QuantizeConfig(mode="static", random_calibration=True, rewrites=["conv_affine", "hardswish"],
+                                  exclude_nodes=["conv_before_folding"]), src, tmp_path / "a")
+    note = next(n for n in res.notes if n.startswith("exclude_nodes: conv_before_folding match no node"))
+    assert "rewrites: [] keeps them" in note
+    inputs = [TensorSpec("x", ("batch", 16))]
+    mlp = export_module(mlp_of(16, 32, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
+    name = next(n.name for n in onnx.load(str(mlp)).graph.node if n.op_type in ("Gemm", "MatMul"))
+    res = quantize(QuantizeConfig(mode="dynamic", exclude_nodes=[name]), mlp, tmp_path / "b", inputs)
+    assert not any(n.startswith("exclude_nodes:") for n in res.notes)
