@@ -381,10 +381,12 @@ def test_static_int4_qdq_stores_4_bit_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_qat_beats_post_training_quantization_at_4_bits_on_digits(tmp_path):
-    """The built-in digits example at int4 weights (reduce_range: 8 levels, per tensor): post-training
-    quantization vs quantization-aware training (quantize → distill), both materialized by ONNX Runtime.
-    Measured here: PTQ 95.3%, QAT 98.6% (float 99.2%)."""
+def test_qat_beats_post_training_quantization_at_2_bits_on_digits(tmp_path):
+    """The built-in digits example at ternary weights (2 bits: α·{−1, 0, +1} per output channel):
+    post-training quantization vs quantization-aware training (quantize → distill), both
+    materialized by ONNX Runtime's static QDQ quantizer. Measured here (2026-12-01): PTQ 80.0%, QAT
+    98.9% (float 99.2%). At 4 bits PTQ now reads 98.9% against QAT's 99.2% (it read 95.3% when this
+    test was written at 4 bits), too close for a test to tell the two apart."""
     from optimize import pipeline
     from optimize.api import RunOptions
 
@@ -392,7 +394,7 @@ def test_qat_beats_post_training_quantization_at_4_bits_on_digits(tmp_path):
         "schema_version: 1\nseed: 0\ndata:\n  train: {source: 'builtin:digits', split: train}\n"
         "  eval: {source: 'builtin:digits', split: test}\n"
         "measure: {batch: 32, repeat: 3, warmup: 1, single_thread: false, parity_samples: 16}\npasses:\n"
-        "  - type: quantize\n    bits: 4\n    per_channel: false\n    reduce_range: true\n"
+        "  - type: quantize\n    bits: 2\n    mode: static\n    format: qdq\n"
     )
     acc = {}
     for name, extra in (("ptq", ""), ("qat", "  - type: distill\n    epochs: 5\n    lr: 0.002\n    temperature: 4.0\n    alpha: 0.7\n")):
@@ -400,7 +402,8 @@ def test_qat_beats_post_training_quantization_at_4_bits_on_digits(tmp_path):
         cfg.write_text(head + extra)
         out = tmp_path / f"{name}.onnx"
         report = pipeline.run(RunOptions(model=None, config=str(cfg), output=str(out), fail_on_gate=False))
-        assert {t.bits for t in weight_stats(out).tensors} == {4}  # int4 weights counted from the file
-        assert report.metrics["quantization_ratio"].value == pytest.approx(0.125)
+        quantize = [s for s in report.steps if s.type == "quantize"][-1]  # after QAT: the step that materializes it
+        assert set(quantize.metrics["logical_weight_bits"]) == {"2"}  # ternary codes, stored as int8
+        assert report.metrics["quantization_ratio"].value == pytest.approx(2 / 32)
         acc[name] = report.metrics["accuracy"].value
-    assert acc["qat"] > acc["ptq"] + 1.0, acc
+    assert acc["qat"] > acc["ptq"] + 5.0, acc
