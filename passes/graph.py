@@ -36,20 +36,13 @@ class GraphPass(Pass):
     cacheable = True
 
     def run(self, model, ctx):  # type: ignore[no-untyped-def]
-        import onnxruntime as ort
-
         from optimize.inspect_onnx import op_counts
         from optimize.pass_api import PassResult
+        from passes.graph_rewrites import rewrite_checked, save_basic_graph
 
         step = ctx.step_dir(self.name)
-        basic = step / "ort-basic.onnx"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        so.optimized_model_filepath = str(basic)
-        ort.InferenceSession(str(model.onnx_path), so, providers=["CPUExecutionProvider"])
+        basic = save_basic_graph(model.onnx_path, step / "ort-basic.onnx")
         metrics: dict = {"level": self.config.level}
-        from passes.graph_rewrites import rewrite_checked
-
         out, notes = rewrite_checked(basic, step / "model.onnx", self.config.rewrites, metrics, ctx)
         before, after = op_counts(model.onnx_path), op_counts(out)
         metrics.update(nodes_before=sum(before.values()), nodes_after=sum(after.values()))

@@ -26,6 +26,24 @@ from __future__ import annotations
 from typing import Any
 
 
+def save_basic_graph(src: Any, dst: Any, external_above: int | None = None) -> Any:
+    """ONNX Runtime's basic-level graph of `src` (constants folded, redundant nodes removed: the
+    portable level), saved to `dst`; its initializers go to `dst.name + '.data'` when `src` is larger
+    than `external_above` bytes. Returns `dst`."""
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    if external_above is not None and Path(src).stat().st_size > external_above:
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", Path(dst).name + ".data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    return dst
+
+
 def available() -> str | None:
     """None when this onnxscript has the rules, else why not (an older onnxscript)."""
     try:

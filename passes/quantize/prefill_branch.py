@@ -81,15 +81,9 @@ def gather_table(model: Any) -> str | None:
 
 def fold_constants(src: Path, dst: Path) -> None:
     """ONNX Runtime's basic optimizations (constant folding, redundant nodes), saved to `dst`."""
-    import onnxruntime as ort
+    from passes.graph_rewrites import save_basic_graph
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.optimized_model_filepath = str(dst)
-    if src.stat().st_size > SIZE_LIMIT:
-        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
-        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    save_basic_graph(src, dst, external_above=SIZE_LIMIT)
 
 
 def _branch(graph: Any, prefix: str, level: int | None, head_output: str, head_table: str | None,

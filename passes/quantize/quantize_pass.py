@@ -181,10 +181,11 @@ class QuantizePass(Pass):
         large = onnx_io.total_bytes(src) > onnx_io.EXTERNAL_DATA_THRESHOLD
         scratch = step / "scratch"
         fused = ort.fuse(cfg, src, step / "fused.onnx", large, metrics) if cfg.fusion != "none" else src
-        if cfg.rewrite_names() and not large:
+        rewrites = cfg.rewrite_names()
+        if rewrites and not large:
             from passes.quantize.rewrites import rewritten_input
 
-            fused = rewritten_input(fused, step, cfg.rewrite_names(), ctx, metrics, notes)
+            fused = rewritten_input(fused, step, rewrites, ctx, metrics, notes)
         per_channel_qdq = cfg.per_channel and (cfg.mode == "static" or cfg.format == "auto")
         prepared = step / "prepared.onnx"
         info = prepare(fused, prepared, min_opset=PER_CHANNEL_QDQ_OPSET if per_channel_qdq else None, large=large)

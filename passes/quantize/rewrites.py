@@ -20,16 +20,11 @@ def rewritten_input(src: Path, step: Path, names: list[str], ctx: Any, metrics: 
     """`src` with the named rewrites applied on ONNX Runtime's basic-level graph of it (constants
     folded, as the graph pass does) when any matched and the result passed its check; else `src`
     itself, so that a model nothing matches reaches the quantizer exactly as it came."""
-    import onnxruntime as ort
-
-    from passes.graph_rewrites import rewrite_checked
+    from passes.graph_rewrites import rewrite_checked, save_basic_graph
 
     basic = step / "rewrites-basic.onnx"
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.optimized_model_filepath = str(basic)
     try:
-        ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+        save_basic_graph(src, basic)
     except Exception as exc:  # noqa: BLE001 - the rewrites are extra; the quantizer says what is wrong with the model
         notes.append(f"pattern rewrites skipped: ONNX Runtime could not optimize the input ({type(exc).__name__})")
         return src

@@ -24,8 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-SCOPES = ("none", "mlp", "auto", "all")
-
 
 def reads_activation(x: str, producers: dict[str, Any], constants: set[str]) -> bool:
     """Whether `x` is an activation's output: an activation op (Gelu, Relu, …), or elementwise ops
