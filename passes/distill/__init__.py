@@ -27,9 +27,11 @@ architecture derived from the teacher (initialized from its weights) or the user
 Training: AdamW/Adam/SGD, linear warm-up then cosine/linear/constant learning rate, gradient
 clipping, evaluation on data.eval after every epoch for early stopping and best-weights selection,
 safetensors checkpoints every N steps and `--resume` (`optimize/train_checkpoint.py`); with a seed
-on the CPU, runs (and resumed runs) are bit-identical. Batches come from a torch DataLoader
-(optional worker processes) over a DistributedSampler, so one process and torchrun share one code
-path. On CUDA, training runs under autocast (bf16 where supported, else fp16 with a grad scaler).
+on the CPU, runs (and resumed runs) that make the same autocast choice are bit-identical. Batches
+come from a torch DataLoader (optional worker processes) over a DistributedSampler, so one process
+and torchrun share one code path. On CUDA, training runs under autocast (bf16 where supported, else
+fp16 with a grad scaler); on the CPU, under bf16 autocast where a timing probe of the run's own step
+shows it pays (`cpu_autocast`), which needs AVX512-BF16 or AMX.
 When `torch.distributed` is initialized (torchrun), the student is wrapped in
 DistributedDataParallel and each rank trains on its shard of every epoch's shuffled order.
 

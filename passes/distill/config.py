@@ -117,8 +117,9 @@ class DistillConfig(PassConfig):
         True,
         description="Hold weights that are exactly zero (and not under a parametrization) at zero while training, so sparsity from pruning that left no mask is kept.",
     )
-    amp: bool = Field(
-        True, description="On CUDA, train under autocast (bf16 where supported, else fp16 with loss scaling); ignored on CPU."
+    amp: Literal["auto"] | bool = Field(
+        "auto",
+        description="Train under autocast. On CUDA, true and auto both use bf16 where supported, else fp16 with loss scaling. On the CPU, true uses bf16 and auto uses it only where a timing probe of the run's own training step shows it at least 1.3x faster (CPUs with AVX512-BF16 or AMX; the step's metrics say what was measured). false: fp32 everywhere.",
     )
     random_samples: int = Field(
         RANDOM_SAMPLES_DEFAULT,

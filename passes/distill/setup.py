@@ -25,6 +25,7 @@ class Setup:
     use_amp: bool
     amp_dtype: Any
     notes: list[str] = field(default_factory=list)
+    amp_probe: bool = False  # decide use_amp by timing a training step once the student exists
 
 
 def prepare(model: Any, ctx: Any, cfg: DistillConfig) -> Setup:
@@ -37,9 +38,13 @@ def prepare(model: Any, ctx: Any, cfg: DistillConfig) -> Setup:
     eval_ds = ctx.data("eval")
     batch_size = min(cfg.batch_size or ctx.config.data.batch_size, len(train))
     device, rank, world = placement(ctx)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.float16 if use_amp and not torch.cuda.is_bf16_supported() else torch.bfloat16
-    return Setup(task, train, data_desc, names, eval_ds, batch_size, device, rank, world, use_amp, amp_dtype, notes)
+    on_cuda = device.type == "cuda"
+    use_amp = cfg.amp is True or (cfg.amp == "auto" and on_cuda)
+    amp_dtype = torch.float16 if on_cuda and use_amp and not torch.cuda.is_bf16_supported() else torch.bfloat16
+    # amp auto on the CPU is decided by timing the student's own step (passes/distill/cpu_autocast.py)
+    amp_probe = cfg.amp == "auto" and device.type == "cpu" and world == 1
+    return Setup(task, train, data_desc, names, eval_ds, batch_size, device, rank, world, use_amp, amp_dtype,
+                 notes, amp_probe)
 
 
 def training_data(model: Any, ctx: Any, cfg: DistillConfig) -> tuple[Any, str, list[str]]:

@@ -158,6 +158,8 @@ def _build(loop: _Loop) -> None:
     loop.use_cl = use_channels_last(cfg.channels_last, loop.student, loop.source, s.device)
     loop.metrics["channels_last"] = loop.use_cl
     _wrap(loop, _feature_hooks(loop))
+    if s.amp_probe:
+        _choose_cpu_autocast(loop)
     loop.before = evaluate(loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task, with_teacher=True)
     loop.opt = make_optimizer(cfg, loop.params)
     loop.scaler = torch.amp.GradScaler("cuda") if s.use_amp and s.amp_dtype == torch.float16 else None
@@ -230,6 +232,31 @@ def _freeze(loop: _Loop) -> None:
     total = sum(p.numel() for _, p in named)
     loop.metrics["frozen_params"] = sum(p.numel() for p in frozen)
     loop.metrics["frozen_fraction"] = round(loop.metrics["frozen_params"] / total, 4) if total else 0.0
+
+
+def _choose_cpu_autocast(loop: _Loop) -> None:
+    """amp auto on the CPU: bf16 autocast where a middle batch of the first epoch trains measurably
+    faster under it (the probe leaves the weights, buffers and random state as they were)."""
+    from passes.distill.cpu_autocast import decide
+
+    s = loop.setup
+    batches = loop.plan.batches(0)
+    xs, y, idx = loop.source[batches[len(batches) // 2]]
+    xs, y = _on_device(loop, xs, y)
+    was = loop.train_module.training
+    loop.train_module.train(loop.cfg.train_mode)
+    cache, loop.t_cache = loop.t_cache, None  # the probe's teacher outputs are not kept
+
+    def step(use_amp: bool) -> None:
+        s.use_amp = use_amp
+        _forward(loop, xs, y, idx)[0].backward()
+
+    try:
+        s.use_amp, loop.metrics["amp_choice"] = decide(step, loop.trainable)
+    finally:
+        loop.t_cache = cache
+        loop.train_module.train(was)
+    s.amp_probe = False  # a second run on this setup (prune's fine-tuning steps) keeps the choice
 
 
 def _restore(loop: _Loop) -> None:
@@ -321,11 +348,7 @@ def _epoch(loop: _Loop) -> None:
 
 def _step(loop: _Loop, xs: list[Any], y: Any, idx: Any, sums: list[float], epoch: int) -> None:
     cfg, s, state = loop.cfg, loop.setup, loop.state
-    xs = [x.to(s.device, non_blocking=True) for x in xs]
-    if loop.use_cl:
-        xs = [channels_last_copy(x) if x.dim() == 4 else x for x in xs]
-    if y is not None:
-        y = y.to(s.device, non_blocking=True)
+    xs, y = _on_device(loop, xs, y)
     loss, kd, correct, feat = _forward(loop, xs, y, idx)
     step = state["step"]
     loss_value = loss.item()
@@ -351,6 +374,14 @@ def _step(loop: _Loop, xs: list[Any], y: Any, idx: Any, sums: list[float], epoch
         state["sums"] = list(sums)
         if is_main(s.rank):
             save_checkpoint(loop.ckpt_dir, loop.trainable, loop.opt, state, loop.fingerprint, loop.best_state)
+
+
+def _on_device(loop: _Loop, xs: list[Any], y: Any) -> tuple[list[Any], Any]:
+    device = loop.setup.device
+    xs = [x.to(device, non_blocking=True) for x in xs]
+    if loop.use_cl:
+        xs = [channels_last_copy(x) if x.dim() == 4 else x for x in xs]
+    return xs, (y.to(device, non_blocking=True) if y is not None else None)
 
 
 def _forward(loop: _Loop, xs: list[Any], y: Any, idx: Any) -> tuple[Any, Any, int | None, Any]:

@@ -1,0 +1,79 @@
+"""distill `amp` on the CPU: bf16 autocast when asked, and with `auto` only where a timing probe of
+the run's own step shows it pays; the probe leaves training exactly as it would have been."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import distill_ctx, torch_handle
+
+from optimize.handle import TensorSpec
+from passes.distill import DistillPass, cpu_autocast
+
+SPEC = [TensorSpec("x", ("batch", 6))]
+
+
+def models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5)).eval()
+    # batch norm statistics and dropout masks: what a careless probe would change
+    student = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(),
+                                  torch.nn.Dropout(0.2), torch.nn.Linear(16, 5))
+    return teacher, student
+
+
+def run(tmp_path: Path, amp: str, train_mode: bool = True):
+    teacher, student = models()
+    body = f"passes: [{{type: distill, epochs: 2, random_samples: 96, amp: {amp}, train_mode: {str(train_mode).lower()}}}]\n"
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path)
+    return DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx)
+
+
+def test_amp_true_trains_under_bf16_autocast_on_the_cpu(tmp_path: Path) -> None:
+    m = run(tmp_path, "true").metrics
+    assert m["amp"] == "bfloat16" and m["device"] == "cpu" and "amp_choice" not in m
+    assert m["train_loss"] < m["train_loss_first_epoch"]
+
+
+def test_amp_auto_stays_fp32_on_a_cpu_without_bf16_instructions(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: False)
+    m = run(tmp_path, "auto").metrics
+    assert m["amp"] is None and m["amp_choice"].startswith("fp32: this CPU has no native bf16")
+
+
+def test_amp_auto_uses_bf16_where_the_probe_measures_it_faster(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: (0.2, 0.1))
+    m = run(tmp_path, "auto").metrics
+    assert m["amp"] == "bfloat16" and "2.00x" in m["amp_choice"] and m["amp_choice"].endswith("used")
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_a_declined_probe_leaves_training_bit_identical_to_fp32(tmp_path: Path, monkeypatch, train_mode: bool) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_autocast, "MIN_SPEEDUP", float("inf"))  # real probe steps, then fp32
+    probed = run(tmp_path / "a", "auto", train_mode)
+    plain = run(tmp_path / "b", "false", train_mode)
+    assert probed.metrics["amp"] is None and "not used" in probed.metrics["amp_choice"]
+    a, b = probed.model.module.state_dict(), plain.model.module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # weights and BN statistics
+
+
+def test_timed_steps_warms_each_mode_then_alternates_and_keeps_the_fastest(monkeypatch) -> None:
+    calls: list[bool] = []
+    durations = iter([3.0, 1.0, 2.0, 0.5])  # fp32, bf16, fp32, bf16 (timed rounds only)
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def step(use_amp: bool) -> None:
+        calls.append(use_amp)
+        if len(calls) > 2:  # the two warm-up calls are not timed
+            now[0] += next(durations)
+
+    monkeypatch.setattr(cpu_autocast.time, "perf_counter", clock)
+    assert cpu_autocast.timed_steps(step, rounds=2) == (2.0, 0.5)
+    assert calls == [False, True, False, True, False, True]
