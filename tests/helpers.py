@@ -43,6 +43,26 @@ def distill_ctx(work_dir: Path, teacher: ModelHandle, body: str, **fields: Any) 
     return make_ctx(work_dir, "schema_version: 1\n" + body, input_model=teacher, threads=1, **fields)
 
 
+class StopAfterEpochs:
+    """A progress display that interrupts a distillation (Ctrl-C) once `n` of its epochs have ended
+    (advances of one step; a budget's re-plan advances by none)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def start(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def advance(self, key: str, steps: int = 1, info: str | None = None) -> None:
+        if key == "distill" and steps == 1 and info != "resumed":
+            self.n -= 1
+            if self.n == 0:
+                raise KeyboardInterrupt
+
+    def finish(self, *a: Any, **k: Any) -> None:
+        pass
+
+
 def run_first_pass(ctx: RunContext, model: ModelHandle) -> Any:
     """Run the first pass of `ctx.config` on `model` (its class found by name, as the pipeline does)."""
     from optimize import registry

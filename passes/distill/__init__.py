@@ -25,22 +25,25 @@ architecture derived from the teacher (initialized from its weights) or the user
 `torch.no_grad()`; its weights are never touched.
 
 Training: AdamW/Adam/SGD, linear warm-up then cosine/linear/constant learning rate, gradient
-clipping, evaluation on data.eval after every epoch for early stopping and best-weights selection,
-safetensors checkpoints every N steps and `--resume` (`optimize/train_checkpoint.py`); with a seed
-on the CPU, runs (and resumed runs) that make the same autocast choice are bit-identical. Batches
+clipping, a time budget (`budget_minutes`: fewer epochs at the pace measured, the schedule
+re-planned to end at the last one), evaluation on data.eval after every epoch for early stopping
+and best-weights selection, safetensors checkpoints every N steps and `--resume`
+(`optimize/train_checkpoint.py`); with a seed on the CPU, runs (and resumed runs) that make the same
+timing-based choices (`amp: auto`'s autocast, `budget_minutes`' epochs) are bit-identical. Batches
 come from a torch DataLoader (optional worker processes) over a DistributedSampler, so one process
 and torchrun share one code path. On CUDA, training runs under autocast (bf16 where supported, else
 fp16 with a grad scaler); on the CPU, under bf16 autocast where a timing probe of the run's own step
-shows it pays (`cpu_autocast`), which needs AVX512-BF16 or AMX.
-When `torch.distributed` is initialized (torchrun), the student is wrapped in
-DistributedDataParallel and each rank trains on its shard of every epoch's shuffled order.
+shows it pays (`cpu_autocast`), which needs AVX512-BF16 or AMX. When `torch.distributed` is
+initialized (torchrun), the student is wrapped in DistributedDataParallel and each rank trains on
+its shard of every epoch's shuffled order.
 
 Written by hand: the loop is short, and no maintained library distills a model that carries
 arbitrary parametrizations and hooks without also owning the model's construction.
 
 Modules: `config` (settings), `distill_pass` (plan-time checks, the student, the result),
 `setup` (data and device), `training` (the loop, a plain function prune's fine-tuning calls too),
-`batches`, `devices`, `loss`, `optim`, `evaluation`, `checkpoints`, `features`, `students`.
+`batches`, `devices`, `cpu_autocast`, `budget`, `loss`, `optim`, `evaluation`, `checkpoints`, `features`,
+`students`, `teacher_cache`.
 Importing the package stays light: torch is imported inside the functions.
 """
 

@@ -21,7 +21,7 @@ def checkpoint_dir(cfg: DistillConfig, ctx: Any) -> Path | None:
 
 
 def fingerprint(cfg: DistillConfig, trainable: Any, n: int, batch_size: int, world: int, seed: int) -> str:
-    dumped = cfg.model_dump(mode="json", exclude={"checkpoint_every", "checkpoint_dir", "num_workers"})
+    dumped = cfg.model_dump(mode="json", exclude={"checkpoint_every", "checkpoint_dir", "num_workers", "budget_minutes"})
     shapes = [(k, list(v.shape)) for k, v in trainable.state_dict().items()]
     blob = json.dumps({"cfg": dumped, "shapes": shapes, "n": n, "batch": batch_size, "world": world, "seed": seed}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -117,9 +117,14 @@ class DistillConfig(PassConfig):
         True,
         description="Hold weights that are exactly zero (and not under a parametrization) at zero while training, so sparsity from pruning that left no mask is kept.",
     )
+    budget_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Train at most about this long: once a fifth of the first epoch has run and after every epoch, the epochs are planned to what fits at the pace measured (fewer than `epochs`, or more again up to it) and the learning-rate schedule is re-planned to end at the last of them, so a slower machine trains fewer epochs instead of running over. Counts the epochs (with their evaluation on data.eval), not the setup before them. text_variants rounds of epochs past a cut go untrained. The step's metrics (epochs_in_budget) and notes say how many fit; a resumed run may change it.",
+    )
     amp: Literal["auto"] | bool = Field(
         "auto",
-        description="Train under autocast. On CUDA, true and auto both use bf16 where supported, else fp16 with loss scaling. On the CPU, true uses bf16 and auto uses it only where a timing probe of the run's own training step shows it at least 1.3x faster (CPUs with AVX512-BF16 or AMX; the step's metrics say what was measured). false: fp32 everywhere.",
+        description="Train under autocast. On CUDA, true and auto both use bf16 where supported, else fp16 with loss scaling. On the CPU, true uses bf16 and auto uses it only where a timing probe of the run's own training step shows it at least 1.3x faster (CPUs with AVX512-BF16 or AMX; one process, not under torchrun; not for a student with forward hooks of its own, such as quantization-aware training's; the step's metrics say what was measured, amp_choice). A resumed run keeps its first choice. false: fp32 everywhere.",
     )
     random_samples: int = Field(
         RANDOM_SAMPLES_DEFAULT,

@@ -46,15 +46,18 @@ def untouched(module: Any, run: Callable[[], Any]) -> Any:
     state put back afterwards: the probe must not change what training then does."""
     import torch
 
-    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    saved = [(m, key, b.detach().clone()) for m in module.modules() for key, b in m._buffers.items() if b is not None]
     rng = torch.get_rng_state()
     try:
         return run()
     finally:
         with torch.no_grad():
-            for name, b in module.named_buffers():
-                if name in buffers:
-                    b.copy_(buffers[name])
+            for m, key, b in saved:
+                now = m._buffers.get(key)
+                if now is not None and now.shape == b.shape and now.dtype == b.dtype:
+                    now.copy_(b)  # in place: whatever holds the buffer still sees it
+                else:  # the forward replaced it (a cache grown to a new length)
+                    m._buffers[key] = b
         for p in module.parameters():
             p.grad = None
         torch.set_rng_state(rng)
@@ -65,7 +68,11 @@ def decide(step: Callable[[bool], None], module: Any) -> tuple[bool, str]:
     forward + backward pass of a real batch."""
     if not native_bf16():
         return False, "fp32: this CPU has no native bf16 instructions (" + ", ".join(NATIVE_BF16) + ")"
-    fp32, bf16 = untouched(module, lambda: timed_steps(step))
+    try:
+        fp32, bf16 = untouched(module, lambda: timed_steps(step))
+    except (RuntimeError, TypeError, ValueError) as e:  # ops that mix dtypes under autocast
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        return False, f"fp32: a training step under bf16 autocast failed on this model ({first})"
     ratio = fp32 / bf16 if bf16 > 0 else 0.0
     verdict = "used" if ratio >= MIN_SPEEDUP else f"not used (below {MIN_SPEEDUP}x)"
     return ratio >= MIN_SPEEDUP, (

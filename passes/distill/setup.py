@@ -28,8 +28,10 @@ class Setup:
     amp_probe: bool = False  # decide use_amp by timing a training step once the student exists
 
 
-def prepare(model: Any, ctx: Any, cfg: DistillConfig) -> Setup:
-    """The training setup for `model` (a ModelHandle; its declared inputs order the data)."""
+def prepare(model: Any, ctx: Any, cfg: DistillConfig, probe_cpu: bool = True) -> Setup:
+    """The training setup for `model` (a ModelHandle; its declared inputs order the data).
+    `probe_cpu` false: amp auto on the CPU means fp32, unprobed (prune's short fine-tuning runs and
+    search probes, whose results are compared with one another)."""
     import torch
 
     task = getattr(getattr(ctx.config, "model", None), "task", "classification")
@@ -42,7 +44,13 @@ def prepare(model: Any, ctx: Any, cfg: DistillConfig) -> Setup:
     use_amp = cfg.amp is True or (cfg.amp == "auto" and on_cuda)
     amp_dtype = torch.float16 if on_cuda and use_amp and not torch.cuda.is_bf16_supported() else torch.bfloat16
     # amp auto on the CPU is decided by timing the student's own step (passes/distill/cpu_autocast.py)
-    amp_probe = cfg.amp == "auto" and device.type == "cpu" and world == 1
+    amp_probe = probe_cpu and cfg.amp == "auto" and device.type == "cpu" and world == 1
+    if cfg.amp is True and device.type == "cpu":
+        from passes.distill.cpu_autocast import NATIVE_BF16, native_bf16
+
+        if not native_bf16():
+            notes.append(f"distill: amp true on a CPU without {' or '.join(NATIVE_BF16)}: bf16 is emulated there "
+                         "and usually slower than fp32 (amp auto measures it)")
     return Setup(task, train, data_desc, names, eval_ds, batch_size, device, rank, world, use_amp, amp_dtype,
                  notes, amp_probe)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from passes.distill.batches import Batches, EpochPlan, attention_mask_index, labels_usable, loader
+from passes.distill.budget import FIRST_LOOK
 from passes.distill.checkpoints import (
     checkpoint_dir,
     clear_stale,
@@ -36,16 +37,14 @@ from passes.distill.devices import (
     zero_masks,
 )
 from passes.distill.evaluation import (
-    accuracy_metrics,
     evaluate,
-    rounded,
     score,
-    score_name,
     score_of,
 )
-from passes.distill.loss import distill_loss, loss_text
+from passes.distill.loss import distill_loss
 from passes.distill.optim import lr_at, make_optimizer
 from passes.distill.setup import Setup
+from passes.distill.summary import summarize
 from passes.distill.teacher_cache import TeacherCache
 
 
@@ -62,6 +61,8 @@ def _fresh_state() -> dict[str, Any]:
         "step": 0, "epoch": 0, "batch": 0, "history": [], "kd_history": [], "feat_history": [],
         "sums": [0.0] * 5, "acc_known": True, "best_score": None, "best_epoch": None, "bad_epochs": 0,
         "eval_scores": [], "clipped": 0, "samples": 0, "stopped_early": False, "seconds": 0.0,
+        # budget_minutes: epochs planned, wall seconds of the epochs (and the first alone); the amp choice
+        "epochs": None, "wall": 0.0, "first_epoch_s": None, "amp": None,
     }
 
 
@@ -100,6 +101,8 @@ class _Loop:
     total_steps: int = 0
     select: bool = False
     t0: float = 0.0
+    w0: float = 0.0  # wall clock at the epoch's start (or its last checkpoint): budget_minutes
+    epoch_steps: int = 0
     t_cache: TeacherCache | None = None
     frozen: list[Any] = field(default_factory=list)
 
@@ -131,7 +134,7 @@ def train_student(student: Any, teacher: Any, setup: Setup, ctx: Any, cfg: Disti
         torch.set_num_threads(prev_threads)
     student.to("cpu")
     student.eval()
-    _summarize(loop, after)
+    summarize(loop, after)
     return Trained(student, loop.metrics, loop.notes)
 
 
@@ -153,17 +156,18 @@ def _build(loop: _Loop) -> None:
                           mask=attention_mask_index(s.names, s.train.inputs))
     loop.plan = EpochPlan(len(s.train), s.batch_size, s.world, s.rank, loop.ctx.seed, lengths=loop.source.lengths(),
                           rounds=getattr(s.train, "rounds", None), epochs=cfg.epochs)
-    loop.total_steps = sum(len(loop.plan.batches(e)) for e in range(cfg.epochs))
+    loop.total_steps = _steps_for(loop, cfg.epochs)
     loop.t_cache = TeacherCache.for_run(cfg, len(s.train), loop.metrics)
     loop.use_cl = use_channels_last(cfg.channels_last, loop.student, loop.source, s.device)
     loop.metrics["channels_last"] = loop.use_cl
+    own_hooks = any(m._forward_hooks or m._forward_pre_hooks for m in loop.student.modules())
     _wrap(loop, _feature_hooks(loop))
-    if s.amp_probe:
-        _choose_cpu_autocast(loop)
     loop.before = evaluate(loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task, with_teacher=True)
     loop.opt = make_optimizer(cfg, loop.params)
     loop.scaler = torch.amp.GradScaler("cuda") if s.use_amp and s.amp_dtype == torch.float16 else None
     _restore(loop)
+    if s.amp_probe:
+        _choose_cpu_autocast(loop, own_hooks)
 
 
 def _feature_hooks(loop: _Loop) -> Any:
@@ -234,29 +238,38 @@ def _freeze(loop: _Loop) -> None:
     loop.metrics["frozen_fraction"] = round(loop.metrics["frozen_params"] / total, 4) if total else 0.0
 
 
-def _choose_cpu_autocast(loop: _Loop) -> None:
+def _choose_cpu_autocast(loop: _Loop, own_hooks: bool) -> None:
     """amp auto on the CPU: bf16 autocast where a middle batch of the first epoch trains measurably
-    faster under it (the probe leaves the weights, buffers and random state as they were)."""
+    faster under it (the probe leaves the weights, buffers and random state as they were). A resumed
+    run keeps its checkpoint's choice; a student with forward hooks of its own (quantization-aware
+    training's observers keep their ranges outside any buffer) trains in fp32, unprobed."""
     from passes.distill.cpu_autocast import decide
 
-    s = loop.setup
-    batches = loop.plan.batches(0)
-    xs, y, idx = loop.source[batches[len(batches) // 2]]
-    xs, y = _on_device(loop, xs, y)
-    was = loop.train_module.training
-    loop.train_module.train(loop.cfg.train_mode)
-    cache, loop.t_cache = loop.t_cache, None  # the probe's teacher outputs are not kept
+    s, state = loop.setup, loop.state
+    if state["amp"] is not None:
+        s.use_amp, why = state["amp"], "kept from the checkpoint resumed"
+    elif own_hooks:
+        s.use_amp, why = False, "fp32: the student has forward hooks of its own (e.g. quantization-aware training), not probed"
+    else:
+        batches = loop.plan.batches(0)
+        xs, y, idx = loop.source[batches[len(batches) // 2]]
+        xs, y = _on_device(loop, xs, y)
+        was = loop.train_module.training
+        loop.train_module.train(loop.cfg.train_mode)
+        cache, loop.t_cache = loop.t_cache, None  # the probe's teacher outputs are not kept
 
-    def step(use_amp: bool) -> None:
-        s.use_amp = use_amp
-        _forward(loop, xs, y, idx)[0].backward()
+        def step(use_amp: bool) -> None:
+            s.use_amp = use_amp
+            _forward(loop, xs, y, idx)[0].backward()
 
-    try:
-        s.use_amp, loop.metrics["amp_choice"] = decide(step, loop.trainable)
-    finally:
-        loop.t_cache = cache
-        loop.train_module.train(was)
-    s.amp_probe = False  # a second run on this setup (prune's fine-tuning steps) keeps the choice
+        try:
+            use, why = decide(step, loop.trainable)
+        finally:
+            loop.t_cache = cache
+            loop.train_module.train(was)
+        s.use_amp = use
+    state["amp"] = s.use_amp
+    loop.metrics["amp_choice"] = why
 
 
 def _restore(loop: _Loop) -> None:
@@ -277,6 +290,7 @@ def _restore(loop: _Loop) -> None:
         loop.state.update(ck["meta"]["state"])
         loop.best_state = ck["best"]
         loop.resumed_from = str(found)
+        loop.total_steps = _steps_for(loop, loop.state["epochs"] or cfg.epochs)
         loop.notes.append(f"distill: resumed from {found} (step {loop.state['step']} of {loop.total_steps})")
     elif loop.ckpt_dir is not None and loop.ckpt_dir.is_dir() and is_main(s.rank):
         removed = clear_stale(loop.ckpt_dir)
@@ -289,19 +303,43 @@ def _restore(loop: _Loop) -> None:
 # ---------------------------------------------------------------- epochs and steps
 
 
+def _steps_for(loop: _Loop, epochs: int) -> int:
+    return sum(len(loop.plan.batches(e)) for e in range(epochs))
+
+
 def _train(loop: _Loop) -> None:
     cfg, ctx, state = loop.cfg, loop.ctx, loop.state
     loop.select = loop.setup.eval_ds is not None and (cfg.keep_best or cfg.early_stopping_patience is not None)
     if loop.select and cfg.keep_best and state["best_score"] is None and state["step"] == 0:
         _start_as_candidate(loop)
-    epochs_label = f"{cfg.epochs} epochs" + (f", resumed at step {state['step']}" if loop.resumed_from else "")
-    ctx.progress.start("distill", f"distill ({epochs_label}, {loop.setup.data_desc})", cfg.epochs)
+    state["epochs"] = state["epochs"] or cfg.epochs  # a resumed run keeps a budget's cut
+    loop.total_steps = _steps_for(loop, state["epochs"])
+    epochs_label = f"{state['epochs']} epochs" + (f", resumed at step {state['step']}" if loop.resumed_from else "")
+    ctx.progress.start("distill", f"distill ({epochs_label}, {loop.setup.data_desc})", state["epochs"])
     loop.progress_open = True
     if state["epoch"]:
         ctx.progress.advance("distill", state["epoch"], "resumed")
     loop.train_module.train(loop.cfg.train_mode)
-    while state["epoch"] < cfg.epochs and not state["stopped_early"]:
+    while state["epoch"] < state["epochs"] and not state["stopped_early"]:
         _epoch(loop)
+        if cfg.budget_minutes is not None:
+            _fit_budget(loop)
+
+
+def _fit_budget(loop: _Loop) -> None:
+    """budget_minutes: plan the epochs that fit at the pace so far (passes/distill/budget.py; rank 0
+    decides for all) and re-plan the schedule over them."""
+    from passes.distill.budget import epochs_that_fit, pace_s
+
+    cfg, state = loop.cfg, loop.state
+    done = state["epoch"] + state["batch"] / max(1, loop.epoch_steps)
+    spent = state["wall"] + (time.perf_counter() - loop.w0 if state["batch"] else 0.0)
+    pace = pace_s(done, spent, state["first_epoch_s"])
+    fit = int(_rank0(loop, epochs_that_fit(cfg.budget_minutes * 60, spent, pace, done, cfg.epochs)))
+    if fit != state["epochs"]:
+        state["epochs"] = fit
+        loop.total_steps = _steps_for(loop, fit)
+        loop.ctx.progress.advance("distill", 0, f"budget: {fit} of {cfg.epochs} epochs at {pace:.0f} s each")
 
 
 def _rank0(loop: _Loop, value: float) -> float:
@@ -329,9 +367,11 @@ def _start_as_candidate(loop: _Loop) -> None:
 def _epoch(loop: _Loop) -> None:
     state = loop.state
     epoch = state["epoch"]
-    batches = loop.plan.batches(epoch)[state["batch"]:]
+    batches = loop.plan.batches(epoch)
+    loop.epoch_steps = len(batches)
+    batches = batches[state["batch"]:]
     sums = list(state["sums"])  # loss, kd, feature, correct, count (float64 sums)
-    loop.t0 = time.perf_counter()
+    loop.t0 = loop.w0 = time.perf_counter()
     for xs, y, idx in loader(loop.source, batches, loop.cfg.num_workers):
         _step(loop, xs, y, idx, sums, epoch)
     state["seconds"] += time.perf_counter() - loop.t0
@@ -343,6 +383,9 @@ def _epoch(loop: _Loop) -> None:
     state["epoch"] += 1
     state["batch"] = 0
     state["sums"] = [0.0] * 5
+    state["wall"] += time.perf_counter() - loop.w0
+    if epoch == 0:
+        state["first_epoch_s"] = state["wall"]
     loop.ctx.progress.advance("distill", 1, info)
 
 
@@ -368,9 +411,13 @@ def _step(loop: _Loop, xs: list[Any], y: Any, idx: Any, sums: list[float], epoch
     state["step"] += 1
     state["batch"] += 1
     state["samples"] += bs
+    if cfg.budget_minutes is not None and epoch == 0 and state["batch"] == max(1, int(FIRST_LOOK * loop.epoch_steps)):
+        _fit_budget(loop)
     if cfg.checkpoint_every and loop.ckpt_dir is not None and state["step"] % cfg.checkpoint_every == 0:
-        state["seconds"] += time.perf_counter() - loop.t0
-        loop.t0 = time.perf_counter()
+        now = time.perf_counter()
+        state["seconds"] += now - loop.t0
+        state["wall"] += now - loop.w0
+        loop.t0 = loop.w0 = now
         state["sums"] = list(sums)
         if is_main(s.rank):
             save_checkpoint(loop.ckpt_dir, loop.trainable, loop.opt, state, loop.fingerprint, loop.best_state)
@@ -489,69 +536,3 @@ def _after(loop: _Loop) -> dict[str, Any]:
         loop.student, loop.teacher, s.eval_ds, s.names, s.batch_size, s.device, s.task,
         with_teacher=s.task != "classification", teacher_preds=loop.before.get("teacher_preds"),
     )
-
-
-def _summarize(loop: _Loop, after: dict[str, Any]) -> None:
-    cfg, s, state, metrics = loop.cfg, loop.setup, loop.state, loop.metrics
-    seconds = state["seconds"]
-    history, kd_history = state["history"], state["kd_history"]
-    metrics.update({
-        "epochs": cfg.epochs,
-        "epochs_run": len(history),
-        "steps": state["step"],
-        "batch_size": s.batch_size,
-        "samples_per_s": round(state["samples"] * s.world / seconds, 1) if seconds > 0 else None,
-        "train_seconds": round(seconds, 3),
-        "train_loss": rounded(history[-1]) if history else None,
-        "train_loss_first_epoch": rounded(history[0]) if history else None,
-        "kd_loss": rounded(kd_history[-1]) if kd_history else None,
-        "kd_loss_first_epoch": rounded(kd_history[0]) if kd_history else None,
-        "loss_per_epoch": [rounded(v) for v in history[:100]],
-        "train_accuracy": rounded(state.get("train_acc")),
-        "loss": loss_text(cfg, s.task, loop.labels_ok and s.task == "classification"),
-        "data": s.data_desc,
-        "device": str(s.device),
-        "amp": str(s.amp_dtype).replace("torch.", "") if s.use_amp else None,
-        "world_size": s.world,
-        "frozen_zero_weights": int(sum(int((keep == 0).sum()) for _, keep in loop.zero_masks)),
-        "lr_schedule": cfg.lr_schedule + (f" after {cfg.warmup_steps} warm-up steps" if cfg.warmup_steps else ""),
-    })
-    _optional_metrics(loop)
-    metrics.update(accuracy_metrics(s.task, s.eval_ds, loop.before, after))
-    info = (
-        f"student {metrics['student_accuracy']:.1f}% (teacher {metrics['teacher_accuracy']:.1f}%)"
-        if metrics.get("student_accuracy") is not None and metrics.get("teacher_accuracy") is not None
-        else (f"loss {history[-1]:.3f}" if history else "no steps left")
-    )
-    loop.ctx.progress.finish("distill", info)
-    loop.ctx.log.info("distill: %s", info)
-
-
-def _optional_metrics(loop: _Loop) -> None:
-    """Metrics of the options in use: features, clipping, selection on data.eval, checkpoints."""
-    cfg, state, metrics = loop.cfg, loop.state, loop.metrics
-    if cfg.features:
-        metrics["feature_loss"] = rounded(state["feat_history"][-1]) if state["feat_history"] else None
-        metrics["feature_loss_first_epoch"] = rounded(state["feat_history"][0]) if state["feat_history"] else None
-    if cfg.grad_clip is not None:
-        metrics["clipped_steps"] = state["clipped"]
-    if loop.select:
-        metrics["eval_metric_per_epoch"] = [rounded(v) for v in state["eval_scores"][:100]]
-        if state.get("eval_start") is not None:  # keep_best: the starting weights' score (best_epoch 0)
-            metrics["eval_metric_start"] = rounded(state["eval_start"])
-        metrics["best_epoch"] = state["best_epoch"]
-        metrics["stopped_early"] = state["stopped_early"]
-        metrics["eval_metric"] = score_name(cfg, loop.setup.task, loop.setup.eval_ds)
-        if cfg.keep_best and state["best_epoch"] == 0:
-            loop.notes.append(
-                "distill: no epoch beat the starting weights on data.eval (keep_best): they are returned unchanged"
-            )
-        elif cfg.keep_best:
-            loop.notes.append(
-                f"distill: keep_best returned the weights of epoch {state['best_epoch']}, chosen on data.eval; "
-                "accuracy measured on the same data is optimistic by that choice"
-            )
-    if cfg.checkpoint_every and loop.ckpt_dir is not None:
-        metrics["checkpoint_dir"] = str(loop.ckpt_dir)
-    metrics["resumed_from"] = loop.resumed_from
-

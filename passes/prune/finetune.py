@@ -24,7 +24,7 @@ def finetune(module: Any, model: Any, ctx: Any, epochs: int, lr: float) -> tuple
     if teacher is None or teacher.form != "torch" or teacher.module is None:
         teacher = model
     cfg = DistillConfig(epochs=epochs, lr=lr)
-    setup = prepare(model.replace(module=module), ctx, cfg)
+    setup = prepare(model.replace(module=module), ctx, cfg, probe_cpu=False)
     torch.manual_seed(ctx.seed)
     trained = train_student(copy_module(module), teacher.module, setup, ctx, cfg)
     return trained.student, {k: trained.metrics.get(k) for k in FINETUNE_METRICS}

@@ -228,7 +228,7 @@ def _short_distill(cfg: PruneConfig, model: Any, teacher: Any, ctx: Any) -> Any:
     task = getattr(getattr(ctx.config, "model", None), "task", "classification")
     dcfg = DistillConfig(epochs=1, lr=cfg.search_lr, output_loss="cosine" if task == "embedding" else "mse",
                          warmup_steps=cfg.search_warmup_steps)
-    setup = prepare(model, ctx, dcfg)
+    setup = prepare(model, ctx, dcfg, probe_cpu=False)
     setup.train = setup.train.take(cfg.search_samples)
     setup.data_desc = f"the first {len(setup.train)} samples of {setup.data_desc}"
     setup.eval_ds = None  # the probe measures quality itself, once

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import distill_ctx, torch_handle
+from helpers import StopAfterEpochs, distill_ctx, torch_handle
 
 from optimize.handle import TensorSpec
 from passes.distill import DistillPass, cpu_autocast
@@ -77,3 +77,62 @@ def test_timed_steps_warms_each_mode_then_alternates_and_keeps_the_fastest(monke
     monkeypatch.setattr(cpu_autocast.time, "perf_counter", clock)
     assert cpu_autocast.timed_steps(step, rounds=2) == (2.0, 0.5)
     assert calls == [False, True, False, True, False, True]
+
+
+class MasksInPlace(torch.nn.Module):
+    """Writes a (bf16, under autocast) result into an fp32 tensor through a boolean mask: an index
+    put that autocast breaks ("source and destination dtypes match")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(6, 5)
+
+    def forward(self, x):
+        y = self.lin(x)
+        out = torch.zeros(y.shape, dtype=torch.float32)
+        out[torch.ones_like(out, dtype=torch.bool)] = y.flatten()
+        return out
+
+
+def test_a_model_that_fails_under_autocast_trains_in_fp32(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
+    teacher, _ = models()
+    body = "passes: [{type: distill, epochs: 1, random_samples: 64}]\n"
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path)
+    m = DistillPass(ctx.config.passes[0]).run(torch_handle(MasksInPlace(), SPEC), ctx).metrics
+    assert m["amp"] is None and m["amp_choice"].startswith("fp32: a training step under bf16 autocast failed")
+
+
+def test_a_student_with_its_own_forward_hooks_is_not_probed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: pytest.fail("probed"))
+    teacher, student = models()
+    seen: list[int] = []
+    student[1].register_forward_pre_hook(lambda mod, args: seen.append(1))  # like QAT's observers
+    body = "passes: [{type: distill, epochs: 1, random_samples: 64}]\n"
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path)
+    m = DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx).metrics
+    assert m["amp"] is None and "forward hooks of its own" in m["amp_choice"] and seen
+
+
+def test_amp_true_on_a_cpu_without_bf16_instructions_says_it_is_emulated(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: False)
+    teacher, student = models()
+    body = "passes: [{type: distill, epochs: 1, random_samples: 64, amp: true}]\n"
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path)
+    result = DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx)
+    assert result.metrics["amp"] == "bfloat16" and any("bf16 is emulated" in n for n in result.notes)
+
+
+def test_a_resumed_run_keeps_the_autocast_choice_of_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: (0.2, 0.1))
+    teacher, student = models()
+    body = "passes: [{type: distill, epochs: 3, random_samples: 64, batch_size: 16, checkpoint_every: 3, checkpoint_dir: ck}]\n"
+    with pytest.raises(KeyboardInterrupt):
+        ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path, progress=StopAfterEpochs(2))
+        DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx)
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: (0.1, 0.2))  # would now say fp32
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path, resume=True)
+    m = DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx).metrics
+    assert m["resumed_from"] and m["amp"] == "bfloat16" and m["amp_choice"] == "kept from the checkpoint resumed"

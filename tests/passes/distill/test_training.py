@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import distill_ctx, torch_handle
+from helpers import StopAfterEpochs, distill_ctx, torch_handle
 
 from optimize.config import load_config_text
 from optimize.context import RunContext
@@ -86,32 +86,13 @@ def test_keep_best_returns_the_best_epochs_weights(tmp_path: Path) -> None:
     assert any("keep_best" in n and "optimistic" in n for n in result.notes)
 
 
-class StopAfter:
-    """A progress display that interrupts the run (Ctrl-C) after `n` epochs."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def start(self, *a, **k):
-        pass
-
-    def advance(self, key, steps=1, info=None):
-        if key == "distill" and info != "resumed":
-            self.n -= 1
-            if self.n == 0:
-                raise KeyboardInterrupt
-
-    def finish(self, *a, **k):
-        pass
-
-
 def test_resume_after_an_interrupted_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
     teacher, student = models()
     body = "passes: [{type: distill, epochs: 3, lr: 0.01, batch_size: 32, random_samples: 256, checkpoint_every: 5, checkpoint_dir: ck}]\n"
     full = distill(distill_ctx(tmp_path / "a", torch_handle(teacher, SPEC), body, base_dir=tmp_path / "a"), student)
 
     # interrupted after epoch 2 (step 16); the last checkpoint is step 15, in the middle of epoch 2
-    ctx = distill_ctx(tmp_path / "b", torch_handle(teacher, SPEC), body, base_dir=tmp_path / "b", progress=StopAfter(2))
+    ctx = distill_ctx(tmp_path / "b", torch_handle(teacher, SPEC), body, base_dir=tmp_path / "b", progress=StopAfterEpochs(2))
     with pytest.raises(KeyboardInterrupt):
         distill(ctx, student)
     files = sorted(p.name for p in (tmp_path / "b" / "ck").iterdir())

@@ -1,0 +1,40 @@
+"""`budget_minutes`: train at most about this long, by training fewer epochs rather than by stopping
+part-way through the schedule (a cosine schedule cut short leaves the learning rate high and the
+student mid-step). The pace is measured once a fifth of the first epoch has run, and again after
+every epoch: the first epoch pays for warm-up and for the teacher's forward passes that later
+epochs read from the cache, so after two epochs the pace is that of the epochs after the first.
+The learning-rate schedule is re-planned over the epochs that fit each time (fewer, or more again
+up to `epochs`), so a machine twice as slow trains about half the epochs in the same time instead
+of running over a CI job's limit. The variant rounds of `text_variants` are shared out over the
+planned `epochs`: those of epochs past a cut go untrained.
+"""
+
+from __future__ import annotations
+
+import math
+
+FIRST_LOOK = 0.2  # of the first epoch's steps: when the pace is first measured
+
+
+def pace_s(done: float, spent_s: float, first_epoch_s: float | None) -> float:
+    """Seconds an epoch takes: after the first epoch and one more, the mean of those after it."""
+    if done >= 2 and first_epoch_s is not None:
+        return (spent_s - first_epoch_s) / (done - 1)
+    return spent_s / done
+
+
+def epochs_that_fit(budget_s: float, spent_s: float, pace: float, done: float, cap: int) -> int:
+    """How many epochs to train in all: those that end within `budget_s` at `pace` seconds each,
+    `done` (a fraction while an epoch runs) having taken `spent_s`; at least the epoch in progress
+    (or the last finished), at most `cap`."""
+    least = max(1, math.ceil(done))
+    if pace <= 0:
+        return max(least, cap)
+    return max(least, min(cap, int((budget_s - spent_s) / pace + done + 1e-9)))
+
+
+def note(budget_minutes: float, planned: int, fit: int, pace: float) -> str:
+    return (
+        f"distill: budget_minutes {budget_minutes:g} fit {fit} of the {planned} epochs at {pace:.0f} s "
+        f"an epoch on this machine; the learning-rate schedule was re-planned to end at epoch {fit}"
+    )
