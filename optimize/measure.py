@@ -52,6 +52,11 @@ class Verified:
     ort_device: str
     parity: dict[str, Any]
 
+    def release(self) -> None:
+        """Drop both sessions: each holds its model's weights (the input's in float, 2.4 GB for the
+        large-model test), and the latency measurement and diagnostics make sessions of their own."""
+        self.base_sess = self.out_sess = None
+
 
 def measure(
     *, pl: Any, ctx: Any, baseline: Any, final: Any, last_torch: Any, lineage: Lineage, started: float,
@@ -68,6 +73,7 @@ def measure(
     findings.extend(getattr(pl, "notes", None) or [])  # where probe shapes came from (file metadata)
     eval_ds = ctx.data("eval")
     accuracy_metrics(ctx, ver, eval_ds, lineage, metrics)
+    ver.release()  # not needed past this point; held, they sat under the four latency sessions
     bench_inputs = bench_inputs_for(ctx, baseline, eval_ds)
     speedup, latency, slow_at = speed_metrics(ctx, baseline, final, last_torch, bench_inputs, ver.ort_device, metrics, findings)
     in_facts = lineage.input_facts or {}

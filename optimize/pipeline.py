@@ -449,6 +449,7 @@ def _run_passes(pl: Plan, ctx: RunContext, handle: ModelHandle, lineage: Lineage
                 follower: bool) -> tuple[ModelHandle, ModelHandle | None]:
     """Every planned step in order, each recorded in the lineage: (final model, last torch model)."""
     from optimize import cache, distributed
+    from optimize.memory import release_garbage
 
     progress = ctx.progress
     current, last_torch = handle, (handle if handle.form == "torch" else None)
@@ -465,6 +466,8 @@ def _run_passes(pl: Plan, ctx: RunContext, handle: ModelHandle, lineage: Lineage
         label = f"{step.type}" + (" (inserted)" if step.inserted else "")
         progress.advance("pipeline", 0, info=label)
         result, pcfg_dump, cached = _run_one(step, current, ctx, pass_cache)
+        # onnx-ir models a pass built are garbage in reference cycles (optimize.memory); float32 bytes
+        release_garbage(4 * before if before else None)
         seconds = time.perf_counter() - t0
         current = result.model
         if current.form == "torch":

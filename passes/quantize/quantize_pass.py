@@ -175,10 +175,12 @@ class QuantizePass(Pass):
                  notes: list[str]) -> tuple[Job, Path]:
         """Fusion (optional), then make the model quantizable, then ONNX Runtime's pre-processing."""
         from optimize import onnx_io
+        from optimize.memory import release_garbage
         from passes.quantize.job import Job, working_directory
         from passes.quantize.prepare import PER_CHANNEL_QDQ_OPSET, prepare
 
-        large = onnx_io.total_bytes(src) > onnx_io.EXTERNAL_DATA_THRESHOLD
+        size = onnx_io.total_bytes(src)
+        large = size > onnx_io.EXTERNAL_DATA_THRESHOLD
         scratch = step / "scratch"
         fused = ort.fuse(cfg, src, step / "fused.onnx", large, metrics) if cfg.fusion != "none" else src
         rewrites = cfg.rewrite_names()
@@ -189,6 +191,7 @@ class QuantizePass(Pass):
         per_channel_qdq = cfg.per_channel and (cfg.mode == "static" or cfg.format == "auto")
         prepared = step / "prepared.onnx"
         info = prepare(fused, prepared, min_opset=PER_CHANNEL_QDQ_OPSET if per_channel_qdq else None, large=large)
+        release_garbage(size)  # the onnx-ir model prepare() built: a whole copy of the weights, in reference cycles
         metrics["prepare"] = info.metrics()
         notes.extend(info.notes)
         job = Job(cfg, ctx, src, prepared, scratch, large)
@@ -198,6 +201,7 @@ class QuantizePass(Pass):
                          "could not be converted")
         with working_directory(scratch):
             job.qin = ort.preprocess(prepared, step / "preprocessed.onnx", large, notes)
+        release_garbage(size)  # ONNX Runtime's shape inference leaves its copy of the model in reference cycles
         metrics["preprocessed"] = job.qin != prepared
         return job, fused
 
