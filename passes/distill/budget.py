@@ -1,10 +1,11 @@
 """`budget_minutes`: train at most about this long, by training fewer epochs rather than by stopping
 part-way through the schedule (a cosine schedule cut short leaves the learning rate high and the
 student mid-step). The pace is measured once a fifth of the first epoch has run, and again after
-every epoch: the first epoch pays for warm-up and for the teacher's forward passes that later
-epochs read from the cache, so after two epochs the pace is that of the epochs after the first.
-The learning-rate schedule is re-planned over the epochs that fit each time (fewer, or more again
-up to `epochs`), so a machine twice as slow trains about half the epochs in the same time instead
+every epoch: the first epoch pays for warm-up and, without text_variants, for the teacher's forward
+passes that later epochs read from the cache, so after two epochs the pace is that of the epochs
+after the first. The learning-rate schedule is re-planned over the epochs that fit each time
+(fewer, or more again up to `epochs` while the schedule has not ended: a finished one would restart
+the learning rate high), so a machine twice as slow trains about half the epochs in the same time instead
 of running over a CI job's limit. The variant rounds of `text_variants` are shared out over the
 planned `epochs`: those of epochs past a cut go untrained.
 """
@@ -37,4 +38,5 @@ def note(budget_minutes: float, planned: int, fit: int, pace: float) -> str:
     return (
         f"distill: budget_minutes {budget_minutes:g} fit {fit} of the {planned} epochs at {pace:.0f} s "
         f"an epoch on this machine; the learning-rate schedule was re-planned to end at epoch {fit}"
+        + ("" if fit < planned else " (it had been planned shorter after the first epoch's slower pace)")
     )

@@ -63,15 +63,28 @@ def untouched(module: Any, run: Callable[[], Any]) -> Any:
         torch.set_rng_state(rng)
 
 
+class _Bf16StepFailed(Exception):
+    """The step failed under autocast only (an fp32 failure is the run's own error, raised as is)."""
+
+
+def _guarded(step: Callable[[bool], None], use_amp: bool) -> None:
+    if not use_amp:
+        return step(False)
+    try:
+        step(True)
+    except (RuntimeError, TypeError, ValueError) as e:  # ops that mix dtypes under autocast
+        raise _Bf16StepFailed() from e
+
+
 def decide(step: Callable[[bool], None], module: Any) -> tuple[bool, str]:
     """(use bf16 autocast, why) for training `module` on this CPU; `step(use_amp)` runs one
     forward + backward pass of a real batch."""
     if not native_bf16():
         return False, "fp32: this CPU has no native bf16 instructions (" + ", ".join(NATIVE_BF16) + ")"
     try:
-        fp32, bf16 = untouched(module, lambda: timed_steps(step))
-    except (RuntimeError, TypeError, ValueError) as e:  # ops that mix dtypes under autocast
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        fp32, bf16 = untouched(module, lambda: timed_steps(lambda use_amp: _guarded(step, use_amp)))
+    except _Bf16StepFailed as e:
+        first = (str(e.__cause__).strip().splitlines() or [type(e.__cause__).__name__])[0][:160]
         return False, f"fp32: a training step under bf16 autocast failed on this model ({first})"
     ratio = fp32 / bf16 if bf16 > 0 else 0.0
     verdict = "used" if ratio >= MIN_SPEEDUP else f"not used (below {MIN_SPEEDUP}x)"

@@ -73,7 +73,7 @@ def _optional_metrics(loop: Any) -> None:
                 "accuracy measured on the same data is optimistic by that choice"
             )
     history = state["history"]
-    if cfg.budget_minutes is not None and state["epochs"] < cfg.epochs and not state["stopped_early"] and history:
+    if cfg.budget_minutes is not None and state.get("replans") and not state["stopped_early"] and history:
         pace = pace_s(len(history), state["wall"], state["first_epoch_s"])
         loop.notes.append(note(cfg.budget_minutes, cfg.epochs, state["epochs"], pace))
     if cfg.checkpoint_every and loop.ckpt_dir is not None:

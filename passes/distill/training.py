@@ -62,7 +62,7 @@ def _fresh_state() -> dict[str, Any]:
         "sums": [0.0] * 5, "acc_known": True, "best_score": None, "best_epoch": None, "bad_epochs": 0,
         "eval_scores": [], "clipped": 0, "samples": 0, "stopped_early": False, "seconds": 0.0,
         # budget_minutes: epochs planned, wall seconds of the epochs (and the first alone); the amp choice
-        "epochs": None, "wall": 0.0, "first_epoch_s": None, "amp": None,
+        "epochs": None, "wall": 0.0, "first_epoch_s": None, "replans": 0, "amp": None,
     }
 
 
@@ -243,10 +243,10 @@ def _choose_cpu_autocast(loop: _Loop, own_hooks: bool) -> None:
     faster under it (the probe leaves the weights, buffers and random state as they were). A resumed
     run keeps its checkpoint's choice; a student with forward hooks of its own (quantization-aware
     training's observers keep their ranges outside any buffer) trains in fp32, unprobed."""
-    from passes.distill.cpu_autocast import decide
+    from passes.distill.cpu_autocast import decide, native_bf16
 
     s, state = loop.setup, loop.state
-    if state["amp"] is not None:
+    if state["amp"] is not None and (not state["amp"] or native_bf16()):
         s.use_amp, why = state["amp"], "kept from the checkpoint resumed"
     elif own_hooks:
         s.use_amp, why = False, "fp32: the student has forward hooks of its own (e.g. quantization-aware training), not probed"
@@ -312,10 +312,11 @@ def _train(loop: _Loop) -> None:
     loop.select = loop.setup.eval_ds is not None and (cfg.keep_best or cfg.early_stopping_patience is not None)
     if loop.select and cfg.keep_best and state["best_score"] is None and state["step"] == 0:
         _start_as_candidate(loop)
-    state["epochs"] = state["epochs"] or cfg.epochs  # a resumed run keeps a budget's cut
+    # a resumed run keeps its budget's plan; one resumed without a budget trains every epoch
+    state["epochs"] = (state["epochs"] or cfg.epochs) if cfg.budget_minutes is not None else cfg.epochs
     loop.total_steps = _steps_for(loop, state["epochs"])
     epochs_label = f"{state['epochs']} epochs" + (f", resumed at step {state['step']}" if loop.resumed_from else "")
-    ctx.progress.start("distill", f"distill ({epochs_label}, {loop.setup.data_desc})", state["epochs"])
+    ctx.progress.start("distill", f"distill ({epochs_label}, {loop.setup.data_desc})", cfg.epochs)
     loop.progress_open = True
     if state["epoch"]:
         ctx.progress.advance("distill", state["epoch"], "resumed")
@@ -335,11 +336,16 @@ def _fit_budget(loop: _Loop) -> None:
     done = state["epoch"] + state["batch"] / max(1, loop.epoch_steps)
     spent = state["wall"] + (time.perf_counter() - loop.w0 if state["batch"] else 0.0)
     pace = pace_s(done, spent, state["first_epoch_s"])
-    fit = int(_rank0(loop, epochs_that_fit(cfg.budget_minutes * 60, spent, pace, done, cfg.epochs)))
+    # grows back only while its schedule runs: a finished one would restart the learning rate high
+    cap = cfg.epochs if done < state["epochs"] else state["epochs"]
+    fit = int(_rank0(loop, epochs_that_fit(cfg.budget_minutes * 60, spent, pace, done, cap)))
     if fit != state["epochs"]:
         state["epochs"] = fit
+        state["replans"] += 1
         loop.total_steps = _steps_for(loop, fit)
-        loop.ctx.progress.advance("distill", 0, f"budget: {fit} of {cfg.epochs} epochs at {pace:.0f} s each")
+        info = f"budget: {fit} of {cfg.epochs} epochs at {pace:.0f} s each"
+        loop.ctx.progress.advance("distill", 0, info)
+        loop.ctx.log.info("distill: %s (after %.2f epochs, %.0f s)", info, done, spent)
 
 
 def _rank0(loop: _Loop, value: float) -> float:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import StopAfterEpochs, distill_ctx, torch_handle
 
+from optimize.config import load_config_text
 from optimize.handle import TensorSpec
 from passes.distill import DistillPass, training
 from passes.distill.budget import epochs_that_fit, pace_s
@@ -52,13 +53,20 @@ def run(tmp_path: Path, monkeypatch, budget: str, first_step_s: float = 6.0, ste
 
 
 def test_a_budget_cuts_the_epochs_early_and_lets_them_grow_back_at_the_later_pace(tmp_path: Path, monkeypatch) -> None:
-    # epoch 1 at 24 s (a fifth in: 2 epochs fit in 60 s), later epochs at 12 s: 4 fit
-    result, schedule = run(tmp_path, monkeypatch, ", budget_minutes: 1")
+    # epoch 1 at 24 s (a fifth in: 3 epochs fit in 75 s), later epochs at 12 s: 5 fit
+    result, schedule = run(tmp_path, monkeypatch, ", budget_minutes: 1.25")
     m = result.metrics
-    assert m["epochs"] == 6 and m["epochs_run"] == 4 == m["epochs_in_budget"] and m["steps"] == 16
+    assert m["epochs"] == 6 and m["epochs_run"] == 5 == m["epochs_in_budget"] and m["steps"] == 20
     totals = [total for _, total in schedule]
-    assert totals == [24] + [8] * 7 + [16] * 8  # planned for 6, re-planned for 2, then for 4
-    assert any("fit 4 of the 6 epochs at 12 s an epoch" in n for n in result.notes)
+    assert totals == [24] + [12] * 7 + [20] * 12  # planned for 6, re-planned for 3, then for 5
+    assert any("fit 5 of the 6 epochs at 12 s an epoch" in n for n in result.notes)
+
+
+def test_a_finished_schedule_is_not_restarted(tmp_path: Path, monkeypatch) -> None:
+    # a fifth in, 2 epochs fit at epoch 1's pace; after them the faster pace would fit 4, but the
+    # learning rate has already come down: training ends with the schedule
+    result, schedule = run(tmp_path, monkeypatch, ", budget_minutes: 1")
+    assert result.metrics["epochs_run"] == 2 and [t for _, t in schedule] == [24] + [8] * 7
 
 
 def test_when_one_epoch_fits_its_schedule_ends_with_it(tmp_path: Path, monkeypatch) -> None:
@@ -75,17 +83,33 @@ def test_every_epoch_runs_without_a_budget_or_within_it(tmp_path: Path, monkeypa
 
 
 def test_a_resumed_run_keeps_the_budgets_plan_and_the_time_already_spent(tmp_path: Path, monkeypatch) -> None:
-    budget = ", budget_minutes: 1, checkpoint_every: 6, checkpoint_dir: ck, lr: 0.05"
+    budget = ", budget_minutes: 1.25, checkpoint_every: 6, checkpoint_dir: ck, lr: 0.05"
     full, full_schedule = run(tmp_path / "a", monkeypatch, budget)
     # interrupted after the second epoch; its last checkpoint is step 6, in the middle of that epoch
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b", monkeypatch, budget, progress=StopAfterEpochs(2))
     resumed, schedule = run(tmp_path / "b", monkeypatch, budget, resume=True)
     assert resumed.metrics["resumed_from"].endswith("step-00000006.safetensors")
-    assert resumed.metrics["epochs_run"] == full.metrics["epochs_run"] == 4
+    assert resumed.metrics["epochs_run"] == full.metrics["epochs_run"] == 5
     assert schedule == full_schedule[6:]  # the same re-planned schedule from step 6 on
     a, b = full.model.module.state_dict(), resumed.model.module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_resumed_without_its_budget_trains_every_epoch(tmp_path: Path, monkeypatch) -> None:
+    budget = ", budget_minutes: 1.25, checkpoint_every: 6, checkpoint_dir: ck"
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, monkeypatch, budget, progress=StopAfterEpochs(2))  # planned 3 epochs by then
+    resumed, schedule = run(tmp_path, monkeypatch, ", checkpoint_every: 6, checkpoint_dir: ck", resume=True)
+    assert resumed.metrics["epochs_run"] == 6 and resumed.metrics["epochs_in_budget"] is None
+    assert {t for _, t in schedule} == {24}
+
+
+def test_an_infinite_budget_is_refused() -> None:
+    from optimize.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="budget_minutes"):
+        load_config_text("schema_version: 1\npasses: [{type: distill, budget_minutes: .inf}]\n")
 
 
 def test_no_budget_note_when_early_stopping_ended_the_run(tmp_path: Path, monkeypatch) -> None:

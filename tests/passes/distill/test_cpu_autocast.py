@@ -124,7 +124,8 @@ def test_amp_true_on_a_cpu_without_bf16_instructions_says_it_is_emulated(tmp_pat
     assert result.metrics["amp"] == "bfloat16" and any("bf16 is emulated" in n for n in result.notes)
 
 
-def test_a_resumed_run_keeps_the_autocast_choice_of_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("native_on_resume", [True, False])
+def test_a_resumed_run_keeps_the_autocast_choice_of_its_checkpoint(tmp_path: Path, monkeypatch, native_on_resume: bool) -> None:
     monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
     monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: (0.2, 0.1))
     teacher, student = models()
@@ -133,6 +134,10 @@ def test_a_resumed_run_keeps_the_autocast_choice_of_its_checkpoint(tmp_path: Pat
         ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path, progress=StopAfterEpochs(2))
         DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx)
     monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: (0.1, 0.2))  # would now say fp32
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: native_on_resume)
     ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path, resume=True)
     m = DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx).metrics
-    assert m["resumed_from"] and m["amp"] == "bfloat16" and m["amp_choice"] == "kept from the checkpoint resumed"
+    if native_on_resume:
+        assert m["resumed_from"] and m["amp"] == "bfloat16" and m["amp_choice"] == "kept from the checkpoint resumed"
+    else:  # resumed on a host without native bf16: decided again there
+        assert m["resumed_from"] and m["amp"] is None and "no native bf16" in m["amp_choice"]
