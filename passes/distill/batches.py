@@ -115,8 +115,9 @@ class EpochPlan:
             batches = list(BatchSampler(order, self.batch_size, drop_last=False))
         else:
             batches = self._bucketed(order, epoch)
-        # a lone trailing sample is skipped: batch norm cannot train on one sample
-        return [b for b in batches if len(b) > 1 or len(sampler) == 1]
+        # a lone trailing sample is skipped (batch norm cannot train on one sample), unless every
+        # batch is one sample (batch_size 1: skipping them would leave no step at all)
+        return [b for b in batches if len(b) > 1 or self.batch_size == 1 or len(sampler) == 1]
 
     def _bucketed(self, order: list[int], epoch: int) -> list[list[int]]:
         """Batches of like length: the shuffled order sorted by length within windows, the

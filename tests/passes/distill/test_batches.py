@@ -77,3 +77,12 @@ def test_variant_rounds_split_between_ranks_without_overlap():
         parts = [sorted(i for b in p.batches(epoch) for i in b) for p in plans]
         assert not set(parts[0]) & set(parts[1]) and len(parts[0]) == len(parts[1]) == 8
         assert sorted(parts[0] + parts[1]) == [*range(8), *(range(8, 16) if epoch == 0 else range(16, 24))]
+
+
+def test_batch_size_one_trains_on_every_sample_and_larger_batches_skip_a_lone_trailing_one() -> None:
+    from passes.distill.batches import EpochPlan
+
+    ones = EpochPlan(5, 1, 1, 0, seed=0).batches(0)
+    assert sorted(b[0] for b in ones) == list(range(5)) and all(len(b) == 1 for b in ones)
+    pairs = EpochPlan(5, 2, 1, 0, seed=0).batches(0)
+    assert [len(b) for b in pairs] == [2, 2]  # the fifth sample alone is skipped

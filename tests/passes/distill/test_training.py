@@ -174,3 +174,10 @@ def test_keep_best_hands_back_the_starting_weights_when_no_epoch_beats_them(tmp_
     assert m["best_epoch"] == 0 and max(m["eval_metric_per_epoch"]) < m["eval_metric_start"], m
     assert all(torch.equal(v, start[k]) for k, v in result.model.module.state_dict().items())
     assert any("no epoch beat the starting weights" in n for n in result.notes)
+
+
+def test_batch_size_one_trains_a_step_per_sample(tmp_path: Path) -> None:
+    teacher, student = models()
+    body = "passes: [{type: distill, epochs: 1, random_samples: 8, batch_size: 1}]\n"
+    m = distill(distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path), student).metrics
+    assert m["steps"] == 8 and m["batch_size"] == 1 and m["train_loss"] is not None
