@@ -42,8 +42,8 @@ arbitrary parametrizations and hooks without also owning the model's constructio
 
 Modules: `config` (settings), `distill_pass` (plan-time checks, the student, the result),
 `setup` (data and device), `training` (the loop, a plain function prune's fine-tuning calls too),
-`batches`, `devices`, `cpu_autocast`, `budget`, `loss`, `optim`, `evaluation`, `checkpoints`, `features`,
-`students`, `teacher_cache`.
+`batches`, `devices`, `cpu_autocast`, `budget`, `loss`, `optim`, `evaluation`, `checkpoints`,
+`features`, `students`, `teacher_cache`, `summary`.
 Importing the package stays light: torch is imported inside the functions.
 """
 

@@ -3,11 +3,11 @@ part-way through the schedule (a cosine schedule cut short leaves the learning r
 student mid-step). The pace is measured once a fifth of the first epoch has run, and again after
 every epoch: the first epoch pays for warm-up and, without text_variants, for the teacher's forward
 passes that later epochs read from the cache, so after two epochs the pace is that of the epochs
-after the first. The learning-rate schedule is re-planned over the epochs that fit each time
-(fewer, or more again up to `epochs` while the schedule has not ended: a finished one would restart
-the learning rate high), so a machine twice as slow trains about half the epochs in the same time instead
-of running over a CI job's limit. The variant rounds of `text_variants` are shared out over the
-planned `epochs`: those of epochs past a cut go untrained.
+after the first. The learning-rate schedule is re-planned over the epochs that fit each time (fewer,
+or more again up to `epochs` while the schedule has not ended: a finished one would restart the
+learning rate high), so a machine twice as slow trains about half the epochs in the same time
+instead of running over a CI job's limit. The variant rounds of `text_variants` are shared out over
+the planned `epochs`: those of epochs past a cut go untrained.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ class DistillConfig(PassConfig):
     )
     amp: Literal["auto"] | bool = Field(
         "auto",
-        description="Train under autocast. On CUDA, true and auto both use bf16 where supported, else fp16 with loss scaling. On the CPU, true uses bf16 and auto uses it only where a timing probe of the run's own training step shows it at least 1.3x faster (CPUs with AVX512-BF16 or AMX; one process, not under torchrun; not for a student with forward hooks of its own, such as quantization-aware training's; the step's metrics say what was measured, amp_choice). A resumed run keeps its first choice. false: fp32 everywhere.",
+        description="Train under autocast. On CUDA, true and auto both use bf16 where supported, else fp16 with loss scaling. On the CPU, true uses bf16 and auto uses it only where a timing probe of the run's own training step shows it at least 1.3x faster (CPUs with AVX512-BF16 or AMX; one process, not under torchrun; not for a student with forward hooks of its own, such as quantization-aware training's; the step's metrics say what was measured, amp_choice). A resumed run keeps its first choice (decided again on a host without native bf16). false: fp32 everywhere.",
     )
     random_samples: int = Field(
         RANDOM_SAMPLES_DEFAULT,
