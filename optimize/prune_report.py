@@ -43,11 +43,13 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
                          _fmt(sparsity) if sparsity is not None else "—", _fmt(removed)])
         lines += table(["layer", "shape before", "shape after", "sparsity", "params removed"], rows) + [""]
     facts = []
-    d = metrics.get("drop_layers")
-    if isinstance(d, dict):
-        q = d.get("quality_after_drop") or {}
-        facts.append(f"blocks removed {d.get('removed')} of {d.get('blocks_before')} ({d.get('selection')}); output "
-                     f"cosine after the drop mean {_fmt(q.get('mean_cosine'))} / min {_fmt(q.get('min_cosine'))} on {q.get('on')}")
+    for key, unit, noun in (("drop_layers", "blocks", "blocks"), ("drop_attention", "attention_sublayers", "attention sublayers")):
+        d = metrics.get(key)
+        if isinstance(d, dict):
+            q = d.get("quality_after_drop") or {}
+            where = f" (blocks {d['removed_original']} of the input model)" if d.get("removed_original") else ""
+            facts.append(f"{noun} removed {d.get('removed')}{where} of {d.get(unit + '_before')} ({d.get('selection')}); output "
+                         f"cosine after the drop mean {_fmt(q.get('mean_cosine'))} / min {_fmt(q.get('min_cosine'))} on {q.get('on')}")
     if metrics.get("params_before") is not None:
         facts.append(f"params {metrics['params_before']} → {metrics.get('params_after')}")
     if metrics.get("sparsity") is not None:

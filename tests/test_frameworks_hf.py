@@ -258,19 +258,39 @@ def test_drop_layers_chooses_the_blocks_that_move_the_outputs_least(tmp_path, mo
     enc = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "b4"))(sentences(24, 0), padding=True, return_tensors="np")
     ds = Dataset({k: np.asarray(enc[k], dtype=np.int64) for k in names})
     ref = torch_outputs(module, ds, names)[0]
-    scores = {c: B._score(module, where, c, ds, names, ref) for c in itertools.combinations(range(4), 2)}
+    cut = B.block_cut(module, where)
+    scores = {c: B._score(module, cut, c, ds, names, ref) for c in itertools.combinations(range(4), 2)}
     assert len(set(scores.values())) > 1 and max(scores.values()) < 1.0
-    gone, how = B.choose(module, where, 2, ds, names)
+    gone, how = B.choose(module, cut, 2, ds, names)
     assert gone == max(scores, key=lambda c: scores[c]) and how["selection"] == "every combination (6)"
     assert len(module.model.encoder.layer) == 4  # every candidate put back
     monkeypatch.setattr(B, "MAX_COMBINATIONS", 1)
-    greedy, how = B.choose(module, where, 2, ds, names)
-    first = max(range(4), key=lambda i: B._score(module, where, (i,), ds, names, ref))
+    greedy, how = B.choose(module, cut, 2, ds, names)
+    first = max(range(4), key=lambda i: B._score(module, cut, (i,), ds, names, ref))
     assert how["selection"].startswith("greedy") and first in greedy and len(set(greedy)) == 2
     B.drop(module, where, gone)
     assert len(module.model.encoder.layer) == 2 and module.model.config.num_hidden_layers == 2
     kept = [i for i in range(4) if i not in gone]
     assert all(a is where[2][i] for a, i in zip(module.model.encoder.layer, kept, strict=True))
+
+
+def four_block_bert(tmp_path, monkeypatch) -> tuple[Path, str]:
+    """A 4-block BERT folder, training text in the working folder, and the configs' shared head."""
+    folder = save_folder(tmp_path / "b4", num_hidden_layers=4)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.txt").write_text("\n".join(sentences(32, 0)) + "\n")
+    return folder, ("schema_version: 1\ndata: {train: {source: train.txt}}\nmodel: {tokenizer: {max_length: 16}}\n"
+                    "output: {exporter: torchscript}\nmeasure: {repeat: 3, warmup: 1, single_thread: false}\n")
+
+
+def prune_run(folder: Path, base: str, fields: str, name: str = "p.yaml"):
+    """The report of a run of one structured prune pass with `fields`, and its prune step."""
+    from optimize import pipeline
+    from optimize.api import RunOptions
+
+    Path(name).write_text(base + "passes:\n  - {type: prune, method: structured, " + fields + "}\n")
+    report = pipeline.run(RunOptions(model=str(folder), config=name, threads=1))
+    return report, next(s for s in report.steps if s.type == "prune")
 
 
 @pytest.mark.slow  # ~5 s: prune, export, measure
@@ -279,14 +299,8 @@ def test_drop_layers_through_the_pipeline_then_heads_and_ffn(tmp_path, monkeypat
     from optimize.api import RunOptions
     from optimize.report_md import to_markdown
 
-    folder = save_folder(tmp_path / "b4", num_hidden_layers=4)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "train.txt").write_text("\n".join(sentences(32, 0)) + "\n")
-    base = ("schema_version: 1\ndata: {train: {source: train.txt}}\nmodel: {tokenizer: {max_length: 16}}\n"
-            "output: {exporter: torchscript}\nmeasure: {repeat: 3, warmup: 1, single_thread: false}\n")
-    (tmp_path / "p.yaml").write_text(base + "passes:\n  - {type: prune, method: structured, drop_layers: 2, sparsity: 0.0}\n")
-    report = pipeline.run(RunOptions(model=str(folder), config="p.yaml", threads=1))
-    step = next(s for s in report.steps if s.type == "prune")
+    folder, base = four_block_bert(tmp_path, monkeypatch)
+    report, step = prune_run(folder, base, "drop_layers: 2, sparsity: 0.0")
     dropped = step.metrics["drop_layers"]
     assert f"blocks removed {dropped['removed']} of 4" in to_markdown(report)
     assert dropped["blocks_before"] == 4 and dropped["blocks_after"] == 2 and len(dropped["removed"]) == 2
@@ -313,6 +327,60 @@ def test_drop_layers_through_the_pipeline_then_heads_and_ffn(tmp_path, monkeypat
         pipeline.run(RunOptions(model=str(folder), config="r.yaml", threads=1))
     with pytest.raises(ConfigError, match="drop_layers applies to method: structured"):
         load_config_text("schema_version: 1\npasses: [{type: prune, drop_layers: 1}]\n")
+
+
+# ---------------------------------------------------------------------------- attention sublayers removed
+
+
+def test_drop_attention_on_a_bert_leaves_each_block_its_ffn(tmp_path):
+    from passes.prune import blocks as B
+    from passes.prune.sublayers import NoAttention, attention_cut
+
+    handle = load_model(str(save_folder(tmp_path / "b3", num_hidden_layers=3)))
+    module = handle.module.eval()
+    layers = B.block_list(module)[2]
+    enc = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "b3"))(sentences(4, 0), padding=True, return_tensors="pt")
+    args = tuple(enc[s.name] for s in handle.inputs)
+    before = module(*args)
+    cut = attention_cut(module, layers, args)
+    undo = cut.remove((1,))
+    seen = {}
+    layers[1].register_forward_hook(lambda _m, a, out: seen.update(x=a[0], y=out))
+    with torch.no_grad():
+        changed = module(*args)
+        x = seen["x"]  # block 1 without its attention: the FFN and its LayerNorm on the block's input
+        assert torch.allclose(seen["y"], layers[1].output(layers[1].intermediate(x), x), atol=1e-6)
+    assert isinstance(layers[1].attention, NoAttention) and not torch.allclose(changed, before)
+    undo()
+    with torch.no_grad():
+        assert torch.allclose(module(*args), before)
+
+
+@pytest.mark.slow  # ~5 s: prune, export, measure
+def test_drop_attention_through_the_pipeline_after_drop_layers(tmp_path, monkeypatch):
+    from optimize import pipeline
+    from optimize.api import RunOptions
+    from optimize.report_md import to_markdown
+
+    folder, base = four_block_bert(tmp_path, monkeypatch)
+    report, step = prune_run(folder, base, "drop_attention: 2, sparsity: 0.0")
+    cut = step.metrics["drop_attention"]
+    assert cut["attention_sublayers_before"] == 4 and cut["attention_sublayers_after"] == 2
+    assert cut["selection"] == "every combination (6)" and cut["best_candidates"][0]["removed"] == cut["removed"]
+    assert f"attention sublayers removed {cut['removed']} of 4" in to_markdown(report)
+    assert step.metrics["macs_reduction"] > 1.0 and step.params_after < step.params_before
+    assert report.status == "ok" and report.output.path  # exported and verified without the sublayers
+    (tmp_path / "q.yaml").write_text(  # two blocks out, then the attention of the first block left, then FFN
+        base + "passes:\n  - {type: prune, method: structured, drop_layers: [1, 2], drop_attention: [1], sparsity: 0.5}\n")
+    step = next(s for s in pipeline.run(RunOptions(model=str(folder), config="q.yaml", threads=1)).steps if s.type == "prune")
+    assert step.metrics["drop_layers"]["kept"] == [0, 3] and step.metrics["drop_attention"]["removed"] == [1]
+    assert step.metrics["drop_attention"]["removed_original"] == [3]  # block 1 of those left: the input's block 3
+    assert step.metrics["params_before"] == sum(p.numel() for p in load_model(str(folder)).module.parameters())
+    ffn = [e for e in step.metrics["layers"] if e["name"].endswith("intermediate.dense")]
+    assert len(ffn) == 2 and all(e["shape_after"][0] == 32 for e in ffn)
+    (tmp_path / "r.yaml").write_text(base + "passes:\n  - {type: prune, method: structured, drop_attention: [4]}\n")
+    with pytest.raises(ConfigError, match="the model has 4 attention sublayers"):
+        pipeline.run(RunOptions(model=str(folder), config="r.yaml", threads=1))
 
 
 # ---------------------------------------------------------------------------- end to end

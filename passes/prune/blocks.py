@@ -13,6 +13,9 @@ all-MiniLM-L6-v2, one block of six out left held-out docstring embeddings at cos
 before training, half of every FFN 0.787; after distillation one block out and a fifth of the other
 FFNs beat half of every FFN on held-out text at about the same speed (docs/distill.md).
 
+The search and its checks serve any `Cut` (a count of units, a way to take some out for a
+measurement and for good): whole blocks here, attention sublayers in `sublayers` (`drop_attention`).
+
 Written by hand: Torch-Pruning removes channels, not blocks; transformers has no public
 block-removal API (its `prune_heads` removes heads only).
 
@@ -23,15 +26,18 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from passes.prune.cut import Cut
+
 MAX_COMBINATIONS = 64
 
 
-def block_list(module: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
+def block_list(module: nn.Module, what: str = "drop_layers") -> tuple[nn.Module, str, nn.ModuleList] | None:
     """(parent, attribute, list) of the model's transformer blocks: the ModuleList with the most
     children of one class that each hold an attention module with q/k/v projections."""
     from passes.prune.transformer import find_attention
@@ -49,37 +55,44 @@ def block_list(module: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None
     if len(tied) > 1:  # e.g. an encoder and a decoder, or two towers: which one is meant is not ours to guess
         from optimize.errors import ConfigError
 
-        raise ConfigError(f"drop_layers: {len(tied)} lists of {most} transformer blocks in this model; "
+        raise ConfigError(f"{what}: {len(tied)} lists of {most} transformer blocks in this model; "
                           "it applies to models with one (BERT-style encoders)")
     return tied[0]
 
 
-def _score(module: nn.Module, where: tuple[nn.Module, str, nn.ModuleList], gone: tuple[int, ...],
-           ds: Any, names: list[str], reference: np.ndarray) -> float:
+def block_cut(module: nn.Module, where: tuple[nn.Module, str, nn.ModuleList]) -> Cut:
+    parent, attr, blocks = where
+
+    def remove(gone: tuple[int, ...]) -> Callable[[], None]:
+        setattr(parent, attr, nn.ModuleList([b for i, b in enumerate(blocks) if i not in gone]))
+        return lambda: setattr(parent, attr, blocks)
+
+    return Cut("drop_layers", "blocks", "blocks", len(blocks), remove, lambda gone: drop(module, where, gone))
+
+
+def _score(module: nn.Module, cut: Cut, gone: tuple[int, ...], ds: Any, names: list[str], reference: np.ndarray) -> float:
     """Mean per-sample output cosine against `reference` (the run's parity measure; -inf when an
-    output is not finite) with the blocks `gone` taken out (put back after)."""
+    output is not finite) with the units `gone` taken out (put back after)."""
     from optimize.runtime import parity
     from passes.prune.util import torch_outputs
 
-    parent, attr, blocks = where
-    setattr(parent, attr, nn.ModuleList([b for i, b in enumerate(blocks) if i not in gone]))
+    undo = cut.remove(gone)
     try:
         out = torch_outputs(module, ds, names)
     finally:
-        setattr(parent, attr, blocks)
+        undo()
     mean = parity([reference], out)["mean_cosine"]
     return float("-inf") if mean is None else float(mean)
 
 
-def choose(module: nn.Module, where: tuple[nn.Module, str, nn.ModuleList], n: int, ds: Any,
-           names: list[str]) -> tuple[tuple[int, ...], dict[str, Any]]:
-    """The `n` blocks whose removal keeps the outputs closest, and how they were chosen."""
+def choose(module: nn.Module, cut: Cut, n: int, ds: Any, names: list[str]) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """The `n` units whose removal keeps the outputs closest, and how they were chosen."""
     from passes.prune.util import torch_outputs
 
     reference = torch_outputs(module, ds, names)[0]
-    count = len(where[2])
+    count = cut.count
     if math.comb(count, n) <= MAX_COMBINATIONS:
-        scores = {c: _score(module, where, c, ds, names, reference) for c in itertools.combinations(range(count), n)}
+        scores = {c: _score(module, cut, c, ds, names, reference) for c in itertools.combinations(range(count), n)}
         best = max(scores, key=lambda c: scores[c])
         ranked = sorted(scores.items(), key=lambda kv: -kv[1])[:5]
         return best, {"selection": f"every combination ({len(scores)})",
@@ -87,11 +100,11 @@ def choose(module: nn.Module, where: tuple[nn.Module, str, nn.ModuleList], n: in
     gone: tuple[int, ...] = ()
     steps = []
     for _ in range(n):
-        scores = {i: _score(module, where, (*gone, i), ds, names, reference) for i in range(count) if i not in gone}
+        scores = {i: _score(module, cut, (*gone, i), ds, names, reference) for i in range(count) if i not in gone}
         pick = max(scores, key=lambda i: scores[i])
         gone = tuple(sorted((*gone, pick)))
         steps.append({"removed": list(gone), "mean_cosine": round(scores[pick], 6)})
-    return gone, {"selection": "greedy, one block at a time", "steps": steps}
+    return gone, {"selection": f"greedy, one of the {cut.noun} at a time", "steps": steps}
 
 
 def drop(module: nn.Module, where: tuple[nn.Module, str, nn.ModuleList], gone: tuple[int, ...]) -> None:
@@ -128,67 +141,78 @@ def _shapes(module: nn.Module, args: Any) -> list[tuple[int, ...]]:
         module.train(was_training)
 
 
-def _check_runs(module: nn.Module, args: Any, shapes: list[Any], kept: list[int]) -> None:
-    """ConfigError when the model no longer runs, or gives other output shapes, without the blocks."""
+def _check_runs(module: nn.Module, args: Any, shapes: list[Any], kept: list[int], what: str = "drop_layers",
+                noun: str = "blocks") -> None:
+    """ConfigError when the model no longer runs, or gives other output shapes, without the units."""
     from optimize.errors import ConfigError
 
     try:
         now = _shapes(module, args)
-    except Exception as exc:  # noqa: BLE001 — any failure means the blocks were not interchangeable
-        raise ConfigError(f"drop_layers: keeping blocks {kept} the model no longer runs ({type(exc).__name__}: "
-                          f"{str(exc)[:200]}); its blocks do not all keep their input's shape") from None
+    except Exception as exc:  # noqa: BLE001 — any failure means the units were not interchangeable
+        raise ConfigError(f"{what}: keeping {noun} {kept} the model no longer runs ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); its {noun} do not all keep their input's shape") from None
     if now != shapes:
-        raise ConfigError(f"drop_layers: keeping blocks {kept} changes the output shapes {shapes} → {now}")
+        raise ConfigError(f"{what}: keeping {noun} {kept} changes the output shapes {shapes} → {now}")
 
 
-def _which(cfg: Any, name: str, module: nn.Module, where: tuple[nn.Module, str, nn.ModuleList],
-           names: list[str], ctx: Any) -> tuple[tuple[int, ...], dict[str, Any]]:
-    """The blocks `cfg.drop_layers` takes out (given, or chosen on data) and how they were chosen."""
+def _which(value: int | list[int], cut: Cut, name: str, module: nn.Module, names: list[str], ctx: Any,
+           samples: int, cfg_has_blocks_cut: bool = False) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """The units `value` takes out (given, or chosen on data) and how they were chosen."""
     from optimize.errors import ConfigError, PassError
 
-    count = len(where[2])
-    given = cfg.drop_layers if isinstance(cfg.drop_layers, list) else None
-    n = len(given) if given is not None else int(cfg.drop_layers)
-    if n >= count or (given and max(given) >= count):
-        raise ConfigError(f"drop_layers {cfg.drop_layers}: the model has {count} blocks "
-                          f"(indices 0–{count - 1}); one must stay at least")
+    given = value if isinstance(value, list) else None
+    n = len(given) if given is not None else int(value)
+    if n >= cut.count or (given and max(given) >= cut.count):
+        after = " (after drop_layers)" if cut.what == "drop_attention" and cfg_has_blocks_cut else ""
+        raise ConfigError(f"{cut.what} {value}: the model has {cut.count} {cut.noun}{after} (indices 0–{cut.count - 1}); "
+                          "one must stay at least")
     if given is not None:
         return tuple(sorted(given)), {"selection": "given"}
     ds = ctx.data("calibration")
     if ds is None:
-        raise PassError(name, "drop_layers chooses blocks on data: declare data.calibration or data.train")
-    ds = ds.take(cfg.importance_samples)
-    gone, how = choose(module, where, n, ds, names)
+        raise PassError(name, f"{cut.what} chooses {cut.noun} on data: declare data.calibration or data.train")
+    ds = ds.take(samples)
+    gone, how = choose(module, cut, n, ds, names)
     return gone, {**how, "samples": len(ds)}
 
 
-def run_drop(cfg: Any, name: str, model: Any, ctx: Any) -> tuple[Any, dict[str, Any]]:
-    """The model with `cfg.drop_layers` blocks taken out (a copy), and the step's metrics."""
+def run_cut(cfg: Any, name: str, model: Any, ctx: Any, what: str, original: Any = None,
+            block_ids: list[int] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The model with `cfg.<what>` (drop_layers: whole blocks; drop_attention: attention sublayers)
+    taken out (a copy), and the step's metrics. `original`: the model the output cosine is measured
+    against (default `model`); `block_ids`: each block's index in it, when blocks went before."""
     from optimize.errors import ConfigError
     from optimize.export import copy_module
     from passes.prune import util as U
     from passes.prune.torch_common import example_args
 
     module = copy_module(model.module)
-    where = block_list(module)
-    if where is None:
-        raise ConfigError("drop_layers needs a transformer whose blocks sit in one list (BERT-style "
-                          "encoder.layer); none found in this model")
-    names = [s.name for s in model.inputs]
-    gone, how = _which(cfg, name, module, where, names, ctx)
-    count = len(where[2])
-    kept = [i for i in range(count) if i not in gone]
     args = example_args(model, ctx)
+    where = block_list(module, what)
+    if where is None:
+        raise ConfigError(f"{what} needs a transformer whose blocks sit in one list (BERT-style "
+                          "encoder.layer); none found in this model")
+    if what == "drop_layers":
+        cut = block_cut(module, where)
+    else:
+        from passes.prune.sublayers import attention_cut
+
+        cut = attention_cut(module, where[2], args)
+    names = [s.name for s in model.inputs]
+    gone, how = _which(getattr(cfg, what), cut, name, module, names, ctx, cfg.importance_samples, block_ids is not None)
+    kept = [i for i in range(cut.count) if i not in gone]
     shapes = _shapes(module, args) if args is not None else None
     params_before, macs_before = sum(p.numel() for p in module.parameters()), U.torch_macs(module, args)
-    drop(module, where, gone)
+    cut.commit(gone)
     if args is not None:
-        _check_runs(module, args, shapes, kept)
+        _check_runs(module, args, shapes, kept, what, cut.noun)
     eval_ds, eval_desc = U.eval_inputs(ctx, model.inputs)
-    quality = U.quality(module, eval_ds, names, U.torch_outputs(model.module, eval_ds, names))
-    ctx.log.info("prune: %d of %d transformer blocks removed (%s)", len(gone), count, list(gone))
+    quality = U.quality(module, eval_ds, names, U.torch_outputs((original or model).module, eval_ds, names))
+    if block_ids is not None:  # the blocks' indices in the input model, beside those counted after drop_layers
+        how = {**how, "removed_original": [block_ids[i] for i in gone]}
+    ctx.log.info("prune: %d of %d %s removed (%s)", len(gone), cut.count, cut.noun, list(gone))
     return model.replace(module=module), {
-        "blocks_before": count, "removed": list(gone), "kept": kept, "blocks_after": len(kept),
+        f"{cut.unit}_before": cut.count, "removed": list(gone), "kept": kept, f"{cut.unit}_after": len(kept),
         "params_before": int(params_before), "params_after": int(sum(p.numel() for p in module.parameters())),
         "macs_before": macs_before, "macs_after": U.torch_macs(module, args),
         "macs_batch": int(args[0].shape[0]) if args else None,

@@ -36,7 +36,7 @@ class PrunePass(Pass):
                 "head_sparsity": cfg.head_sparsity == "auto" or cfg.head_sparsity > 0,
                 "sparsity": cfg.sparsity == "auto",
                 "steps": cfg.steps > 1, "refit": cfg.refit,
-                "drop_layers": bool(cfg.drop_layers),
+                "drop_layers": bool(cfg.drop_layers), "drop_attention": bool(cfg.drop_attention),
             }
             for field_name, used in torch_only.items():
                 if used:
@@ -49,9 +49,12 @@ class PrunePass(Pass):
                               "put the structured prune pass before quantize", key=f"{key}.method")
         if cfg.refit and not (plan.has_data("calibration") or plan.has_data("train")):
             raise ConfigError("refit fits layers on data: declare data.calibration or data.train", key=f"{key}.refit")
-        if isinstance(cfg.drop_layers, int) and cfg.drop_layers and not (plan.has_data("calibration") or plan.has_data("train")):
-            raise ConfigError("drop_layers: N chooses the blocks on data: declare data.calibration or data.train "
-                              "(or list the block indices)", key=f"{key}.drop_layers")
+        for what in ("drop_layers", "drop_attention"):
+            value = getattr(cfg, what)
+            if isinstance(value, int) and value and not (plan.has_data("calibration") or plan.has_data("train")):
+                noun = "blocks" if what == "drop_layers" else "attention sublayers"
+                raise ConfigError(f"{what}: N chooses the {noun} on data: declare data.calibration or data.train "
+                                  "(or list the block indices)", key=f"{key}.{what}")
         if cfg.importance in ("taylor", "fisher") and not (plan.has_data("calibration") or plan.has_data("train")):
             raise ConfigError(
                 f"importance: {cfg.importance} ranks channels by gradients on data: declare data.calibration or data.train",
@@ -126,16 +129,21 @@ class PrunePass(Pass):
         from passes.prune.torch_structured import run_structured
 
         cfg = self.config
-        dropped: dict[str, Any] = {}
+        cuts: dict[str, dict[str, Any]] = {}
         original = model
-        if cfg.drop_layers:
-            from passes.prune.blocks import run_drop
+        for what in ("drop_layers", "drop_attention"):
+            if getattr(cfg, what):
+                from passes.prune.blocks import run_cut
 
-            model, dropped = run_drop(cfg, self.name, model, ctx)
-            if cfg.sparsity == 0 and cfg.head_sparsity == 0 and not cfg.layer_sparsity:  # blocks only
-                keys = ("params_before", "params_after", "macs_before", "macs_after", "macs_batch")
-                metrics = {"method": "structured", "drop_layers": dropped, **{k: dropped[k] for k in keys}}
-                return PassResult(model, metrics=_reductions(metrics))
+                kept = cuts["drop_layers"]["kept"] if "drop_layers" in cuts else None
+                model, cuts[what] = run_cut(cfg, self.name, model, ctx, what, original, kept)
+        first = next(iter(cuts.values()), None)  # its counts are from before any unit went
+        if first is not None and cfg.sparsity == 0 and cfg.head_sparsity == 0 and not cfg.layer_sparsity:  # cuts only
+            last = list(cuts.values())[-1]
+            metrics = {"method": "structured", **cuts, "params_before": first["params_before"],
+                       "macs_before": first["macs_before"], "params_after": last["params_after"],
+                       "macs_after": last["macs_after"], "macs_batch": last["macs_batch"]}
+            return PassResult(model, metrics=_reductions(metrics))
         cfg, head_notes = _without_heads(cfg, model.module)
         searched: tuple[Any, ...] = ()
         if "auto" in (cfg.sparsity, cfg.head_sparsity):
@@ -147,13 +155,12 @@ class PrunePass(Pass):
         if searched:
             result.metrics["search"] = searched[0]
             result.notes.extend(searched[1])
-        if dropped:  # the counts from before the blocks went
-            result.metrics.update(drop_layers=dropped, params_before=dropped["params_before"],
-                                  macs_before=dropped["macs_before"])
+        if first is not None:  # the counts from before the blocks went
+            result.metrics.update(**cuts, params_before=first["params_before"], macs_before=first["macs_before"])
             _reductions(result.metrics)
             for row in result.metrics.get("per_step") or []:  # against the model before its blocks went, as above
                 if row.get("params") is not None:
-                    row["params_removed"] = round(1 - row["params"] / dropped["params_before"], 6)
+                    row["params_removed"] = round(1 - row["params"] / first["params_before"], 6)
         return result
 
 
