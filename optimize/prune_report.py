@@ -47,8 +47,8 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
         d = metrics.get(key)
         if isinstance(d, dict):
             q = d.get("quality_after_drop") or {}
-            where = f" (blocks {d['removed_original']} of the input model)" if d.get("removed_original") else ""
-            facts.append(f"{noun} removed {d.get('removed')}{where} of {d.get(unit + '_before')} ({d.get('selection')}); output "
+            where = f"; blocks {d['removed_original']} of the input model" if d.get("removed_original") else ""
+            facts.append(f"{noun} removed {d.get('removed')} of {d.get(unit + '_before')} ({d.get('selection')}{where}); output "
                          f"cosine after the drop mean {_fmt(q.get('mean_cosine'))} / min {_fmt(q.get('min_cosine'))} on {q.get('on')}")
     if metrics.get("params_before") is not None:
         facts.append(f"params {metrics['params_before']} → {metrics.get('params_after')}")

@@ -56,9 +56,9 @@ def sublayer_names(blocks: nn.ModuleList) -> list[str] | None:
     return names
 
 
-def _output_forms(module: nn.Module, subs: list[nn.Module], args: Any) -> list[int | None]:
+def _output_forms(module: nn.Module, subs: list[nn.Module], args: Any) -> list[int | str]:
     """Each sublayer's output form for NoAttention (tuple length - 1, or -1 for a bare tensor), seen
-    on one forward; None for a sublayer that did not run or whose output is not its last LayerNorm's
+    on one forward; why not, for a sublayer that did not run or whose output is not its last LayerNorm's
     (a pre-LN sublayer with a LayerNorm inside, e.g. on queries and keys, returns a change to be
     added, so the identity would not remove it)."""
     import torch
@@ -79,12 +79,16 @@ def _output_forms(module: nn.Module, subs: list[nn.Module], args: Any) -> list[i
         module.train(was_training)
         for h in hooks:
             h.remove()
-    forms: list[int | None] = []
+    forms: list[int | str] = []
     for i in range(len(subs)):
         out = seen.get(i)
         first = out[0] if isinstance(out, tuple) and out else out
-        ok = out is not None and i in normed and first is normed[i]
-        forms.append((len(out) - 1 if isinstance(out, tuple) else -1) if ok else None)
+        if out is None:
+            forms.append("did not run on the example inputs")
+        elif i not in normed or first is not normed[i]:
+            forms.append("does not return its LayerNorm's output (a pre-LN layout: removing it is not the identity)")
+        else:
+            forms.append(len(out) - 1 if isinstance(out, tuple) else -1)
     return forms
 
 
@@ -95,16 +99,16 @@ def attention_cut(module: nn.Module, blocks: nn.ModuleList, args: Any) -> Cut:
 
     names = sublayer_names(blocks)
     if names is None:
-        raise ConfigError("drop_attention applies to BERT-style encoders whose attention sublayer holds its own residual "
-                          "add and LayerNorm (transformers' BERT, RoBERTa, XLM-R, ELECTRA, MiniLM); not found in this model")
+        raise ConfigError("drop_attention applies to BERT-style encoders whose blocks hold one attention sublayer with its "
+                          "own residual add and LayerNorm (transformers' BERT, RoBERTa, XLM-R, ELECTRA, MiniLM encoders); "
+                          "not found in this model")
     if args is None:
         raise ConfigError("drop_attention needs the model's input shapes (model.inputs) to run it once")
     subs = [getattr(b, n) for b, n in zip(blocks, names, strict=True)]
     forms = _output_forms(module, subs, args)
-    odd = [i for i, f in enumerate(forms) if f is None]
+    odd = [i for i, f in enumerate(forms) if isinstance(f, str)]
     if odd:
-        raise ConfigError(f"drop_attention: the attention sublayer of block {odd[0]} did not run on the example inputs, or "
-                          "its output is not its LayerNorm's (a pre-LN layout, where removing it is not the identity)")
+        raise ConfigError(f"drop_attention: the attention sublayer of block {odd[0]} {forms[odd[0]]}")
 
     def put(gone: tuple[int, ...]) -> None:
         for i in gone:

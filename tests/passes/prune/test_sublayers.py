@@ -132,7 +132,7 @@ def test_a_pre_layernorm_sublayer_with_a_layernorm_inside_is_refused():
     for b in enc.layer:
         b.attention = QKNorm(8)
     assert S.sublayer_names(enc.layer) == ["attention", "attention"]  # looks like BERT's by its modules
-    with pytest.raises(ConfigError, match="its output is not its LayerNorm's"):
+    with pytest.raises(ConfigError, match="does not return its LayerNorm's output"):
         S.attention_cut(enc, enc.layer, (torch.randn(1, 3, 8),))
 
 
@@ -163,4 +163,4 @@ def test_every_attention_sublayer_out_is_refused_and_the_report_names_both_cuts(
         "drop_attention": {"removed": [2], "removed_original": [3], "attention_sublayers_before": 3, "selection": "given",
                            "quality_after_drop": quality}}))
     assert "blocks removed [1] of 4 (given)" in md
-    assert "attention sublayers removed [2] (blocks [3] of the input model) of 3 (given)" in md
+    assert "attention sublayers removed [2] of 3 (given; blocks [3] of the input model)" in md
