@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from optimize.frameworks.text_variants import word_spans, word_variants
+from passes.prune.sublayers import NoAttention
 
 torch.set_num_threads(int(os.environ.get("EXPLORE_THREADS", "2")))
 
@@ -291,13 +292,6 @@ class Fade(torch.nn.Module):
         return h if self.alpha <= 0 else h + self.alpha * (self.layer(h, *a, **k) - h)
 
 
-class NoAttention(torch.nn.Module):
-    """A block's attention sublayer taken out (--drop-attn): its output is its input."""
-
-    def forward(self, h, *a, **k):
-        return h, None
-
-
 def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
     """`fresh(epoch)`, when given, returns that epoch's extra (ids, mask): new variants each epoch."""
     base_ids, base_mask = ids, mask
@@ -501,7 +495,7 @@ def main():
             log(f"pruned, before refit: eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
             refit(student, teacher, ids, mask, min(args.refit, len(ids)))
     for i in (int(v) for v in args.drop_attn.split(",") if v):
-        student.encoder.layer[i].attention = NoAttention()
+        student.encoder.layer[i].attention = NoAttention(1)  # BertAttention returns (hidden, weights)
         log(f"block {i}: attention taken out")
     gone = {int(i) for i in args.drop_layers.split(",")} if args.drop_layers else set()
     args.layer_map = [0] + [i + 1 for i in range(len(student.encoder.layer)) if i not in gone]  # student hidden j → teacher's
