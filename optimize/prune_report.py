@@ -50,6 +50,12 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
             where = f"; blocks {d['removed_original']} of the input model" if d.get("removed_original") else ""
             facts.append(f"{noun} removed {d.get('removed')} of {d.get(unit + '_before')} ({d.get('selection')}{where}); output "
                          f"cosine after the drop mean {_fmt(q.get('mean_cosine'))} / min {_fmt(q.get('min_cosine'))} on {q.get('on')}")
+    r = metrics.get("qk_rank")
+    if isinstance(r, dict):
+        q = r.get("quality_after") or {}
+        facts.append(f"queries and keys at rank {r.get('rank')} of {r.get('head_dims')} dims per head in "
+                     f"{r.get('attention_modules')} attention modules (fitted on {r.get('samples')} samples); output "
+                     f"cosine after all pruning mean {_fmt(q.get('mean_cosine'))} / min {_fmt(q.get('min_cosine'))} on {q.get('on')}")
     if metrics.get("params_before") is not None:
         facts.append(f"params {metrics['params_before']} → {metrics.get('params_after')}")
     if metrics.get("sparsity") is not None:

@@ -383,6 +383,28 @@ def test_drop_attention_through_the_pipeline_after_drop_layers(tmp_path, monkeyp
         pipeline.run(RunOptions(model=str(folder), config="r.yaml", threads=1))
 
 
+@pytest.mark.slow  # ~5 s: prune, export, measure
+def test_qk_rank_through_the_pipeline_exports_narrower_queries_and_keys(tmp_path, monkeypatch):
+    import onnx
+
+    from optimize import pipeline
+    from optimize.api import RunOptions
+    from optimize.report_md import to_markdown
+
+    folder, base = four_block_bert(tmp_path, monkeypatch)
+    report, step = prune_run(folder, base, "drop_attention: [1], qk_rank: 3, sparsity: 0.5")
+    low = step.metrics["qk_rank"]
+    assert (low["rank"], low["head_dims"], low["attention_modules"], low["samples"]) == (3, [8], 3, 32)
+    assert 0 < low["quality_after"]["mean_cosine"] <= 1 and low["tokens"] == "attention_mask 1"
+    assert "queries and keys at rank 3 of [8] dims per head in 3 attention modules" in to_markdown(report)
+    assert report.status == "ok"  # exported and verified against the pruned torch model
+    shapes = [tuple(i.dims) for i in onnx.load(report.output.path).graph.initializer if len(i.dims) == 2]
+    assert shapes.count((32, 12)) == 6  # query and key of the three attention modules left: 4 heads x 3
+    (tmp_path / "r.yaml").write_text(base + "passes:\n  - {type: prune, method: structured, qk_rank: 8}\n")
+    with pytest.raises(ConfigError, match="qk_rank 8: attention model.encoder.layer.0.attention.self has 8 dims per head"):
+        pipeline.run(RunOptions(model=str(folder), config="r.yaml", threads=1))
+
+
 # ---------------------------------------------------------------------------- end to end
 
 

@@ -78,6 +78,14 @@ class PruneConfig(PassConfig):
         "removing its block (docs/distill.md). Applies where the attention sublayer holds its own residual add and "
         "LayerNorm (transformers' BERT family); other models are refused.",
     )
+    qk_rank: int = Field(
+        0, ge=0, le=4096,
+        description="structured, transformers' BERT-family encoders: queries and keys of this many dims per head (0: "
+        "unchanged), after head / FFN pruning. Each head's query-key product is replaced by its best approximation "
+        "of this rank over the attention's input tokens on importance_samples of data.calibration or data.train; "
+        "values, the softmax's scale and the rest stay. At half the head size it moved a sentence encoder's outputs "
+        "far less than the FFN neurons the same speed buys (docs/distill.md). Other attention code is refused.",
+    )
     search_grid: list[float] = Field(
         list(SEARCH_GRID), min_length=1,
         description="auto: the ratios probed (bisected: quality falls as the ratio grows).",
@@ -173,6 +181,8 @@ class PruneConfig(PassConfig):
             raise ValueError("sparsity/head_sparsity auto applies to method: structured")
         for what in ("drop_layers", "drop_attention"):
             _check_cut(what, getattr(self, what), self.method)
+        if self.qk_rank and self.method != "structured":
+            raise ValueError("qk_rank applies to method: structured")
         if self.finetune_epochs and self.steps == 1:
             raise ValueError("finetune_epochs runs between gradual steps: set steps > 1 (or use a distill pass after prune)")
         return self

@@ -37,6 +37,7 @@ class PrunePass(Pass):
                 "sparsity": cfg.sparsity == "auto",
                 "steps": cfg.steps > 1, "refit": cfg.refit,
                 "drop_layers": bool(cfg.drop_layers), "drop_attention": bool(cfg.drop_attention),
+                "qk_rank": bool(cfg.qk_rank),
             }
             for field_name, used in torch_only.items():
                 if used:
@@ -55,6 +56,9 @@ class PrunePass(Pass):
                 noun = "blocks" if what == "drop_layers" else "attention sublayers"
                 raise ConfigError(f"{what}: N chooses the {noun} on data: declare data.calibration or data.train "
                                   "(or list the block indices)", key=f"{key}.{what}")
+        if cfg.qk_rank and not (plan.has_data("calibration") or plan.has_data("train")):
+            raise ConfigError("qk_rank fits queries and keys on data: declare data.calibration or data.train",
+                              key=f"{key}.qk_rank")
         if cfg.importance in ("taylor", "fisher") and not (plan.has_data("calibration") or plan.has_data("train")):
             raise ConfigError(
                 f"importance: {cfg.importance} ranks channels by gradients on data: declare data.calibration or data.train",
@@ -126,8 +130,6 @@ class PrunePass(Pass):
         return result
 
     def _run_structured(self, model: Any, ctx: Any) -> PassResult:
-        from passes.prune.torch_structured import run_structured
-
         cfg = self.config
         cuts: dict[str, dict[str, Any]] = {}
         original = model
@@ -137,6 +139,30 @@ class PrunePass(Pass):
 
                 kept = cuts["drop_layers"]["kept"] if "drop_layers" in cuts else None
                 model, cuts[what] = run_cut(cfg, self.name, model, ctx, what, original, kept)
+        moments = None
+        if cfg.qk_rank:  # on the inputs of the model before its heads / FFN neurons go
+            from passes.prune.lowrank_qk import moments_on_data
+
+            moments = moments_on_data(cfg, self.name, model, ctx)
+        result = self._narrow(model, ctx, cuts, original)
+        if moments is not None:
+            from passes.prune import util as U
+            from passes.prune.lowrank_qk import apply
+            from passes.prune.torch_common import example_args
+
+            result.metrics["qk_rank"] = apply(cfg, result.model, *moments, original, ctx)
+            module = result.model.module
+            args = example_args(result.model, ctx)
+            result.metrics.update(params_after=int(sum(p.numel() for p in module.parameters())),
+                                  macs_after=U.torch_macs(module, args))
+            _reductions(result.metrics)
+        return result
+
+    def _narrow(self, model: Any, ctx: Any, cuts: dict[str, dict[str, Any]], original: Any) -> PassResult:
+        """Head / FFN pruning (searched for `auto`) after any cuts; the cuts' metrics merged in."""
+        from passes.prune.torch_structured import run_structured
+
+        cfg = self.config
         first = next(iter(cuts.values()), None)  # its counts are from before any unit went
         if first is not None and cfg.sparsity == 0 and cfg.head_sparsity == 0 and not cfg.layer_sparsity:  # cuts only
             last = list(cuts.values())[-1]

@@ -282,6 +282,8 @@ def test_check_rejects_torch_only_options_on_onnx(cfg):
     PrunePass(PruneConfig(method="magnitude")).check(plan)  # fine on ONNX
     PrunePass(PruneConfig(method="nm")).check(plan)
     PrunePass(PruneConfig(method="structured", round_to=8)).check(plan)  # the ONNX path rounds up (was refused)
+    with pytest.raises(ConfigError, match="qk_rank needs a torch model"):
+        PrunePass(PruneConfig(method="structured", qk_rank=8)).check(plan)
 
 
 def test_check_refuses_structured_pruning_after_quantization_aware_training(cfg):
