@@ -89,8 +89,6 @@ def why_not(m: nn.Module) -> str | None:
     missing = [a for a in _NEEDED if not hasattr(m, a)]
     if missing:
         return f"{type(m).__name__} lacks {', '.join(missing)} (transformers' BERT-family self-attention has them)"
-    if isinstance(m, LowRankQK):
-        return f"its queries and keys are at rank {m.qk_size} already"
     if _home(type(m)) is None:
         return f"{type(m).__name__}'s module has no transformers attention functions"
     if not (m.query.out_features == m.key.out_features == m.value.out_features == m.num_attention_heads * m.attention_head_size):
@@ -135,6 +133,7 @@ def check_forward(module: nn.Module, found: list[tuple[str, nn.Module]], args: A
     finally:
         for (_, m), cls in zip(found, classes, strict=True):
             m.__class__ = cls
+            m.__dict__.pop("qk_size", None)  # the model is left as it came
         module.train(was_training)
     scale = max(float(b.abs().max()) for b in before) or 1.0
     if len(before) != len(after) or any(a.shape != b.shape or float((a - b).abs().max()) > 1e-4 * scale
@@ -220,20 +219,16 @@ def install(m: nn.Module, rank: int, new_q: torch.Tensor, new_k: torch.Tensor) -
 def moments_on_data(cfg: Any, name: str, model: Any, ctx: Any) -> tuple[list[torch.Tensor], int]:
     """The second moments of every attention module's input tokens on importance_samples of
     data.calibration (or data.train), and the number of samples; checks the modules first."""
-    from optimize.errors import PassError
+    from optimize.errors import ConfigError, PassError
     from passes.prune.torch_common import example_args
 
     found = targets(model.module)
     for n, m in found:
         if cfg.qk_rank >= m.attention_head_size:
-            from optimize.errors import ConfigError
-
             raise ConfigError(f"qk_rank {cfg.qk_rank}: attention {n} has {m.attention_head_size} dims per head; "
                               "give fewer")
     args = example_args(model, ctx)
     if args is None:
-        from optimize.errors import ConfigError
-
         raise ConfigError("qk_rank needs the model's input shapes (model.inputs) to check its attention once")
     check_forward(model.module, found, args)
     ds = ctx.data("calibration")

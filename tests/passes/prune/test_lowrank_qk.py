@@ -81,6 +81,7 @@ def test_a_bert_runs_with_low_rank_attention_and_keeps_its_softmax_scale():
     assert [n for n, _ in found] == ["encoder.layer.0.attention.self", "encoder.layer.1.attention.self"]
     L.check_forward(model, found, (ids, mask))
     assert type(found[0][1]) is transformers.models.bert.modeling_bert.BertSelfAttention  # put back after the check
+    assert not hasattr(found[0][1], "qk_size")
     for _, m in found:  # full rank with the data-free moment: the same model
         L.install(m, 8, *L.factors(m, torch.eye(33, dtype=torch.float64), 8))
     with torch.no_grad():
