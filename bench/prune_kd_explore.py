@@ -18,7 +18,9 @@ output's columns; FFN: intermediate rows and output columns). Importance:
           embeddings, to first order, with one backward pass per batch.
 
 Depth: --drop-layers takes whole blocks out (at once, or fading out over --fade of the steps);
---drop-attn takes only a block's attention sublayer out. --bf16 trains under the CPU bf16 autocast
+--drop-attn takes only a block's attention sublayer out. --qk-rank fits each head's queries and keys
+at a lower rank (the prune pass's `qk_rank`, its own functions), on the attention inputs of the
+model as it is after the other pruning (the tool measures them before heads / FFN neurons go). --bf16 trains under the CPU bf16 autocast
 the tool's distill pass uses (amp: auto). Quality is printed as cosine mean, min and the mean of the
 worst tenth, which moves less between runs than the min.
 """
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from optimize.frameworks.text_variants import word_spans, word_variants
+from passes.prune import lowrank_qk
 from passes.prune.sublayers import NoAttention
 
 torch.set_num_threads(int(os.environ.get("EXPLORE_THREADS", "2")))
@@ -411,6 +414,25 @@ def swap_variants(lines, rounds, pool, p, seed=0):
     return out
 
 
+class _Lines:
+    """The slice of the tool's dataset that lowrank_qk.input_moments reads."""
+
+    def __init__(self, ids, mask):
+        self.inputs = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+
+    def __len__(self):
+        return len(self.inputs["input_ids"])
+
+
+def low_rank_qk(model, ids, mask, rank: int, samples: int):
+    """The prune pass's qk_rank on `model` in place, its moments on the first `samples` lines."""
+    found = lowrank_qk.targets(model)
+    data = _Lines(ids[:samples], mask[:samples])
+    moments = lowrank_qk.input_moments(model, found, data, ["input_ids", "attention_mask"])
+    for (_, m), moment in zip(found, moments, strict=True):
+        lowrank_qk.install(m, rank, *lowrank_qk.factors(m, moment, rank))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", default="/tmp/p12/text/train.txt")
@@ -445,6 +467,7 @@ def main():
     ap.add_argument("--fade", type=float, default=0.0,
                     help="--drop-layers blocks fade out (residual change x alpha, 1 -> 0) over this fraction of steps")
     ap.add_argument("--drop-attn", default="", help="'i,j': blocks whose attention sublayer is taken out")
+    ap.add_argument("--qk-rank", type=int, default=0, help="queries and keys at this rank per head (the tool's qk_rank)")
     ap.add_argument("--seed", type=int, default=0, help="batch order and variants (0: as before this option)")
     ap.add_argument("--bf16", action="store_true", help="train under CPU bf16 autocast (the tool's amp; the plain output loss only)")
     ap.add_argument("--global-ffn", action="store_true", help="rank FFN channels across layers, not per layer")
@@ -513,6 +536,9 @@ def main():
         student.encoder.layer = torch.nn.ModuleList([m for i, m in enumerate(student.encoder.layer) if i not in gone])
         student.config.num_hidden_layers = len(student.encoder.layer)
         log(f"layers {sorted(gone)} removed: {len(student.encoder.layer)} left")
+    if args.qk_rank:
+        low_rank_qk(student, ids, mask, args.qk_rank, args.importance_samples)
+        log(f"queries and keys at rank {args.qk_rank}")
     n_params = sum(p.numel() for p in student.encoder.parameters())
     log(f"pruned: encoder params {n_params}; eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
     if args.epochs:

@@ -121,7 +121,7 @@ class DistillConfig(PassConfig):
         None,
         gt=0,
         allow_inf_nan=False,
-        description="Train at most about this long: once a fifth of the first epoch has run and after every epoch, the epochs are planned to what fits at the pace measured (fewer than `epochs`, or more again up to it while the schedule has not ended) and the learning-rate schedule is re-planned to end at the last of them, so a slower machine trains fewer epochs instead of running over. Counts the epochs (with their evaluation on data.eval), not the setup before them nor the evaluation after. text_variants rounds of epochs past a cut go untrained. The step's metrics (epochs_in_budget) and notes say how many fit; a resumed run may change it.",
+        description="Train at most about this long: once a fifth of the first epoch has run and after every epoch, the epochs are planned to what fits at the pace measured (fewer than `epochs`, or more again up to it while a whole epoch of the schedule is left), the last possibly the first steps of one (its batches are shuffled), and the learning-rate schedule is re-planned to end with them, so a slower machine trains fewer epochs instead of running over. Counts the epochs (with their evaluation on data.eval), not the setup before them nor the evaluation after. text_variants rounds of epochs past a cut go untrained. The step's metrics (epochs_in_budget, e.g. 2.75) and notes say how many fit; a resumed run may change it.",
     )
     amp: Literal["auto"] | bool = Field(
         "auto",

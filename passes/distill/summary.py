@@ -18,7 +18,7 @@ def summarize(loop: Any, after: dict[str, Any]) -> None:
     metrics.update({
         "epochs": cfg.epochs,
         "epochs_run": len(history),
-        "epochs_in_budget": state["epochs"] if cfg.budget_minutes is not None else None,
+        "epochs_in_budget": round(state["epochs"], 3) if cfg.budget_minutes is not None else None,
         "steps": state["step"],
         "batch_size": s.batch_size,
         "samples_per_s": round(state["samples"] * s.world / seconds, 1) if seconds > 0 else None,
@@ -74,7 +74,7 @@ def _optional_metrics(loop: Any) -> None:
             )
     history = state["history"]
     if cfg.budget_minutes is not None and state.get("replans") and not state["stopped_early"] and history:
-        pace = pace_s(len(history), state["wall"], state["first_epoch_s"])
+        pace = pace_s(min(len(history), state["epochs"]), state["wall"], state["first_epoch_s"])
         loop.notes.append(note(cfg.budget_minutes, cfg.epochs, state["epochs"], pace))
     if cfg.checkpoint_every and loop.ckpt_dir is not None:
         metrics["checkpoint_dir"] = str(loop.ckpt_dir)

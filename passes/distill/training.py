@@ -303,8 +303,20 @@ def _restore(loop: _Loop) -> None:
 # ---------------------------------------------------------------- epochs and steps
 
 
-def _steps_for(loop: _Loop, epochs: int) -> int:
-    return sum(len(loop.plan.batches(e)) for e in range(epochs))
+def _steps_for(loop: _Loop, epochs: float) -> int:
+    """Steps in `epochs`: whole epochs, then the first steps of a part of one (budget_minutes)."""
+    from passes.distill.budget import steps_planned
+
+    return steps_planned(epochs, [len(loop.plan.batches(e)) for e in range(math.ceil(epochs - 1e-9))])
+
+
+def _planned_part(loop: _Loop, fit: float) -> float:
+    """`fit` epochs as they can run: the part of the last one rounded down to whole steps."""
+    whole = int(fit + 1e-9)
+    if fit - whole < 1e-9:
+        return float(whole)
+    steps = len(loop.plan.batches(whole))
+    return whole + int((fit - whole) * steps + 1e-9) / steps
 
 
 def _train(loop: _Loop) -> None:
@@ -330,20 +342,23 @@ def _train(loop: _Loop) -> None:
 def _fit_budget(loop: _Loop) -> None:
     """budget_minutes: plan the epochs that fit at the pace so far (passes/distill/budget.py; rank 0
     decides for all) and re-plan the schedule over them."""
-    from passes.distill.budget import epochs_that_fit, pace_s
+    from passes.distill.budget import epochs_that_fit, pace_s, shown
 
     cfg, state = loop.cfg, loop.state
+    if state["epoch"] >= state["epochs"]:  # the schedule has ended (its last epoch maybe a part)
+        return
     done = state["epoch"] + state["batch"] / max(1, loop.epoch_steps)
     spent = state["wall"] + (time.perf_counter() - loop.w0 if state["batch"] else 0.0)
     pace = pace_s(done, spent, state["first_epoch_s"])
-    # grows back only while its schedule runs: a finished one would restart the learning rate high
-    cap = cfg.epochs if done < state["epochs"] else state["epochs"]
-    fit = int(_rank0(loop, epochs_that_fit(cfg.budget_minutes * 60, spent, pace, done, cap)))
-    if fit != state["epochs"]:
+    # grows back only while a whole epoch of its schedule is left: one ending would restart the
+    # learning rate high
+    cap = cfg.epochs if done < int(state["epochs"] + 1e-9) else state["epochs"]
+    fit = _planned_part(loop, _rank0(loop, epochs_that_fit(cfg.budget_minutes * 60, spent, pace, done, cap)))
+    if abs(fit - state["epochs"]) > 1e-9:
         state["epochs"] = fit
         state["replans"] += 1
         loop.total_steps = _steps_for(loop, fit)
-        info = f"budget: {fit} of {cfg.epochs} epochs at {pace:.0f} s each"
+        info = f"budget: {shown(fit)} of {cfg.epochs} epochs at {pace:.0f} s each"
         loop.ctx.progress.advance("distill", 0, info)
         loop.ctx.log.info("distill: %s (after %.2f epochs, %.0f s)", info, done, spent)
 
@@ -375,6 +390,8 @@ def _epoch(loop: _Loop) -> None:
     epoch = state["epoch"]
     batches = loop.plan.batches(epoch)
     loop.epoch_steps = len(batches)
+    if state["epochs"] is not None and epoch == int(state["epochs"] + 1e-9):  # a part of one (budget)
+        batches = batches[: round((state["epochs"] - epoch) * len(batches))]
     batches = batches[state["batch"]:]
     sums = list(state["sums"])  # loss, kd, feature, correct, count (float64 sums)
     loop.t0 = loop.w0 = time.perf_counter()

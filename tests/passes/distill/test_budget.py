@@ -13,17 +13,20 @@ from helpers import StopAfterEpochs, distill_ctx, torch_handle
 from optimize.config import load_config_text
 from optimize.handle import TensorSpec
 from passes.distill import DistillPass, training
-from passes.distill.budget import epochs_that_fit, pace_s
+from passes.distill.budget import epochs_that_fit, pace_s, steps_planned
 
 SPEC = [TensorSpec("x", ("batch", 6))]
 REAL_LR_AT, REAL_UPDATE = training.lr_at, training._update  # before any test wraps them
 
 
 def test_epochs_that_fit_follow_the_pace() -> None:
-    assert epochs_that_fit(100.0, spent_s=30.0, pace=30.0, done=1, cap=10) == 3
+    assert epochs_that_fit(100.0, spent_s=30.0, pace=30.0, done=1, cap=10) == pytest.approx(1 + 70 / 30)  # a part of the last
     assert epochs_that_fit(100.0, spent_s=20.0, pace=10.0, done=2, cap=6) == 6  # all fit
     assert epochs_that_fit(10.0, spent_s=50.0, pace=25.0, done=2, cap=6) == 2  # never fewer than done
     assert epochs_that_fit(10.0, spent_s=9.0, pace=45.0, done=0.2, cap=6) == 1  # the epoch in progress ends
+    assert steps_planned(3.5, [4, 4, 4, 6]) == 15  # three epochs of 4 steps, half the fourth's 6
+    assert steps_planned(2.2, [4, 4, 4]) == 8  # 0.8 of a step: none
+    assert steps_planned(2.0, [4, 4]) == 8
     assert pace_s(1, 40.0, 40.0) == 40.0
     assert pace_s(3, 60.0, 40.0) == 10.0  # after the first epoch: the epochs after it
 
@@ -53,20 +56,22 @@ def run(tmp_path: Path, monkeypatch, budget: str, first_step_s: float = 6.0, ste
 
 
 def test_a_budget_cuts_the_epochs_early_and_lets_them_grow_back_at_the_later_pace(tmp_path: Path, monkeypatch) -> None:
-    # epoch 1 at 24 s (a fifth in: 3 epochs fit in 75 s), later epochs at 12 s: 5 fit
+    # epoch 1 at 24 s (a fifth in: 3 epochs fit in 75 s), later epochs at 12 s: 5 and the first
+    # step of a sixth fit (75 s, the whole budget)
     result, schedule = run(tmp_path, monkeypatch, ", budget_minutes: 1.25")
     m = result.metrics
-    assert m["epochs"] == 6 and m["epochs_run"] == 5 == m["epochs_in_budget"] and m["steps"] == 20
+    assert m["epochs"] == 6 and m["epochs_run"] == 6 and m["epochs_in_budget"] == 5.25 and m["steps"] == 21
     totals = [total for _, total in schedule]
-    assert totals == [24] + [12] * 7 + [20] * 12  # planned for 6, re-planned for 3, then for 5
-    assert any("fit 5 of the 6 epochs at 12 s an epoch" in n for n in result.notes)
+    assert totals == [24] + [12] * 7 + [21] * 13  # planned for 6, re-planned for 3, then for 5.25
+    assert any("fit 5.25 of the 6 epochs at 12 s an epoch" in n for n in result.notes)
 
 
 def test_a_finished_schedule_is_not_restarted(tmp_path: Path, monkeypatch) -> None:
-    # a fifth in, 2 epochs fit at epoch 1's pace; after them the faster pace would fit 4, but the
-    # learning rate has already come down: training ends with the schedule
+    # a fifth in, 2.5 epochs fit at epoch 1's pace; after two the faster pace would fit 4, but less
+    # than an epoch of the schedule is left, the learning rate nearly down: training ends with it
     result, schedule = run(tmp_path, monkeypatch, ", budget_minutes: 1")
-    assert result.metrics["epochs_run"] == 2 and [t for _, t in schedule] == [24] + [8] * 7
+    m = result.metrics
+    assert m["epochs_run"] == 3 and m["epochs_in_budget"] == 2.5 and [t for _, t in schedule] == [24] + [10] * 9
 
 
 def test_when_one_epoch_fits_its_schedule_ends_with_it(tmp_path: Path, monkeypatch) -> None:
@@ -90,7 +95,7 @@ def test_a_resumed_run_keeps_the_budgets_plan_and_the_time_already_spent(tmp_pat
         run(tmp_path / "b", monkeypatch, budget, progress=StopAfterEpochs(2))
     resumed, schedule = run(tmp_path / "b", monkeypatch, budget, resume=True)
     assert resumed.metrics["resumed_from"].endswith("step-00000006.safetensors")
-    assert resumed.metrics["epochs_run"] == full.metrics["epochs_run"] == 5
+    assert resumed.metrics["epochs_run"] == full.metrics["epochs_run"] == 6
     assert schedule == full_schedule[6:]  # the same re-planned schedule from step 6 on
     a, b = full.model.module.state_dict(), resumed.model.module.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -11,6 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from optimize.hardware import has_int8_dot_product  # noqa: E402
 from passes.quantize.activation_floor import constant_scalars, floor_of  # noqa: E402
 from passes.quantize.prompt_int8 import rewrite_matmuls  # noqa: E402
 
@@ -104,7 +105,10 @@ def test_a_gelu_mlp_scales_per_token_without_an_abs_pass_and_computes_the_same()
     x[:, 0] *= 30  # an outlier token per sequence
     x[0, 1] *= 0.01  # a token whose activations all lie within the floor
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    rewrite_matmuls(model, {"up"}, code_max=127, per_channel=True, tag="tok")
+    # 8-bit codes saturate AVX2's u8 × s8 16-bit pair sums without VNNI (the quantize pass measures
+    # reduce_range for that); 7-bit ones do not, so the check holds on either CPU
+    code_max = 127 if has_int8_dot_product() else 63
+    rewrite_matmuls(model, {"up"}, code_max=code_max, per_channel=True, tag="tok")
     ops = [n.op_type for n in model.graph.node]
     assert "Abs" not in ops and "Div" in ops and ops.count("Reciprocal") == 1  # the Div is the GELU's own
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
