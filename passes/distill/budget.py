@@ -4,8 +4,8 @@ student mid-step). The pace is measured once a fifth of the first epoch has run,
 every epoch: the first epoch pays for warm-up and, without text_variants, for the teacher's forward
 passes that later epochs read from the cache, so after two epochs the pace is that of the epochs
 after the first. The learning-rate schedule is re-planned over the epochs that fit each time (fewer,
-or more again up to `epochs` while the schedule has not ended: a finished one would restart the
-learning rate high), so a machine twice as slow trains about half the epochs in the same time
+or more again up to `epochs` while a whole epoch of the schedule is left: one ending would restart
+the learning rate high), so a machine twice as slow trains about half the epochs in the same time
 instead of running over a CI job's limit. The time left after the last whole epoch that fits goes
 to the first steps of one more (its batches are in random order): on a slow CPU where two epochs fit
 in 15 minutes with 3 minutes to spare, those minutes train instead of idling. The epoch in progress
