@@ -299,8 +299,10 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
     """`fresh(epoch)`, when given, returns that epoch's extra (ids, mask): new variants each epoch."""
     base_ids, base_mask = ids, mask
     rng = np.random.default_rng(args.seed)
-    params = [p for n, p in student.named_parameters() if args.train_only == "all" or ".intermediate." in n or ".output." in n and ".attention." not in n]
+    params = [p for n, p in student.named_parameters() if args.train_only == "all" or ".intermediate." in n
+              or ".output." in n and ".attention." not in n or args.train_stand_in and ".attention.mix." in n]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    start = [p.detach().clone() for p in params] if args.pull else []
     n_extra = len(fresh(0)[0]) if fresh else 0
     total = args.epochs * -(-(len(ids) + n_extra) // args.bs)
     warm = int(args.warmup * total)
@@ -366,6 +368,10 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if args.pull:  # decoupled decay toward the starting weights (L2-SP), lr-scaled like AdamW's
+                with torch.no_grad():
+                    for p, p0 in zip(params, start, strict=True):
+                        p.sub_(lr * args.pull * (p - p0))
             if ema is not None:
                 with torch.no_grad():
                     torch._foreach_lerp_(ema_params, params, 1 - args.ema)
@@ -424,6 +430,24 @@ class _Lines:
         return len(self.inputs["input_ids"])
 
 
+def fit_stand_ins(student, teacher, blocks, ids, mask, n, log):
+    """--attn-mean: each dropped attention sublayer (in block order) replaced by the fitted mean stand-in."""
+    from passes.prune import stand_in
+
+    pick = np.random.default_rng(7).choice(len(ids), min(n, len(ids)), replace=False)
+
+    def feed():
+        for s in range(0, len(pick), 64):
+            yield list(trim(ids, mask, pick[s : s + 64]))
+
+    for b in sorted(blocks):
+        sub = teacher.encoder.layer[b].attention
+        m = stand_in.make(sub, 1)
+        student.encoder.layer[b].attention = m
+        how = stand_in.fit(student, m, teacher, sub.output.LayerNorm, feed)
+        log(f"block {b}: mean stand-in fitted {how}")
+
+
 def low_rank_qk(model, ids, mask, rank: int, samples: int):
     """The prune pass's qk_rank on `model` in place, its moments on the first `samples` lines."""
     found = lowrank_qk.targets(model)
@@ -467,6 +491,10 @@ def main():
     ap.add_argument("--fade", type=float, default=0.0,
                     help="--drop-layers blocks fade out (residual change x alpha, 1 -> 0) over this fraction of steps")
     ap.add_argument("--drop-attn", default="", help="'i,j': blocks whose attention sublayer is taken out")
+    ap.add_argument("--attn-mean", type=int, default=0,
+                    help="--drop-attn sublayers get the mean stand-in (passes/prune/stand_in.py), fitted on this many lines")
+    ap.add_argument("--pull", type=float, default=0.0, help="decoupled decay toward the starting weights (L2-SP)")
+    ap.add_argument("--train-stand-in", action="store_true", help="with --train-only ffn, the stand-ins train too")
     ap.add_argument("--qk-rank", type=int, default=0, help="queries and keys at this rank per head (the tool's qk_rank)")
     ap.add_argument("--seed", type=int, default=0, help="batch order and variants (0: as before this option)")
     ap.add_argument("--bf16", action="store_true", help="train under CPU bf16 autocast (the tool's amp; the plain output loss only)")
@@ -520,6 +548,8 @@ def main():
     for i in (int(v) for v in args.drop_attn.split(",") if v):
         student.encoder.layer[i].attention = NoAttention(1)  # BertAttention returns (hidden, weights)
         log(f"block {i}: attention taken out")
+    if args.attn_mean:
+        fit_stand_ins(student, teacher, [int(v) for v in args.drop_attn.split(",") if v], ids, mask, args.attn_mean, log)
     gone = {int(i) for i in args.drop_layers.split(",")} if args.drop_layers else set()
     args.layer_map = [0] + [i + 1 for i in range(len(student.encoder.layer)) if i not in gone]  # student hidden j → teacher's
     args.fading = []

@@ -18,6 +18,12 @@ def _size(v: Any) -> str:
     return human_bytes(v) if isinstance(v, int | float) else _fmt(v)
 
 
+def _after_all(step: dict[str, Any]) -> str:
+    """The output cosine a pruning step's `quality_after` holds, as the report phrases it."""
+    q = step.get("quality_after") or {}
+    return f"output cosine after all pruning mean {_fmt(q.get('mean_cosine'))} / min {_fmt(q.get('min_cosine'))} on {q.get('on')}"
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "null"
@@ -52,10 +58,12 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
                          f"cosine after the drop mean {_fmt(q.get('mean_cosine'))} / min {_fmt(q.get('min_cosine'))} on {q.get('on')}")
     r = metrics.get("qk_rank")
     if isinstance(r, dict):
-        q = r.get("quality_after") or {}
         facts.append(f"queries and keys at rank {r.get('rank')} of {r.get('head_dims')} dims per head in "
-                     f"{r.get('attention_modules')} attention modules (fitted on {r.get('samples')} samples); output "
-                     f"cosine after all pruning mean {_fmt(q.get('mean_cosine'))} / min {_fmt(q.get('min_cosine'))} on {q.get('on')}")
+                     f"{r.get('attention_modules')} attention modules (fitted on {r.get('samples')} samples); {_after_all(r)}")
+    r = metrics.get("attention_stand_in")
+    if isinstance(r, dict):
+        facts.append(f"a {r.get('form')} stand-in for the attention of blocks {r.get('blocks')} of the input model "
+                     f"(fitted on {r.get('samples')} samples, R² {r.get('fit_r2')}); {_after_all(r)}")
     if metrics.get("params_before") is not None:
         facts.append(f"params {metrics['params_before']} → {metrics.get('params_after')}")
     if metrics.get("sparsity") is not None:

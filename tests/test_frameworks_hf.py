@@ -383,6 +383,41 @@ def test_drop_attention_through_the_pipeline_after_drop_layers(tmp_path, monkeyp
         pipeline.run(RunOptions(model=str(folder), config="r.yaml", threads=1))
 
 
+@pytest.mark.slow  # ~10 s: prune, export and verify twice
+def test_a_mean_stand_in_through_the_pipeline_is_fitted_and_exported(tmp_path, monkeypatch):
+    from optimize.report_md import to_markdown
+    from passes.prune.stand_in import MeanStandIn
+
+    folder, base = four_block_bert(tmp_path, monkeypatch)
+    _, plain = prune_run(folder, base, "drop_layers: [0], drop_attention: [1, 2], sparsity: 0.0")
+    report, step = prune_run(folder, base, "drop_layers: [0], drop_attention: [1, 2], attention_stand_in: mean, "
+                             "sparsity: 0.5")
+    stand = step.metrics["attention_stand_in"]
+    assert stand["blocks"] == [2, 3] and stand["samples"] == 32 and len(stand["fit_r2"]) == 2
+    assert all(0 < r <= 1 for r in stand["fit_r2"]) and stand["tokens"] > 32
+    assert "a mean stand-in for the attention of blocks [2, 3] of the input model" in to_markdown(report)
+    assert report.status == "ok"  # exported and verified against the torch model
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(report.output.path, providers=["CPUExecutionProvider"])
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    short, long_ = "a short line", "a much longer line of text that pads the short one"
+    names = [i.name for i in sess.get_inputs()]
+
+    def first(lines):
+        enc = tok(lines, padding=True, return_tensors="np")
+        return sess.run(None, {n: enc[n].astype(np.int64) for n in names})[0][0]
+
+    one, two = first([short]), first([short, long_])
+    assert np.allclose(two[: len(one)], one, atol=1e-4)  # the stand-in's mean skips the padding
+    _, alone = prune_run(folder, base, "drop_layers: [0], drop_attention: [1, 2], attention_stand_in: mean, "
+                         "sparsity: 0.0", "s.yaml")
+    after = alone.metrics["attention_stand_in"]["quality_after"]["mean_cosine"]
+    assert after > plain.metrics["drop_attention"]["quality_after_drop"]["mean_cosine"]  # closer than nothing
+    handle = load_model(str(folder))
+    assert not any(isinstance(m, MeanStandIn) for m in handle.module.modules())  # the input model untouched
+
+
 @pytest.mark.slow  # ~5 s: prune, export, measure
 def test_qk_rank_through_the_pipeline_exports_narrower_queries_and_keys(tmp_path, monkeypatch):
     import onnx

@@ -103,6 +103,19 @@ def text_batches(ds: Any, keys: list[str], dev: Any) -> Any:
         yield [torch.from_numpy(x).to(dev) for x in xs]
 
 
+def fit_data(cfg: Any, name: str, model: Any, ctx: Any, why: str) -> tuple[Any, list[str]]:
+    """importance_samples of data.calibration (or data.train) and the input names to feed, in the
+    model's order; PassError (`why`: what fits on it) when there is none."""
+    from optimize.errors import PassError
+
+    ds = ctx.data("calibration")
+    if ds is None:
+        raise PassError(name, f"{why} on data: declare data.calibration or data.train")
+    ds = ds.take(cfg.importance_samples)
+    names = [s.name for s in model.inputs]
+    return ds, names if names and all(k in ds.inputs for k in names) else list(ds.inputs)
+
+
 def fisher_scores(module: nn.Module, ds: Any, keys: list[str], attention: list[Any], task: str, seed: int = 0) -> dict[str, Any]:
     """{'heads': {v_layer: per-head score}, 'inputs': {linear: per-input-channel score}} over `ds`."""
     from passes.prune.torch_common import tensor_leaves

@@ -219,7 +219,8 @@ def install(m: nn.Module, rank: int, new_q: torch.Tensor, new_k: torch.Tensor) -
 def moments_on_data(cfg: Any, name: str, model: Any, ctx: Any) -> tuple[list[torch.Tensor], int]:
     """The second moments of every attention module's input tokens on importance_samples of
     data.calibration (or data.train), and the number of samples; checks the modules first."""
-    from optimize.errors import ConfigError, PassError
+    from optimize.errors import ConfigError
+    from passes.prune.fisher import fit_data
     from passes.prune.torch_common import example_args
 
     found = targets(model.module)
@@ -231,12 +232,7 @@ def moments_on_data(cfg: Any, name: str, model: Any, ctx: Any) -> tuple[list[tor
     if args is None:
         raise ConfigError("qk_rank needs the model's input shapes (model.inputs) to check its attention once")
     check_forward(model.module, found, args)
-    ds = ctx.data("calibration")
-    if ds is None:
-        raise PassError(name, "qk_rank fits queries and keys on data: declare data.calibration or data.train")
-    ds = ds.take(cfg.importance_samples)
-    names = [s.name for s in model.inputs]
-    keys = names if names and all(k in ds.inputs for k in names) else list(ds.inputs)
+    ds, keys = fit_data(cfg, name, model, ctx, "qk_rank fits queries and keys")
     return input_moments(model.module, found, ds, keys), len(ds)
 
 

@@ -56,6 +56,9 @@ class PrunePass(Pass):
                 noun = "blocks" if what == "drop_layers" else "attention sublayers"
                 raise ConfigError(f"{what}: N chooses the {noun} on data: declare data.calibration or data.train "
                                   "(or list the block indices)", key=f"{key}.{what}")
+        if cfg.attention_stand_in != "none" and not (plan.has_data("calibration") or plan.has_data("train")):
+            raise ConfigError("attention_stand_in fits on data: declare data.calibration or data.train",
+                              key=f"{key}.attention_stand_in")
         if cfg.qk_rank and not (plan.has_data("calibration") or plan.has_data("train")):
             raise ConfigError("qk_rank fits queries and keys on data: declare data.calibration or data.train",
                               key=f"{key}.qk_rank")
@@ -139,6 +142,12 @@ class PrunePass(Pass):
 
                 kept = cuts["drop_layers"]["kept"] if "drop_layers" in cuts else None
                 model, cuts[what] = run_cut(cfg, self.name, model, ctx, what, original, kept)
+        gone = cuts.get("drop_attention", {})
+        gone = gone.get("removed_original", gone.get("removed")) if cfg.attention_stand_in != "none" else None
+        if gone:  # before head / FFN pruning, so their importance is measured with the stand-ins in place
+            from passes.prune.stand_in import stand_in_all
+
+            stand_in_all(cfg, self.name, model, original, gone, ctx)
         moments = None
         if cfg.qk_rank:  # on the inputs of the model before its heads / FFN neurons go
             from passes.prune.lowrank_qk import moments_on_data
@@ -146,16 +155,15 @@ class PrunePass(Pass):
             moments = moments_on_data(cfg, self.name, model, ctx)
         result = self._narrow(model, ctx, cuts, original)
         if moments is not None:
-            from passes.prune import util as U
             from passes.prune.lowrank_qk import apply
-            from passes.prune.torch_common import example_args
 
             result.metrics["qk_rank"] = apply(cfg, result.model, *moments, original, ctx)
-            module = result.model.module
-            args = example_args(result.model, ctx)
-            result.metrics.update(params_after=int(sum(p.numel() for p in module.parameters())),
-                                  macs_after=U.torch_macs(module, args))
-            _reductions(result.metrics)
+        if gone:  # refitted to the model as it now is
+            from passes.prune.stand_in import stand_in_all
+
+            result.metrics["attention_stand_in"] = stand_in_all(cfg, self.name, result.model, original, gone, ctx)
+        if moments is not None or gone:
+            _recount(result, ctx)
         return result
 
     def _narrow(self, model: Any, ctx: Any, cuts: dict[str, dict[str, Any]], original: Any) -> PassResult:
@@ -188,6 +196,17 @@ class PrunePass(Pass):
                 if row.get("params") is not None:
                     row["params_removed"] = round(1 - row["params"] / first["params_before"], 6)
         return result
+
+
+def _recount(result: PassResult, ctx: Any) -> None:
+    """The result's params / MACs after, and their reductions, counted again on its model."""
+    from passes.prune import util as U
+    from passes.prune.torch_common import example_args
+
+    module = result.model.module
+    result.metrics.update(params_after=int(sum(p.numel() for p in module.parameters())),
+                          macs_after=U.torch_macs(module, example_args(result.model, ctx)))
+    _reductions(result.metrics)
 
 
 def _reductions(m: dict[str, Any]) -> dict[str, Any]:

@@ -265,6 +265,10 @@ def test_check_rules(cfg):
     plan = PlanContext(config=cfg, input_form="torch", has_input_spec=True, index=0, form_at_pass="torch")
     with pytest.raises(ConfigError, match="data.calibration or data.train"):
         PrunePass(PruneConfig(method="structured", importance="taylor")).check(plan)
+    with pytest.raises(ConfigError, match="attention_stand_in fits on data") as err:  # the indices need none
+        PrunePass(PruneConfig(method="structured", drop_attention=[1], attention_stand_in="mean")).check(plan)
+    assert err.value.key == "passes[0].prune.attention_stand_in"
+    PrunePass(PruneConfig(method="structured", drop_attention=[1])).check(plan)
     with pytest.raises(ConfigError, match="data.train"):
         PrunePass(PruneConfig(steps=3, finetune_epochs=1)).check(plan)
     onnx_plan = PlanContext(config=cfg, input_form="onnx", has_input_spec=True, index=1, form_at_pass="onnx")
