@@ -147,7 +147,7 @@ class PrunePass(Pass):
         if gone:  # before head / FFN pruning, so their importance is measured with the stand-ins in place
             from passes.prune.stand_in import stand_in_all
 
-            stand_in_all(cfg, self.name, model, original, gone, ctx)
+            stand_in_all(cfg, self.name, model, original, gone, ctx, measure=False)
         moments = None
         if cfg.qk_rank:  # on the inputs of the model before its heads / FFN neurons go
             from passes.prune.lowrank_qk import moments_on_data
