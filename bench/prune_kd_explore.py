@@ -66,6 +66,22 @@ def pooled(model, ids, mask, hidden=False):
     return (e, out.hidden_states) if hidden else e
 
 
+def mixed_loss(student, teacher, i, a, gen, alpha, bf16):
+    """--mix (MixKD): 1 - cos of student and teacher on word embeddings of the batch mixed with a
+    shuffled copy of itself (lambda ~ Beta(alpha, alpha) per row; the masks' union)."""
+    with torch.no_grad():
+        x = teacher.embeddings.word_embeddings(i)
+        perm = torch.randperm(len(i), generator=gen)
+        lam = torch.distributions.Beta(alpha, alpha).sample((len(i), 1, 1))
+        xm, am = lam * x + (1 - lam) * x[perm], torch.maximum(a, a[perm])
+        m = am.unsqueeze(-1).float()
+        t = F.normalize((teacher(inputs_embeds=xm, attention_mask=am).last_hidden_state * m).sum(1) / m.sum(1), dim=-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        h = student(inputs_embeds=xm, attention_mask=am).last_hidden_state.float()
+    s_ = F.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+    return (1 - F.cosine_similarity(s_, t, dim=-1)).mean()
+
+
 def batches(n: int, bs: int, lengths, rng):
     order = rng.permutation(n)
     window = bs * 50
@@ -303,6 +319,7 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
               or ".output." in n and ".attention." not in n or args.train_stand_in and ".attention.mix." in n]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     start = [p.detach().clone() for p in params] if args.pull else []
+    mix_gen = torch.Generator().manual_seed(args.seed)
     n_extra = len(fresh(0)[0]) if fresh else 0
     total = args.epochs * -(-(len(ids) + n_extra) // args.bs)
     warm = int(args.warmup * total)
@@ -365,6 +382,8 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
             # the worst-matched sentences pull harder; the min cosine is a tail statistic
             out_loss = (miss * (miss / miss.mean()).detach()).mean() if args.tail else miss.mean()
             loss = out_loss + (args.tokens if args.tokens > 0 else args.feat_cos if args.feat_cos > 0 else args.feat) * feat
+            if args.mix:
+                loss = loss + args.mix * mixed_loss(student, teacher, i, a, mix_gen, args.mix_alpha, args.bf16)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -493,6 +512,8 @@ def main():
     ap.add_argument("--drop-attn", default="", help="'i,j': blocks whose attention sublayer is taken out")
     ap.add_argument("--attn-mean", type=int, default=0,
                     help="--drop-attn sublayers get the mean stand-in (passes/prune/stand_in.py), fitted on this many lines")
+    ap.add_argument("--mix", type=float, default=0.0, help="weight of the MixKD loss on mixed word embeddings")
+    ap.add_argument("--mix-alpha", type=float, default=0.4)
     ap.add_argument("--pull", type=float, default=0.0, help="decoupled decay toward the starting weights (L2-SP)")
     ap.add_argument("--train-stand-in", action="store_true", help="with --train-only ffn, the stand-ins train too")
     ap.add_argument("--qk-rank", type=int, default=0, help="queries and keys at this rank per head (the tool's qk_rank)")
