@@ -54,6 +54,8 @@ def attended(attention_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch
         keep = m > -1.0  # additive: 0 kept, the dtype's minimum (or -inf / -10000) masked
     if keep.dim() == 4:  # (batch, heads or 1, queries or 1, keys)
         keep = keep.all(dim=2)[:, 0]
+    elif keep.dim() == 3:  # (batch, queries or 1, keys)
+        keep = keep.all(dim=1)
     return keep[:, -t:].to(hidden.dtype).unsqueeze(-1).expand(b, t, 1)
 
 

@@ -18,7 +18,7 @@ def test_attended_reads_every_mask_form_and_padded_query_rows_left_open():
     boolean = keys[:, None, None, :].expand(2, 1, 4, 4).clone()
     boolean[1, 0, 2:] = True  # padded queries attend everything (as SDPA leaves them): keys still padded
     additive = torch.where(keys, 0.0, torch.finfo(torch.float32).min)[:, None, None, :]
-    for mask in (boolean, additive, keys.long(), additive.expand(2, 1, 4, 4)):
+    for mask in (boolean, additive, keys.long(), additive.expand(2, 1, 4, 4), boolean[:, 0], additive[:, 0]):
         assert torch.equal(S.attended(mask, hidden), want)
     assert torch.equal(S.attended(None, hidden), torch.ones(2, 4, 1))
 
