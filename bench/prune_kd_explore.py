@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.text_augment import crossover_variants, neighbour_variants, swap_pool, swap_variants
 from optimize.frameworks.text_variants import word_spans, word_variants
 from passes.prune import lowrank_qk
 from passes.prune.sublayers import NoAttention
@@ -413,32 +414,6 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
     return student
 
 
-def _swap_pool(tok, lines, kind):
-    """Words a swap draws from. text: the training lines' words; vocab: the tokenizer's whole-word
-    tokens (WordPiece: not ##-prefixed), alphabetic, two letters or more."""
-    if kind == "text":
-        return sorted({w for line in lines for w in line.split()})
-    return sorted(w for w in tok.get_vocab() if w.isalpha() and not w.startswith("##") and len(w) > 1)
-
-
-def swap_variants(lines, rounds, pool, p, seed=0):
-    """Each line of 3+ words with each word replaced, with probability p (one at least), by a word
-    drawn from `pool`: new combinations of words the teacher labels (TinyBERT-style augmentation,
-    random words instead of a masked LM's). Measured: no gain (docs/distill.md)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(rounds):
-        for line in lines:
-            words = line.split()
-            if len(words) < 3:
-                continue
-            hit = rng.random(len(words)) < p
-            if not hit.any():
-                hit[int(rng.integers(0, len(words)))] = True
-            out.append(" ".join(pool[int(rng.integers(0, len(pool)))] if h else w for w, h in zip(words, hit, strict=True)))
-    return out
-
-
 class _Lines:
     """The slice of the tool's dataset that lowrank_qk.input_moments reads."""
 
@@ -523,9 +498,11 @@ def main():
     ap.add_argument("--crops", type=int, default=0, help="add this many random word spans of each training line")
     ap.add_argument("--swap", type=int, default=0,
                     help="of the --fresh rounds, this many replace words at random (pool: --swap-pool)")
-    ap.add_argument("--swap-pool", default="text", choices=["text", "vocab"],
-                    help="text: words of the training lines; vocab: the tokenizer's whole-word tokens")
+    ap.add_argument("--swap-pool", default="text", choices=["text", "vocab", "neighbours", "crossover"],
+                    help="text: words of the training lines; vocab: the tokenizer's whole-word tokens; "
+                    "neighbours: a word's nearest in the teacher's input embeddings; crossover: two lines spliced at a shared word")
     ap.add_argument("--swap-p", type=float, default=0.2)
+    ap.add_argument("--swap-k", type=int, default=8, help="neighbours: how many nearest words each word may become")
     ap.add_argument("--fresh", type=int, default=0,
                     help="this many new variants of each line every epoch (the tool's data.train.text_variants)")
     args = ap.parse_args()
@@ -594,11 +571,12 @@ def main():
     log(f"pruned: encoder params {n_params}; eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
     if args.epochs:
         base = list(train)
-        pool = _swap_pool(tok, base, args.swap_pool) if args.swap else []
+        pool = swap_pool(tok, base, args.swap_pool, teacher, args.swap_k) if args.swap else []
+        swapper = {"neighbours": neighbour_variants, "crossover": crossover_variants}.get(args.swap_pool, swap_variants)
 
         def fresh_lines(ep):
             lines = word_variants(base, args.fresh - args.swap, seed=1000 + ep + 100 * args.seed)[0]
-            return lines + swap_variants(base, args.swap, pool, args.swap_p, seed=2000 + ep + 100 * args.seed)
+            return lines + swapper(base, args.swap, pool, args.swap_p, seed=2000 + ep + 100 * args.seed)
 
         fresh = (lambda ep: encode(tok, fresh_lines(ep))) if args.fresh else None
         distill(student, teacher, ids, mask, evs, args, log, fresh)
