@@ -21,6 +21,8 @@ def swap_pool(tok, lines, kind, model=None, k=8):
     tokens (WordPiece: not ##-prefixed), alphabetic, two letters or more; neighbours: a dict from
     each such token of 4+ letters (not function words) to its k nearest (cosine) of 4+ letters in
     `model`'s input word embeddings."""
+    if kind == "crossover":  # splices draw from the lines themselves
+        return None
     if kind == "text":
         return sorted({w for line in lines for w in line.split()})
     words = sorted(w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 1)
