@@ -161,15 +161,16 @@ def fortunes(folder: Path) -> list[str]:
     return sorted(out, key=lambda t: hashlib.sha256(t.encode()).hexdigest())
 
 
-def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z']+", text.lower()))
+def words(text: str) -> list[str]:
+    """The lowercased words of `text` (letters and apostrophes)."""
+    return re.findall(r"[a-z']+", text.lower())
 
 
 def by_coverage(texts: list[str], n: int) -> list[str]:
     """`n` of `texts` chosen greedily for the most words not yet chosen per word of the line (so
     lines stay about as long as the pool's), in their given order. Reads only `texts`: run on the
     training side of the split, it never looks at evaluation lines."""
-    sets = [_words(t) for t in texts]
+    sets = [set(words(t)) for t in texts]
     sizes = [max(len(t.split()), 1) for t in texts]
     seen: set[str] = set()
 

