@@ -354,13 +354,18 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
             for f in args.fading:  # linear 1 → 0 over the first --fade of all steps; gone (alpha 0) at eval
                 f.alpha = max(0.0, 1 - step / (args.fade * total)) if args.fade else 0.0
             if args.tokens > 0:  # 1 - cos of every real token's last hidden state, masked mean
-                with torch.no_grad():
-                    t_last = teacher(input_ids=i, attention_mask=a).last_hidden_state
-                out = student(input_ids=i, attention_mask=a)
-                m = a.unsqueeze(-1).to(out.last_hidden_state.dtype)
-                e = F.normalize((out.last_hidden_state * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
-                tok_miss = 1 - F.cosine_similarity(out.last_hidden_state, t_last, dim=-1)
-                feat = (tok_miss * a).sum() / a.sum()
+                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                    t_last = teacher(input_ids=i, attention_mask=a).last_hidden_state.float()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                    out = student(input_ids=i, attention_mask=a)
+                h = out.last_hidden_state.float()
+                m = a.unsqueeze(-1).to(h.dtype)
+                e = F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+                tok_miss = 1 - F.cosine_similarity(h, t_last, dim=-1)
+                w = a.float()  # --special: [CLS] and the last real token ([SEP]) weigh 1 + this
+                w[:, 0] += args.special
+                w[torch.arange(len(a)), a.sum(1) - 1] += args.special
+                feat = (tok_miss * w).sum() / w.sum()
                 if args.relations > 0:
                     feat = feat + args.relations / args.tokens * relation_loss(s_qkv, t_qkv, a, args.rel_heads)
             elif args.feat_cos > 0:  # every student layer's tokens against its teacher layer's (after --drop-layers: the map)
@@ -478,6 +483,7 @@ def main():
     ap.add_argument("--eval2", nargs="*", default=[], help="more eval files (other kinds of text), reported beside --eval")
     ap.add_argument("--train-only", default="all", choices=["all", "ffn"], help="ffn: attention and embeddings frozen")
     ap.add_argument("--tokens", type=float, default=0.0, help="weight of 1 - cos of every token's last hidden state")
+    ap.add_argument("--special", type=float, default=0.0, help="with --tokens: [CLS] and [SEP] weigh 1 + this")
     ap.add_argument("--relations", type=float, default=0.0,
                     help="weight of MiniLMv2's Q/K/V self-relation KL at --rel-layer (needs --tokens > 0)")
     ap.add_argument("--rel-layer", type=int, default=5)
@@ -493,7 +499,7 @@ def main():
     ap.add_argument("--train-stand-in", action="store_true", help="with --train-only ffn, the stand-ins train too")
     ap.add_argument("--qk-rank", type=int, default=0, help="queries and keys at this rank per head (the tool's qk_rank)")
     ap.add_argument("--seed", type=int, default=0, help="batch order and variants (0: as before this option)")
-    ap.add_argument("--bf16", action="store_true", help="train under CPU bf16 autocast (the tool's amp; the plain output loss only)")
+    ap.add_argument("--bf16", action="store_true", help="train under CPU bf16 autocast (the tool's amp; the output loss, --tokens and --mix)")
     ap.add_argument("--global-ffn", action="store_true", help="rank FFN channels across layers, not per layer")
     ap.add_argument("--crops", type=int, default=0, help="add this many random word spans of each training line")
     ap.add_argument("--swap", type=int, default=0,
