@@ -40,7 +40,7 @@ def _type_name(ann: Any) -> str:
     import re
 
     text = str(ann).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    text = re.sub(r"[\w.]*\.(\w+Config)", r"\1", text)  # drop module paths
+    text = re.sub(r"[\w.]*\.(\w+(?:Config|Shape))\b", r"\1", text)  # drop module paths
     text = re.sub(r"Annotated\[(\w+), FieldInfo\(.*?\]\)\]", r"\1", text)  # bounds are shown after the meaning
     text = re.sub(r"Literal\[([^\]]*)\]", lambda m: "one of " + m.group(1).replace("'", ""), text)
     text = re.sub(r"^Union\[(\w+), one of (\w+)\]$", r"\1 or \2", text)

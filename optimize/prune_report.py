@@ -88,6 +88,7 @@ def prune_markdown(title: str, metrics: dict[str, Any]) -> list[str]:
             facts.append(f"2:4 on GPU: not measured ({g.get('reason')})")
     lines += [f"- {f}" for f in facts]
     lines += search_markdown(metrics.get("search"))
+    lines += shapes_markdown(metrics.get("shapes"))
     rows = metrics.get("per_step") or []
     if len(rows) > 1:
         keys = [k for k in rows[0] if k != "step"]
@@ -115,6 +116,26 @@ def search_markdown(search: Any) -> list[str]:
                 f"{_fmt(chosen.get('sparsity'))}, head_sparsity {_fmt(chosen.get('head_sparsity'))}.", ""]
     return head + table(["sparsity", "head_sparsity", "min cos (pruned)", "min cos (distilled)", "mean cos", "MACs ÷",
                          "latency ms", "meets", ""], rows)
+
+
+def shapes_markdown(shapes: Any) -> list[str]:
+    """`shapes`: one row per candidate (its settings, latency, speedup with its interval, output cosine
+    before training), the kept one marked, and why it was kept."""
+    if not isinstance(shapes, dict) or not shapes.get("rows"):
+        return []
+    rows = []
+    for i, r in enumerate(shapes["rows"]):
+        shape = ", ".join(f"{k}: {v}" for k, v in (r.get("shape") or {}).items()) or "the pass's own"
+        iv = r.get("interval") or [None, None]
+        speed = f"{_fmt(r.get('speedup'))}x [{_fmt(iv[0])}, {_fmt(iv[1])}]" if r.get("speedup") is not None else (r.get("reason") or "null")
+        cos = r.get("untrained_cosine") or {}
+        rows.append([str(i), shape, _fmt(r.get("ms")), speed, f"{_fmt(cos.get('mean'))} / {_fmt(cos.get('min'))}",
+                     _fmt(r.get("macs_reduction")), "**kept**" if i == shapes.get("chosen") else ""])
+    base = next((r["input_ms"] for r in shapes["rows"] if r.get("input_ms") is not None), None)
+    head = ["", f"Shapes (target {_fmt(shapes.get('target_speedup'))}x over the input model, both through "
+                f"{shapes.get('through')}; input {_fmt(base)} ms; {shapes.get('formula')}). "
+                f"Kept shape {shapes.get('chosen')}: {shapes.get('why')}.", ""]
+    return head + table(["#", "shape", "latency ms", "speedup", "cosine untrained mean / min", "MACs ÷", ""], rows)
 
 
 def scan_markdown(scan: dict[str, Any]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from optimize.pass_api import PassConfig
 
@@ -20,6 +20,51 @@ def _check_cut(what: str, value: int | list[int], method: str) -> None:
         raise ValueError(f"{what}: block indices must be distinct and at least 0 (one at least), got {value}")
     if isinstance(value, int) and value < 0:
         raise ValueError(f"{what} must be at least 0, got {value}")
+
+
+def _check_shapes(cfg: PruneConfig) -> None:
+    """shapes: structured, a target, no auto ratios; each candidate valid as a whole config."""
+    if not cfg.shapes:
+        if cfg.target_speedup is not None:
+            raise ValueError("target_speedup chooses among shapes: list the candidate shapes")
+        return
+    if cfg.method != "structured":
+        raise ValueError("shapes applies to method: structured")
+    if cfg.target_speedup is None:
+        raise ValueError("shapes: set target_speedup, the speedup a shape must reach to be kept")
+    if "auto" in (cfg.sparsity, cfg.head_sparsity):
+        raise ValueError("shapes and sparsity / head_sparsity auto both choose the ratios: use one of them")
+    for i, shape in enumerate(cfg.shapes):
+        merged = {**cfg.model_dump(), **shape.overrides(), "shapes": [], "target_speedup": None}
+        try:
+            PruneConfig.model_validate(merged)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"shapes[{i}] ({shape.label()}): {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def shape_config(cfg: PruneConfig, shape: PruneShape) -> PruneConfig:
+    """The pass's config with one candidate shape applied (and no shapes left to choose)."""
+    return cfg.model_copy(update={**shape.overrides(), "shapes": [], "target_speedup": None})
+
+
+class PruneShape(BaseModel):
+    """One candidate of `shapes`: the settings it changes (the rest are the pass's own)."""
+
+    model_config = ConfigDict(extra="forbid")
+    drop_layers: int | list[int] | None = None
+    drop_attention: int | list[int] | None = None
+    sparsity: Ratio | None = None
+    head_sparsity: Ratio | None = None
+    qk_rank: int | None = Field(None, ge=0, le=4096)
+    round_to: int | None = Field(None, gt=0)
+    attention_stand_in: Literal["none", "mean"] | None = None
+
+    def overrides(self) -> dict[str, object]:
+        return self.model_dump(exclude_none=True)
+
+    def label(self) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in self.overrides().items()) or "the pass's own settings"
 
 
 class PruneConfig(PassConfig):
@@ -112,6 +157,23 @@ class PruneConfig(PassConfig):
         None, ge=-1, le=1,
         description="auto: the min output cosine (over data.eval, against the input model) a probe must reach; default gates.min_embedding_cosine, else gates.min_parity_cosine, raised by what a quantize pass after it (on ONNX) costs the input model, measured once on the search's data.eval samples (the probes are measured before quantization; an estimate: the baseline export, no fp16/graph pass between, outside search_budget_minutes). A value given here is used as given.",
     )
+    shapes: list[PruneShape] = Field(
+        default_factory=list,
+        description="structured, torch: candidate shapes in order of preference, each changing some of drop_layers, "
+        "drop_attention, sparsity, head_sparsity, qk_rank, round_to, attention_stand_in. Each is applied (untrained), "
+        "exported, put through the pipeline's quantize pass when one follows, and timed against the input model "
+        "put through the same, interleaved, on this machine at measure.batch; the first whose speedup reaches "
+        "target_speedup is kept (none: the fastest, with a note). Which structure buys speed depends on the CPU: on "
+        "all-MiniLM-L6-v2 in int8 an attention sublayer cost about 0.7 of an FFN on an AMD Zen 5 and about six "
+        "times 128 FFN neurons a block on an Intel Xeon with AMX (docs/distill.md). The step's metrics (`shapes`) "
+        "hold every shape's speedup and untrained output cosine.",
+    )
+    target_speedup: float | None = Field(
+        None, gt=0, le=1000,
+        description="shapes: the speedup (the input model's latency / the shape's, both through the passes named "
+        "in shapes; median of interleaved rounds) a shape must reach to be kept.",
+    )
+    shape_rounds: int = Field(30, ge=3, le=10_000, description="shapes: interleaved timing rounds.")
     keep_hidden_size: bool = Field(
         True,
         description="structured, transformers: never prune the residual-stream width (layers whose output channels are coupled to a LayerNorm or an embedding); only heads and FFN neurons go.",
@@ -195,6 +257,7 @@ class PruneConfig(PassConfig):
             raise ValueError("attention_stand_in stands in for the attention sublayers drop_attention takes out: set drop_attention")
         if self.qk_rank and self.method != "structured":
             raise ValueError("qk_rank applies to method: structured")
+        _check_shapes(self)
         if self.finetune_epochs and self.steps == 1:
             raise ValueError("finetune_epochs runs between gradual steps: set steps > 1 (or use a distill pass after prune)")
         return self

@@ -69,21 +69,27 @@ def quantize_margin(ctx: Any, qcfg: Any, teacher: Any, eval_ds: Any, reference: 
 
 
 def _quantized_min_cosine(ctx: Any, qcfg: Any, teacher: Any, eval_ds: Any, reference: list[Any], work: Path) -> float | None:
-    from optimize import registry
-    from optimize.progress import NullProgress
     from optimize.runtime import parity, predict, session
 
-    onnx_teacher = ctx.baseline if getattr(ctx.baseline, "onnx_path", None) is not None else _export_on_cpu(ctx, teacher, work)
-    inner = dataclasses.replace(ctx, work_dir=work, _data=ctx._data, progress=NullProgress())  # its own folder, quiet
-    quantized = registry.get("quantize")(qcfg).run(onnx_teacher, inner).model
+    onnx_teacher = ctx.baseline if getattr(ctx.baseline, "onnx_path", None) is not None else export_on_cpu(ctx, teacher, work / "input.onnx")
+    quantized = through_quantize(ctx, qcfg, onnx_teacher, work)
     got = predict(session(quantized.onnx_path, threads=ctx.threads), eval_ds.inputs)[:1]
     return parity(reference, got)["min_cosine"]
 
 
-def _export_on_cpu(ctx: Any, teacher: Any, work: Path) -> Any:
-    """No baseline export (a pass run outside the pipeline): export a CPU copy of the teacher."""
+def through_quantize(ctx: Any, qcfg: Any, handle: Any, work: Path) -> Any:
+    """`handle` (ONNX) through the pipeline's quantize pass `qcfg`, in `work`, quietly."""
+    from optimize import registry
+    from optimize.progress import NullProgress
+
+    inner = dataclasses.replace(ctx, work_dir=work, _data=ctx._data, progress=NullProgress())  # its own folder, quiet
+    return registry.get("quantize")(qcfg).run(handle, inner).model
+
+
+def export_on_cpu(ctx: Any, handle: Any, path: Path) -> Any:
+    """A CPU copy of `handle`'s torch module exported to `path` as the config's output asks."""
     from optimize.export import copy_module, export_to_onnx
 
-    module = copy_module(teacher.module).cpu()
+    module = copy_module(handle.module).cpu()
     out = ctx.config.output
-    return export_to_onnx(teacher.replace(module=module), work / "input.onnx", opset=out.opset, exporter=out.exporter)
+    return export_to_onnx(handle.replace(module=module), path, opset=out.opset, exporter=out.exporter)

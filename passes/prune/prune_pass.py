@@ -26,9 +26,15 @@ class PrunePass(Pass):
     config: PruneConfig
 
     def check(self, plan: Any) -> None:
+        """The pass's settings, and each candidate of `shapes` as the settings it would run with."""
+        from passes.prune.config import shape_config
+
+        for cfg in [self.config, *(shape_config(self.config, s) for s in self.config.shapes)]:
+            self._check_config(plan, cfg)
+
+    def _check_config(self, plan: Any, cfg: PruneConfig) -> None:
         from optimize.errors import ConfigError
 
-        cfg = self.config
         key = f"{plan.key}.prune"
         if plan.form_at_pass == "onnx":
             torch_only = {
@@ -37,7 +43,7 @@ class PrunePass(Pass):
                 "sparsity": cfg.sparsity == "auto",
                 "steps": cfg.steps > 1, "refit": cfg.refit,
                 "drop_layers": bool(cfg.drop_layers), "drop_attention": bool(cfg.drop_attention),
-                "qk_rank": bool(cfg.qk_rank),
+                "qk_rank": bool(cfg.qk_rank), "shapes": bool(cfg.shapes),
             }
             for field_name, used in torch_only.items():
                 if used:
@@ -134,6 +140,10 @@ class PrunePass(Pass):
 
     def _run_structured(self, model: Any, ctx: Any) -> PassResult:
         cfg = self.config
+        if cfg.shapes:  # each candidate runs through this method with its own config
+            from passes.prune.shapes import choose
+
+            return choose(type(self), cfg, model, ctx)
         cuts: dict[str, dict[str, Any]] = {}
         original = model
         for what in ("drop_layers", "drop_attention"):

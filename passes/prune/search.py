@@ -29,6 +29,8 @@ from typing import Any
 from optimize.errors import ConfigError
 from passes.prune import util as U
 from passes.prune.config import PruneConfig
+from passes.prune.util import rank as _rank
+from passes.prune.util import rank0 as _rank0
 
 
 @dataclass
@@ -122,32 +124,6 @@ def search(cfg: PruneConfig, name: str, model: Any, ctx: Any, origin: PruneConfi
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return cfg.model_copy(update={"sparsity": chosen[0], "head_sparsity": chosen[1]}), metrics, notes
-
-
-def _world() -> int:
-    """Processes training together, as the probes' distillation sees them (passes/distill/devices.py)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if _world() > 1 else 0
-
-
-def _rank0(value: Any) -> Any:
-    """Rank 0's value on every rank under torchrun (the value itself in one process): each probe
-    trains under DistributedDataParallel, so the ranks must take the same decisions, and the time
-    budget is read on each rank's own clock."""
-    if _world() == 1:
-        return value
-    import torch.distributed as dist
-
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _quantize_margin(cfg: PruneConfig, ctx: Any, source: str, teacher: Any, eval_ds: Any, reference: Any) -> dict[str, Any]:

@@ -294,3 +294,29 @@ def layer_ratio(name_variants: list[str], overrides: dict[str, float], default: 
         if any(fnmatch.fnmatchcase(n, pattern) for n in name_variants):
             return ratio
     return default
+
+
+def world() -> int:
+    """Processes training together, as the probes' distillation sees them (passes/distill/devices.py)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if world() > 1 else 0
+
+
+def rank0(value: Any) -> Any:
+    """Rank 0's value on every rank under torchrun (the value itself in one process): each rank
+    prunes its own copy and DistributedDataParallel needs them alike, while clocks (a search's
+    budget, a shape's timing) are read on each rank."""
+    if world() == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
