@@ -8,8 +8,9 @@ other. So the user lists candidate shapes in their order of preference (best qua
 target speedup; each candidate is pruned (untrained), exported, put through the pipeline's own
 quantize pass when one follows (its settings, calibration included), and timed against the input
 model (the run's FP32 export of it, what the report's speedup is against) put through the same,
-interleaved in one run (optimize.benchmark.interleaved) at measure.batch on data.eval. The first candidate whose median speedup reaches the target is kept;
-when none does, the fastest, with a note. Each candidate's untrained output cosine against the input
+interleaved in one run (optimize.benchmark.interleaved) on measure.batch samples of data.eval. The
+first candidate whose median speedup reaches the target is kept; when none does, the fastest, with
+a note. Each candidate's untrained output cosine against the input
 model on data.eval is recorded beside its speed, to show what the choice costs before training.
 
 The speed is measured untrained: distillation changes weights, not shapes, so the trained model
