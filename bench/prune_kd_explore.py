@@ -204,7 +204,15 @@ def _slice_linear(lin, idx, dim):
     return new
 
 
-def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float, global_ffn: bool = False):
+def global_head_keep(head_scores, removed: int) -> list[list[int]]:
+    """--heads-global: the heads each layer keeps when `removed` heads go by one ranking over all
+    layers (Fisher scores are effects on the same output, so they compare across layers)."""
+    cut = torch.sort(torch.cat(head_scores)).values[removed] if removed else -float("inf")
+    return [[i for i, s in enumerate(hs.tolist()) if s >= cut] for hs in head_scores]
+
+
+def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float, global_ffn: bool = False,
+          head_keep: list[list[int]] | None = None):
     keep_counts = None
     if global_ffn:  # one ranking over every layer's channels: layers keep different widths
         flat = torch.cat(ffn_scores)
@@ -214,11 +222,14 @@ def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float, g
         att = layer.attention.self
         hd = att.attention_head_size
         n = len(hs)
-        keep_h = int(round(n * (1 - head_ratio)))
-        hk = torch.sort(torch.topk(hs, keep_h).indices).values
-        idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in hk.tolist()])
-        att.query, att.key, att.value = (_slice_linear(x, idx, 0) for x in (att.query, att.key, att.value))
-        layer.attention.output.dense = _slice_linear(layer.attention.output.dense, idx, 1)
+        keep_h = len(head_keep[li]) if head_keep else int(round(n * (1 - head_ratio)))
+        hk = torch.tensor(head_keep[li]) if head_keep else torch.sort(torch.topk(hs, keep_h).indices).values
+        if keep_h == 0:  # every head of the layer gone: the sublayer goes (as --drop-attn)
+            layer.attention = NoAttention(1)
+        else:
+            idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in hk.tolist()])
+            att.query, att.key, att.value = (_slice_linear(x, idx, 0) for x in (att.query, att.key, att.value))
+            layer.attention.output.dense = _slice_linear(layer.attention.output.dense, idx, 1)
         att.num_attention_heads = keep_h
         att.all_head_size = keep_h * hd
         ratio = ffn_ratio[li] if isinstance(ffn_ratio, list) else ffn_ratio  # a list: one ratio per layer
@@ -462,6 +473,7 @@ def main():
     ap.add_argument("--eval", default="/tmp/p12/text/eval.txt")
     ap.add_argument("--n-train", type=int, default=0)
     ap.add_argument("--heads", type=float, default=0.25)
+    ap.add_argument("--heads-global", type=int, default=0, help="remove this many heads by one Fisher ranking over all layers (overrides --heads)")
     ap.add_argument("--ffn", type=float, default=0.5)
     ap.add_argument("--drop-layers", default="", help="'i,j': encoder layers removed (after head / FFN pruning)")
     ap.add_argument("--ffn-layers", default="", help="'r0,r1,…': one FFN ratio per layer (overrides --ffn)")
@@ -538,13 +550,16 @@ def main():
             log(f"heads {h} ffn {f}: pruned {plain}, refit {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
         return
     student = copy.deepcopy(teacher)
-    if args.heads or args.ffn or args.ffn_layers:
+    if args.heads or args.ffn or args.ffn_layers or args.heads_global:
         if args.importance == "l2":
             hs, fs = importance_l2(student)
         else:
             hs, fs = importance_data(student, ids, mask, args.importance, min(args.importance_samples, len(ids)))
         ffn = [float(r) for r in args.ffn_layers.split(",")] if args.ffn_layers else args.ffn
-        prune(student, hs, fs, args.heads, ffn, args.global_ffn)
+        keep = global_head_keep(hs, args.heads_global) if args.heads_global else None
+        prune(student, hs, fs, args.heads, ffn, args.global_ffn, keep)
+        if keep:
+            log(f"heads kept per layer {[len(k) for k in keep]}")
         log(f"FFN widths {[layer.intermediate.dense.out_features for layer in _layers(student)]}")
         if args.refit:
             log(f"pruned, before refit: eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")

@@ -77,6 +77,13 @@ def model_cfg(text: str = ""):
 # ---------------------------------------------------------------------------- loading
 
 
+def test_a_folder_given_by_a_relative_path_keeps_an_absolute_tokenizer_path(bert_dir, monkeypatch):
+    # the quantize pass reads data (per_token: auto) from inside a scratch directory
+    monkeypatch.chdir(bert_dir.parent)
+    handle = load_model(bert_dir.name, model_cfg=model_cfg().model)
+    assert handle.tokenizer.path == bert_dir.resolve() and handle.tokenizer.path.is_absolute()
+
+
 def test_feature_extraction_folder_mean_pools_over_the_mask(bert_dir):
     cfg = model_cfg()
     handle = load_model(str(bert_dir), model_cfg=cfg.model)

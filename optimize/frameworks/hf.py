@@ -292,7 +292,8 @@ def load_hf_folder(folder: Path, model_cfg: Any = None, *, trust_model: bool = F
             )
             model_cfg.task = "regression" if regression else TASKS[task]
     label2id = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()} if task != "feature-extraction" else {}
-    info = TokenizerInfo(path=tok_dir, max_length=max_length, input_names=tuple(names), label2id=label2id, task=task)
+    # absolute: the quantize pass reads data from inside a scratch directory (passes/quantize/job.py)
+    info = TokenizerInfo(path=tok_dir.resolve(), max_length=max_length, input_names=tuple(names), label2id=label2id, task=task)
     desc = f"Hugging Face {type(model).__name__}, {task}"
     desc += f", pooling {'+'.join(pooling)}{', normalized' if normalize else ''}" if task == "feature-extraction" else ""
     logging.getLogger("optimize").info("%s: %s; inputs %s", folder, desc, ", ".join(names))

@@ -56,6 +56,7 @@ class PruneShape(BaseModel):
     drop_attention: int | list[int] | None = None
     sparsity: Ratio | None = None
     head_sparsity: Ratio | None = None
+    scope: Literal["layer", "global"] | None = None
     qk_rank: int | None = Field(None, ge=0, le=4096)
     round_to: int | None = Field(None, gt=0)
     attention_stand_in: Literal["none", "mean"] | None = None
@@ -79,7 +80,9 @@ class PruneConfig(PassConfig):
     )
     scope: Literal["layer", "global"] = Field(
         "layer",
-        description="Rank weights (magnitude) or channel groups (structured) within each layer, or across all selected layers.",
+        description="Rank weights (magnitude), or channel groups and attention heads (structured), within each layer, or "
+        "across all selected layers (global: layers lose different fractions, at most max_ratio of one layer's; every "
+        "attention module keeps one head at least).",
     )
     importance: Literal["l1", "l2", "taylor", "fisher"] = Field(
         "l2",
@@ -99,11 +102,11 @@ class PruneConfig(PassConfig):
     )
     max_ratio: float = Field(
         1.0, gt=0.0, le=1.0,
-        description="structured: the largest fraction of any one layer's channels that may be removed (matters with scope: global).",
+        description="structured: the largest fraction of any one layer's channels, or of one attention module's heads, that may be removed (matters with scope: global).",
     )
     head_sparsity: Ratio | Literal["auto"] = Field(
         0.0,
-        description="structured, transformers: fraction of attention heads removed in each attention module (whole heads; `sparsity` then applies to FFN neurons); auto: searched like sparsity (with both auto, half the FFN ratio).",
+        description="structured, transformers: fraction of attention heads removed in each attention module (whole heads; `sparsity` then applies to FFN neurons; scope: global, of all heads under one ranking); auto: searched like sparsity (with both auto, half the FFN ratio).",
     )
     drop_layers: int | list[int] = Field(
         0,
@@ -160,7 +163,7 @@ class PruneConfig(PassConfig):
     shapes: list[PruneShape] = Field(
         default_factory=list,
         description="structured, torch: candidate shapes in order of preference, each changing some of drop_layers, "
-        "drop_attention, sparsity, head_sparsity, qk_rank, round_to, attention_stand_in. Each is applied (untrained), "
+        "drop_attention, sparsity, head_sparsity, scope, qk_rank, round_to, attention_stand_in. Each is applied (untrained), "
         "exported, put through the pipeline's quantize pass when one follows, and timed against the input model "
         "put through the same, interleaved, on this machine at measure.batch; the first whose speedup reaches "
         "target_speedup is kept (none: the fastest, with a note). Which structure buys speed depends on the CPU: on "

@@ -296,9 +296,11 @@ def _pruner_options(job: _Job) -> dict[str, Any]:
                 f"hidden size kept: {len(writers)} residual-stream writer(s) not pruned "
                 f"({PT.short_list(writers, 4)}); heads and FFN neurons are removed"
             )
+    # Heads are removed by passes/prune/heads.py; Torch-Pruning leaves q / k / v alone.
+    qkv = {id(m) for a in job.attention for m in (a.q, a.k, a.v)}
     ignored = [
         m for n, m in layers
-        if n in out_layers or n in writers or not PT.selected(cfg, [n, f"{n}.weight"])
+        if n in out_layers or n in writers or id(m) in qkv or not PT.selected(cfg, [n, f"{n}.weight"])
     ]
     ratio_dict = {}
     for n, m in layers:
@@ -306,10 +308,7 @@ def _pruner_options(job: _Job) -> dict[str, Any]:
             if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(f"{n}.weight", pattern):
                 ratio_dict[m] = ratio
                 break
-    num_heads: dict[Any, int] = {}
-    for a in job.attention:
-        num_heads.update({a.q: a.heads, a.k: a.heads, a.v: a.heads})
-    return {"ignored_layers": ignored, "pruning_ratio_dict": ratio_dict or None, "num_heads": num_heads}
+    return {"ignored_layers": ignored, "pruning_ratio_dict": ratio_dict or None}
 
 
 def _forward_shapes(job: _Job) -> list[tuple[int, ...]]:
@@ -340,7 +339,6 @@ def _make_pruner(job: _Job, options: dict[str, Any]) -> Any:
     from optimize.errors import PassError
 
     cfg = job.cfg
-    num_heads = options["num_heads"]
 
     def scheduler(target: float, n_steps: int) -> list[float]:
         return [target * f for f in job.fractions]
@@ -351,8 +349,6 @@ def _make_pruner(job: _Job, options: dict[str, Any]) -> Any:
             pruning_ratio_dict=options["pruning_ratio_dict"], max_pruning_ratio=cfg.max_ratio,
             global_pruning=cfg.scope == "global", iterative_steps=cfg.steps,
             iterative_pruning_ratio_scheduler=scheduler, ignored_layers=options["ignored_layers"], round_to=cfg.round_to,
-            num_heads=num_heads, prune_num_heads=bool(num_heads) and cfg.head_sparsity > 0,
-            prune_head_dims=False, head_pruning_ratio=cfg.head_sparsity if num_heads else 0.0,
         )
     except Exception as exc:
         raise PassError(
@@ -384,6 +380,7 @@ def _prune_step(job: _Job, pruner: Any, k: int) -> dict[str, Any]:
         job.importance_desc = "taylor (" + _taylor_grads(job.module, job.ctx, job.input_names, cfg.importance_samples, job.task) + ")"
     elif cfg.importance == "fisher":
         job.importance_desc = _fisher(job, pruner)
+    _remove_heads(job, pruner, k)
     _remove_groups(job, pruner)
     job.module.zero_grad(set_to_none=True)
     heads = T.update_head_counts(job.attention)
@@ -411,6 +408,22 @@ def _prune_step(job: _Job, pruner: Any, k: int) -> dict[str, Any]:
         row["finetune_train_loss"] = ft.get("train_loss")
         row.update({f"{key}_after_finetune": v for key, v in U.quality(job.module, eval_ds, job.input_names, reference).items()})
     return row
+
+
+def _remove_heads(job: _Job, pruner: Any, k: int) -> None:
+    """This step's share of head_sparsity, ranked per module or across modules (cfg.scope)."""
+    from optimize.errors import PassError
+    from passes.prune import heads as H
+
+    cfg = job.cfg
+    if not job.attention or not cfg.head_sparsity:
+        return
+    try:
+        scores = H.head_scores(pruner.DG, pruner.importance, job.attention)
+        chosen = H.plan(scores, [a.heads for a in job.attention], cfg.head_sparsity * job.fractions[k + 1], cfg.scope, cfg.max_ratio)
+        H.remove(pruner.DG, job.attention, chosen, lambda g: _track_kept_outputs(job, g) if cfg.refit else None)
+    except Exception as exc:
+        raise PassError(job.name, f"removing attention heads failed: {type(exc).__name__}: {exc}") from None
 
 
 def _remove_groups(job: _Job, pruner: Any) -> None:
