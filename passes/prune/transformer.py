@@ -1,7 +1,7 @@
 """Structured pruning of transformer blocks: attention heads and FFN neurons.
 
-Torch-Pruning's dependency graph does the pruning (whole heads of q/k/v with
-`prune_num_heads=True, prune_head_dims=False`, FFN neurons as ordinary Linear groups). This module
+Torch-Pruning's dependency graph does the pruning (FFN neurons as ordinary Linear groups; whole
+heads through each attention module's group, chosen by passes/prune/heads.py). This module
 supplies what the library leaves to its user (../shared/field-notes.md, "Structured pruning of
 transformer encoders"):
 
