@@ -142,6 +142,18 @@ class _Masks:
     def __init__(self, model):
         self.handles, self.heads, self.ffn, self.acts = [], [], [], []
         for layer in _layers(model):
+            if isinstance(layer.attention, NoAttention):  # taken out before scoring (--drop-attn with --heads-global)
+                self.heads.append(torch.zeros(0, requires_grad=True))
+                fm = torch.ones(layer.intermediate.dense.out_features, requires_grad=True)
+                self.ffn.append(fm)
+                self.acts.append(torch.zeros(layer.intermediate.dense.out_features))
+
+                def ffn_hook0(_m, args, fm=fm, i=len(self.acts) - 1):
+                    self.acts[i] += args[0].detach().abs().sum(dim=(0, 1))
+                    return (args[0] * fm,) + tuple(args[1:])
+
+                self.handles.append(layer.output.dense.register_forward_pre_hook(ffn_hook0))
+                continue
             att = layer.attention.self
             hd = att.attention_head_size
             n = att.query.out_features // hd
@@ -179,9 +191,10 @@ def importance_data(model, ids, mask, kind: str, samples: int, seed: int = 0):
         i, a = trim(ids, mask, b)
         e = pooled(model, i, a)
         v = torch.randn(e.shape, generator=gen)
-        grads = torch.autograd.grad((e * v).sum(), masks.heads + masks.ffn)
+        grads = torch.autograd.grad((e * v).sum(), masks.heads + masks.ffn, allow_unused=True)
         for k in range(len(masks.heads)):
-            h_fisher[k] += grads[k] ** 2
+            if grads[k] is not None:
+                h_fisher[k] += grads[k] ** 2
             f_fisher[k] += grads[len(masks.heads) + k] ** 2
     masks.remove()
     if kind == "fisher":
@@ -219,6 +232,9 @@ def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float, g
         cut = torch.sort(flat).values[int(round(len(flat) * ffn_ratio))]
         keep_counts = [max(1, int((fs >= cut).sum())) for fs in ffn_scores]
     for li, (layer, hs, fs) in enumerate(zip(_layers(model), head_scores, ffn_scores, strict=True)):
+        if isinstance(layer.attention, NoAttention):
+            _prune_ffn(layer, fs, keep_counts[li] if keep_counts else int(round(len(fs) * (1 - (ffn_ratio[li] if isinstance(ffn_ratio, list) else ffn_ratio)))))
+            continue
         att = layer.attention.self
         hd = att.attention_head_size
         n = len(hs)
@@ -234,10 +250,14 @@ def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float, g
         att.all_head_size = keep_h * hd
         ratio = ffn_ratio[li] if isinstance(ffn_ratio, list) else ffn_ratio  # a list: one ratio per layer
         keep_f = keep_counts[li] if keep_counts else int(round(len(fs) * (1 - ratio)))
-        fk = torch.sort(torch.topk(fs, keep_f).indices).values
-        layer.intermediate.dense = _slice_linear(layer.intermediate.dense, fk, 0)
-        layer.output.dense = _slice_linear(layer.output.dense, fk, 1)
+        _prune_ffn(layer, fs, keep_f)
     return model
+
+
+def _prune_ffn(layer, fs, keep_f: int) -> None:
+    fk = torch.sort(torch.topk(fs, keep_f).indices).values
+    layer.intermediate.dense = _slice_linear(layer.intermediate.dense, fk, 0)
+    layer.output.dense = _slice_linear(layer.output.dense, fk, 1)
 
 
 # ---------------------------------------------------------------- least-squares refit
@@ -550,6 +570,11 @@ def main():
             log(f"heads {h} ffn {f}: pruned {plain}, refit {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
         return
     student = copy.deepcopy(teacher)
+    drop_first = bool(args.heads_global and args.drop_attn)  # as the tool: sublayers out, then heads scored and ranked
+    if drop_first:
+        for i in (int(v) for v in args.drop_attn.split(",")):
+            student.encoder.layer[i].attention = NoAttention(1)
+            log(f"block {i}: attention taken out (before the head ranking)")
     if args.heads or args.ffn or args.ffn_layers or args.heads_global:
         if args.importance == "l2":
             hs, fs = importance_l2(student)
@@ -564,7 +589,7 @@ def main():
         if args.refit:
             log(f"pruned, before refit: eval cos mean/min {cos_stats(embed_all(student, e_ids, e_mask), ref)}")
             refit(student, teacher, ids, mask, min(args.refit, len(ids)))
-    for i in (int(v) for v in args.drop_attn.split(",") if v):
+    for i in (int(v) for v in args.drop_attn.split(",") if v and not drop_first):
         student.encoder.layer[i].attention = NoAttention(1)  # BertAttention returns (hidden, weights)
         log(f"block {i}: attention taken out")
     if args.attn_mean:

@@ -416,12 +416,14 @@ def _remove_heads(job: _Job, pruner: Any, k: int) -> None:
     from passes.prune import heads as H
 
     cfg = job.cfg
-    if not job.attention or not cfg.head_sparsity:
+    chosen_layers = {id(m) for n, m in job.layers if PT.selected(cfg, [n, f"{n}.weight"])}  # include / exclude
+    attention = [a for a in job.attention if id(a.q) in chosen_layers]
+    if not attention or not cfg.head_sparsity:
         return
     try:
-        scores = H.head_scores(pruner.DG, pruner.importance, job.attention)
-        chosen = H.plan(scores, [a.heads for a in job.attention], cfg.head_sparsity * job.fractions[k + 1], cfg.scope, cfg.max_ratio)
-        H.remove(pruner.DG, job.attention, chosen, lambda g: _track_kept_outputs(job, g) if cfg.refit else None)
+        scores = H.head_scores(pruner.DG, pruner.importance, attention)
+        chosen = H.plan(scores, [a.heads for a in attention], cfg.head_sparsity * job.fractions[k + 1], cfg.scope, cfg.max_ratio)
+        H.remove(pruner.DG, attention, chosen, lambda g: _track_kept_outputs(job, g) if cfg.refit else None)
     except Exception as exc:
         raise PassError(job.name, f"removing attention heads failed: {type(exc).__name__}: {exc}") from None
 

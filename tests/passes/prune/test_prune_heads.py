@@ -28,6 +28,13 @@ def test_heads_alone_are_removed_with_no_channel_sparsity(ctx):
     assert res.metrics["per_step"][0]["heads"] == 6
 
 
+def test_an_excluded_attention_module_keeps_its_heads(ctx):
+    torch.manual_seed(0)
+    res = run(ids_handle(Encoder().eval()), ctx, method="structured", sparsity=0.0, head_sparsity=0.5,
+              exclude=["layers.0.*"], scope="global")
+    assert _heads(res) == [4, 2]
+
+
 def _silence(module: Encoder, layer: int, heads: list[int]) -> None:
     """Heads whose output reaches nothing (zero columns of the output projection)."""
     with torch.no_grad():
