@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from bench.text_augment import crossover_variants, neighbour_variants, swap_pool, swap_variants
 from optimize.frameworks.text_variants import word_spans, word_variants
-from passes.prune import lowrank_qk
+from passes.prune import heads, lowrank_qk
 from passes.prune.sublayers import NoAttention
 
 torch.set_num_threads(int(os.environ.get("EXPLORE_THREADS", "2")))
@@ -142,38 +142,28 @@ class _Masks:
     def __init__(self, model):
         self.handles, self.heads, self.ffn, self.acts = [], [], [], []
         for layer in _layers(model):
-            if isinstance(layer.attention, NoAttention):  # taken out before scoring (--drop-attn with --heads-global)
-                self.heads.append(torch.zeros(0, requires_grad=True))
-                fm = torch.ones(layer.intermediate.dense.out_features, requires_grad=True)
-                self.ffn.append(fm)
-                self.acts.append(torch.zeros(layer.intermediate.dense.out_features))
-
-                def ffn_hook0(_m, args, fm=fm, i=len(self.acts) - 1):
-                    self.acts[i] += args[0].detach().abs().sum(dim=(0, 1))
-                    return (args[0] * fm,) + tuple(args[1:])
-
-                self.handles.append(layer.output.dense.register_forward_pre_hook(ffn_hook0))
-                continue
-            att = layer.attention.self
-            hd = att.attention_head_size
-            n = att.query.out_features // hd
-            hm = torch.ones(n, requires_grad=True)
             fm = torch.ones(layer.intermediate.dense.out_features, requires_grad=True)
-            self.heads.append(hm)
             self.ffn.append(fm)
             self.acts.append(torch.zeros(layer.intermediate.dense.out_features))
-
-            def head_hook(_m, args, hm=hm, hd=hd, n=n):
-                x = args[0]
-                return (x * hm.repeat_interleave(hd),) + tuple(args[1:])
 
             def ffn_hook(_m, args, fm=fm, i=len(self.acts) - 1):
                 x = args[0]
                 self.acts[i] += x.detach().abs().sum(dim=(0, 1))
                 return (x * fm,) + tuple(args[1:])
 
-            self.handles.append(layer.attention.output.dense.register_forward_pre_hook(head_hook))
             self.handles.append(layer.output.dense.register_forward_pre_hook(ffn_hook))
+            if isinstance(layer.attention, NoAttention):  # taken out before scoring (--drop-attn with --heads-global)
+                self.heads.append(torch.zeros(0, requires_grad=True))
+                continue
+            att = layer.attention.self
+            hd = att.attention_head_size
+            hm = torch.ones(att.query.out_features // hd, requires_grad=True)
+            self.heads.append(hm)
+
+            def head_hook(_m, args, hm=hm, hd=hd):
+                return (args[0] * hm.repeat_interleave(hd),) + tuple(args[1:])
+
+            self.handles.append(layer.attention.output.dense.register_forward_pre_hook(head_hook))
 
     def remove(self):
         for h in self.handles:
@@ -217,13 +207,6 @@ def _slice_linear(lin, idx, dim):
     return new
 
 
-def global_head_keep(head_scores, removed: int) -> list[list[int]]:
-    """--heads-global: the heads each layer keeps when `removed` heads go by one ranking over all
-    layers (Fisher scores are effects on the same output, so they compare across layers)."""
-    cut = torch.sort(torch.cat(head_scores)).values[removed] if removed else -float("inf")
-    return [[i for i, s in enumerate(hs.tolist()) if s >= cut] for hs in head_scores]
-
-
 def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float, global_ffn: bool = False,
           head_keep: list[list[int]] | None = None):
     keep_counts = None
@@ -232,26 +215,22 @@ def prune(model, head_scores, ffn_scores, head_ratio: float, ffn_ratio: float, g
         cut = torch.sort(flat).values[int(round(len(flat) * ffn_ratio))]
         keep_counts = [max(1, int((fs >= cut).sum())) for fs in ffn_scores]
     for li, (layer, hs, fs) in enumerate(zip(_layers(model), head_scores, ffn_scores, strict=True)):
-        if isinstance(layer.attention, NoAttention):
-            _prune_ffn(layer, fs, keep_counts[li] if keep_counts else int(round(len(fs) * (1 - (ffn_ratio[li] if isinstance(ffn_ratio, list) else ffn_ratio)))))
-            continue
-        att = layer.attention.self
-        hd = att.attention_head_size
-        n = len(hs)
-        keep_h = len(head_keep[li]) if head_keep else int(round(n * (1 - head_ratio)))
-        hk = torch.tensor(head_keep[li]) if head_keep else torch.sort(torch.topk(hs, keep_h).indices).values
-        if keep_h == 0:  # every head of the layer gone: the sublayer goes (as --drop-attn)
-            layer.attention = NoAttention(1)
-        else:
-            idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in hk.tolist()])
-            att.query, att.key, att.value = (_slice_linear(x, idx, 0) for x in (att.query, att.key, att.value))
-            layer.attention.output.dense = _slice_linear(layer.attention.output.dense, idx, 1)
-        att.num_attention_heads = keep_h
-        att.all_head_size = keep_h * hd
+        if not isinstance(layer.attention, NoAttention):
+            _prune_heads(layer, hk=head_keep[li] if head_keep else torch.topk(hs, int(round(len(hs) * (1 - head_ratio)))).indices.tolist())
         ratio = ffn_ratio[li] if isinstance(ffn_ratio, list) else ffn_ratio  # a list: one ratio per layer
         keep_f = keep_counts[li] if keep_counts else int(round(len(fs) * (1 - ratio)))
         _prune_ffn(layer, fs, keep_f)
     return model
+
+
+def _prune_heads(layer, hk: list[int]) -> None:
+    att = layer.attention.self
+    hd = att.attention_head_size
+    idx = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in sorted(hk)])
+    att.query, att.key, att.value = (_slice_linear(x, idx, 0) for x in (att.query, att.key, att.value))
+    layer.attention.output.dense = _slice_linear(layer.attention.output.dense, idx, 1)
+    att.num_attention_heads = len(hk)
+    att.all_head_size = len(hk) * hd
 
 
 def _prune_ffn(layer, fs, keep_f: int) -> None:
@@ -581,7 +560,11 @@ def main():
         else:
             hs, fs = importance_data(student, ids, mask, args.importance, min(args.importance_samples, len(ids)))
         ffn = [float(r) for r in args.ffn_layers.split(",")] if args.ffn_layers else args.ffn
-        keep = global_head_keep(hs, args.heads_global) if args.heads_global else None
+        keep = None
+        if args.heads_global:  # the tool's own choice (passes/prune/heads.py): one ranking, every block keeps a head
+            total = sum(len(h) for h in hs)
+            gone = heads.plan(hs, [len(h) for h in hs], args.heads_global / total, "global", 1.0)
+            keep = [[i for i in range(len(h)) if i not in g] for h, g in zip(hs, gone, strict=True)]
         prune(student, hs, fs, args.heads, ffn, args.global_ffn, keep)
         if keep:
             log(f"heads kept per layer {[len(k) for k in keep]}")

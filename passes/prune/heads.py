@@ -64,17 +64,13 @@ def plan(scores: list[Any], heads_before: list[int], ratio: float, scope: str, m
     return out
 
 
-def remove(dg: Any, attention: list[Any], chosen: list[list[int]], before_prune: Callable[[Any], None]) -> int:
-    """Prune the chosen heads' channels of each module's group; returns how many heads went."""
+def remove(dg: Any, attention: list[Any], chosen: list[list[int]], before_prune: Callable[[Any], None]) -> None:
+    """Prune the chosen heads' channels of each module's group (`before_prune` sees each group first)."""
     import torch_pruning as tp
 
-    n = 0
     for a, heads in zip(attention, chosen, strict=True):
-        if not heads:
-            continue
-        channels = [h * a.head_dim + j for h in heads for j in range(a.head_dim)]
-        group = dg.get_pruning_group(a.q, tp.prune_linear_out_channels, idxs=channels)
-        before_prune(group)
-        group.prune()
-        n += len(heads)
-    return n
+        if heads:
+            channels = [h * a.head_dim + j for h in heads for j in range(a.head_dim)]
+            group = dg.get_pruning_group(a.q, tp.prune_linear_out_channels, idxs=channels)
+            before_prune(group)
+            group.prune()
