@@ -194,6 +194,14 @@ class OutputSection(Section):
         "here, say it is faster; avoid: write every residual Add before a layer norm as Sum, untimed (a Sum also hides "
         "the add from the runtime's Attention fusion); allow: leave the graph as the passes wrote it.",
     )
+    softmax_guard: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Softmax inputs floored at the row's maximum minus 60 (exact to float32), so a masked score never "
+        "makes exp compute denormal floats, which stall Intel CPUs: MiniLM's int8 model ran 1.4x faster on padded "
+        "batches (docs/architecture.md). auto: on a --device cpu run, keep the guard when the two files, timed "
+        "interleaved here, say it is faster; always: guard every float32 Softmax, untimed; never: leave the graph "
+        "as the passes wrote it.",
+    )
     cache: bool = Field(
         True,
         description="Reuse and store ONNX pass outputs in the pass cache, keyed by input content, pass config, "

@@ -334,10 +334,14 @@ def int8_cosines(cands: list[Candidate], handle: ModelHandle, inputs: dict[str, 
 
 def choose_export(handle: ModelHandle, path: Path, *, opset: int, inputs: dict[str, np.ndarray],
                   quant: QuickQuant | None = None, timer: Timer | None = None, threads: int = 1,
-                  warmup: int = 3, repeat: int = MAX_ROUNDS, device: str = "cpu") -> tuple[ModelHandle, dict[str, Any]]:
+                  warmup: int = 3, repeat: int = MAX_ROUNDS, device: str = "cpu",
+                  guard: bool = False) -> tuple[ModelHandle, dict[str, Any]]:
     """Build, check and time the candidates of `candidates_for`; the fastest is written to `path`.
-    Returns its handle and the record for the report. Raises ExportError when none is usable."""
+    `guard`: time each with its Softmax guarded, as the pipeline's last step will hand it out
+    (optimize/softmax_guard.py; a fused Attention op has none to guard). Returns its handle and the
+    record for the report. Raises ExportError when none is usable."""
     from optimize.export import ExportError
+    from optimize.softmax_guard import guarded_copy
 
     t_start = time.perf_counter()
     work = path.parent / "export-candidates"
@@ -357,6 +361,8 @@ def choose_export(handle: ModelHandle, path: Path, *, opset: int, inputs: dict[s
             cand.status = why
             continue
         cand.timed_path = cand.timed_path or cand.path
+        if guard:
+            cand.timed_path = guarded_copy(cand.timed_path, work / f"{cand.name}-guarded")
         usable.append((cand, exported))
     if not usable:
         raise ExportError("no export of the model is usable; " + " | ".join(f"{c.name}: {c.status}" for c in build))
@@ -373,7 +379,7 @@ def choose_export(handle: ModelHandle, path: Path, *, opset: int, inputs: dict[s
     shutil.rmtree(work, ignore_errors=True)
     record = {
         "chosen": best.name,
-        "timed_as": quant.describe() if quant else "float32",
+        "timed_as": (quant.describe() if quant else "float32") + (", Softmax guarded" if guard else ""),
         "shape": {k: list(v.shape) for k, v in inputs.items()},
         "threads": threads,
         "device": device,

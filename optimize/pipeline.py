@@ -378,10 +378,12 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, lineage: Lineage, started: 
         report = measure_llm(pl=pl, ctx=ctx, baseline=baseline, final=current, lineage=lineage, started=started,
                              started_at=started_at, env=hardware.versions(), hw=hardware.describe())
     else:
-        from optimize import skip_layernorm
+        from optimize import skip_layernorm, softmax_guard
         from optimize.measure import bench_inputs_for, measure
 
-        current = skip_layernorm.apply(ctx, current, lineage, bench_inputs_for(ctx, baseline, ctx.data("eval")))
+        timing = bench_inputs_for(ctx, baseline, ctx.data("eval"))
+        current = softmax_guard.apply(ctx, current, lineage, timing)
+        current = skip_layernorm.apply(ctx, current, lineage, timing)
         report = measure(
             pl=pl, ctx=ctx, baseline=baseline, final=current, last_torch=last_torch, lineage=lineage,
             started=started, started_at=started_at, env=hardware.versions(), hw=hardware.describe(),

@@ -22,27 +22,16 @@ rewrites a graph to avoid one runtime's fusion.
 
 from __future__ import annotations
 
-import logging
 import shutil
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("optimize")
+from optimize.rewrite_step import ROUNDS, Choice, batch_of, run_step, time_pair
 
 AUTO, AVOID, ALLOW = "auto", "avoid", "allow"
-ROUNDS = 20  # interleaved rounds for `auto` (more are added while the verdict is open, up to 3x)
-EXTRA_SECONDS = 10.0
-
-
-@dataclass
-class LayoutChoice:
-    path: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+LayoutChoice = Choice
 
 
 def residual_adds(model: Any) -> list[Any]:
@@ -169,7 +158,7 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
     est, add_ms, sum_ms, rounds = _time_both(path, rewritten, inputs, threads, warmup, repeat, tolerance, progress)
     metrics.update(add_ms=round(add_ms, 3), sum_ms=round(sum_ms, 3), speedup=round(est.value, 4),
                    interval=[round(est.low, 4), round(est.high, 4)], verdict=est.verdict, rounds=rounds,
-                   threads=threads, batch=_batch(inputs))
+                   threads=threads, batch=batch_of(inputs))
     # The two files compute the same values, so any speed the interval is sure of decides: the speed
     # tolerance that keeps the report from claiming noise as a change is not needed here (one fused op
     # of eleven is ~3% of MiniLM's time, at the edge of that band)
@@ -186,56 +175,21 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
 
 def _time_both(path: Path, rewritten: Path, inputs: dict[str, np.ndarray], threads: int, warmup: int, repeat: int,
                tolerance: float, progress: Any) -> tuple[Any, float, float, int]:
-    from optimize import benchmark
-    from optimize.speed import estimate, round_ratios
-
-    def done(times: dict[str, list[float]]) -> bool:
-        return estimate(round_ratios(times["add"], times["sum"]), tolerance).settled
-
-    t = benchmark.interleaved({"add": path, "sum": rewritten}, inputs, threads=threads, warmup=warmup, repeat=repeat,
-                              progress=progress, key="skip_layernorm", what="residual layout",
-                              more=benchmark.MoreRounds(done, 3 * repeat, EXTRA_SECONDS))
-    ratios = round_ratios(t["add"].times_ms, t["sum"].times_ms)
-    return estimate(ratios, tolerance), t["add"].median_ms, t["sum"].median_ms, len(ratios)
-
-
-def _batch(inputs: dict[str, np.ndarray]) -> int:
-    from optimize.probes import sample_count
-
-    return sample_count(inputs)
-
-
-def step_record(index: int, mode: str, choice: LayoutChoice, seconds: float, weights: int | None) -> Any:
-    """The lineage step that records the choice (inserted after the passes)."""
-    from optimize.report import Step
-
-    return Step(index=index, pass_index=None, type="skip_layernorm", config={"mode": mode}, form_in="onnx",
-                form_out="onnx", seconds=round(seconds, 3), params_before=weights, params_after=weights,
-                metrics=choice.metrics, notes=choice.notes, inserted=True)
+    return time_pair({"add": path, "sum": rewritten}, inputs, threads=threads, warmup=warmup, repeat=repeat,
+                     tolerance=tolerance, progress=progress, key="skip_layernorm", what="residual layout")
 
 
 def apply(ctx: Any, final: Any, lineage: Any, inputs: dict[str, np.ndarray]) -> Any:
-    """The pipeline's step after the passes: the final model in the chosen layout (a new handle when
-    it changed), recorded in the lineage. `auto` decides on `--device cpu` runs only (the fused op is
-    fast on GPUs). A failure here is a note, never the run's: verification judges the model next."""
-    from optimize.model_facts import weight_count
-
+    """The final model in the chosen layout (a new handle when it changed), recorded in the lineage.
+    `auto` decides on `--device cpu` runs only (the fused op is fast on GPUs)."""
     mode = ctx.config.output.skip_layernorm
     if mode == AUTO and ctx.device != "cpu":
         return final
-    t0 = time.perf_counter()
     m = ctx.config.measure
-    out_dir = ctx.work_dir / f"{len(lineage.steps) + 1:02d}-skip_layernorm"
-    try:
-        choice = choose(Path(final.onnx_path), out_dir, mode=mode, inputs=inputs, threads=ctx.threads, warmup=m.warmup,
-                        repeat=min(ROUNDS, m.repeat), tolerance=m.speed_tolerance, progress=ctx.progress)
-    except Exception as exc:  # noqa: BLE001 - optional step: the model is handed on as the passes wrote it
-        log.debug("skip_layernorm failed", exc_info=True)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        choice = LayoutChoice(Path(final.onnx_path), {"mode": mode, "layout": "add", "error": reason},
-                              [f"residual layout not decided ({type(exc).__name__}: {reason}); the graph is kept"])
-    if choice is None:
-        return final
-    lineage.steps.append(step_record(len(lineage.steps) + 1, mode, choice, time.perf_counter() - t0, weight_count(final)))
-    return final if choice.path == Path(final.onnx_path) else final.replace(onnx_path=choice.path)
+
+    def decide(path: Path, out_dir: Path) -> Choice | None:
+        return choose(path, out_dir, mode=mode, inputs=inputs, threads=ctx.threads, warmup=m.warmup,
+                      repeat=min(ROUNDS, m.repeat), tolerance=m.speed_tolerance, progress=ctx.progress)
+
+    return run_step(ctx, final, lineage, step_type="skip_layernorm", what="residual layout", mode=mode, decide=decide,
+                    kept_when_failed={"layout": "add"})

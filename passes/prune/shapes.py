@@ -85,12 +85,15 @@ def _candidates(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any, qcfg: Any
 
 
 def _deployed(ctx: Any, qcfg: Any, handle: Any, folder: Path) -> Path:
-    """`handle` exported (when torch), then through the quantize pass when there is one: its ONNX path."""
+    """`handle` exported (when torch), then through the quantize pass when there is one, then its
+    Softmax guarded as the pipeline's last step would (optimize/softmax_guard.py): its ONNX path."""
+    from optimize.softmax_guard import enabled, guarded_copy
     from passes.prune.int8_margin import export_on_cpu, through_quantize
 
     folder.mkdir(parents=True, exist_ok=True)
     onnx = export_on_cpu(ctx, handle, folder / "model.onnx") if handle.form == "torch" else handle
-    return Path((through_quantize(ctx, qcfg, onnx, folder / "quantize") if qcfg is not None else onnx).onnx_path)
+    path = Path((through_quantize(ctx, qcfg, onnx, folder / "quantize") if qcfg is not None else onnx).onnx_path)
+    return guarded_copy(path, folder / "guarded") if enabled(ctx.config.output.softmax_guard, ctx.device) else path
 
 
 def _time(cfg: PruneConfig, ctx: Any, model: Any, base: Path, paths: dict[int, Path], rows: list[dict[str, Any]]) -> None:
