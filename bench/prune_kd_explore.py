@@ -322,12 +322,20 @@ class Fade(torch.nn.Module):
         return h if self.alpha <= 0 else h + self.alpha * (self.layer(h, *a, **k) - h)
 
 
+def trains(name, args):
+    """Whether --train-only lets the parameter `name` train."""
+    if args.train_only == "all" or args.train_only == "no-emb" and "embeddings" not in name:
+        return True
+    ffn = ".intermediate." in name or ".output." in name and ".attention." not in name
+    attn_out = args.train_only == "ffn+attn-out" and ".attention.output." in name
+    return ffn or attn_out or args.train_stand_in and ".attention.mix." in name
+
+
 def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
     """`fresh(epoch)`, when given, returns that epoch's extra (ids, mask): new variants each epoch."""
     base_ids, base_mask = ids, mask
     rng = np.random.default_rng(args.seed)
-    params = [p for n, p in student.named_parameters() if args.train_only == "all" or ".intermediate." in n
-              or ".output." in n and ".attention." not in n or args.train_stand_in and ".attention.mix." in n]
+    params = [p for n, p in student.named_parameters() if trains(n, args)]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     start = [p.detach().clone() for p in params] if args.pull else []
     mix_gen = torch.Generator().manual_seed(args.seed)
@@ -492,7 +500,8 @@ def main():
     ap.add_argument("--grid", default="", help="'h,f;h,f': post-prune (+ refit) cosine only, for each point")
     ap.add_argument("--refit", type=int, default=0, help="samples for the least-squares refit (0: none)")
     ap.add_argument("--eval2", nargs="*", default=[], help="more eval files (other kinds of text), reported beside --eval")
-    ap.add_argument("--train-only", default="all", choices=["all", "ffn"], help="ffn: attention and embeddings frozen")
+    ap.add_argument("--train-only", default="all", choices=["all", "ffn", "ffn+attn-out", "no-emb"],
+                    help="ffn: attention and embeddings frozen; ffn+attn-out: the attention's output projection and norm train too; no-emb: all but the embeddings")
     ap.add_argument("--tokens", type=float, default=0.0, help="weight of 1 - cos of every token's last hidden state")
     ap.add_argument("--special", type=float, default=0.0, help="with --tokens: [CLS] and [SEP] weigh 1 + this")
     ap.add_argument("--relations", type=float, default=0.0,

@@ -57,19 +57,24 @@ def batch_of(inputs: dict[str, np.ndarray]) -> int:
     return sample_count(inputs)
 
 
-def run_step(ctx: Any, final: Any, lineage: Any, *, step_type: str, what: str, mode: str,
-             decide: Callable[[Path, Path], Choice | None], kept_when_failed: dict[str, Any]) -> Any:
-    """The pipeline's step after the passes: `decide(model path, scratch folder)` picks the file to
-    hand on (None: nothing to decide); the final model (a new handle when it changed), the choice
-    recorded in the lineage. An exception is recorded as a note ("`what` not decided") with
-    `kept_when_failed` metrics."""
+def apply_step(ctx: Any, final: Any, lineage: Any, inputs: dict[str, np.ndarray], *, mode: str, choose: Callable[..., Any],
+               step_type: str, what: str, kept_when_failed: dict[str, Any]) -> Any:
+    """The pipeline's step after the passes: `choose(model path, scratch folder, mode=…, inputs=…,
+    threads=…, warmup=…, repeat=…, tolerance=…, progress=…)` picks the file to hand on (None:
+    nothing to decide); returns the final model (a new handle when it changed), the choice recorded
+    in the lineage. `auto` decides on `--device cpu` runs only. An exception is recorded as a note
+    ("`what` not decided") with `kept_when_failed` metrics."""
     from optimize.model_facts import weight_count
     from optimize.report import Step
 
+    if mode == "auto" and ctx.device != "cpu":
+        return final
+    m = ctx.config.measure
     t0 = time.perf_counter()
     out_dir = ctx.work_dir / f"{len(lineage.steps) + 1:02d}-{step_type}"
     try:
-        choice = decide(Path(final.onnx_path), out_dir)
+        choice = choose(Path(final.onnx_path), out_dir, mode=mode, inputs=inputs, threads=ctx.threads, warmup=m.warmup,
+                        repeat=min(ROUNDS, m.repeat), tolerance=m.speed_tolerance, progress=ctx.progress)
     except Exception as exc:  # noqa: BLE001 - optional step: the model is handed on as the passes wrote it
         log.debug("%s failed", step_type, exc_info=True)
         shutil.rmtree(out_dir, ignore_errors=True)

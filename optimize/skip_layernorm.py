@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from optimize.rewrite_step import ROUNDS, Choice, batch_of, run_step, time_pair
+from optimize.rewrite_step import Choice, apply_step, batch_of, time_pair
 
 AUTO, AVOID, ALLOW = "auto", "avoid", "allow"
 LayoutChoice = Choice
@@ -182,14 +182,5 @@ def _time_both(path: Path, rewritten: Path, inputs: dict[str, np.ndarray], threa
 def apply(ctx: Any, final: Any, lineage: Any, inputs: dict[str, np.ndarray]) -> Any:
     """The final model in the chosen layout (a new handle when it changed), recorded in the lineage.
     `auto` decides on `--device cpu` runs only (the fused op is fast on GPUs)."""
-    mode = ctx.config.output.skip_layernorm
-    if mode == AUTO and ctx.device != "cpu":
-        return final
-    m = ctx.config.measure
-
-    def decide(path: Path, out_dir: Path) -> Choice | None:
-        return choose(path, out_dir, mode=mode, inputs=inputs, threads=ctx.threads, warmup=m.warmup,
-                      repeat=min(ROUNDS, m.repeat), tolerance=m.speed_tolerance, progress=ctx.progress)
-
-    return run_step(ctx, final, lineage, step_type="skip_layernorm", what="residual layout", mode=mode, decide=decide,
-                    kept_when_failed={"layout": "add"})
+    return apply_step(ctx, final, lineage, inputs, mode=ctx.config.output.skip_layernorm, choose=choose, step_type="skip_layernorm",
+                      what="residual layout", kept_when_failed={"layout": "add"})

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from optimize.rewrite_step import ROUNDS, Choice, batch_of, run_step, time_pair
+from optimize.rewrite_step import Choice, apply_step, batch_of, time_pair
 
 AUTO, ALWAYS, NEVER = "auto", "always", "never"
 MARGIN = 60.0
@@ -162,14 +162,5 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
 def apply(ctx: Any, final: Any, lineage: Any, inputs: dict[str, np.ndarray]) -> Any:
     """The final model guarded or not (a new handle when it changed), recorded in the lineage.
     `auto` decides on `--device cpu` runs only (GPUs handle denormals at full speed)."""
-    mode = ctx.config.output.softmax_guard
-    if mode == AUTO and ctx.device != "cpu":
-        return final
-    m = ctx.config.measure
-
-    def decide(path: Path, out_dir: Path) -> Choice | None:
-        return choose(path, out_dir, mode=mode, inputs=inputs, threads=ctx.threads, warmup=m.warmup,
-                      repeat=min(ROUNDS, m.repeat), tolerance=m.speed_tolerance, progress=ctx.progress)
-
-    return run_step(ctx, final, lineage, step_type="softmax_guard", what="softmax guard", mode=mode, decide=decide,
-                    kept_when_failed={"kept": False})
+    return apply_step(ctx, final, lineage, inputs, mode=ctx.config.output.softmax_guard, choose=choose, step_type="softmax_guard",
+                      what="softmax guard", kept_when_failed={"kept": False})

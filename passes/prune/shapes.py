@@ -2,9 +2,10 @@
 
 Which structure buys speed depends on the CPU. On all-MiniLM-L6-v2 in dynamic int8, an attention
 sublayer cost about 0.7 of an FFN on an AMD Zen 5, while on an Intel Xeon with AMX (integer matmuls
-cheap, the float attention around them not) one attention sublayer was worth about six times 128
-FFN neurons a block (docs/distill.md): a shape chosen on one CPU missed the speed target on the
-other. So the user lists candidate shapes in their order of preference (best quality first) and a
+cheap) one attention sublayer was worth about six times 128 FFN neurons a block (docs/distill.md),
+most of it a Softmax stalled on denormal floats that the pipeline's softmax guard now removes
+(optimize/softmax_guard.py; candidates are timed guarded when the run would guard): a shape chosen
+on one CPU missed the speed target on the other. So the user lists candidate shapes in their order of preference (best quality first) and a
 target speedup; each candidate is pruned (untrained), exported, put through the pipeline's own
 quantize pass when one follows (its settings, calibration included), and timed against the input
 model (the run's FP32 export of it, what the report's speedup is against) put through the same,
