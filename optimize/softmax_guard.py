@@ -64,18 +64,29 @@ def _opset(model: Any) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _guard_nodes(model: Any, node: Any, k: int) -> list[Any]:
+def _free_prefix(model: Any) -> str:
+    """`softmax_guard`, or `softmax_guard2`, … : one no tensor or node of the graph already starts with
+    (a file guarded before, with a Softmax added since)."""
+    g = model.graph
+    names = [t.name for t in g.initializer] + [x for n in g.node for x in (*n.input, *n.output, n.name)]
+    k = 1
+    while any(name.startswith(f"{_PREFIX}{k if k > 1 else ''}_") for name in names):
+        k += 1
+    return f"{_PREFIX}{k if k > 1 else ''}"
+
+
+def _guard_nodes(model: Any, node: Any, prefix: str, k: int) -> list[Any]:
     """The three nodes that floor `node`'s input, `node` re-wired to read the floored tensor."""
     from onnx import helper, numpy_helper
 
-    x, p = node.input[0], f"{_PREFIX}_{k}"
+    x, p = node.input[0], f"{prefix}_{k}"
     axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
     if _opset(model) >= 18:
         model.graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), p + "_axes"))
         peak = helper.make_node("ReduceMax", [x, p + "_axes"], [p + "_max"], name=p + "_max", keepdims=1)
     else:
         peak = helper.make_node("ReduceMax", [x], [p + "_max"], name=p + "_max", axes=[axis], keepdims=1)
-    floor = helper.make_node("Sub", [p + "_max", _PREFIX + "_margin"], [p + "_floor"], name=p + "_floor")
+    floor = helper.make_node("Sub", [p + "_max", prefix + "_margin"], [p + "_floor"], name=p + "_floor")
     floored = helper.make_node("Max", [x, p + "_floor"], [p + "_x"], name=p + "_x")
     node.input[0] = p + "_x"
     return [peak, floor, floored]
@@ -90,12 +101,13 @@ def rewrite(src: Path, dst: Path) -> int:
 
     model = onnx_io.load(src, load_external_data=False)
     targets = {n.output[0] for n in guardable(model)}  # node wrappers are not stable objects
+    prefix = _free_prefix(model)
     if targets:
-        model.graph.initializer.append(numpy_helper.from_array(np.array(MARGIN, np.float32), _PREFIX + "_margin"))
+        model.graph.initializer.append(numpy_helper.from_array(np.array(MARGIN, np.float32), prefix + "_margin"))
     nodes, k = [], 0
     for n in model.graph.node:
         if n.op_type == "Softmax" and n.output[0] in targets:
-            nodes += _guard_nodes(model, n, k)
+            nodes += _guard_nodes(model, n, prefix, k)
             k += 1
         nodes.append(n)
     del model.graph.node[:]

@@ -69,6 +69,23 @@ def test_a_rewritten_file_is_not_guarded_twice(tmp_path):
     assert softmax_guard.guarded_copy(tmp_path / "g.onnx", tmp_path / "again") == tmp_path / "g.onnx"
 
 
+def test_a_softmax_added_to_a_guarded_file_gets_names_of_its_own(tmp_path):
+    src = _attention_graph(tmp_path / "m.onnx")
+    softmax_guard.rewrite(src, tmp_path / "g.onnx")
+    model = onnx.load(str(tmp_path / "g.onnx"))
+    old_out = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("Softmax", [old_out], ["y2"], axis=-1))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["batch", 2, S, 4]))
+    onnx.save(model, str(tmp_path / "g2.onnx"))
+    assert softmax_guard.rewrite(tmp_path / "g2.onnx", tmp_path / "g3.onnx") == 1
+    onnx.checker.check_model(onnx.load(str(tmp_path / "g3.onnx")), full_check=True)
+    assert _ops(tmp_path / "g3.onnx")["Max"] == 2
+    feeds = _feeds()
+    ref = _run(tmp_path / "g2.onnx", feeds)
+    np.testing.assert_allclose(_run(tmp_path / "g3.onnx", feeds), ref, rtol=1e-6, atol=1e-6)
+
+
 def test_only_float32_softmax_over_one_axis_is_guarded(tmp_path):
     assert softmax_guard.guardable(onnx.load(str(_attention_graph(tmp_path / "h.onnx", dtype=TensorProto.FLOAT16)))) == []
     # before opset 13 Softmax normalizes over every axis from `axis` on (default 1): only the last axis is one axis
