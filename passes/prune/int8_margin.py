@@ -86,10 +86,12 @@ def through_quantize(ctx: Any, qcfg: Any, handle: Any, work: Path) -> Any:
     return registry.get("quantize")(qcfg).run(handle, inner).model
 
 
-def export_on_cpu(ctx: Any, handle: Any, path: Path) -> Any:
-    """A CPU copy of `handle`'s torch module exported to `path` as the config's output asks."""
+def export_on_cpu(ctx: Any, handle: Any, path: Path, exporter: str | None = None, attention: str | None = None) -> Any:
+    """A CPU copy of `handle`'s torch module exported to `path` as the config's output asks (or with
+    `exporter` / `attention`, when given)."""
     from optimize.export import copy_module, export_to_onnx
 
     module = copy_module(handle.module).cpu()
     out = ctx.config.output
-    return export_to_onnx(handle.replace(module=module), path, opset=out.opset, exporter=out.exporter)
+    return export_to_onnx(handle.replace(module=module), path, opset=out.opset, exporter=exporter or out.exporter,
+                          attention=attention)

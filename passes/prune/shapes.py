@@ -8,8 +8,9 @@ most of it a Softmax stalled on denormal floats that the pipeline's softmax guar
 on one CPU missed the speed target on the other. So the user lists candidate shapes in their order of preference (best quality first) and a
 target speedup; each candidate is pruned (untrained), exported, put through the pipeline's own
 quantize pass when one follows (its settings, calibration included), and timed against the input
-model (the run's FP32 export of it, what the report's speedup is against) put through the same,
-interleaved in one run (optimize.benchmark.interleaved) on measure.batch samples of data.eval. The
+model exported and put through the same (for a transformers model under `exporter: auto`, both as
+TorchScript with eager attention, the graph the export step keeps; `_timing_export`), interleaved in
+one run (optimize.benchmark.interleaved) on measure.batch samples of data.eval. The
 first candidate whose median speedup reaches the target is kept; when none does, the fastest, with
 a note. Each candidate's untrained output cosine against the input
 model on data.eval is recorded beside its speed, to show what the choice costs before training.
@@ -43,9 +44,9 @@ def choose(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any) -> Any:
     qcfg = following_quantize(ctx, cfg)
     work = Path(tempfile.mkdtemp(prefix="prune-shapes-", dir=ctx.work_dir))  # private: one per process
     try:
-        paths, results, rows = _candidates(pass_cls, cfg, model, ctx, qcfg, work)
-        baseline = getattr(ctx, "baseline", None)  # the run's FP32 export of its input model, what the report compares with
-        base = _deployed(ctx, qcfg, baseline if getattr(baseline, "onnx_path", None) is not None else model, work / "input")
+        how = _timing_export(ctx, model)
+        paths, results, rows = _candidates(pass_cls, cfg, model, ctx, qcfg, work, how)
+        base = _deployed(ctx, qcfg, model, work / "input", how)  # the input model, exported as the shapes are
         _time(cfg, ctx, model, base, paths, rows)
         _untrained_cosines(ctx, model, paths, rows)
     finally:
@@ -53,7 +54,7 @@ def choose(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any) -> Any:
     chosen, why = U.rank0(_pick(cfg, rows))
     result = results[chosen]
     result.metrics["shapes"] = {
-        "target_speedup": cfg.target_speedup, "through": _through(qcfg), "formula": FORMULA,
+        "target_speedup": cfg.target_speedup, "through": _through(qcfg), "exported_as": how.get("label"), "formula": FORMULA,
         "rows": rows, "chosen": chosen, "why": why, "seconds": round(time.perf_counter() - t0, 1),
     }
     result.notes.append(f"prune shapes: kept shape {chosen} ({cfg.shapes[chosen].label()}): {why}")
@@ -61,7 +62,21 @@ def choose(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any) -> Any:
     return result
 
 
-def _candidates(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any, qcfg: Any, work: Path
+def _timing_export(ctx: Any, model: Any) -> dict[str, Any]:
+    """How the shapes and the input model are exported for timing: as the config asks, except that
+    `exporter: auto` on a transformers model takes TorchScript with eager attention, the graph the
+    export step kept on every CPU measured (optimize/export_candidates.py). Timing them in the
+    exporter-auto fallback (dynamo's graph, 1.49x slower there) read the config's second shape at
+    1.306x where the shipped graphs read 1.19x (docs/distill.md, twenty-sixth session)."""
+    from optimize.export_candidates import transformer_config
+
+    exporter = ctx.config.output.exporter
+    if exporter == "auto" and model.form == "torch" and transformer_config(model) is not None:
+        return {"exporter": "torchscript", "attention": "eager", "label": "TorchScript, eager attention"}
+    return {"exporter": None, "attention": None, "label": f"exporter {exporter}"}
+
+
+def _candidates(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any, qcfg: Any, work: Path, how: dict[str, Any]
                 ) -> tuple[dict[int, Path], list[Any], list[dict[str, Any]]]:
     """Each shape pruned, exported and put through the quantize pass: ({index: ONNX path of those
     that made it}, pass results, one row each)."""
@@ -76,7 +91,7 @@ def _candidates(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any, qcfg: Any
             row: dict[str, Any] = {"shape": shape.overrides(), "params_removed": result.metrics.get("params_removed"),
                                    "macs_reduction": result.metrics.get("macs_reduction")}
             try:
-                paths[i] = _deployed(ctx, qcfg, result.model, work / f"shape{i}")
+                paths[i] = _deployed(ctx, qcfg, result.model, work / f"shape{i}", how)
             except Exception as exc:  # a shape the exporter or quantizer refuses is not timed; the others still are
                 row["reason"] = f"not timed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
         row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -85,14 +100,15 @@ def _candidates(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any, qcfg: Any
     return paths, results, rows
 
 
-def _deployed(ctx: Any, qcfg: Any, handle: Any, folder: Path) -> Path:
+def _deployed(ctx: Any, qcfg: Any, handle: Any, folder: Path, how: dict[str, Any]) -> Path:
     """`handle` exported (when torch), then through the quantize pass when there is one, then its
     Softmax guarded as the pipeline's last step would (optimize/softmax_guard.py): its ONNX path."""
     from optimize.softmax_guard import enabled, guarded_copy
     from passes.prune.int8_margin import export_on_cpu, through_quantize
 
     folder.mkdir(parents=True, exist_ok=True)
-    onnx = export_on_cpu(ctx, handle, folder / "model.onnx") if handle.form == "torch" else handle
+    onnx = (export_on_cpu(ctx, handle, folder / "model.onnx", how["exporter"], how["attention"])
+            if handle.form == "torch" else handle)
     path = Path((through_quantize(ctx, qcfg, onnx, folder / "quantize") if qcfg is not None else onnx).onnx_path)
     return guarded_copy(path, folder / "guarded") if enabled(ctx.config.output.softmax_guard, ctx.device) else path
 
