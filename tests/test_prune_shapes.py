@@ -107,3 +107,25 @@ def test_shapes_through_the_pipeline_time_each_shape_after_the_quantize_pass_if_
         ffn = [e for e in step.metrics.get("layers", []) if e["name"].endswith("intermediate.dense")]
         assert all(e["shape_after"][0] == 32 for e in ffn) and (len(ffn) == 4) == (shapes["chosen"] == 0)
         assert report.status == "ok" and f"Kept shape {shapes['chosen']}" in to_markdown(report)
+
+
+def test_the_shapes_are_timed_the_configured_way_when_torchscript_cannot_export_the_input(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from passes.prune import shapes as shapes_mod
+
+    calls = []
+
+    def deployed(ctx, qcfg, model, folder, how):
+        calls.append(how["exporter"])
+        if how["exporter"] == "torchscript":
+            raise RuntimeError("TorchScript cannot trace this")
+        return tmp_path / "input.onnx"
+
+    monkeypatch.setattr(shapes_mod, "_deployed", deployed)
+    monkeypatch.setattr(shapes_mod, "_timing_export",
+                        lambda ctx, model: {"exporter": "torchscript", "attention": "eager", "label": "TorchScript"})
+    ctx = SimpleNamespace(config=SimpleNamespace(output=SimpleNamespace(exporter="auto")))
+    how, base = shapes_mod._base(ctx, None, object(), tmp_path / "input")
+    assert calls == ["torchscript", None] and base == tmp_path / "input.onnx" and how["exporter"] is None
+    assert how["label"] == "exporter auto (TorchScript failed: TorchScript cannot trace this)"

@@ -44,9 +44,8 @@ def choose(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any) -> Any:
     qcfg = following_quantize(ctx, cfg)
     work = Path(tempfile.mkdtemp(prefix="prune-shapes-", dir=ctx.work_dir))  # private: one per process
     try:
-        how = _timing_export(ctx, model)
+        how, base = _base(ctx, qcfg, model, work / "input")  # the input model, exported as the shapes will be
         paths, results, rows = _candidates(pass_cls, cfg, model, ctx, qcfg, work, how)
-        base = _deployed(ctx, qcfg, model, work / "input", how)  # the input model, exported as the shapes are
         _time(cfg, ctx, model, base, paths, rows)
         _untrained_cosines(ctx, model, paths, rows)
     finally:
@@ -74,6 +73,22 @@ def _timing_export(ctx: Any, model: Any) -> dict[str, Any]:
     if exporter == "auto" and model.form == "torch" and transformer_config(model) is not None:
         return {"exporter": "torchscript", "attention": "eager", "label": "TorchScript, eager attention"}
     return {"exporter": None, "attention": None, "label": f"exporter {exporter}"}
+
+
+def _base(ctx: Any, qcfg: Any, model: Any, folder: Path) -> tuple[dict[str, Any], Path]:
+    """(how the shapes are exported for timing, the input model so exported and quantized): the
+    TorchScript graph when `_timing_export` asks for it and it exports, else the config's exporter."""
+    how = _timing_export(ctx, model)
+    try:
+        return how, _deployed(ctx, qcfg, model, folder, how)
+    except Exception as exc:  # noqa: BLE001 - a model TorchScript cannot export is timed the configured way
+        if how["exporter"] is None:
+            raise
+        shutil.rmtree(folder, ignore_errors=True)
+        exporter = ctx.config.output.exporter
+        how = {"exporter": None, "attention": None,
+               "label": f"exporter {exporter} (TorchScript failed: {(str(exc).strip().splitlines() or [''])[0][:120]})"}
+        return how, _deployed(ctx, qcfg, model, folder, how)
 
 
 def _candidates(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any, qcfg: Any, work: Path, how: dict[str, Any]
