@@ -31,7 +31,6 @@ import numpy as np
 from optimize.rewrite_step import Choice, apply_step, batch_of, time_pair
 
 AUTO, AVOID, ALLOW = "auto", "avoid", "allow"
-LayoutChoice = Choice
 
 
 def residual_adds(model: Any) -> list[Any]:
@@ -130,7 +129,7 @@ def runtime_fused(path: Path, work: Path, threads: int) -> set[str]:
 
 
 def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray], threads: int,
-           warmup: int, repeat: int, tolerance: float, progress: Any = None) -> LayoutChoice | None:
+           warmup: int, repeat: int, tolerance: float, progress: Any = None) -> Choice | None:
     """The layout to hand back: `path` itself or its rewrite in `out_dir`, with what decided it;
     None when there is nothing to decide (mode `allow`, no residual add before a layer norm, or in
     `auto` none that ONNX Runtime fuses). `auto` rewrites only the adds the runtime fuses (a Sum
@@ -153,7 +152,7 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
     rewritten = out_dir / "model.onnx"
     metrics["rewritten"] = rewrite(path, rewritten, only)
     if mode == AVOID:
-        return LayoutChoice(rewritten, {**metrics, "layout": "sum"}, [
+        return Choice(rewritten, {**metrics, "layout": "sum"}, [
             f"{metrics['rewritten']} residual Add before a layer norm written as Sum (output.skip_layernorm: avoid)"])
     est, add_ms, sum_ms, rounds = _time_both(path, rewritten, inputs, threads, warmup, repeat, tolerance, progress)
     metrics.update(add_ms=round(add_ms, 3), sum_ms=round(sum_ms, 3), speedup=round(est.value, 4),
@@ -163,12 +162,12 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
     # tolerance that keeps the report from claiming noise as a change is not needed here (one fused op
     # of eleven is ~3% of MiniLM's time, at the edge of that band)
     if est.low > 1.0:
-        return LayoutChoice(rewritten, {**metrics, "layout": "sum"}, [
+        return Choice(rewritten, {**metrics, "layout": "sum"}, [
             f"{metrics['rewritten']} residual Add before a layer norm written as Sum, so ONNX Runtime no longer fuses "
             f"them into SkipLayerNormalization (its CPU kernel is slow): {est.value:.2f}x faster "
             f"[{est.low:.2f}, {est.high:.2f}] here ({add_ms:.2f} → {sum_ms:.2f} ms)"])
     shutil.rmtree(out_dir, ignore_errors=True)
-    return LayoutChoice(path, {**metrics, "layout": "add"}, [
+    return Choice(path, {**metrics, "layout": "add"}, [
         f"the graph keeps its residual Add ({metrics['fused']} fused by ONNX Runtime into SkipLayerNormalization): "
         f"written as Sum it measured {est.value:.2f}x [{est.low:.2f}, {est.high:.2f}], {est.verdict}"])
 

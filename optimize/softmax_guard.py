@@ -94,16 +94,17 @@ def _guard_nodes(model: Any, node: Any, prefix: str, k: int) -> list[Any]:
 
 def rewrite(src: Path, dst: Path) -> int:
     """Write `src` with every guardable Softmax floored to `dst`, external weights streamed across;
-    returns how many were guarded."""
+    returns how many were guarded. Nothing is written (and `dst`'s folder not made) when none is."""
     from onnx import numpy_helper
 
     from optimize import onnx_io
 
     model = onnx_io.load(src, load_external_data=False)
     targets = {n.output[0] for n in guardable(model)}  # node wrappers are not stable objects
+    if not targets:
+        return 0
     prefix = _free_prefix(model)
-    if targets:
-        model.graph.initializer.append(numpy_helper.from_array(np.array(MARGIN, np.float32), prefix + "_margin"))
+    model.graph.initializer.append(numpy_helper.from_array(np.array(MARGIN, np.float32), prefix + "_margin"))
     nodes, k = [], 0
     for n in model.graph.node:
         if n.op_type == "Softmax" and n.output[0] in targets:
@@ -112,6 +113,7 @@ def rewrite(src: Path, dst: Path) -> int:
         nodes.append(n)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
     onnx_io.save_streaming(model, dst, Path(src).parent)
     return k
 
@@ -126,30 +128,21 @@ def guarded_copy(path: Path, folder: Path) -> Path:
     """`path` guarded into `folder` when it has a Softmax to guard, else `path` itself: for callers
     that time a model as the pipeline will hand it out (the prune pass's shapes, the export's
     candidates)."""
-    from optimize import onnx_io
-
-    if not guardable(onnx_io.load(path, load_external_data=False)):
-        return path
-    folder.mkdir(parents=True, exist_ok=True)
     dst = folder / "model.onnx"
-    rewrite(path, dst)
-    return dst
+    return dst if rewrite(path, dst) else path
 
 
 def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray], threads: int,
            warmup: int, repeat: int, tolerance: float, progress: Any = None) -> Choice | None:
     """The file to hand back: `path` itself or its rewrite in `out_dir`, with what decided it; None
     when there is nothing to decide (mode `never`, or no float32 Softmax)."""
-    from optimize import onnx_io
-
     if mode == NEVER:
         return None
-    found = len(guardable(onnx_io.load(path, load_external_data=False)))
+    rewritten = out_dir / "model.onnx"
+    found = rewrite(path, rewritten)  # every float32 Softmax found is guarded
     if not found:
         return None
-    rewritten = out_dir / "model.onnx"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {"mode": mode, "softmax": found, "guarded": rewrite(path, rewritten), "margin": MARGIN}
+    metrics: dict[str, Any] = {"mode": mode, "softmax": found, "guarded": found, "margin": MARGIN}
     if mode == ALWAYS:
         return Choice(rewritten, {**metrics, "kept": True}, [
             f"{found} Softmax input(s) floored at the row's max - {MARGIN:g} (output.softmax_guard: always)"])

@@ -269,26 +269,6 @@ def _ctx(tmp_path, mode="auto", device="cpu"):
     return SimpleNamespace(config=cfg, device=device, work_dir=tmp_path, threads=1, progress=NullProgress())
 
 
-def test_apply_turns_a_failure_into_a_note_and_keeps_the_model(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
-    from optimize.handle import ModelHandle
-
-    src = _block_graph(tmp_path / "m.onnx")
-    final = ModelHandle(form="onnx", onnx_path=src, inputs=[], outputs=["y"])
-    lineage = SimpleNamespace(steps=[])
-
-    def boom(*a, **k):
-        (tmp_path / "01-skip_layernorm").mkdir()
-        raise RuntimeError("[ONNXRuntimeError] my.domain:Foo is not a registered op")
-
-    monkeypatch.setattr(skip_layernorm, "choose", boom)
-    assert skip_layernorm.apply(_ctx(tmp_path), final, lineage, {}) is final
-    (step,) = lineage.steps
-    assert step.metrics["layout"] == "add" and "not a registered op" in step.metrics["error"]
-    assert "not decided" in step.notes[0] and not (tmp_path / "01-skip_layernorm").exists()
-
-
 def test_apply_auto_leaves_cuda_runs_alone_and_decides_on_cpu(tmp_path):
     from types import SimpleNamespace
 

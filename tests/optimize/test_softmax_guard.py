@@ -155,24 +155,6 @@ def test_apply_records_the_step_and_leaves_cuda_runs_alone(tmp_path):
     assert step.type == "softmax_guard" and step.inserted and step.metrics["kept"] and out.onnx_path != src
 
 
-def test_apply_turns_a_failure_into_a_note_and_keeps_the_model(tmp_path, monkeypatch):
-    from optimize.handle import ModelHandle
-
-    src = _attention_graph(tmp_path / "m.onnx")
-    final = ModelHandle(form="onnx", onnx_path=src, inputs=[], outputs=["y"])
-    lineage = SimpleNamespace(steps=[])
-
-    def boom(*a, **k):
-        (tmp_path / "01-softmax_guard").mkdir()
-        raise RuntimeError("cannot read the graph")
-
-    monkeypatch.setattr(softmax_guard, "choose", boom)
-    assert softmax_guard.apply(_ctx(tmp_path), final, lineage, {}) is final
-    (step,) = lineage.steps
-    assert step.metrics == {"mode": "auto", "kept": False, "error": "cannot read the graph"}
-    assert "softmax guard not decided" in step.notes[0] and not (tmp_path / "01-softmax_guard").exists()
-
-
 def test_the_pipeline_records_the_guard_step(tmp_path):
     from optimize import pipeline
     from optimize.api import RunOptions
