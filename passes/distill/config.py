@@ -125,7 +125,7 @@ class DistillConfig(PassConfig):
     )
     amp: Literal["auto"] | bool = Field(
         "auto",
-        description="Train under autocast. On CUDA, true and auto both use bf16 where supported, else fp16 with loss scaling. On the CPU, true uses bf16 and auto uses it only where a timing probe of the run's own training step shows it at least 1.3x faster (CPUs with AVX512-BF16 or AMX; one process, not under torchrun; not for a student with forward hooks of its own, such as quantization-aware training's; the step's metrics say what was measured, amp_choice). A resumed run keeps its first choice (decided again on a host without native bf16). false: fp32 everywhere.",
+        description="Train under autocast. On CUDA, true and auto both use bf16 where supported, else fp16 with loss scaling. On the CPU, true uses bf16 and auto uses it only where a timing probe of the run's own training step shows it at least 1.3x faster (CPUs with AVX512-BF16 or AMX; one process, not under torchrun; not for a student with forward hooks of its own, such as quantization-aware training's; the step's metrics say what was measured, amp_choice). The probe also times bf16 with transformers' eager attention and trains that way, for the training only, where that is the fastest (on an Intel Xeon with AMX, PyTorch's SDPA gained nothing from bf16: the pruned all-MiniLM-L6-v2's step 1.61x faster with eager attention, 1.04x with SDPA). A resumed run keeps its first choice (decided again on a host without native bf16). false: fp32 everywhere.",
     )
     random_samples: int = Field(
         RANDOM_SAMPLES_DEFAULT,

@@ -1,4 +1,9 @@
-"""The optimizer and the learning-rate schedule (linear warm-up, then cosine / linear / constant)."""
+"""The optimizer and the learning-rate schedule (linear warm-up, then cosine / linear / constant).
+
+Adam and AdamW run torch's fused update where the parameters allow it (floating point, on one CPU
+or CUDA device): on the CPU torch otherwise updates one tensor at a time, which took 8-10% of an
+all-MiniLM-L6-v2 training step there (batch 32 x 12-20 tokens under bf16 autocast, FFNs trained,
+2 threads: 105 -> 93 and 127 -> 117 ms; Intel Xeon with AMX)."""
 
 from __future__ import annotations
 
@@ -8,13 +13,20 @@ from typing import Any
 from passes.distill.config import DistillConfig
 
 
+def fusable(params: list[Any]) -> bool:
+    """Whether torch's fused Adam kernels take these parameters."""
+    devices = {p.device.type for p in params}
+    return bool(params) and len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
 def make_optimizer(cfg: DistillConfig, params: list[Any]) -> Any:
     import torch
 
+    fused = fusable(params) or None  # None: torch's own default
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
 

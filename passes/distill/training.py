@@ -63,6 +63,7 @@ def _fresh_state() -> dict[str, Any]:
         "eval_scores": [], "clipped": 0, "samples": 0, "stopped_early": False, "seconds": 0.0,
         # budget_minutes: epochs planned, wall seconds of the epochs (and the first alone); the amp choice
         "epochs": None, "wall": 0.0, "first_epoch_s": None, "replans": 0, "amp": None,
+        "eager_attention": False,
     }
 
 
@@ -105,6 +106,7 @@ class _Loop:
     epoch_steps: int = 0
     t_cache: TeacherCache | None = None
     frozen: list[Any] = field(default_factory=list)
+    attention: Any = None  # cpu_autocast.attention_switch, turned on for training under autocast
 
 
 def train_student(student: Any, teacher: Any, setup: Setup, ctx: Any, cfg: DistillConfig, key: str = "distill") -> Trained:
@@ -129,6 +131,8 @@ def train_student(student: Any, teacher: Any, setup: Setup, ctx: Any, cfg: Disti
             rec.remove()
         if loop.progress_open and sys.exc_info()[0] is not None:
             ctx.progress.finish("distill", "failed")
+        if loop.attention is not None:
+            loop.attention(False)
         teacher.to(teacher_device)
         teacher.train(teacher_was_training)
         torch.set_num_threads(prev_threads)
@@ -240,14 +244,17 @@ def _freeze(loop: _Loop) -> None:
 
 def _choose_cpu_autocast(loop: _Loop, own_hooks: bool) -> None:
     """amp auto on the CPU: bf16 autocast where a middle batch of the first epoch trains measurably
-    faster under it (the probe leaves the weights, buffers and random state as they were). A resumed
-    run keeps its checkpoint's choice; a student with forward hooks of its own (quantization-aware
-    training's observers keep their ranges outside any buffer) trains in fp32, unprobed."""
-    from passes.distill.cpu_autocast import decide, native_bf16
+    faster under it, with transformers' eager attention where that is faster still (the probe leaves
+    the weights, buffers and random state as they were). A resumed run keeps its checkpoint's
+    choice; a student with forward hooks of its own (quantization-aware training's observers keep
+    their ranges outside any buffer) trains in fp32, unprobed."""
+    from passes.distill.cpu_autocast import attention_switch, decide, native_bf16
 
     s, state = loop.setup, loop.state
+    switch = attention_switch(loop.student, loop.teacher)
+    eager = False
     if state["amp"] is not None and (not state["amp"] or native_bf16()):
-        s.use_amp, why = state["amp"], "kept from the checkpoint resumed"
+        s.use_amp, eager, why = state["amp"], state["eager_attention"] and state["amp"], "kept from the checkpoint resumed"
     elif own_hooks:
         s.use_amp, why = False, "fp32: the student has forward hooks of its own (e.g. quantization-aware training), not probed"
     else:
@@ -263,12 +270,14 @@ def _choose_cpu_autocast(loop: _Loop, own_hooks: bool) -> None:
             _forward(loop, xs, y, idx)[0].backward()
 
         try:
-            use, why = decide(step, loop.trainable)
+            s.use_amp, eager, why = decide(step, loop.trainable, switch)
         finally:
             loop.t_cache = cache
             loop.train_module.train(was)
-        s.use_amp = use
-    state["amp"] = s.use_amp
+    if eager and switch is not None:
+        loop.attention = switch
+        switch(True)
+    state["amp"], state["eager_attention"] = s.use_amp, loop.attention is not None
     loop.metrics["amp_choice"] = why
 
 

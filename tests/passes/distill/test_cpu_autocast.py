@@ -45,7 +45,7 @@ def test_amp_auto_stays_fp32_on_a_cpu_without_bf16_instructions(tmp_path: Path, 
 
 def test_amp_auto_uses_bf16_where_the_probe_measures_it_faster(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
-    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: (0.2, 0.1))
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step, modes: (0.2, 0.1))
     m = run(tmp_path, "auto").metrics
     assert m["amp"] == "bfloat16" and "2.00x" in m["amp_choice"] and m["amp_choice"].endswith("used")
 
@@ -75,7 +75,7 @@ def test_timed_steps_warms_each_mode_then_alternates_and_keeps_the_fastest(monke
             now[0] += next(durations)
 
     monkeypatch.setattr(cpu_autocast.time, "perf_counter", clock)
-    assert cpu_autocast.timed_steps(step, rounds=2) == (2.0, 0.5)
+    assert cpu_autocast.timed_steps(step, (False, True), rounds=2) == (2.0, 0.5)
     assert calls == [False, True, False, True, False, True]
 
 
@@ -105,7 +105,7 @@ def test_a_model_that_fails_under_autocast_trains_in_fp32(tmp_path: Path, monkey
 
 def test_a_student_with_its_own_forward_hooks_is_not_probed(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
-    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: pytest.fail("probed"))
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step, modes: pytest.fail("probed"))
     teacher, student = models()
     seen: list[int] = []
     student[1].register_forward_pre_hook(lambda mod, args: seen.append(1))  # like QAT's observers
@@ -127,13 +127,13 @@ def test_amp_true_on_a_cpu_without_bf16_instructions_says_it_is_emulated(tmp_pat
 @pytest.mark.parametrize("native_on_resume", [True, False])
 def test_a_resumed_run_keeps_the_autocast_choice_of_its_checkpoint(tmp_path: Path, monkeypatch, native_on_resume: bool) -> None:
     monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
-    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: (0.2, 0.1))
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step, modes: (0.2, 0.1))
     teacher, student = models()
     body = "passes: [{type: distill, epochs: 3, random_samples: 64, batch_size: 16, checkpoint_every: 3, checkpoint_dir: ck}]\n"
     with pytest.raises(KeyboardInterrupt):
         ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path, progress=StopAfterEpochs(2))
         DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx)
-    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step: (0.1, 0.2))  # would now say fp32
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step, modes: (0.1, 0.2))  # would now say fp32
     monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: native_on_resume)
     ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path, resume=True)
     m = DistillPass(ctx.config.passes[0]).run(torch_handle(student, SPEC), ctx).metrics
@@ -141,3 +141,76 @@ def test_a_resumed_run_keeps_the_autocast_choice_of_its_checkpoint(tmp_path: Pat
         assert m["resumed_from"] and m["amp"] == "bfloat16" and m["amp_choice"] == "kept from the checkpoint resumed"
     else:  # resumed on a host without native bf16: decided again there
         assert m["resumed_from"] and m["amp"] is None and "no native bf16" in m["amp_choice"]
+
+
+class Config:
+    _attn_implementation = "sdpa"
+
+
+class SwitchableAttention(torch.nn.Module):
+    """Stands in for a transformers model: an attention implementation that can be switched, and a
+    record of the one each forward ran with."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.config, self.seen = inner, Config(), []
+
+    def set_attn_implementation(self, implementation: str) -> None:
+        self.config._attn_implementation = implementation
+
+    def forward(self, x):
+        self.seen.append(self.config._attn_implementation)
+        return self.inner(x)
+
+
+def test_attention_switch_turns_eager_on_and_restores_each_models_own() -> None:
+    a, b = SwitchableAttention(torch.nn.Linear(6, 5)), SwitchableAttention(torch.nn.Linear(6, 5))
+    b.config._attn_implementation = "flex_attention"
+    switch = cpu_autocast.attention_switch(torch.nn.Sequential(a), b)
+    switch(True)
+    assert (a.config._attn_implementation, b.config._attn_implementation) == ("eager", "eager")
+    switch(False)
+    assert (a.config._attn_implementation, b.config._attn_implementation) == ("sdpa", "flex_attention")
+    assert cpu_autocast.attention_switch(torch.nn.Linear(6, 5)) is None  # nothing to switch
+    a.config._attn_implementation = "eager"
+    assert cpu_autocast.attention_switch(a) is None  # already eager
+
+
+def test_attention_switch_on_a_transformers_model() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                     vocab_size=50, attn_implementation="sdpa")
+    model = transformers.BertModel(config)
+    switch = cpu_autocast.attention_switch(model)
+    switch(True)
+    assert model.config._attn_implementation == "eager"
+    switch(False)
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("times, eager", [((0.3, 0.25, 0.1), True), ((0.3, 0.1, 0.25), False), ((0.3, 0.28, 0.25), False)])
+def test_decide_times_eager_attention_under_bf16_and_keeps_the_fastest(monkeypatch, times, eager) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
+    modes_timed: list = []
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step, modes: modes_timed.append(list(modes)) or times)
+    calls: list[bool] = []
+    use, with_eager, why = cpu_autocast.decide(lambda use_amp: None, torch.nn.Linear(2, 2), calls.append)
+    assert modes_timed == [[(False, False), (True, False), (True, True)]]
+    assert use == (times[0] / min(times[1:]) >= cpu_autocast.MIN_SPEEDUP) and with_eager == eager
+    assert ("with eager attention" in why) == (min(times[1:]) == times[2]) and calls[-1] is False  # left off
+
+
+@pytest.mark.parametrize("times, amp, attention", [((0.3, 0.25, 0.1), "bfloat16", {"eager"}),
+                                                  ((0.3, 0.28, 0.25), None, {"sdpa"})])
+def test_training_runs_with_the_attention_the_probe_chose_and_restores_it(tmp_path: Path, monkeypatch, times, amp,
+                                                                        attention) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step, modes: times)
+    teacher, student = models()
+    body = "passes: [{type: distill, epochs: 2, random_samples: 96}]\n"
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path)
+    result = DistillPass(ctx.config.passes[0]).run(torch_handle(SwitchableAttention(student), SPEC), ctx)
+    m, wrapped = result.metrics, result.model.module
+    assert m["amp"] == amp and ("not used" in m["amp_choice"]) == (amp is None)
+    # every forward after the choice (the probe's are not in this record: its timing is replaced)
+    assert set(wrapped.seen) == attention and wrapped.config._attn_implementation == "sdpa"  # put back

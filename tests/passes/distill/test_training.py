@@ -54,6 +54,20 @@ def test_learning_rate_warms_up_then_follows_the_schedule() -> None:
     assert [lr_at(const, s, 10) for s in (0, 1, 2, 9)] == pytest.approx([0.05, 0.1, 0.1, 0.1])
 
 
+@pytest.mark.parametrize("optimizer, fused", [("adamw", True), ("adam", True), ("sgd", None)])
+def test_adam_updates_cpu_parameters_with_the_fused_kernel(optimizer: str, fused) -> None:
+    from passes.distill.optim import fusable, make_optimizer
+
+    net = torch.nn.Linear(3, 2)
+    opt = make_optimizer(DistillConfig(type="distill", optimizer=optimizer), list(net.parameters()))
+    assert opt.defaults.get("fused") is fused
+    assert not fusable([]) and not fusable([torch.zeros(2, dtype=torch.int64)])
+    before = net.weight.detach().clone()
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    assert not torch.equal(before, net.weight)
+
+
 def test_gradient_clipping_is_applied_and_counted(tmp_path: Path) -> None:
     teacher, student = models()
     body = "passes: [{type: distill, epochs: 2, random_samples: 64, grad_clip: 0.001}]\n"
