@@ -214,3 +214,19 @@ def test_training_runs_with_the_attention_the_probe_chose_and_restores_it(tmp_pa
     assert m["amp"] == amp and ("not used" in m["amp_choice"]) == (amp is None)
     # every forward after the choice (the probe's are not in this record: its timing is replaced)
     assert set(wrapped.seen) == attention and wrapped.config._attn_implementation == "sdpa"  # put back
+
+
+def test_a_resumed_run_keeps_eager_attention_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cpu_autocast, "native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step, modes: (0.3, 0.25, 0.1))
+    teacher, student = models()
+    body = "passes: [{type: distill, epochs: 3, random_samples: 64, batch_size: 16, checkpoint_every: 3, checkpoint_dir: ck}]\n"
+    with pytest.raises(KeyboardInterrupt):
+        ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path, progress=StopAfterEpochs(2))
+        DistillPass(ctx.config.passes[0]).run(torch_handle(SwitchableAttention(student), SPEC), ctx)
+    monkeypatch.setattr(cpu_autocast, "timed_steps", lambda step, modes: pytest.fail("probed again"))
+    ctx = distill_ctx(tmp_path, torch_handle(teacher, SPEC), body, base_dir=tmp_path, resume=True)
+    result = DistillPass(ctx.config.passes[0]).run(torch_handle(SwitchableAttention(student), SPEC), ctx)
+    m, wrapped = result.metrics, result.model.module
+    assert m["resumed_from"] and m["amp"] == "bfloat16" and m["amp_choice"] == "kept from the checkpoint resumed"
+    assert "eager" in wrapped.seen and wrapped.config._attn_implementation == "sdpa"
