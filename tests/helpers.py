@@ -37,6 +37,18 @@ def make_ctx(work_dir: Path, config: Any = EMPTY_CONFIG, *, inputs: Any = None, 
     return RunContext(config=cfg, work_dir=work_dir, inputs=list(inputs or []), **fields)
 
 
+def rewrite_ctx(work_dir: Path, mode: str = "auto", device: str = "cpu") -> Any:
+    """The slice of a run context the graph rewrites after the passes read (optimize/rewrite_step.py:
+    skip_layernorm, softmax_guard): both set to `mode`, short timing, one thread."""
+    from types import SimpleNamespace
+
+    from optimize.progress import NullProgress
+
+    cfg = SimpleNamespace(output=SimpleNamespace(skip_layernorm=mode, softmax_guard=mode),
+                          measure=SimpleNamespace(warmup=1, repeat=5, speed_tolerance=0.03))
+    return SimpleNamespace(config=cfg, device=device, work_dir=work_dir, threads=1, progress=NullProgress())
+
+
 def distill_ctx(work_dir: Path, teacher: ModelHandle, body: str, **fields: Any) -> RunContext:
     """make_ctx for a distill pass: `body` is the pipeline YAML after `schema_version`, `teacher`
     the pipeline's input model; one thread, so the training is deterministic."""

@@ -7,18 +7,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import rewrite_ctx
 from onnx import TensorProto, helper
 from tiny_models import save_graph
 
 from optimize import skip_layernorm, softmax_guard
 from optimize.handle import ModelHandle
-from optimize.progress import NullProgress
-
-
-def _ctx(tmp_path):
-    cfg = SimpleNamespace(output=SimpleNamespace(skip_layernorm="auto", softmax_guard="auto"),
-                          measure=SimpleNamespace(warmup=1, repeat=5, speed_tolerance=0.03))
-    return SimpleNamespace(config=cfg, device="cpu", work_dir=tmp_path, threads=1, progress=NullProgress())
 
 
 @pytest.mark.parametrize(("module", "kept_when_failed", "what"), [
@@ -38,7 +32,7 @@ def test_apply_turns_a_failure_into_a_note_and_keeps_the_model(tmp_path, monkeyp
         raise RuntimeError("[ONNXRuntimeError] my.domain:Foo is not a registered op")
 
     monkeypatch.setattr(module, "choose", boom)
-    assert module.apply(_ctx(tmp_path), final, lineage, {"x": np.zeros(2, np.float32)}) is final
+    assert module.apply(rewrite_ctx(tmp_path), final, lineage, {"x": np.zeros(2, np.float32)}) is final
     (step,) = lineage.steps
     assert step.metrics == {"mode": "auto", **kept_when_failed, "error": "[ONNXRuntimeError] my.domain:Foo is not a registered op"}
     assert step.inserted and what in step.notes[0] and not scratch.exists()

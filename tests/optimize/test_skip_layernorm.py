@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import rewrite_ctx
 from onnx import TensorProto, helper
 from tiny_models import save_graph
 
@@ -259,16 +260,6 @@ def test_rewrite_streams_external_weights(tmp_path):
     np.testing.assert_array_equal(_run(src_dir / "m.onnx", x, plain), _run(dst, x, plain))
 
 
-def _ctx(tmp_path, mode="auto", device="cpu"):
-    from types import SimpleNamespace
-
-    from optimize.progress import NullProgress
-
-    cfg = SimpleNamespace(output=SimpleNamespace(skip_layernorm=mode),
-                          measure=SimpleNamespace(warmup=1, repeat=5, speed_tolerance=0.03))
-    return SimpleNamespace(config=cfg, device=device, work_dir=tmp_path, threads=1, progress=NullProgress())
-
-
 def test_apply_auto_leaves_cuda_runs_alone_and_decides_on_cpu(tmp_path):
     from types import SimpleNamespace
 
@@ -278,8 +269,8 @@ def test_apply_auto_leaves_cuda_runs_alone_and_decides_on_cpu(tmp_path):
     final = ModelHandle(form="onnx", onnx_path=src, inputs=[], outputs=["y"])
     lineage = SimpleNamespace(steps=[])
     x = np.random.default_rng(0).standard_normal((2, 4, H)).astype(np.float32)
-    assert skip_layernorm.apply(_ctx(tmp_path, device="cuda"), final, lineage, {"x": x}) is final and not lineage.steps
-    out = skip_layernorm.apply(_ctx(tmp_path), final, lineage, {"x": x})
+    assert skip_layernorm.apply(rewrite_ctx(tmp_path, device="cuda"), final, lineage, {"x": x}) is final and not lineage.steps
+    out = skip_layernorm.apply(rewrite_ctx(tmp_path), final, lineage, {"x": x})
     (step,) = lineage.steps
     assert step.type == "skip_layernorm" and step.index == 1 and step.metrics["fused"] == 2
     assert (out.onnx_path != src) is (step.metrics["layout"] == "sum")

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import rewrite_ctx
 from onnx import TensorProto, helper
 from tiny_models import save_graph
 
@@ -135,22 +136,14 @@ def test_enabled_for_timing_choices():
     assert not softmax_guard.enabled("auto", "cuda") and not softmax_guard.enabled("never", "cpu")
 
 
-def _ctx(tmp_path, mode="auto", device="cpu"):
-    from optimize.progress import NullProgress
-
-    cfg = SimpleNamespace(output=SimpleNamespace(softmax_guard=mode),
-                          measure=SimpleNamespace(warmup=1, repeat=5, speed_tolerance=0.03))
-    return SimpleNamespace(config=cfg, device=device, work_dir=tmp_path, threads=1, progress=NullProgress())
-
-
 def test_apply_records_the_step_and_leaves_cuda_runs_alone(tmp_path):
     from optimize.handle import ModelHandle
 
     src = _attention_graph(tmp_path / "m.onnx")
     final = ModelHandle(form="onnx", onnx_path=src, inputs=[], outputs=["y"])
     lineage = SimpleNamespace(steps=[])
-    assert softmax_guard.apply(_ctx(tmp_path, device="cuda"), final, lineage, _feeds()) is final and not lineage.steps
-    out = softmax_guard.apply(_ctx(tmp_path, mode="always", device="cuda"), final, lineage, _feeds())
+    assert softmax_guard.apply(rewrite_ctx(tmp_path, device="cuda"), final, lineage, _feeds()) is final and not lineage.steps
+    out = softmax_guard.apply(rewrite_ctx(tmp_path, mode="always", device="cuda"), final, lineage, _feeds())
     (step,) = lineage.steps
     assert step.type == "softmax_guard" and step.inserted and step.metrics["kept"] and out.onnx_path != src
 
