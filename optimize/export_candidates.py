@@ -94,6 +94,7 @@ class Candidate:
     int8_min_cosine: float | None = None  # its int8 model against torch on the timing batch
     status: str = "not built"
     fused_ops: dict[str, int] = field(default_factory=dict)
+    rewrites: list[str] = field(default_factory=list)  # what was done to the file timed (padding cut, ...)
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "exporter": self.exporter, "attention": self.attention or "model default",
@@ -128,25 +129,11 @@ def candidates_for(handle: ModelHandle) -> tuple[list[Candidate], list[Candidate
     if ort_type is None:
         fusion.status = f"skipped: ONNX Runtime has no transformer fusion for model type {getattr(config, 'model_type', None)!r}"
         skipped.append(fusion)
-    elif _heads_pruned(handle, config):
-        fusion.status = "skipped: attention heads were pruned (ONNX Runtime's attention fusion takes one head count)"
-        skipped.append(fusion)
     else:
         fusion.fusion = ort_type
         build.append(fusion)
     build.append(Candidate("dynamo", "dynamo"))
     return build, skipped
-
-
-def _heads_pruned(handle: ModelHandle, config: Any) -> bool:
-    """True when an attention module's head count differs from the config's (structured pruning
-    updates the modules, not the config), or transformers recorded pruned heads."""
-    if getattr(config, "pruned_heads", None):
-        return True
-    heads = getattr(config, "num_attention_heads", None)
-    return any(isinstance(n, int) and n != heads for sub in handle.module.modules()
-               if not callable(getattr(sub, "set_attn_implementation", None))
-               for n in (getattr(sub, "num_attention_heads", None), getattr(sub, "num_heads", None)))
 
 
 def _fuse(src: Path, dst: Path, model_type: str, config: Any) -> dict[str, int]:
@@ -162,10 +149,31 @@ def _fuse(src: Path, dst: Path, model_type: str, config: Any) -> dict[str, int]:
         sys.path.append(folder)
     from onnxruntime.transformers.optimizer import optimize_model
 
-    model = optimize_model(str(src), model_type=model_type, num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
-                           hidden_size=int(getattr(config, "hidden_size", 0) or 0), opt_level=1, use_gpu=False)
+    heads, hidden = int(getattr(config, "num_attention_heads", 0) or 0), int(getattr(config, "hidden_size", 0) or 0)
+    model = optimize_model(str(src), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=1, use_gpu=False)
+    if heads and hidden:
+        _heads_from_weights(model.model.graph, hidden // heads)
     model.save_model_to_file(str(dst))
     return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+
+
+def _heads_from_weights(graph: Any, head_size: int) -> None:
+    """Set each fused Attention's `num_heads` from its Q/K/V weight's width (3 × heads × head size).
+    ONNX Runtime's fusion writes the config's head count on every layer, as it reads no other where
+    the export builds its reshapes at run time; after structured pruning each layer has its own
+    (all-MiniLM-L6-v2 with 21 heads out: 7, 5, 7, 8 and 12). The export's parity check against torch
+    then judges the result like any candidate's."""
+    weights = {n.input[1] for n in graph.node if n.op_type == "Attention" and len(n.input) > 1}
+    widths = {t.name: t.dims[-1] for t in graph.initializer if t.name in weights and t.dims}
+    for n in graph.node:
+        if n.op_type != "Attention" or n.input[1] not in widths:
+            continue
+        width = widths[n.input[1]]
+        if width % (3 * head_size):
+            raise ValueError(f"{n.name}: Q/K/V width {width} is not 3 × heads × {head_size}")
+        for a in n.attribute:
+            if a.name == "num_heads":
+                a.i = width // (3 * head_size)
 
 
 def _build(cand: Candidate, handle: ModelHandle, folder: Path, opset: int) -> ModelHandle | None:
@@ -335,13 +343,13 @@ def int8_cosines(cands: list[Candidate], handle: ModelHandle, inputs: dict[str, 
 def choose_export(handle: ModelHandle, path: Path, *, opset: int, inputs: dict[str, np.ndarray],
                   quant: QuickQuant | None = None, timer: Timer | None = None, threads: int = 1,
                   warmup: int = 3, repeat: int = MAX_ROUNDS, device: str = "cpu",
-                  guard: bool = False) -> tuple[ModelHandle, dict[str, Any]]:
+                  handed_out: Callable[[Path, Path], tuple[Path, list[str]]] | None = None) -> tuple[ModelHandle, dict[str, Any]]:
     """Build, check and time the candidates of `candidates_for`; the fastest is written to `path`.
-    `guard`: time each with its Softmax guarded, as the pipeline's last step will hand it out
-    (optimize/softmax_guard.py; a fused Attention op has none to guard). Returns its handle and the
-    record for the report. Raises ExportError when none is usable."""
+    `handed_out(path, folder) -> (path, what was done)`: each is timed as that returns it, as the pipeline's last steps will
+    hand it out (optimize/handed_out.py: padding cut, Softmax guarded; a fused Attention op has no
+    Softmax to guard). Returns its handle and the record for the report. Raises ExportError when none
+    is usable."""
     from optimize.export import ExportError
-    from optimize.softmax_guard import guarded_copy
 
     t_start = time.perf_counter()
     work = path.parent / "export-candidates"
@@ -361,8 +369,8 @@ def choose_export(handle: ModelHandle, path: Path, *, opset: int, inputs: dict[s
             cand.status = why
             continue
         cand.timed_path = cand.timed_path or cand.path
-        if guard:
-            cand.timed_path = guarded_copy(cand.timed_path, work / f"{cand.name}-guarded")
+        if handed_out is not None:
+            cand.timed_path, cand.rewrites = handed_out(cand.timed_path, work / f"{cand.name}-handed-out")
         usable.append((cand, exported))
     if not usable:
         raise ExportError("no export of the model is usable; " + " | ".join(f"{c.name}: {c.status}" for c in build))
@@ -379,7 +387,7 @@ def choose_export(handle: ModelHandle, path: Path, *, opset: int, inputs: dict[s
     shutil.rmtree(work, ignore_errors=True)
     record = {
         "chosen": best.name,
-        "timed_as": (quant.describe() if quant else "float32") + (", Softmax guarded" if guard else ""),
+        "timed_as": (quant.describe() if quant else "float32") + "".join(f", {r}" for r in best.rewrites),
         "shape": {k: list(v.shape) for k, v in inputs.items()},
         "threads": threads,
         "device": device,

@@ -378,10 +378,11 @@ def _execute(pl: Plan, opts: RunOptions, work: Path, lineage: Lineage, started: 
         report = measure_llm(pl=pl, ctx=ctx, baseline=baseline, final=current, lineage=lineage, started=started,
                              started_at=started_at, env=hardware.versions(), hw=hardware.describe())
     else:
-        from optimize import skip_layernorm, softmax_guard
+        from optimize import pad_trim, skip_layernorm, softmax_guard
         from optimize.measure import bench_inputs_for, measure
 
         timing = bench_inputs_for(ctx, baseline, ctx.data("eval"))
+        current = pad_trim.apply(ctx, current, lineage, timing)  # first: the rewrites after it are timed on its graph
         current = softmax_guard.apply(ctx, current, lineage, timing)
         current = skip_layernorm.apply(ctx, current, lineage, timing)
         report = measure(

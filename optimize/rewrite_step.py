@@ -1,4 +1,5 @@
-"""What the graph rewrites after the passes share (optimize/skip_layernorm.py, optimize/softmax_guard.py).
+"""What the graph rewrites after the passes share (optimize/pad_trim.py, optimize/skip_layernorm.py,
+optimize/softmax_guard.py).
 
 Each rewrite computes the same values as the graph it rewrites and changes only how fast ONNX
 Runtime's CPU kernels run it, so each is timed against the unrewritten file on this machine
@@ -49,6 +50,17 @@ def time_pair(files: dict[str, Path], inputs: dict[str, np.ndarray], *, threads:
                               what=what, more=benchmark.MoreRounds(done, 3 * repeat, EXTRA_SECONDS))
     ratios = round_ratios(t[a].times_ms, t[b].times_ms)
     return estimate(ratios, tolerance), t[a].median_ms, t[b].median_ms, len(ratios)
+
+
+def timing_metrics(names: tuple[str, str], timed: tuple[Any, float, float, int], threads: int,
+                   inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """What a rewrite step records of `time_pair`'s result `timed` for the files `names`
+    (unrewritten first): each median as `NAME_ms`, the speedup with its interval and verdict, the
+    rounds, threads and batch."""
+    est, a_ms, b_ms, rounds = timed
+    return {f"{names[0]}_ms": round(a_ms, 3), f"{names[1]}_ms": round(b_ms, 3), "speedup": round(est.value, 4),
+            "interval": [round(est.low, 4), round(est.high, 4)], "verdict": est.verdict, "rounds": rounds,
+            "threads": threads, "batch": batch_of(inputs)}
 
 
 def batch_of(inputs: dict[str, np.ndarray]) -> int:

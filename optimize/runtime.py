@@ -15,10 +15,15 @@ import numpy as np
 from optimize.errors import VerificationError
 
 
-def session(path: str | Path, threads: int = 1, device: str = "cpu") -> Any:
+def session(path: str | Path, threads: int = 1, device: str = "cpu", optimize_graph: bool = True) -> Any:
+    """An ONNX Runtime session as the tool runs models (spinning off, quiet); `optimize_graph=False`
+    runs the graph as written, without the runtime's fusions (to compare what two graphs compute,
+    not which kernels the runtime picked for each)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not optimize_graph:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")

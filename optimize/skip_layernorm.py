@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from optimize.rewrite_step import Choice, apply_step, batch_of, time_pair
+from optimize.rewrite_step import Choice, apply_step, time_pair, timing_metrics
 
 AUTO, AVOID, ALLOW = "auto", "avoid", "allow"
 
@@ -154,10 +154,9 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
     if mode == AVOID:
         return Choice(rewritten, {**metrics, "layout": "sum"}, [
             f"{metrics['rewritten']} residual Add before a layer norm written as Sum (output.skip_layernorm: avoid)"])
-    est, add_ms, sum_ms, rounds = _time_both(path, rewritten, inputs, threads, warmup, repeat, tolerance, progress)
-    metrics.update(add_ms=round(add_ms, 3), sum_ms=round(sum_ms, 3), speedup=round(est.value, 4),
-                   interval=[round(est.low, 4), round(est.high, 4)], verdict=est.verdict, rounds=rounds,
-                   threads=threads, batch=batch_of(inputs))
+    timed = _time_both(path, rewritten, inputs, threads, warmup, repeat, tolerance, progress)
+    est, add_ms, sum_ms, _ = timed
+    metrics.update(timing_metrics(("add", "sum"), timed, threads, inputs))
     # The two files compute the same values, so any speed the interval is sure of decides: the speed
     # tolerance that keeps the report from claiming noise as a change is not needed here (one fused op
     # of eleven is ~3% of MiniLM's time, at the edge of that band)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from optimize.rewrite_step import Choice, apply_step, batch_of, time_pair
+from optimize.rewrite_step import Choice, apply_step, time_pair, timing_metrics
 
 AUTO, ALWAYS, NEVER = "auto", "always", "never"
 MARGIN = 60.0
@@ -118,12 +118,6 @@ def rewrite(src: Path, dst: Path) -> int:
     return k
 
 
-def enabled(mode: str, device: str) -> bool:
-    """Whether a model timed to choose something (a shape, an export) should be timed guarded, as the
-    pipeline's last step would most likely hand it out: `always`, or `auto` on a CPU run."""
-    return mode == ALWAYS or (mode == AUTO and device == "cpu")
-
-
 def guarded_copy(path: Path, folder: Path) -> Path:
     """`path` guarded into `folder` when it has a Softmax to guard, else `path` itself: for callers
     that time a model as the pipeline will hand it out (the prune pass's shapes, the export's
@@ -146,12 +140,10 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
     if mode == ALWAYS:
         return Choice(rewritten, {**metrics, "kept": True}, [
             f"{found} Softmax input(s) floored at the row's max - {MARGIN:g} (output.softmax_guard: always)"])
-    est, plain_ms, guarded_ms, rounds = time_pair({"plain": path, "guarded": rewritten}, inputs, threads=threads,
-                                                  warmup=warmup, repeat=repeat, tolerance=tolerance, progress=progress,
-                                                  key="softmax_guard", what="softmax guard")
-    metrics.update(plain_ms=round(plain_ms, 3), guarded_ms=round(guarded_ms, 3), speedup=round(est.value, 4),
-                   interval=[round(est.low, 4), round(est.high, 4)], verdict=est.verdict, rounds=rounds,
-                   threads=threads, batch=batch_of(inputs))
+    timed = time_pair({"plain": path, "guarded": rewritten}, inputs, threads=threads, warmup=warmup, repeat=repeat,
+                      tolerance=tolerance, progress=progress, key="softmax_guard", what="softmax guard")
+    est, plain_ms, guarded_ms, _ = timed
+    metrics.update(timing_metrics(("plain", "guarded"), timed, threads, inputs))
     # same values either way, so any speed the interval is sure of decides (as for the residual layout)
     if est.low > 1.0:
         return Choice(rewritten, {**metrics, "kept": True}, [

@@ -95,14 +95,15 @@ def choice_note(record: dict[str, Any]) -> str:
 
 def _measured_export(model: Any, path: Any, opset: int, ctx: Any) -> tuple[Any, dict[str, Any]]:
     from optimize.export_candidates import MAX_ROUNDS, choose_export
-    from optimize.softmax_guard import enabled
+    from optimize.handed_out import handed_out
 
     m = ctx.config.measure
     ctx.progress.start("export.candidates", "export: building and timing the candidate exports", None)
     try:
         return choose_export(model, path, opset=opset, inputs=_timing_inputs(model, ctx), quant=_later_quantize(ctx),
                              threads=ctx.threads, warmup=min(m.warmup, 3), repeat=min(m.repeat, MAX_ROUNDS),
-                             device=_ort_device(ctx.device), guard=enabled(ctx.config.output.softmax_guard, ctx.device))
+                             device=_ort_device(ctx.device),
+                             handed_out=lambda p, f: handed_out(p, f, ctx.config.output, ctx.device))
     finally:
         ctx.progress.finish("export.candidates")
 

@@ -39,12 +39,12 @@ def make_ctx(work_dir: Path, config: Any = EMPTY_CONFIG, *, inputs: Any = None, 
 
 def rewrite_ctx(work_dir: Path, mode: str = "auto", device: str = "cpu") -> Any:
     """The slice of a run context the graph rewrites after the passes read (optimize/rewrite_step.py:
-    skip_layernorm, softmax_guard): both set to `mode`, short timing, one thread."""
+    skip_layernorm, softmax_guard, pad_trim): each set to `mode`, short timing, one thread."""
     from types import SimpleNamespace
 
     from optimize.progress import NullProgress
 
-    cfg = SimpleNamespace(output=SimpleNamespace(skip_layernorm=mode, softmax_guard=mode),
+    cfg = SimpleNamespace(output=SimpleNamespace(skip_layernorm=mode, softmax_guard=mode, pad_trim=mode),
                           measure=SimpleNamespace(warmup=1, repeat=5, speed_tolerance=0.03))
     return SimpleNamespace(config=cfg, device=device, work_dir=work_dir, threads=1, progress=NullProgress())
 

@@ -125,13 +125,44 @@ def test_without_int8_cosines_the_fastest_wins():
     assert best.name == "a" and best.status == "chosen"
 
 
-def test_candidates_skip_fusion_where_it_cannot_apply(bert, monkeypatch):
-    build, skipped = ec.candidates_for(bert)
-    assert [c.name for c in build] == ["torchscript-eager", "torchscript-eager+fusion", "dynamo"] and not skipped
-    attention = next(m for m in bert.module.modules() if type(m).__name__ == "BertSelfAttention")
-    monkeypatch.setattr(attention, "num_attention_heads", 3)  # what structured pruning of one head leaves
-    build, skipped = ec.candidates_for(bert)
-    assert [c.name for c in skipped] == ["torchscript-eager+fusion"] and "pruned" in skipped[0].status
+def _heads_removed(handle, keep: list[list[int]]):
+    """A copy of `handle` with each layer's attention keeping only the heads in `keep` (its Q/K/V
+    rows and output-projection columns sliced, as structured pruning leaves them)."""
+    import copy
+
+    module = copy.deepcopy(handle.module)
+    layers = [m for m in module.modules() if type(m).__name__ == "BertLayer"]
+    for layer, heads in zip(layers, keep, strict=True):
+        att, out = layer.attention.self, layer.attention.output.dense
+        d = att.attention_head_size
+        rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in heads])
+        for name in ("query", "key", "value"):
+            lin = getattr(att, name)
+            new = torch.nn.Linear(lin.in_features, len(rows))
+            new.weight.data, new.bias.data = lin.weight.data[rows].clone(), lin.bias.data[rows].clone()
+            setattr(att, name, new)
+        proj = torch.nn.Linear(len(rows), out.out_features)
+        proj.weight.data, proj.bias.data = out.weight.data[:, rows].clone(), out.bias.data.clone()
+        layer.attention.output.dense = proj
+        att.num_attention_heads, att.all_head_size = len(heads), len(rows)
+    return handle.replace(module=module)
+
+
+def test_fusion_after_heads_are_pruned_gets_each_layers_head_count(bert, tmp_path):
+    """ONNX Runtime's fusion writes the config's head count (4) on every Attention; the export sets
+    each from its weights, and the fused file agrees with torch."""
+    import onnx
+
+    assert [c.name for c in ec.candidates_for(bert)[0]] == ["torchscript-eager", "torchscript-eager+fusion", "dynamo"]
+    pruned = _heads_removed(bert, [[0, 2, 3], [1, 3]])
+    build, skipped = ec.candidates_for(pruned)
+    fusion = next(c for c in build if c.name == "torchscript-eager+fusion")
+    assert not skipped and ec._build(fusion, pruned, tmp_path, 18) is not None, fusion.status
+    heads = [next(a.i for a in n.attribute if a.name == "num_heads")
+             for n in onnx.load(str(fusion.path)).graph.node if n.op_type == "Attention"]
+    assert heads == [3, 2]
+    probes = ec.parity_probes(pruned)
+    assert ec.parity_failure(fusion.path, probes, ec.torch_outputs(pruned, probes))[1] is None
 
 
 def test_export_pass_times_as_the_later_quantize_pass_quantizes():

@@ -128,3 +128,39 @@ def conv_block(path: Path, opset: int) -> Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def masked_encoder(path: Path, *, pooling: str = "masked", opset: int = 17, mask_type: int = 7) -> Path:  # 7: int64
+    """input_ids, attention_mask (batch, sequence) → embedding, tanh → one attention head with an additive
+    mask → `pooling`: 'masked' mean over kept tokens (batch, D), 'all' mean over every column
+    (reads the padding), 'tokens' the token states (batch, sequence, D). Vocabulary 20, width D = 8."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    D = 8  # noqa: N806 - the model width, as written in the docstring
+    rng = np.random.default_rng(0)
+    w = {n: rng.standard_normal(s).astype(np.float32) for n, s in
+         [("emb", (20, D)), ("wq", (D, D)), ("wk", (D, D)), ("wv", (D, D))]}
+    w.update(one=np.array(1.0, np.float32), big=np.array(-1e9, np.float32), scale=np.array(D ** -0.5, np.float32),
+             ax1=np.array([1], np.int64), ax2=np.array([2], np.int64))
+    n = helper.make_node
+    nodes = [n("Gather", ["emb", "input_ids"], ["e0"]), n("Tanh", ["e0"], ["e"]),  # so int8 quantizes e per call
+             *[n("MatMul", ["e", f"w{k}"], [k]) for k in "qkv"],
+             n("Transpose", ["k"], ["kt"], perm=[0, 2, 1]), n("MatMul", ["q", "kt"], ["qk"]), n("Mul", ["qk", "scale"], ["s"]),
+             n("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT), n("Sub", ["one", "m"], ["pad"]),
+             n("Mul", ["pad", "big"], ["bias2"]), n("Unsqueeze", ["bias2", "ax1"], ["bias"]), n("Add", ["s", "bias"], ["sm"]),
+             n("Softmax", ["sm"], ["p"], axis=-1), n("MatMul", ["p", "v"], ["h"])]
+    seq = ["batch", "sequence"]
+    if pooling == "tokens":
+        out = helper.make_tensor_value_info("h", TensorProto.FLOAT, [*seq, D])
+    elif pooling == "all":
+        nodes.append(n("ReduceMean", ["h"], ["y"], axes=[1], keepdims=0) if opset < 18 else n("ReduceMean", ["h", "ax1"], ["y"], keepdims=0))
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", D])
+    else:
+        nodes += [n("Unsqueeze", ["m", "ax2"], ["m3"]), n("Mul", ["h", "m3"], ["hm"]),
+                  n("ReduceSum", ["hm", "ax1"], ["num"], keepdims=0), n("ReduceSum", ["m3", "ax1"], ["den"], keepdims=0),
+                  n("Div", ["num", "den"], ["y"])]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", D])
+    ins = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, seq),
+           helper.make_tensor_value_info("attention_mask", mask_type, seq)]
+    return save_graph(nodes, ins, [out], w, path, opset=opset)

@@ -4,7 +4,8 @@ Which structure buys speed depends on the CPU. On all-MiniLM-L6-v2 in dynamic in
 sublayer cost about 0.7 of an FFN on an AMD Zen 5, while on an Intel Xeon with AMX (integer matmuls
 cheap) one attention sublayer was worth about six times 128 FFN neurons a block (docs/distill.md),
 most of it a Softmax stalled on denormal floats that the pipeline's softmax guard now removes
-(optimize/softmax_guard.py; candidates are timed guarded when the run would guard): a shape chosen
+(optimize/softmax_guard.py; candidates are timed as the pipeline's last steps would hand them out,
+guarded and their padding cut, optimize/handed_out.py): a shape chosen
 on one CPU missed the speed target on the other. So the user lists candidate shapes in their order of preference (best quality first) and a
 target speedup; each candidate is pruned (untrained), exported, put through the pipeline's own
 quantize pass when one follows (its settings, calibration included), and timed against the input
@@ -117,15 +118,16 @@ def _candidates(pass_cls: Any, cfg: PruneConfig, model: Any, ctx: Any, qcfg: Any
 
 def _deployed(ctx: Any, qcfg: Any, handle: Any, folder: Path, how: dict[str, Any]) -> Path:
     """`handle` exported (when torch), then through the quantize pass when there is one, then its
-    Softmax guarded as the pipeline's last step would (optimize/softmax_guard.py): its ONNX path."""
-    from optimize.softmax_guard import enabled, guarded_copy
+    padding cut and Softmax guarded as the pipeline's last steps would (optimize/handed_out.py): its
+    ONNX path."""
+    from optimize.handed_out import handed_out
     from passes.prune.int8_margin import export_on_cpu, through_quantize
 
     folder.mkdir(parents=True, exist_ok=True)
     onnx = (export_on_cpu(ctx, handle, folder / "model.onnx", how["exporter"], how["attention"])
             if handle.form == "torch" else handle)
     path = Path((through_quantize(ctx, qcfg, onnx, folder / "quantize") if qcfg is not None else onnx).onnx_path)
-    return guarded_copy(path, folder / "guarded") if enabled(ctx.config.output.softmax_guard, ctx.device) else path
+    return handed_out(path, folder / "handed-out", ctx.config.output, ctx.device)[0]
 
 
 def _time(cfg: PruneConfig, ctx: Any, model: Any, base: Path, paths: dict[int, Path], rows: list[dict[str, Any]]) -> None:

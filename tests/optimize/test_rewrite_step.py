@@ -1,4 +1,4 @@
-"""What the two graph rewrites after the passes share (optimize/rewrite_step.py): a failure to
+"""What the graph rewrites after the passes share (optimize/rewrite_step.py): a failure to
 decide is a note on an inserted step and the model is handed on unchanged, for each rewrite."""
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from helpers import rewrite_ctx
 from onnx import TensorProto, helper
 from tiny_models import save_graph
 
-from optimize import skip_layernorm, softmax_guard
+from optimize import pad_trim, skip_layernorm, softmax_guard
+from optimize.handed_out import enabled, handed_out
 from optimize.handle import ModelHandle
 
 
 @pytest.mark.parametrize(("module", "kept_when_failed", "what"), [
     (skip_layernorm, {"layout": "add"}, "residual layout not decided"),
     (softmax_guard, {"kept": False}, "softmax guard not decided"),
+    (pad_trim, {"kept": False}, "padding cut not decided"),
 ])
 def test_apply_turns_a_failure_into_a_note_and_keeps_the_model(tmp_path, monkeypatch, module, kept_when_failed, what):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
@@ -36,3 +38,27 @@ def test_apply_turns_a_failure_into_a_note_and_keeps_the_model(tmp_path, monkeyp
     (step,) = lineage.steps
     assert step.metrics == {"mode": "auto", **kept_when_failed, "error": "[ONNXRuntimeError] my.domain:Foo is not a registered op"}
     assert step.inserted and what in step.notes[0] and not scratch.exists()
+
+
+def test_enabled_for_timing_choices():
+    assert enabled("always", "cuda") and enabled("auto", "cpu")
+    assert not enabled("auto", "cuda") and not enabled("never", "cpu")
+
+
+def test_handed_out_applies_the_rewrites_a_run_would(tmp_path):
+    """A model timed to choose a shape or an export gets its padding cut, then its Softmax guarded,
+    as the pipeline's last steps would; each only where its mode says so."""
+    import onnx
+    from tiny_models import masked_encoder
+
+    src = masked_encoder(tmp_path / "m.onnx")
+
+    def ops(path):
+        return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+    both, done = handed_out(src, tmp_path / "a", SimpleNamespace(pad_trim="auto", softmax_guard="auto"), "cpu")
+    assert both == tmp_path / "a/guarded/model.onnx" and {"Range", "Slice", "Max"} <= ops(both)
+    assert done == ["padding cut", "Softmax guarded"]
+    cut, done = handed_out(src, tmp_path / "b", SimpleNamespace(pad_trim="always", softmax_guard="never"), "cuda")
+    assert cut == tmp_path / "b/cut/model.onnx" and "Slice" in ops(cut) and done == ["padding cut"]
+    assert handed_out(src, tmp_path / "c", SimpleNamespace(pad_trim="auto", softmax_guard="auto"), "cuda") == (src, [])
