@@ -90,6 +90,7 @@ def sentences() -> list[str]:
 
 # this tool's rows: (label, output.exporter, quantize reduce_range)
 TOOL_ROWS = [("optimize int8", "auto", "auto"),
+             ("optimize int8, exporter torchscript (no attention fusion)", "torchscript", "auto"),
              ("optimize int8, reduce_range false", "auto", "false"),
              ("optimize int8, exporter dynamo (the former auto)", "dynamo", "auto")]
 
