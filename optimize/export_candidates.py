@@ -345,10 +345,10 @@ def choose_export(handle: ModelHandle, path: Path, *, opset: int, inputs: dict[s
                   warmup: int = 3, repeat: int = MAX_ROUNDS, device: str = "cpu",
                   handed_out: Callable[[Path, Path], tuple[Path, list[str]]] | None = None) -> tuple[ModelHandle, dict[str, Any]]:
     """Build, check and time the candidates of `candidates_for`; the fastest is written to `path`.
-    `handed_out(path, folder) -> (path, what was done)`: each is timed as that returns it, as the pipeline's last steps will
-    hand it out (optimize/handed_out.py: padding cut, Softmax guarded; a fused Attention op has no
-    Softmax to guard). Returns its handle and the record for the report. Raises ExportError when none
-    is usable."""
+    `handed_out(path, folder) -> (path, what was done)`: each is timed as that returns it, as the
+    pipeline's last steps will hand it out (optimize/handed_out.py: padding cut, Softmax guarded; a
+    fused Attention op has no Softmax to guard). Returns its handle and the record for the report.
+    Raises ExportError when none is usable."""
     from optimize.export import ExportError
 
     t_start = time.perf_counter()

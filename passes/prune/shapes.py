@@ -5,8 +5,8 @@ sublayer cost about 0.7 of an FFN on an AMD Zen 5, while on an Intel Xeon with A
 cheap) one attention sublayer was worth about six times 128 FFN neurons a block (docs/distill.md),
 most of it a Softmax stalled on denormal floats that the pipeline's softmax guard now removes
 (optimize/softmax_guard.py; candidates are timed as the pipeline's last steps would hand them out,
-guarded and their padding cut, optimize/handed_out.py): a shape chosen
-on one CPU missed the speed target on the other. So the user lists candidate shapes in their order of preference (best quality first) and a
+guarded and their padding cut, optimize/handed_out.py): a shape chosen on one CPU missed the speed
+target on the other. So the user lists candidate shapes in their order of preference (best quality first) and a
 target speedup; each candidate is pruned (untrained), exported, put through the pipeline's own
 quantize pass when one follows (its settings, calibration included), and timed against the input
 model exported and put through the same (for a transformers model under `exporter: auto`, both as
