@@ -31,7 +31,7 @@ import numpy as np
 from optimize.pad_check import compare, held_scales, padded
 from optimize.rewrite_step import Choice, apply_step, time_pair, timing_metrics
 
-AUTO, ALWAYS, NEVER = "auto", "always", "never"
+ALWAYS, NEVER = "always", "never"
 MASK = "attention_mask"
 _MASK_TYPES = {1, 6, 7, 9}  # float, int32, int64, bool
 _PREFIX = "pad_trim"
@@ -198,8 +198,13 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
     if not names:
         return Choice(path, {"mode": mode, "kept": False, "reason": why}, [f"padding not cut in the graph: {why}"])
     columns, longest = _columns(inputs)
-    metrics: dict[str, Any] = {"mode": mode, "inputs": names, "eval_columns": columns, "eval_longest": longest,
-                               "check": check(path, rewritten, inputs, names, threads, out_dir / "check")}
+    metrics: dict[str, Any] = {"mode": mode, "inputs": names, "eval_columns": columns, "eval_longest": longest}
+    if mode != ALWAYS and longest == columns:  # nothing to cut on this batch: neither check nor time it
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return Choice(path, {**metrics, "kept": False}, [
+            f"padding not cut in the graph: the eval batch's longest row fills its {columns} columns, so nothing "
+            "would be cut here (output.pad_trim: always cuts it for inputs padded past their longest row)"])
+    metrics["check"] = check(path, rewritten, inputs, names, threads, out_dir / "check")
     shutil.rmtree(out_dir / "check", ignore_errors=True)
     if not metrics["check"]["passed"]:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -212,11 +217,6 @@ def choose(path: Path, out_dir: Path, *, mode: str, inputs: dict[str, np.ndarray
     what = f"{', '.join(names)} cut in the graph at the batch's longest row"
     if mode == ALWAYS:
         return Choice(rewritten, {**metrics, "kept": True}, [f"{what} (output.pad_trim: always)"])
-    if longest == columns:  # nothing to cut on this batch: timing would only measure the cost of the check
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return Choice(path, {**metrics, "kept": False}, [
-            f"padding not cut in the graph: the eval batch's longest row fills its {columns} columns, so nothing "
-            "would be cut here (output.pad_trim: always cuts it for inputs padded past their longest row)"])
     timed = time_pair({"plain": path, "cut": rewritten}, inputs, threads=threads, warmup=warmup, repeat=repeat,
                       tolerance=tolerance, progress=progress, key="pad_trim", what="padding cut")
     est, plain_ms, cut_ms, _ = timed

@@ -30,7 +30,7 @@ import numpy as np
 
 from optimize.rewrite_step import Choice, apply_step, time_pair, timing_metrics
 
-AUTO, ALWAYS, NEVER = "auto", "always", "never"
+ALWAYS, NEVER = "always", "never"
 MARGIN = 60.0
 FLOAT = 1  # TensorProto.FLOAT
 _PREFIX = "softmax_guard"

@@ -205,6 +205,7 @@ def test_modes(tmp_path):
     assert not (tmp_path / "a/check").exists()
     full = pad_trim.choose(src, tmp_path / "f", mode="auto", **{**kw, "inputs": _batch([5, 5], 5)})
     assert full.path == src and not full.metrics["kept"] and "fills its 5 columns" in full.notes[0]
+    assert "check" not in full.metrics and not (tmp_path / "f").exists()  # nothing to cut: not checked either
     assert pad_trim.choose(src, tmp_path / "x", mode="auto", **{**kw, "inputs": {"x": np.zeros(2)}}) is None
 
 
