@@ -2,7 +2,7 @@
 
 Paths are compared by file identity (device, inode) after following links, not by spelling, so a
 hard link, a symlink, a bind mount or `..` cannot make an output replace an input. Every check runs
-before any work and raises UsageError (exit 2).
+before any work and raises UsageError (exit 2; a missing data file is its DataError).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from optimize.errors import UsageError
+from optimize.errors import DataError, UsageError
 
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _FOLDER_FILES_MAX = 10_000  # a model or data folder: compare at most this many of its files
@@ -86,6 +86,20 @@ def read_paths(model: str | None, cfg: Any, config_file: str | None, base_dir: P
         if spec is not None and not spec.source.startswith("builtin:") and not is_callable_reference(spec.source):
             add(f"data.{role}.source", base_dir / spec.source)
     return reads
+
+
+def check_data_files(cfg: Any, base_dir: Path) -> None:
+    """Every data source named as a file or folder exists: all missing ones named in one line (DataError)."""
+    missing = []
+    for role in ("train", "eval", "calibration"):
+        spec = getattr(cfg.data, role)
+        if spec is None or spec.source.startswith("builtin:") or is_callable_reference(spec.source):
+            continue
+        path = base_dir / spec.source
+        if not path.exists():
+            missing.append(f"data.{role}.source {path}")
+    if missing:
+        raise DataError(f"data file{'s' if len(missing) > 1 else ''} not found: {'; '.join(missing)}")
 
 
 def write_paths(output: Path, report: Path, markdown: bool, charts: bool) -> dict[str, Path]:

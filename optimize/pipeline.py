@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optimize import __version__
+from optimize import __version__, files
 from optimize.api import RunOptions, config_overrides
 from optimize.config import PipelineConfig, dump_config, load_config
 from optimize.context import RunContext
@@ -124,6 +124,7 @@ def plan(opts: RunOptions) -> Plan:
     if llm:
         llm_route.check_plan(cfg, config_file)  # passes, gates, data: before any weights are read
     base_dir = Path.cwd()
+    files.check_data_files(cfg, base_dir)  # before the model is read
     device = _resolve_device(cfg.hardware.device)
 
     handle: ModelHandle | None = None
@@ -205,7 +206,7 @@ def _resolve_shapes(handle: ModelHandle, cfg: Any) -> tuple[ModelHandle, list[st
 def _check_files(opts: RunOptions, cfg: Any, config_file: str | None, base_dir: Path, output: Path, report: Path) -> None:
     """Before any work: no output is (by file identity) an input, the config or a data file; names
     the file system may refuse are refused now; the report stays JSON."""
-    from optimize import charts, files
+    from optimize import charts
 
     for path, what in ((output, "the output"), (report, "the report")):
         files.check_output_name(path, what)
@@ -272,8 +273,6 @@ def run(opts: RunOptions) -> Any:
 
 def _claim_work_dir(pl: Plan, opts: RunOptions) -> Any:
     """--work-dir: this run's own (new, empty, or a resume of the same input and config), locked."""
-    from optimize import files
-
     reads = files.read_paths(opts.model, pl.config, pl.config_file, pl.base_dir)
     try:
         return files.claim_work_dir(Path(opts.work_dir), files.run_key(reads, pl.config_dump))  # type: ignore[arg-type]

@@ -335,6 +335,21 @@ def test_output_equal_to_the_input(capfd, tmp_path: Path, mlp_bytes: bytes, cfg:
     assert model.read_bytes() == mlp_bytes
 
 
+def test_missing_data_files_are_named_together_before_any_work(capfd, tmp_path: Path, mlp_bytes: bytes,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every data file the config names but the disk lacks, in one line, before the model is read (the
+    model file here is not even valid ONNX: the data check comes first)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here.npz").write_bytes(b"")
+    model = tmp_path / "mlp.onnx"
+    model.write_bytes(b"not a model")
+    cfg = write_config(tmp_path, PIPELINE, "data:\n  train: {source: gone.npz}\n  eval: {source: here.npz}\n"
+                       "  calibration: {source: sub/also-gone.npz}\n")
+    line = run_rejected(capfd, model, cfg, tmp_path / "m.onnx", "data files not found", "data.train.source",
+                        "gone.npz", "data.calibration.source", "also-gone.npz")
+    assert "data.eval.source" not in line
+
+
 def test_cuda_without_cuda(capfd, tmp_path: Path, mlp_bytes: bytes, cfg: Path) -> None:
     import torch
 
