@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from optimize.errors import ModelLoadError
+from optimize.frameworks.text_data import tokenizer_beside
 from optimize.handle import ModelHandle, TensorSpec, specs_from_config
 from optimize.onnx_load import onnx_handle
 
@@ -52,7 +53,8 @@ def load_model(
         raise ModelLoadError(f"{spec}: is a Git LFS pointer, not the model; run 'git lfs pull'")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return onnx_handle(path, declared)
+        handle = onnx_handle(path, declared)
+        return handle.replace(tokenizer=tokenizer_beside(path, handle.input_names))
     if suffix == ".pt2":
         return _from_pt2(path, declared, outputs, trust_model)
     if suffix in TORCH_SUFFIXES:

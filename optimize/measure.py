@@ -158,7 +158,9 @@ def accuracy_metrics(ctx: Any, ver: Verified, eval_ds: Any, lineage: Lineage, me
         )
     else:
         why = (
-            "no labelled eval data (data.eval)" if eval_ds is None or eval_ds.labels is None
+            "no eval data (data.eval)" if eval_ds is None
+            else "data.eval has no labels (for an embedding model, model.task: embedding measures the cosine "
+            "to the input model's embeddings)" if eval_ds.labels is None
             else f"task '{cfg.model.task}' has no accuracy metric yet" if cfg.model.task != "classification"
             else "the output model produced non-finite outputs"
         )

@@ -316,6 +316,8 @@ def write_serving_files(info: TokenizerInfo, out_dir: Path) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if out_dir.resolve() == Path(info.path).resolve():
         return {}  # the tokenizer is already there (output written into the model's own folder)
+    if info.beside_onnx:
+        return _copy_tokenizer_files(Path(info.path), out_dir)
     tok = load_tokenizer(info.path, "tokenizer")
     tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.", dir=out_dir))
     written: dict[str, str] = {}
@@ -327,6 +329,30 @@ def write_serving_files(info: TokenizerInfo, out_dir: Path) -> dict[str, str]:
                 written[f"tokenizer/{f.name}"] = str(out_dir / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return written
+
+
+def _copy_tokenizer_files(src: Path, out_dir: Path) -> dict[str, str]:
+    """The tokenizer files beside an input ONNX file, copied as they are (no [hf] extra needed) to
+    the output's folder. Not into the working directory (where an ONNX file's output goes by default)
+    and not where the folder already holds one of those names: those files may be the user's."""
+    import shutil
+
+    names = [n for n in TOKENIZER_MARKERS if (src / n).is_file()]
+    clash = [n for n in names if (out_dir / n).exists()]
+    log = logging.getLogger("optimize")
+    if out_dir.resolve() == Path.cwd().resolve():
+        log.info("tokenizer files not copied into the working directory; -o DIR/model.onnx gives a folder that serves")
+        return {}
+    if clash:
+        log.warning("tokenizer files not copied beside the output: %s already holds %s", out_dir, ", ".join(clash))
+        return {}
+    written: dict[str, str] = {}
+    for n in names:
+        tmp = out_dir / f".{n}.part"
+        shutil.copyfile(src / n, tmp)
+        os.replace(tmp, out_dir / n)
+        written[f"tokenizer/{n}"] = str(out_dir / n)
     return written
 
 

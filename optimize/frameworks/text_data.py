@@ -22,6 +22,7 @@ from optimize.frameworks.text_variants import word_spans, word_variants
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 LABEL_FIELDS = ("label", "labels", "y", "target", "class")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")  # one of these: a tokenizer folder
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TokenizerInfo:
     input_names: tuple[str, ...] = ("input_ids", "attention_mask")
     label2id: dict[str, int] = field(default_factory=dict)  # class names → ids (Hugging Face config)
     task: str = "embedding"  # feature-extraction / sequence-classification / token-classification
+    beside_onnx: bool = False  # found beside an input ONNX file (tokenizer_beside), not with a model folder
 
 
 def is_text_source(source: str) -> bool:
@@ -52,6 +54,23 @@ def tokenizer_for(config: Any, handle: Any, base_dir: Path) -> TokenizerInfo | N
         names = tuple(s.name for s in getattr(handle, "inputs", []) or []) or ("input_ids", "attention_mask")
         return TokenizerInfo(p, 128, names)
     return own
+
+
+def tokenizer_beside(onnx_path: Path, input_names: list[str]) -> TokenizerInfo | None:
+    """The tokenizer in the folder of an ONNX file that takes `input_ids` (an output folder this
+    tool wrote, or any exported text model with its tokenizer files beside it); None when there is
+    none. Its max length is the `max_length` its tokenizer_config.json keeps, else 128."""
+    folder = Path(onnx_path).resolve().parent
+    if "input_ids" not in input_names or not any((folder / n).is_file() for n in _TOKENIZER_FILES):
+        return None
+    max_length = 128
+    try:
+        saved = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("max_length")
+        if isinstance(saved, int) and 0 < saved < 1_000_000:
+            max_length = saved
+    except (OSError, ValueError, AttributeError):
+        pass  # no tokenizer_config.json or not a JSON object: the default length
+    return TokenizerInfo(folder, max_length, tuple(input_names), beside_onnx=True)
 
 
 def _read_texts(path: Path, where: str, text_field: str, label_field: str | None) -> tuple[list[str], list[Any] | None]:
@@ -118,8 +137,8 @@ def load_text(path: Path, where: str, spec: Any, info: TokenizerInfo | None,
     None: each sample's variant round, -1 for the lines themselves; see word_variants)."""
     if info is None:
         raise DataError(
-            f"{where}: text needs a tokenizer: use a Hugging Face model folder (its tokenizer is used) "
-            "or set model.tokenizer.path to a folder with tokenizer files"
+            f"{where}: text needs a tokenizer: use a Hugging Face model folder (its tokenizer is used), keep "
+            "the tokenizer files beside the ONNX file, or set model.tokenizer.path to a folder with them"
         )
     texts, labels = _read_texts(path, where, getattr(spec, "text_field", "text") or "text", getattr(spec, "label_field", None))
     if not texts:
