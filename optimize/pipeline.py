@@ -187,7 +187,7 @@ def _check_parity_evidence(cfg: Any, config_file: str | None, inputs: list[Any])
         raise ConfigError(
             f"min_parity_cosine would be judged on random token ids for {listed}, which tell neither a good model "
             "nor a broken one: set data.eval to real inputs (a .npz named as the model's inputs; for a text model a "
-            ".txt or .jsonl file, tokenized with its tokenizer: model.tokenizer.path for a plain ONNX file), or run "
+            ".txt or .jsonl file, tokenized with its tokenizer: files beside an ONNX file or model.tokenizer.path), or run "
             "with --no-fail-on-gate to report the gate without enforcing it", file=config_file, key="gates.min_parity_cosine")
 
 

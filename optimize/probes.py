@@ -134,8 +134,8 @@ def random_ids_message(names: list[str], what: str = "static calibration") -> st
     return (
         f"{what} would run on random token ids for {listed} (activation ranges from random ids do not match "
         "real text: cosine 0.25 on real sentences was measured after it); set data.calibration to a .txt or "
-        ".jsonl file of real text (tokenized with the model's tokenizer: model.tokenizer.path for a plain ONNX "
-        "file), or use mode: dynamic"
+        ".jsonl file of real text (tokenized with the model's tokenizer: files beside an ONNX file or model.tokenizer.path"
+        "), or use mode: dynamic"
     )
 
 
