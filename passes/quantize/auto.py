@@ -160,6 +160,7 @@ class Candidate:
     sensitivity: dict[str, float] | None = None
     median_ms: float | None = None
     speedup: float | None = None
+    speed_low: float | None = None  # the lower end of the speedup's 95% interval (bootstrap of the rounds)
     bytes: int | None = None
     failed: bool = False  # could not be built, loaded or run: rejected, never timed
 
@@ -170,6 +171,7 @@ class Candidate:
             **self.settings,
             "latency_ms": self.median_ms,
             "speedup": self.speedup,
+            "speedup_low": self.speed_low,
             "bytes": self.bytes,
             "size_ratio": (float_bytes / self.bytes) if self.bytes else None,
             "min_cosine": c.min_cosine if c else None,
@@ -220,6 +222,7 @@ def bench_inputs(ctx: Any, specs: list[Any]) -> dict[str, Any]:
 def time_candidates(ctx: Any, float_path: Path, candidates: list[Candidate], specs: list[Any]) -> dict[str, Any]:
     """Time the float input and every candidate interleaved; fill median_ms and speedup."""
     from optimize.benchmark import interleaved, pairwise_ratio
+    from optimize.speed import median_interval, round_ratios
 
     m = ctx.config.measure
     models: dict[str, Any] = {"float input": float_path}
@@ -237,6 +240,7 @@ def time_candidates(ctx: Any, float_path: Path, candidates: list[Candidate], spe
             c.median_ms, c.speedup = base.median_ms, 1.0
         else:
             c.median_ms, c.speedup = t.median_ms, pairwise_ratio(base, t)
+            c.speed_low = median_interval(round_ratios(base.times_ms, t.times_ms))[0]
     return {"threads": ctx.threads, "batch": m.batch, "warmup": m.warmup, "repeat": m.repeat,
             "float_ms": base.median_ms, "runtime": base.runtime}
 
@@ -264,6 +268,17 @@ def choose(candidates: list[Candidate], objective: str) -> tuple[Candidate, list
     best = max(passing, key=lambda c: (c.speedup or 0.0, -(c.bytes or 0)))
     slower = [c for c in candidates if c.quantized and c.speedup is not None and c.speedup < 1.0]
     float_bytes = next((c.bytes for c in candidates if not c.quantized and c.bytes), None)
+    exact = next((c for c in passing if not c.quantized), None)
+    if best.quantized and exact is not None and best.speed_low is not None and best.speed_low <= 1.0:
+        # not measurably faster: the float input computes the exact outputs at the same speed
+        smallest = min(quantized, key=lambda c: c.bytes or 0)
+        size = f" ({float_bytes / smallest.bytes:.1f}x smaller)" if float_bytes and smallest.bytes else ""
+        notes.append(
+            f"kept float: the fastest quantized candidate, {best.name}, measured {best.speedup:.2f}x (95% interval "
+            f"from {best.speed_low:.2f}x), not measurably faster than the float input here; objective: size would "
+            f"choose {smallest.name}{size}"
+        )
+        return exact, notes
     if not best.quantized and slower:
         smallest = min(slower, key=lambda c: c.bytes or 0)
         size = f" ({float_bytes / smallest.bytes:.1f}x smaller)" if float_bytes and smallest.bytes else ""

@@ -27,7 +27,7 @@ class QuantizeConfig(PassConfig):
         "qdq",
         description="static: QDQ (Quantize/DequantizeLinear pairs ONNX Runtime fuses) or QOperator (QLinear* ops); "
         "auto: build the int8 forms that fit the model, measure each against the float input on this hardware, "
-        "keep the best passing one (float when none is faster); on a decoder LLM with mode weight_only: the int4 "
+        "keep the fastest passing one (float when none is measurably faster: the 95% interval of its speedup above 1); on a decoder LLM with mode weight_only: the int4 "
         "variants (accuracy_level 4 / 1 × block_size 32 / 128, fields set explicitly held), the fastest meeting the "
         "quality gates on data.eval (docs/llm.md).",
     )

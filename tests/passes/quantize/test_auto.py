@@ -87,6 +87,19 @@ def test_choose_keeps_float_when_quantized_candidates_are_slower_and_says_why():
                for n in notes)
 
 
+def test_choose_keeps_float_when_the_fastest_quantized_candidate_is_not_measurably_faster():
+    # magika on an Intel Xeon with AMX: int8 static QDQ + 1 float layer at 1.00x, cosine 0.995
+    tie, faster = _cand("int8 static", 1.004, 100), _cand("int8 dynamic", 1.3, 110)
+    tie.speed_low, faster.speed_low = 0.97, 1.21
+    cands = [_cand("float (input)", 1.0, 400, quantized=False), tie]
+    chosen, notes = choose(cands, "latency")
+    assert chosen.name == "float (input)"
+    assert any("not measurably faster" in n and "from 0.97x" in n and "int8 static (4.0x smaller)" in n for n in notes)
+    assert choose(cands, "size")[0].name == "int8 static"  # size asks for the smaller file regardless
+    assert choose([*cands, faster], "latency")[0].name == "int8 dynamic"  # an interval clear of 1.0 wins
+    assert choose(cands[:1] + [_cand("int8 static", 1.004, 100)], "latency")[0].name == "int8 static"  # no interval known
+
+
 def test_choose_size_objective_takes_the_smallest_and_flags_that_it_is_slower():
     cands = [_cand("float (input)", 1.0, 400, quantized=False), _cand("int8 static", 0.69, 100),
              _cand("int8 dynamic", 1.3, 110), _cand("int8 broken", 2.0, 50, passed=False)]
