@@ -268,15 +268,15 @@ def choose(candidates: list[Candidate], objective: str) -> tuple[Candidate, list
     best = max(passing, key=lambda c: (c.speedup or 0.0, -(c.bytes or 0)))
     slower = [c for c in candidates if c.quantized and c.speedup is not None and c.speedup < 1.0]
     float_bytes = next((c.bytes for c in candidates if not c.quantized and c.bytes), None)
-    exact = next((c for c in passing if not c.quantized), None)
-    if best.quantized and exact is not None and best.speed_low is not None and best.speed_low <= 1.0:
-        # not measurably faster: the float input computes the exact outputs at the same speed
+    exact = max((c for c in passing if not c.quantized), key=lambda c: c.speedup or 0.0, default=None)
+    if best.quantized and exact is not None and best.speed_low is not None and best.speed_low <= (exact.speedup or 1.0):
+        # not measurably faster than the fastest float graph, which keeps the float outputs at that speed
         smallest = min(quantized, key=lambda c: c.bytes or 0)
         size = f" ({float_bytes / smallest.bytes:.1f}x smaller)" if float_bytes and smallest.bytes else ""
         notes.append(
-            f"kept float: the fastest quantized candidate, {best.name}, measured {best.speedup:.2f}x (95% interval "
-            f"from {best.speed_low:.2f}x), not measurably faster than the float input here; objective: size would "
-            f"choose {smallest.name}{size}"
+            f"kept {exact.name}: the fastest quantized candidate, {best.name}, measured {best.speedup:.2f}x (95% interval "
+            f"from {best.speed_low:.2f}x), not measurably faster than {exact.name} ({exact.speedup or 1.0:.2f}x) here; "
+            f"objective: size would choose {smallest.name}{size}"
         )
         return exact, notes
     if not best.quantized and slower:

@@ -98,6 +98,11 @@ def test_choose_keeps_float_when_the_fastest_quantized_candidate_is_not_measurab
     assert choose(cands, "size")[0].name == "int8 static"  # size asks for the smaller file regardless
     assert choose([*cands, faster], "latency")[0].name == "int8 dynamic"  # an interval clear of 1.0 wins
     assert choose(cands[:1] + [_cand("int8 static", 1.004, 100)], "latency")[0].name == "int8 static"  # no interval known
+    fused = _cand("float fused", 1.5, 400, quantized=False)
+    quick = _cand("int8 static", 1.52, 100)
+    quick.speed_low = 1.45  # clear of the float input, not of the fused float graph
+    chosen, notes = choose([cands[0], fused, quick], "latency")
+    assert chosen.name == "float fused" and any(n.startswith("kept float fused") and "(1.50x)" in n for n in notes)
 
 
 def test_choose_size_objective_takes_the_smallest_and_flags_that_it_is_slower():
