@@ -350,8 +350,11 @@ def _copy_tokenizer_files(src: Path, out_dir: Path) -> dict[str, str]:
     written: dict[str, str] = {}
     for n in names:
         tmp = out_dir / f".{n}.part"
-        shutil.copyfile(src / n, tmp)
-        os.replace(tmp, out_dir / n)
+        try:
+            shutil.copyfile(src / n, tmp)
+            os.replace(tmp, out_dir / n)
+        finally:
+            tmp.unlink(missing_ok=True)  # nothing half-copied left behind
         written[f"tokenizer/{n}"] = str(out_dir / n)
     return written
 
