@@ -9,6 +9,9 @@ from pathlib import Path
 
 HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 HF_OTHER_WEIGHTS = ("tf_model.h5", "flax_model.msgpack")
+# any of these in a folder: it holds a tokenizer (a Hugging Face folder, or beside an exported ONNX file)
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                     "special_tokens_map.json", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json")
 MINDSPORE_SUFFIXES = (".mindir", ".ckpt")
 KERAS_SUFFIXES = (".keras",)
 

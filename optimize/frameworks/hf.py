@@ -33,7 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from optimize.errors import ConfigError, ModelLoadError
-from optimize.frameworks.common import HF_OTHER_WEIGHTS, HF_WEIGHTS, quiet_transformers
+from optimize.frameworks.common import (
+    HF_OTHER_WEIGHTS,
+    HF_WEIGHTS,
+    TOKENIZER_MARKERS,
+    quiet_transformers,
+)
 from optimize.frameworks.text_data import TokenizerInfo
 from optimize.handle import ModelHandle, TensorSpec
 
@@ -298,10 +303,6 @@ def load_hf_folder(folder: Path, model_cfg: Any = None, *, trust_model: bool = F
     desc += f", pooling {'+'.join(pooling)}{', normalized' if normalize else ''}" if task == "feature-extraction" else ""
     logging.getLogger("optimize").info("%s: %s; inputs %s", folder, desc, ", ".join(names))
     return ModelHandle(form="torch", inputs=specs, outputs=[output], module=module, source=str(folder), tokenizer=info)
-
-
-TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
-                     "special_tokens_map.json", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json")
 
 
 def write_serving_files(info: TokenizerInfo, out_dir: Path) -> dict[str, str]:

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from optimize.errors import DataError
+from optimize.frameworks.common import TOKENIZER_MARKERS
 from optimize.frameworks.text_variants import word_spans, word_variants
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 LABEL_FIELDS = ("label", "labels", "y", "target", "class")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")  # one of these: a tokenizer folder
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def tokenizer_beside(onnx_path: Path, input_names: list[str]) -> TokenizerInfo |
     tool wrote, or any exported text model with its tokenizer files beside it); None when there is
     none. Its max length is the `max_length` its tokenizer_config.json keeps, else 128."""
     folder = Path(onnx_path).resolve().parent
-    if "input_ids" not in input_names or not any((folder / n).is_file() for n in _TOKENIZER_FILES):
+    if "input_ids" not in input_names or not any((folder / n).is_file() for n in TOKENIZER_MARKERS):
         return None
     max_length = 128
     try:

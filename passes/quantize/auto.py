@@ -248,6 +248,14 @@ def time_candidates(ctx: Any, float_path: Path, candidates: list[Candidate], spe
 SIZE_TIE = 0.02
 
 
+def _size_choice(among: list[Candidate], candidates: list[Candidate]) -> str:
+    """'objective: size would choose NAME (N.Nx smaller)': the smallest of `among` against the float input."""
+    smallest = min(among, key=lambda c: c.bytes or 0)
+    float_bytes = next((c.bytes for c in candidates if not c.quantized and c.bytes), None)
+    size = f" ({float_bytes / smallest.bytes:.1f}x smaller)" if float_bytes and smallest.bytes else ""
+    return f"objective: size would choose {smallest.name}{size}"
+
+
 def choose(candidates: list[Candidate], objective: str) -> tuple[Candidate, list[str]]:
     """The chosen candidate and the notes that explain the choice."""
     notes: list[str] = []
@@ -267,28 +275,23 @@ def choose(candidates: list[Candidate], objective: str) -> tuple[Candidate, list
         return best, notes
     best = max(passing, key=lambda c: (c.speedup or 0.0, -(c.bytes or 0)))
     slower = [c for c in candidates if c.quantized and c.speedup is not None and c.speedup < 1.0]
-    float_bytes = next((c.bytes for c in candidates if not c.quantized and c.bytes), None)
     exact = max((c for c in passing if not c.quantized), key=lambda c: c.speedup or 0.0, default=None)
     if best.quantized and exact is not None and best.speed_low is not None and best.speed_low <= (exact.speedup or 1.0):
         # not measurably faster than the fastest float graph, which keeps the float outputs at that speed
-        smallest = min(quantized, key=lambda c: c.bytes or 0)
-        size = f" ({float_bytes / smallest.bytes:.1f}x smaller)" if float_bytes and smallest.bytes else ""
         notes.append(
             f"kept {exact.name}: the fastest quantized candidate, {best.name}, measured {best.speedup:.2f}x (95% interval "
             f"from {best.speed_low:.2f}x), not measurably faster than {exact.name} ({exact.speedup or 1.0:.2f}x) here; "
-            f"objective: size would choose {smallest.name}{size}"
+            + _size_choice(quantized, candidates)
         )
         return exact, notes
     if not best.quantized and slower:
-        smallest = min(slower, key=lambda c: c.bytes or 0)
-        size = f" ({float_bytes / smallest.bytes:.1f}x smaller)" if float_bytes and smallest.bytes else ""
         notes.append(
             "kept float: every quantized candidate ran SLOWER than the float input on this hardware ("
-            + ", ".join(f"{c.name} {c.speedup:.2f}x" for c in slower)
-            + f"); objective: size would choose {smallest.name}{size}"
+            + ", ".join(f"{c.name} {c.speedup:.2f}x" for c in slower) + "); " + _size_choice(slower, candidates)
         )
     elif not best.quantized and not quantized:
         notes.append("kept float: no quantized candidate met the parity/accuracy goal")
     elif best.quantized and best.speedup is not None and best.speedup < 1.05:
-        notes.append(f"chose {best.name} at {best.speedup:.2f}x: within the noise of this machine's timings")
+        low = f" (95% interval from {best.speed_low:.2f}x)" if best.speed_low is not None else ""
+        notes.append(f"chose {best.name} at {best.speedup:.2f}x{low}: a small gain on this machine")
     return best, notes
