@@ -436,8 +436,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def likely_causes(diag: Diagnostics, *, speedup: float | None, sparsity: float | None = None,
-                  params_removed: float | None = None) -> list[str]:
-    """When the output is slower than the input (speedup < 1), the causes the evidence supports."""
+                  params_removed: float | None = None, input_sparsity: float | None = None) -> list[str]:
+    """When the output is slower than the input (speedup < 1), the causes the evidence supports.
+    `sparsity` is the output's share of zero weights, given when a pass pruned (int8 rounding also makes
+    zeros, which integer kernels do not care about), `input_sparsity` the input's: only zeros the
+    pipeline added are blamed (a mel filterbank or a windowed STFT ships with a quarter zero)."""
     if speedup is None or speedup >= 1.0:
         return []
     out_f, out_rt, prof = diag.output.file, diag.output.runtime, diag.output.profile
@@ -462,6 +465,7 @@ def likely_causes(diag: Diagnostics, *, speedup: float | None, sparsity: float |
             "kernels remain in its optimized graph (a torch fake-quant export does this); materialize the model "
             "with ONNX Runtime's quantizer"
         )
+    slow_int = _slower_integer_kernels(diag)
     g = out_rt or out_f
     if g is not None and prof is not None and prof.total_kernel_ms > 0:
         qshare = prof.share_by_kind.get("quantize_dequantize", 0.0)
@@ -469,7 +473,10 @@ def likely_causes(diag: Diagnostics, *, speedup: float | None, sparsity: float |
         per_layer_us = 1000.0 * sum(prof.ms_by_kind.get(k, 0.0) for k in KINDS) / n_compute
         per_layer_w = sum(g.weights_by_kind.values()) / n_compute
         quantized = bool(int_kernels or (out_f and out_f.ops.get("QuantizeLinear")))
-        if qshare >= 0.2 or (quantized and (per_layer_us < 20.0 or per_layer_w < TINY_LAYER_WEIGHTS)):
+        # small layers are the cause only where the quantizing shows in the time (or kernels are µs-short)
+        # (not when the integer kernels alone outlast the float ones: then they are the cost, named below)
+        small = per_layer_w < TINY_LAYER_WEIGHTS and qshare >= 0.05 and not slow_int
+        if qshare >= 0.2 or (quantized and (per_layer_us < 20.0 or small)):
             causes.append(
                 f"tiny layers: {n_compute} compute kernels average {per_layer_w:,.0f} weight elements and "
                 f"{per_layer_us:.1f} µs each, so the fixed cost of quantizing activations is not paid back "
@@ -482,10 +489,14 @@ def likely_causes(diag: Diagnostics, *, speedup: float | None, sparsity: float |
             f"{out_rt.casts} Cast nodes convert back and forth in ONNX Runtime's optimized graph (no fast "
             "half-precision CPU kernels)"
         )
-    if sparsity is not None and sparsity > 0.05 and (params_removed is None or params_removed < 0.01):
+    if slow_int:
+        causes.append(slow_int)
+    added = sparsity - (input_sparsity or 0.0) if sparsity is not None else None
+    if added is not None and added > 0.05 and (params_removed is None or params_removed < 0.01):
+        had = f" ({input_sparsity:.0%} in the input)" if input_sparsity else ""
         causes.append(
-            f"unstructured sparsity on a dense runtime: {sparsity:.0%} of the weights are zero but no tensor shrank; "
-            "ONNX Runtime's CPU kernels multiply the zeros too (structured pruning removes work)"
+            f"unstructured sparsity on a dense runtime: {sparsity:.0%} of the weights are zero{had} but no tensor "
+            "shrank; ONNX Runtime's CPU kernels multiply the zeros too (structured pruning removes work)"
         )
     if not causes and out_rt is not None and in_rt is not None and out_rt.nodes > in_rt.nodes:
         causes.append(
@@ -496,9 +507,32 @@ def likely_causes(diag: Diagnostics, *, speedup: float | None, sparsity: float |
     return causes
 
 
+def _slower_integer_kernels(diag: Diagnostics) -> str | None:
+    """The output's integer kernels, profiled, taking longer (by 1.2x or more) than the float kernel
+    time they replaced (the input's float compute minus the output's), with the ops named."""
+    in_p, out_p = diag.input.profile, diag.output.profile
+    if in_p is None or out_p is None:
+        return None
+    int_ms = out_p.ms_by_kind.get("integer", 0.0)
+    replaced = in_p.ms_by_kind.get("float", 0.0) - out_p.ms_by_kind.get("float", 0.0)
+    if int_ms <= 0 or replaced <= 0 or int_ms < 1.2 * replaced:
+        return None
+    ops = [o for o in out_p.top_ops if o.kind == "integer"]
+    listed = ", ".join(f"{o.nodes} {o.op} {o.ms:.2f} ms" for o in ops)
+    advice = (
+        "; ConvInteger (dynamic int8 convolution) has no fast CPU kernel in ONNX Runtime: quantize convolutions "
+        "statically (quantize.mode: static, the QDQ format) or keep them float (quantize.format: auto chooses)"
+        if any(o.op == "ConvInteger" for o in ops) else ""
+    )
+    return (
+        f"int8 kernels slower than the float ones they replaced: {int_ms:.2f} ms per run ({listed}) against "
+        f"{replaced:.2f} ms of float compute in the input{advice}"
+    )
+
+
 def diagnose(input_path: str | Path, output_path: str | Path, work: Path, inputs: dict[str, Any] | None,
              threads: int, device: str = "cpu", *, speedup: float | None = None, sparsity: float | None = None,
-             params_removed: float | None = None) -> Diagnostics:
+             params_removed: float | None = None, input_sparsity: float | None = None) -> Diagnostics:
     from optimize.hardware import has_int8_dot_product
 
     work.mkdir(parents=True, exist_ok=True)
@@ -510,7 +544,8 @@ def diagnose(input_path: str | Path, output_path: str | Path, work: Path, inputs
                           "threads": threads, "graph_optimization_level": "ORT_ENABLE_ALL (default)",
                           "allow_spinning": 0},
     )
-    diag.likely_causes = likely_causes(diag, speedup=speedup, sparsity=sparsity, params_removed=params_removed)
+    diag.likely_causes = likely_causes(diag, speedup=speedup, sparsity=sparsity, params_removed=params_removed,
+                                       input_sparsity=input_sparsity)
     return diag
 
 
@@ -530,70 +565,6 @@ def summary_findings(diag: Diagnostics) -> list[str]:
     return out
 
 
-__all__ = ["Diagnostics", "ModelDiagnostics", "GraphFacts", "RuntimeProfile", "diagnose", "graph_facts",
+__all__ = ["Diagnostics", "ModelDiagnostics", "GraphFacts", "OpTime", "RuntimeProfile", "diagnose", "graph_facts",
            "likely_causes", "runtime_graph", "profile", "summary_findings"]
 
-
-# ---------------------------------------------------------------- rendering (Markdown; the terminal table is cli/render.py)
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x:.0%}"
-
-
-def _graph_rows(cols: list[GraphFacts | None]) -> list[list[str]]:
-    """Rows of the kernel table; a row with no value in any column is left out."""
-    def row(label: str, fn: Any) -> list[str]:
-        return [label] + ["—" if g is None else fn(g) for g in cols]
-
-    rows = [row("nodes", lambda g: str(g.nodes))]
-    for kind in KINDS:
-        if any(g is not None and g.kernels.get(kind) for g in cols):
-            rows.append(row(f"{kind} compute kernels", lambda g, k=kind: str(g.kernels.get(k, 0))))
-    rows += [
-        row("weights in integer kernels", lambda g: _pct(g.integer_weight_share)),
-        row("unfused Q→DQ pairs", lambda g: str(g.qdq_pairs_unfused)),
-        row("weights dequantized into float kernels", lambda g: str(g.dequantized_weights_to_float)),
-        row("QOperator per-channel nodes", lambda g: str(g.qoperator_per_channel)),
-        row("Cast nodes", lambda g: str(g.casts)),
-    ]
-    return [r for r in rows if any(c != "—" for c in r[1:])]
-
-
-def _profile_lines(diag: Diagnostics) -> list[str]:
-    from optimize.md_format import table
-
-    profs = [diag.input.profile, diag.output.profile]
-    if not any(profs):
-        return []
-    kinds = list(dict.fromkeys(k for p in profs if p for k in p.ms_by_kind))
-    rows = [["total ms"] + [f"{p.total_kernel_ms:.3f}" if p else "—" for p in profs]]
-    rows += [[k] + [f"{p.ms_by_kind.get(k, 0.0):.3f} ms ({p.share_by_kind.get(k, 0.0):.0%})" if p else "—" for p in profs]
-             for k in kinds]
-    lines = [""] + table(["kernel time per run (ONNX Runtime profiler)", "input", "output"], rows, ["", "right", "right"])
-    out = diag.output.profile
-    if out and out.top_ops:
-        lines += ["", "Most expensive ops in the output: " + ", ".join(
-            f"{o.op} ({o.kind}, {o.nodes} nodes) {o.ms:.3f} ms {o.share:.0%}" for o in out.top_ops[:5]) + "."]
-    return lines
-
-
-def markdown_lines(diag: Diagnostics) -> list[str]:
-    """The "Why is it (not) faster?" section of the Markdown report (cells escaped by
-    optimize.md_format; rows and tables without any value left out)."""
-    from optimize.md_format import one_line, table
-
-    lines = ["", "## Why is it (not) faster?", ""]
-    if diag.likely_causes:
-        lines += ["**Likely causes of the slowdown:**", ""] + [f"- {one_line(c)}" for c in diag.likely_causes] + [""]
-    lines += [
-        f"ONNX Runtime settings: {diag.runtime_settings.get('provider')}, {diag.runtime_settings.get('threads')} threads, "
-        f"{diag.runtime_settings.get('graph_optimization_level')}. CPU int8 dot product (VNNI/AMX): "
-        f"{'yes' if diag.int8_dot_product else 'no' if diag.int8_dot_product is False else 'unknown'}.",
-    ]
-    rows = _graph_rows([diag.input.file, diag.input.runtime, diag.output.file, diag.output.runtime])
-    if rows:
-        lines += [""] + table(["", "input file", "input as run", "output file", "output as run"], rows)
-    lines += _profile_lines(diag)
-    reasons = [f"- {label}: {one_line(d.reason)}" for label, d in (("input", diag.input), ("output", diag.output)) if d.reason]
-    return lines + ([""] + reasons if reasons else [])

@@ -35,7 +35,8 @@ F_DISTILL = (
 F_RETAINED = "output model accuracy / input model accuracy on data.eval (end to end: every step included)"
 F_ACCURACY = "top-1 accuracy on eval data: baseline (input), optimized (output), drop = baseline − optimized (points)"
 F_PARITY = (
-    "min over samples of cosine(input outputs, output outputs) over float outputs (an output of rank >= 3 whose "
+    "min over samples of cosine(input outputs, output outputs) over float outputs (an output with one value per "
+    "sample is compared as one vector over the samples; an output of rank >= 3 whose "
     "channels differ in RMS by more than 100x is compared with each channel divided by its RMS); agreement = min over integer/bool "
     "outputs of the share of equal elements (the value when every output is integer/bool); max |difference|; "
     "all outputs finite; null when the input model's outputs do not vary across the probes"
@@ -51,6 +52,7 @@ class Verified:
     out_sess: Any
     ort_device: str
     parity: dict[str, Any]
+    batch: int  # the batch the models were compared at (optimize.runtime.verification_batch)
 
     def release(self) -> None:
         """Drop both sessions: each holds its model's weights (the input's in float, 2.4 GB for the
@@ -79,8 +81,10 @@ def measure(
     in_facts = lineage.input_facts or {}
     out_facts = model_facts(final.onnx_path, "onnx", final)
     weight_metrics(in_facts, out_facts, final.onnx_path, baseline is pl.handle, metrics)
-    findings.extend(weight_findings(in_facts, out_facts, metrics, any(s.sparsifies for s in lineage.steps)))
-    diagnostics = _diagnostics(ctx, baseline, final, bench_inputs, ver.ort_device, speedup, metrics, findings)
+    pruned = any(s.sparsifies for s in lineage.steps)
+    findings.extend(weight_findings(in_facts, out_facts, metrics, pruned))
+    diagnostics = _diagnostics(ctx, baseline, final, bench_inputs, ver.ort_device, speedup, metrics, findings,
+                               _zero_share(in_facts), pruned)
     if slow_at is not None:
         causes = diagnostics.likely_causes if diagnostics is not None else []
         findings[slow_at] += (" — likely cause: " + "; ".join(causes)) if causes else _slow_cause(out_facts)
@@ -102,7 +106,14 @@ def measure(
 
 def verify(ctx: Any, baseline: Any, final: Any, metrics: dict[str, Metric], findings: list[str]) -> Verified:
     """The checker, a load in ONNX Runtime on the target, finite outputs and parity (metrics['parity'])."""
-    from optimize.runtime import check_model, parity, predict, predict_reference, session
+    from optimize.runtime import (
+        check_model,
+        parity,
+        predict,
+        predict_reference,
+        session,
+        verification_batch,
+    )
 
     cfg = ctx.config
     ctx.progress.start("verify", "verify (checker, ONNX Runtime load, parity)", None)
@@ -110,13 +121,36 @@ def verify(ctx: Any, baseline: Any, final: Any, metrics: dict[str, Metric], find
     ort_device = _ort_device(ctx.device, findings)
     base_sess = session(baseline.onnx_path, threads=ctx.threads, device=ort_device)
     out_sess = session(final.onnx_path, threads=ctx.threads, device=ort_device)
-    par_inputs, par_source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
-    ref = predict_reference(base_sess, par_inputs, cfg.data.batch_size, par_source)
-    par = parity(ref, predict(out_sess, par_inputs, cfg.data.batch_size))
+    par_inputs, par_source = ctx.sample_inputs("eval", _parity_count(ctx))
+    ref = predict_reference(base_sess, par_inputs, cfg.data.batch_size, par_source)  # also: does it run at all
+    batch = verification_batch(base_sess, par_inputs, cfg.data.batch_size, cfg.measure.batch)
+    if batch != cfg.data.batch_size:
+        findings.append(
+            f"the input model's outputs for a sample depend on the other samples in its batch (the first "
+            f"samples run together and one at a time differ): parity and accuracy were compared at batch "
+            f"{batch} (measure.batch), the batch it is timed at"
+        )
+        ref = predict(base_sess, par_inputs, batch)
+    par = parity(ref, predict(out_sess, par_inputs, batch))
     metrics["parity"] = parity_metric(par, ref, par_inputs, par_source, ctx.inputs, findings)
     _second_shape(ctx, base_sess, out_sess, metrics["parity"], findings)
     ctx.progress.finish("verify")
-    return Verified(base_sess, out_sess, ort_device, par)
+    return Verified(base_sess, out_sess, ort_device, par, batch)
+
+
+def _parity_count(ctx: Any) -> int:
+    """The samples the final parity reads: measure.parity_samples, or every data.eval sample when the
+    user gave more, up to PROBE_ELEMENTS input elements. The quantize pass chooses on the first
+    parity_samples; the gate must not judge only those (openwakeword's speech embedding: 0.982 on the
+    first 64 of 129 windows, 0.979 on all)."""
+    from optimize.probes import PROBE_ELEMENTS
+
+    cfg = ctx.config
+    ds = ctx.data("eval") if cfg.data.eval is not None else None
+    if ds is None or len(ds) <= cfg.measure.parity_samples:
+        return cfg.measure.parity_samples
+    per_sample = sum(int(np.prod(np.shape(v)[1:])) for v in ds.inputs.values() if np.ndim(v) > 0) or 1
+    return max(cfg.measure.parity_samples, min(len(ds), PROBE_ELEMENTS // per_sample))
 
 
 def _ort_device(device: str, findings: list[str]) -> str:
@@ -145,8 +179,8 @@ def accuracy_metrics(ctx: Any, ver: Verified, eval_ds: Any, lineage: Lineage, me
     acc_base = acc_out = None
     if eval_ds is not None and eval_ds.labels is not None and cfg.model.task == "classification":
         ctx.progress.start("accuracy", f"accuracy on {len(eval_ds)} eval samples", None)
-        pb = predict(ver.base_sess, eval_ds.inputs, cfg.data.batch_size)[0]
-        po = predict(ver.out_sess, eval_ds.inputs, cfg.data.batch_size)[0]
+        pb = predict(ver.base_sess, eval_ds.inputs, ver.batch)[0]
+        po = predict(ver.out_sess, eval_ds.inputs, ver.batch)[0]
         acc_base = float((pb.argmax(axis=-1) == eval_ds.labels).mean() * 100)
         acc_out = float((po.argmax(axis=-1) == eval_ds.labels).mean() * 100) if np.isfinite(po).all() else None
         ctx.progress.finish("accuracy")
@@ -312,8 +346,14 @@ def _second_shape(ctx: Any, base_sess: Any, out_sess: Any, metric: Metric, findi
             findings.append(note)
 
 
+def _zero_share(facts: dict[str, Any]) -> float | None:
+    """A model's share of zero weights, from its facts (None when it has no counted weights)."""
+    total, nonzero = facts.get("weights"), facts.get("nonzero_weights")
+    return (total - nonzero) / total if total and nonzero is not None else None
+
+
 def _diagnostics(ctx: Any, baseline: Any, final: Any, inputs: dict[str, np.ndarray], ort_device: str, speedup: float,
-                 metrics: dict[str, Metric], findings: list[str]) -> Any:
+                 metrics: dict[str, Metric], findings: list[str], input_sparsity: float | None, pruned: bool) -> Any:
     """optimize.diagnose on the input and output models; never fails the run (null + a debug log)."""
     from optimize.diagnose import diagnose, summary_findings
 
@@ -321,7 +361,9 @@ def _diagnostics(ctx: Any, baseline: Any, final: Any, inputs: dict[str, np.ndarr
     try:
         diag = diagnose(
             baseline.onnx_path, final.onnx_path, ctx.work_dir / "diagnose", inputs, ctx.threads, ort_device,
-            speedup=speedup, sparsity=metrics["sparsity"].value, params_removed=metrics["params_removed"].value,
+            speedup=speedup, sparsity=metrics["sparsity"].value if pruned else None,
+            params_removed=metrics["params_removed"].value,
+            input_sparsity=input_sparsity,
         )
     except Exception:
         log.debug("diagnostics failed", exc_info=True)

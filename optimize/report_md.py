@@ -239,7 +239,7 @@ def to_markdown(report: Report) -> str:
 
     lines += chart_lines(report) + step_lines(report)
     if report.diagnostics is not None:
-        from optimize.diagnose import markdown_lines
+        from optimize.diagnose_md import markdown_lines
 
         lines += markdown_lines(report.diagnostics)
     lines += environment_lines(report)

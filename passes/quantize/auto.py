@@ -70,18 +70,20 @@ class Evaluator:
     """Runs models on the pass's evaluation inputs and compares them with the float input."""
 
     def __init__(self, ctx: Any, float_path: Path, *, want_accuracy: bool) -> None:
-        from optimize.runtime import predict_reference, session
+        from optimize.probes import sample_count
+        from optimize.runtime import predict, predict_reference, session, verification_batch
 
         self.ctx = ctx
         self.float_path = float_path
         cfg = ctx.config
-        self.batch = cfg.data.batch_size
         self.inputs, self.source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
-        from optimize.probes import sample_count
-
         self.samples = sample_count(self.inputs) if self.inputs else 0
         sess = session(float_path, threads=ctx.threads)
-        self.reference = predict_reference(sess, self.inputs, self.batch, self.source)
+        self.reference = predict_reference(sess, self.inputs, cfg.data.batch_size, self.source)
+        # a model whose outputs depend on its batch-mates is judged at the batch it is used at
+        self.batch = verification_batch(sess, self.inputs, cfg.data.batch_size, cfg.measure.batch)
+        if self.batch != cfg.data.batch_size:
+            self.reference = predict(sess, self.inputs, self.batch)
         self.eval_ds = None
         self.float_accuracy: float | None = None
         if want_accuracy:
@@ -256,8 +258,9 @@ def _size_choice(among: list[Candidate], candidates: list[Candidate]) -> str:
     return f"objective: size would choose {smallest.name}{size}"
 
 
-def choose(candidates: list[Candidate], objective: str) -> tuple[Candidate, list[str]]:
-    """The chosen candidate and the notes that explain the choice."""
+def choose(candidates: list[Candidate], objective: str, skipped: tuple[str, ...] = ()) -> tuple[Candidate, list[str]]:
+    """The chosen candidate and the notes that explain the choice (`skipped`: why the formats that
+    were not built were not, named when no quantized candidate was)."""
     notes: list[str] = []
     passing = [c for c in candidates if c.passed]
     quantized = [c for c in passing if c.quantized]
@@ -289,6 +292,8 @@ def choose(candidates: list[Candidate], objective: str) -> tuple[Candidate, list
             "kept float: every quantized candidate ran SLOWER than the float input on this hardware ("
             + ", ".join(f"{c.name} {c.speedup:.2f}x" for c in slower) + "); " + _size_choice(slower, candidates)
         )
+    elif not best.quantized and not any(c.quantized for c in candidates):
+        notes.append("kept float: no quantized candidate was built" + (": " + "; ".join(skipped) if skipped else ""))
     elif not best.quantized and not quantized:
         notes.append("kept float: no quantized candidate met the parity/accuracy goal")
     elif best.quantized and best.speedup is not None and best.speedup < 1.05:

@@ -131,7 +131,7 @@ def run_auto(job: Job, specs: list[Any], fused: Path, out: Path, metrics: dict[s
                 c.passed, c.reason = goal.judge(c.check)
         c.bytes = onnx_io.total_bytes(c.path)
     timing = time_candidates(job.ctx, job.src, runnable, specs)
-    chosen, why = choose(runnable, cfg.objective)
+    chosen, why = choose(runnable, cfg.objective, tuple(skipped))
     float_bytes = candidates[0].bytes or 0
     metrics.update(
         format="auto", objective=cfg.objective, chosen=chosen.name,

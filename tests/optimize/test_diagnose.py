@@ -14,13 +14,14 @@ from optimize.diagnose import (
     Diagnostics,
     GraphFacts,
     ModelDiagnostics,
+    OpTime,
     RuntimeProfile,
     diagnose,
     graph_facts,
     likely_causes,
-    markdown_lines,
     runtime_graph,
 )
+from optimize.diagnose_md import markdown_lines
 
 W_ELEMENTS = 8 * 16 + 16 * 4  # the conftest MLP: Linear(8,16) → ReLU → Linear(16,4)
 
@@ -206,3 +207,30 @@ def test_fp16_on_cpu_cause():
 def test_unknown_cause_says_so():
     causes = likely_causes(_diag(_g(graph="file", kernels={"float": 2}), _g(kernels={"float": 2}, nodes=2)), speedup=0.95)
     assert causes == ["no known cause identified; compare diagnostics.input and diagnostics.output (kernels, profile)"]
+
+
+def test_sparsity_the_input_already_had_is_not_blamed():
+    d = _diag(_g(graph="file", kernels={"integer": 2}), _g(kernels={"integer": 2}, weights_by_kind=BIG))
+    assert not any("unstructured" in c for c in likely_causes(d, speedup=0.4, sparsity=0.30, params_removed=0.0,
+                                                               input_sparsity=0.30))
+    causes = likely_causes(d, speedup=0.4, sparsity=0.50, params_removed=0.0, input_sparsity=0.30)
+    assert any("unstructured" in c and "(30% in the input)" in c for c in causes)
+
+
+def _prof(ms_by_kind: dict[str, float], top: list[OpTime] | None = None) -> RuntimeProfile:
+    total = sum(ms_by_kind.values())
+    return RuntimeProfile(runs=5, threads=1, batch=1, total_kernel_ms=total, ms_by_kind=ms_by_kind,
+                          share_by_kind={k: v / total for k, v in ms_by_kind.items()}, top_ops=top or [])
+
+
+def test_int8_kernels_slower_than_the_float_ones_they_replaced():
+    conv_int = OpTime(op="ConvInteger", kind="integer", ms=6.6, share=0.9, nodes=20)
+    d = _diag(_g(graph="file", kernels={"integer": 20}), _g(kernels={"integer": 20}, weights_by_kind=BIG),
+              _prof({"integer": 6.6, "quantize_dequantize": 0.14, "other": 0.8}, [conv_int]))
+    d.input.profile = _prof({"float": 0.85, "other": 0.6})
+    causes = likely_causes(d, speedup=0.18)
+    assert any(c.startswith("int8 kernels slower") and "20 ConvInteger 6.60 ms" in c and "0.85 ms" in c
+               and "quantize.mode: static" in c for c in causes)
+    assert not any(c.startswith("tiny layers") for c in causes)  # 2% of the time in Q/DQ, 330 µs kernels
+    d.input.profile = _prof({"float": 6.0, "other": 0.6})  # the int8 kernels beat the float they replaced
+    assert not any(c.startswith("int8 kernels slower") for c in likely_causes(d, speedup=0.9))

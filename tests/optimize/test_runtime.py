@@ -295,3 +295,38 @@ def test_ir_version_newer_than_the_runtime(tmp_path: Path, monkeypatch) -> None:
         assert load_model(str(path)).form == "onnx"
     finally:
         runtime.runtime_refuses_ir.cache_clear()
+
+
+def test_one_score_per_sample_is_compared_as_one_track_not_by_sign() -> None:
+    # openwakeword's wake-word score, (N, 1): per sample, any two positive scores have cosine 1
+    ref = np.array([[0.001], [0.02], [0.95], [0.997], [0.3], [0.002]], np.float32)
+    got = np.array([[0.2], [0.3], [0.5], [0.6], [0.4], [0.2]], np.float32)
+    p = parity([ref], [got])
+    expected = float(ref.ravel() @ got.ravel() / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert p["min_cosine"] == pytest.approx(expected, rel=1e-6) and p["min_cosine"] < 0.9
+
+
+def _reduce_model(path: Path, coupled: bool) -> Path:
+    """y = x - max(x) over the whole batch (as openwakeword's melspectrogram floors its log), or
+    y = x - max(x) over each sample's own features."""
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    nodes = [helper.make_node("ReduceMax", ["x"], ["m"], keepdims=1)] if coupled else [
+        helper.make_node("ReduceMax", ["x", "axes"], ["m"], keepdims=1)]
+    nodes.append(helper.make_node("Sub", ["x", "m"], ["y"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+                              initializer=[] if coupled else [axes])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_a_model_coupling_the_samples_of_a_batch_is_compared_at_the_batch_of_use(tmp_path: Path) -> None:
+    from optimize.runtime import batch_coupled, verification_batch
+
+    x = {"x": (RNG.standard_normal((16, 4)) * np.arange(1, 17)[:, None]).astype(np.float32)}
+    coupled = session(_reduce_model(tmp_path / "c.onnx", True), threads=1)
+    own = session(_reduce_model(tmp_path / "o.onnx", False), threads=1)
+    assert batch_coupled(coupled, x, 64) and not batch_coupled(own, x, 64)
+    assert verification_batch(coupled, x, 64, 1) == 1
+    assert verification_batch(own, x, 64, 1) == 64
+    assert verification_batch(coupled, x, 8, 8) == 8  # already the batch of use: nothing to run

@@ -105,6 +105,16 @@ def test_choose_keeps_float_when_the_fastest_quantized_candidate_is_not_measurab
     assert chosen.name == "float fused" and any(n.startswith("kept float fused") and "(1.50x)" in n for n in notes)
 
 
+def test_choose_says_when_no_quantized_candidate_was_built_and_why():
+    # openwakeword's embedding model (tf2onnx convolutions), no calibration data: nothing to build
+    why = "int8 static: static quantization needs representative calibration data"
+    chosen, notes = choose([_cand("float (input)", 1.0, 400, quantized=False)], "latency", (why,))
+    assert chosen.name == "float (input)"
+    assert notes == ["kept float: no quantized candidate was built: " + why]
+    failing = [_cand("float (input)", 1.0, 400, quantized=False), _cand("int8 static", 1.5, 100, passed=False)]
+    assert choose(failing, "latency")[1] == ["kept float: no quantized candidate met the parity/accuracy goal"]
+
+
 def test_choose_size_objective_takes_the_smallest_and_flags_that_it_is_slower():
     cands = [_cand("float (input)", 1.0, 400, quantized=False), _cand("int8 static", 0.69, 100),
              _cand("int8 dynamic", 1.3, 110), _cand("int8 broken", 2.0, 50, passed=False)]

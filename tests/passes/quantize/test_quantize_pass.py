@@ -258,6 +258,29 @@ class RecordingProgress:
         self.calls.append(("finish", key))
 
 
+def test_preprocess_runs_without_symbolic_shape_inference_when_only_that_fails(cfg, tmp_path, monkeypatch):
+    # PP-OCRv6 det: "Incomplete symbolic shape inference"; the runtime's optimizations still fold its bias Adds
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    real = shape_inference.quant_pre_process
+    seen = []
+
+    def picky(*args, **kwargs):
+        seen.append(kwargs.get("skip_symbolic_shape", False))
+        if not kwargs.get("skip_symbolic_shape"):
+            raise RuntimeError("Incomplete symbolic shape inference")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", picky)
+    inputs = [TensorSpec("x", ("batch", 16))]
+    path = export_module(mlp_of(16, 32, 24, 4), tmp_path / "mlp.onnx", (torch.randn(2, 16),))
+    res = QuantizePass(QuantizeConfig(mode="static", calibration_samples=16)).run(
+        onnx_handle(path, inputs), make_ctx(tmp_path / "work", cfg, inputs=inputs))
+    assert seen == [False, True]
+    assert res.metrics["preprocessed"] is True
+    assert any("symbolic shape inference failed (Incomplete" in n and "optimizations" in n for n in res.notes)
+
+
 def test_calibration_reports_progress_and_survives_preprocess_failure(cfg, tmp_path, monkeypatch):
     import onnxruntime.quantization.shape_inference as shape_inference
 

@@ -49,9 +49,9 @@ def test_format_auto_rewrites_first_and_times_the_rewritten_float_graph(tmp_path
 def test_a_chosen_rewritten_float_graph_is_kept_not_handed_back_as_nothing_quantized(tmp_path, monkeypatch):
     real = search_mod.choose
 
-    def prefer_rewritten(candidates, objective):
+    def prefer_rewritten(candidates, objective, skipped=()):
         pick = next(c for c in candidates if c.name == "float rewritten")
-        return pick, real(candidates, objective)[1]
+        return pick, real(candidates, objective, skipped)[1]
 
     monkeypatch.setattr(search_mod, "choose", prefer_rewritten)
     src = conv_block(tmp_path / "in.onnx", 14)
