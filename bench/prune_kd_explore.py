@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.adversarial_swaps import adversarial_loss, swap_vocab
 from bench.text_augment import crossover_variants, neighbour_variants, swap_pool, swap_variants
 from optimize.frameworks.text_variants import word_spans, word_variants
 from passes.prune import heads, lowrank_qk
@@ -339,6 +340,7 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     start = [p.detach().clone() for p in params] if args.pull else []
     mix_gen = torch.Generator().manual_seed(args.seed)
+    adv_vocab = swap_vocab(base_ids, args.tok) if args.adv else None
     n_extra = len(fresh(0)[0]) if fresh else 0
     total = args.epochs * -(-(len(ids) + n_extra) // args.bs)
     warm = int(args.warmup * total)
@@ -408,6 +410,8 @@ def distill(student, teacher, ids, mask, ev, args, log, fresh=None):
             loss = out_loss + (args.tokens if args.tokens > 0 else args.feat_cos if args.feat_cos > 0 else args.feat) * feat
             if args.mix:
                 loss = loss + args.mix * mixed_loss(student, teacher, i, a, mix_gen, args.mix_alpha, args.bf16)
+            if args.adv:
+                loss = loss + args.adv * adversarial_loss(student, teacher, i, a, adv_vocab, args.adv_k, args.adv_rows, args.bf16)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -527,6 +531,9 @@ def main():
     ap.add_argument("--swap-pool", default="text", choices=["text", "vocab", "neighbours", "crossover"],
                     help="text: words of the training lines; vocab: the tokenizer's whole-word tokens; "
                     "neighbours: a word's nearest in the teacher's input embeddings; crossover: two lines spliced at a shared word")
+    ap.add_argument("--adv", type=float, default=0.0, help="weight of the adversarial-swap loss (bench/adversarial_swaps.py)")
+    ap.add_argument("--adv-k", type=int, default=2, help="--adv: tokens swapped per line")
+    ap.add_argument("--adv-rows", type=int, default=16, help="--adv: lines of each batch swapped")
     ap.add_argument("--swap-p", type=float, default=0.2)
     ap.add_argument("--swap-k", type=int, default=8, help="neighbours: how many nearest words each word may become")
     ap.add_argument("--fresh", type=int, default=0,
@@ -548,6 +555,7 @@ def main():
     e_ids, e_mask, ref = evs[0]
     log = lambda s: print(f"[{time.perf_counter() - t_start:6.0f}s] {s}", flush=True)  # noqa: E731
     log(f"settings {json.dumps(vars(args))}")
+    args.tok = tok
     if args.grid:  # post-prune quality only, for several (heads, ffn) points, one process
         scores = importance_data(copy.deepcopy(teacher), ids, mask, "fisher", min(args.importance_samples, len(ids)))
         for pt in args.grid.split(";"):

