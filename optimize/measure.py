@@ -106,14 +106,7 @@ def measure(
 
 def verify(ctx: Any, baseline: Any, final: Any, metrics: dict[str, Metric], findings: list[str]) -> Verified:
     """The checker, a load in ONNX Runtime on the target, finite outputs and parity (metrics['parity'])."""
-    from optimize.runtime import (
-        check_model,
-        parity,
-        predict,
-        predict_reference,
-        session,
-        verification_batch,
-    )
+    from optimize.runtime import check_model, parity, predict, reference_outputs, session
 
     cfg = ctx.config
     ctx.progress.start("verify", "verify (checker, ONNX Runtime load, parity)", None)
@@ -122,15 +115,13 @@ def verify(ctx: Any, baseline: Any, final: Any, metrics: dict[str, Metric], find
     base_sess = session(baseline.onnx_path, threads=ctx.threads, device=ort_device)
     out_sess = session(final.onnx_path, threads=ctx.threads, device=ort_device)
     par_inputs, par_source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
-    ref = predict_reference(base_sess, par_inputs, cfg.data.batch_size, par_source)  # also: does it run at all
-    batch = verification_batch(base_sess, par_inputs, cfg.data.batch_size, cfg.measure.batch)
+    ref, batch = reference_outputs(base_sess, par_inputs, cfg.data.batch_size, cfg.measure.batch, par_source)
     if batch != cfg.data.batch_size:
         findings.append(
             f"the input model's outputs for a sample depend on the other samples in its batch (the first "
             f"samples run together and one at a time differ): parity and accuracy were compared at batch "
             f"{batch} (measure.batch), the batch it is timed at"
         )
-        ref = predict(base_sess, par_inputs, batch)
     par = parity(ref, predict(out_sess, par_inputs, batch))
     metrics["parity"] = parity_metric(par, ref, par_inputs, par_source, ctx.inputs, findings)
     _second_shape(ctx, base_sess, out_sess, metrics["parity"], findings)

