@@ -166,7 +166,12 @@ class MeasureSection(Section):
         description="While a speed ratio's interval straddles the tolerance band, rounds are added up to this many "
         "(default 3 × repeat; at most 10 s of extra timing). Equal to repeat: no extra rounds.",
     )
-    parity_samples: int = Field(64, gt=0, le=100000, description="Samples used for output parity.")
+    parity_samples: int = Field(
+        64, gt=0, le=100000,
+        description="Samples used for output parity: random probes, or the data.eval samples the quantize pass "
+        "chooses on (format auto, the fallback). The report's final parity reads every data.eval sample when there "
+        "are more, up to 2^26 input elements (e.g. 27 images of 3x736x1088).",
+    )
 
 
 class OutputSection(Section):
