@@ -168,9 +168,9 @@ class MeasureSection(Section):
     )
     parity_samples: int = Field(
         64, gt=0, le=100000,
-        description="Samples used for output parity: random probes, or the data.eval samples the quantize pass "
-        "chooses on (format auto, the fallback). The report's final parity reads every data.eval sample when there "
-        "are more, up to 2^26 input elements (e.g. 27 images of 3x736x1088).",
+        description="Samples used for output parity when it runs on random probes (no data.eval). With data.eval, "
+        "parity reads every sample, up to 2^26 input elements (e.g. 27 images of 3x736x1088) but never fewer than "
+        "this many: the report's parity and the quantize pass's choices (format auto, the fallback) alike.",
     )
 
 

@@ -92,6 +92,23 @@ class RunContext:
             )
         return self._data[role]
 
+    def parity_count(self) -> int:
+        """The samples parity reads, in the report and in the quantize pass's choices alike:
+        measure.parity_samples, or every data.eval sample when the user gave more, up to
+        PROBE_ELEMENTS input elements. Choosing on fewer than the gate judges let a choice pass on
+        its samples and fail the gate (openwakeword's speech embedding: 0.982 on the first 64 of
+        129 windows, 0.979 on all)."""
+        import numpy as np
+
+        from optimize.probes import PROBE_ELEMENTS
+
+        cfg = self.config
+        ds = self.data("eval") if cfg.data.eval is not None else None
+        if ds is None or len(ds) <= cfg.measure.parity_samples:
+            return int(cfg.measure.parity_samples)
+        per_sample = sum(int(np.prod(np.shape(v)[1:])) for v in ds.inputs.values() if np.ndim(v) > 0) or 1
+        return max(cfg.measure.parity_samples, min(len(ds), PROBE_ELEMENTS // per_sample))
+
     def sample_inputs(self, role: str, n: int) -> tuple[dict[str, Any], str]:
         """Up to `n` input samples: from the dataset for `role` if declared, else random inputs
         drawn from the input spec. Returns (name -> array, description of the source)."""

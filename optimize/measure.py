@@ -114,7 +114,7 @@ def verify(ctx: Any, baseline: Any, final: Any, metrics: dict[str, Metric], find
     ort_device = _ort_device(ctx.device, findings)
     base_sess = session(baseline.onnx_path, threads=ctx.threads, device=ort_device)
     out_sess = session(final.onnx_path, threads=ctx.threads, device=ort_device)
-    par_inputs, par_source = ctx.sample_inputs("eval", _parity_count(ctx))
+    par_inputs, par_source = ctx.sample_inputs("eval", ctx.parity_count())
     ref, batch = reference_outputs(base_sess, par_inputs, cfg.data.batch_size, cfg.measure.batch, par_source)
     if batch != cfg.data.batch_size:
         findings.append(
@@ -127,21 +127,6 @@ def verify(ctx: Any, baseline: Any, final: Any, metrics: dict[str, Metric], find
     _second_shape(ctx, base_sess, out_sess, metrics["parity"], findings)
     ctx.progress.finish("verify")
     return Verified(base_sess, out_sess, ort_device, par, batch)
-
-
-def _parity_count(ctx: Any) -> int:
-    """The samples the final parity reads: measure.parity_samples, or every data.eval sample when the
-    user gave more, up to PROBE_ELEMENTS input elements. The quantize pass chooses on the first
-    parity_samples; the gate must not judge only those (openwakeword's speech embedding: 0.982 on the
-    first 64 of 129 windows, 0.979 on all)."""
-    from optimize.probes import PROBE_ELEMENTS
-
-    cfg = ctx.config
-    ds = ctx.data("eval") if cfg.data.eval is not None else None
-    if ds is None or len(ds) <= cfg.measure.parity_samples:
-        return cfg.measure.parity_samples
-    per_sample = sum(int(np.prod(np.shape(v)[1:])) for v in ds.inputs.values() if np.ndim(v) > 0) or 1
-    return max(cfg.measure.parity_samples, min(len(ds), PROBE_ELEMENTS // per_sample))
 
 
 def _ort_device(device: str, findings: list[str]) -> str:

@@ -76,7 +76,7 @@ class Evaluator:
         self.ctx = ctx
         self.float_path = float_path
         cfg = ctx.config
-        self.inputs, self.source = ctx.sample_inputs("eval", cfg.measure.parity_samples)
+        self.inputs, self.source = ctx.sample_inputs("eval", ctx.parity_count())  # what the final parity reads
         self.samples = sample_count(self.inputs) if self.inputs else 0
         sess = session(float_path, threads=ctx.threads)
         # a model whose outputs depend on its batch-mates is judged at the batch it is used at
@@ -116,8 +116,8 @@ class Evaluator:
         return float((out.argmax(axis=-1) == self.eval_ds.labels).mean() * 100)
 
     def held_out(self, path: Path) -> dict[str, Any] | None:
-        """Parity on data.eval samples no choice was made on: those after the first
-        `measure.parity_samples` (as many again at most). None without such samples (or without
+        """Parity on data.eval samples no choice was made on: those after the ones parity
+        reads (ctx.parity_count(); as many again at most). None without such samples (or without
         real data). The fallback keeps layers in float until the samples it judges on meet the
         floor, so those read optimistic; these do not. Parity only: an accuracy goal is judged on
         all of data.eval."""

@@ -90,9 +90,10 @@ class QuantizeConfig(PassConfig):
         description="Accuracy-aware fallback: at most this many of the most sensitive layers kept in float to meet "
         "the parity floor / gates.max_accuracy_drop (default: as many as it takes, at least one layer stays "
         "quantized; the speed gate then judges the result; 0: no fallback). Runs only on data the user gave "
-        "(data.eval), never steered by random probes. It chooses on the first "
-        "measure.parity_samples samples; the next as many (when data.eval has them) check its choice "
-        "(metrics.parity_held_out, a note when they miss the floor).",
+        "(data.eval), never steered by random probes. It chooses on the samples the "
+        "report's parity reads (all of data.eval up to 2^26 input elements, see measure.parity_samples); "
+        "samples beyond those (as many again at most) check its choice (metrics.parity_held_out, a note when "
+        "they miss the floor).",
     )
     block_size: int = Field(
         32, ge=16, le=2048, description="weight_only: weights per quantization block along K (a power of two)."

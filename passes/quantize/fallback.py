@@ -83,7 +83,8 @@ def held_out_report(evaluator: Evaluator, path: Path, goal: Goal, metrics: dict[
         if evaluator.realistic:
             notes.append(f"the fallback chose on all {evaluator.samples} data.eval sample(s), none left to check "
                          "its choice on: on other inputs the min cosine can be lower (PP-OCRv4 rec: 0.9805 on the 12 "
-                         "it chose on, 0.9734 on 12 others); more data.eval than measure.parity_samples adds that check")
+                         "it chose on, 0.9734 on 12 others); data.eval beyond what parity reads (2^26 input "
+                         "elements) adds that check")
         return
     metrics["parity_held_out"] = held
     low = held["min_cosine"]
@@ -93,7 +94,7 @@ def held_out_report(evaluator: Evaluator, path: Path, goal: Goal, metrics: dict[
     elif goal.floor is not None and low is not None and low < goal.floor:
         notes.append(f"on {held['samples']} data.eval samples the fallback did not choose on, min cosine {low:.4f}, "
                      f"below the floor {goal.floor:g} its own samples met: the layers kept in float fit those samples; "
-                     "raise measure.parity_samples (the fallback judges on that many) or give more data.eval")
+                     "raise measure.parity_samples (the fallback then judges on that many)")
 
 
 def fallback_report(metrics: dict[str, Any], notes: list[str], reason: str | None, found: SearchResult,

@@ -181,17 +181,22 @@ def test_fallback_keeps_exactly_the_reported_layers_in_float(tmp_path, mode):
     int_in_output = {n for n, t in dtypes.items() if t in (TensorProto.INT8, TensorProto.UINT8)}
     assert float_in_output == set(kept)
     assert int_in_output  # every other layer is integer
-    x, _ = ctx.sample_inputs("eval", ctx.config.measure.parity_samples)  # the samples the pass checked
+    x, _ = ctx.sample_inputs("eval", ctx.parity_count())  # the samples the pass checked
     p = parity(predict(session(src), x), predict(session(out), x))
     assert p["min_cosine"] >= 0.95
     assert p["min_cosine"] == pytest.approx(res.metrics["parity_after_fallback"]["min_cosine"], abs=1e-6)
 
 
-def test_the_fallback_choice_is_checked_on_eval_samples_it_did_not_choose_on(tmp_path):
+def test_the_fallback_choice_is_checked_on_eval_samples_it_did_not_choose_on(tmp_path, monkeypatch):
+    import optimize.probes
+
     inputs = [TensorSpec("x", ("batch", 16))]
     src = export_module(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
     cfg = QuantizeConfig(mode="dynamic", per_channel=False, parity_floor=0.95, reduce_range=True)
     small = CFG.replace("measure: {", "measure: {parity_samples: 32, ")
+    # parity reads all of data.eval up to an input-element budget: 512 elements = 32 samples of 16,
+    # so 80 samples leave some beyond what the pass chooses on
+    monkeypatch.setattr(optimize.probes, "PROBE_ELEMENTS", 32 * 16)
     ctx = make_ctx(tmp_path / "work", small + eval_data_yaml(tmp_path, "x", (16,), n=80), inputs=inputs, threads=2)
     res = QuantizePass(cfg).run(onnx_handle(src, inputs), ctx)
     held = res.metrics["parity_held_out"]
@@ -203,6 +208,22 @@ def test_the_fallback_choice_is_checked_on_eval_samples_it_did_not_choose_on(tmp
     all_used = make_ctx(tmp_path / "w2", CFG + eval_data_yaml(tmp_path / "e2", "x", (16,), n=64), inputs=inputs, threads=2)
     res = QuantizePass(cfg).run(onnx_handle(src, inputs), all_used)
     assert "parity_held_out" not in res.metrics and any("none left to check" in n for n in res.notes), res.notes
+
+
+def test_the_fallback_chooses_on_every_eval_sample_the_gate_reads(tmp_path):
+    """80 eval samples with parity_samples 32: the report's parity reads all 80, so the fallback
+    meets its floor on all 80, not on the first 32 only."""
+    inputs = [TensorSpec("x", ("batch", 16))]
+    src = export_module(outlier_mlp(), tmp_path / "m.onnx", (torch.randn(1, 16),))
+    cfg = QuantizeConfig(mode="dynamic", per_channel=False, parity_floor=0.95, reduce_range=True)
+    small = CFG.replace("measure: {", "measure: {parity_samples: 32, ")
+    ctx = make_ctx(tmp_path / "work", small + eval_data_yaml(tmp_path, "x", (16,), n=80), inputs=inputs, threads=2)
+    res = QuantizePass(cfg).run(onnx_handle(src, inputs), ctx)
+    assert ctx.parity_count() == 80 and res.metrics["float_nodes"] and "parity_held_out" not in res.metrics
+    x = ctx.data("eval").inputs
+    p = parity(predict(session(src), x), predict(session(res.model.onnx_path), x))
+    assert p["min_cosine"] >= 0.95
+    assert p["min_cosine"] == pytest.approx(res.metrics["parity_after_fallback"]["min_cosine"], abs=1e-6)
 
 
 def test_no_fallback_steered_by_random_probes(tmp_path):

@@ -646,7 +646,7 @@ def test_reduce_range_auto_without_vnni_keeps_the_weight_range_closer_to_float(t
     res = QuantizePass(QuantizeConfig(mode="dynamic", per_channel=True)).run(onnx_handle(src, inputs), ctx)
     choice = res.metrics["reduce_range_choice"]
     kept = choice["7-bit min_cosine"] if res.metrics.get("reduce_range", True) else choice["8-bit min_cosine"]
-    x, _ = ctx.sample_inputs("eval", ctx.config.measure.parity_samples)
+    x, _ = ctx.sample_inputs("eval", ctx.parity_count())
     p = parity(predict(session(src), x), predict(session(res.model.onnx_path), x))
     assert p["min_cosine"] == pytest.approx(kept, abs=1e-6)
     assert res.metrics["reduce_range"] is (choice["7-bit min_cosine"] > choice["8-bit min_cosine"] + SEVEN_BIT_MARGIN)
