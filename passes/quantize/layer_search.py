@@ -26,7 +26,7 @@ from typing import Any
 from passes.quantize.auto import WEIGHTED_LAYER_OPS, Check, Evaluator, Goal, QuantizeFn
 
 SENSITIVITY_SAMPLES = 64  # calibration samples per single-layer quantization (sensitivity only)
-SENSITIVITY_BUDGET_S = 180.0  # the per-layer scan gives way to the one-run ranking beyond this
+SENSITIVITY_BUDGET_S = 180.0  # the per-layer scan gives way to the one-run ranking beyond this (see _scan)
 
 
 @dataclass
@@ -145,13 +145,18 @@ def _rank(
 
 def _scan(search: Search, layers: list[str], progress: Any, key: str, budget_s: float) -> dict[str, float] | None:
     """Each layer quantized alone: the error it adds. None when the scan, timed on its first layers,
-    would take longer than `budget_s` (62 layers of a 736x1088 detector took over 5 minutes)."""
+    would take longer than `budget_s` (62 layers of a 736x1088 detector took over 5 minutes).
+    Timed in this process's CPU seconds over its threads, not wall time, so that a busy machine (a
+    shared CI runner) does not change the ranking and with it the model: PP-OCRv4 det got the cheap
+    ranking under load and missed its floor with 61 of 62 layers in float (0.9746, exit 3), where
+    the scan, alone on the machine, met it with 32 (0.9822)."""
     settings = dict(search.settings)
     if settings.get("mode") == "static":
         settings["calibration_samples"] = min(int(settings.get("calibration_samples", 256)), SENSITIVITY_SAMPLES)
     sensitivity: dict[str, float] = {}
     progress.start(key, "per-layer sensitivity (each layer quantized alone)", len(layers))
-    started = time.monotonic()
+    threads = max(1, int(search.evaluator.ctx.threads or 1))
+    started = time.process_time()
     try:
         for i, name in enumerate(layers):
             out = search.work / f"sens-{i}.onnx"
@@ -159,7 +164,7 @@ def _scan(search: Search, layers: list[str], progress: Any, key: str, budget_s: 
             sensitivity[name] = search.evaluator.check(out).error()
             _remove(out)
             progress.advance(key)
-            spent = time.monotonic() - started
+            spent = (time.process_time() - started) / threads
             if i >= 1 and spent / (i + 1) * len(layers) > budget_s:
                 return None
     finally:

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from passes.quantize.auto import Check, Goal
 from passes.quantize.layer_error import added_errors
-from passes.quantize.layer_search import Search, fallback, weighted_only
+from passes.quantize.layer_search import Search, _scan, fallback, weighted_only
 
 
 class Progress:
@@ -89,6 +89,35 @@ def test_search_honours_fallback_max_layers(tmp_path):
     search, calls = scripted_search(tmp_path, lambda k: 0.99 if k >= 8 else 0.5, layers)
     found = fallback(search, layers, 4, Progress(), "k")
     assert max(calls) == 4 and not search.goal.judge(found.check)[0]
+
+
+def _slow_scan(tmp_path: Path, busy: bool) -> Search:
+    """A search whose every quantization takes 20 ms: sleeping (a machine busy with other work) or computing."""
+    import time
+
+    tmp_path.mkdir()
+    search, _ = scripted_search(tmp_path, lambda k: 0.99, [f"L{i}" for i in range(10)])
+    quantize = search.quantize
+
+    def slow(settings: dict[str, Any], out: Path, include: Any = None, exclude: Any = None) -> None:
+        end = time.perf_counter() + 0.02
+        while busy and time.perf_counter() < end:
+            pass
+        if not busy:
+            time.sleep(0.02)
+        quantize(settings, out, include, exclude)
+
+    search.quantize = slow
+    return search
+
+
+def test_the_scans_budget_counts_this_process_cpu_time_not_a_busy_machines_wall_time(tmp_path):
+    """Ten layers at 20 ms each against a 0.1 s budget: waiting (the machine busy elsewhere) keeps
+    the scan, so load does not change the ranking and the model; computing that long gives it up."""
+    layers = [f"L{i}" for i in range(10)]
+    waited = _scan(_slow_scan(tmp_path / "a", busy=False), layers, Progress(), "k", budget_s=0.1)
+    assert waited is not None and len(waited) == 10
+    assert _scan(_slow_scan(tmp_path / "b", busy=True), layers, Progress(), "k", budget_s=0.1) is None
 
 
 def test_weighted_only_keeps_the_users_weighted_op_types():
