@@ -10,9 +10,11 @@ conversational forms (a remark, a question, a request). Only the lemmas are read
 example sentences, so nothing of the evaluation lines of `bench.distill_text` leaks in.
 
     python -m bench.llm_text OUT.txt --wordnet /usr/share/wordnet [--lines 2000] [--batch 48] [--seed 0]
+        [--max-words 30]
 
 The reply's first line is kept, a quotation inside it preferred ("A friend might say, "…"" keeps
-what is quoted), when it has 3 to 30 words; duplicates are dropped. Sampling (temperature 0.9,
+what is quoted), when it has 3 to --max-words words; duplicates are dropped. With --max-words 12 or
+less the prompts also ask for a sentence of under ten words (WordNet's examples average 8.5). Sampling (temperature 0.9,
 top-p 0.95) with a fixed seed: the same arguments write the same file on the same machine.
 """
 
@@ -47,13 +49,13 @@ def lemmas(folder: Path) -> list[str]:
     return sorted(out)
 
 
-def clean(reply: str) -> str | None:
-    """The sentence in a reply: its first line, the quoted part when there is one; None unless 3-30 words."""
+def clean(reply: str, max_words: int = 30) -> str | None:
+    """The sentence in a reply: its first line, the quoted part when there is one; None unless 3 to max_words words."""
     first = reply.strip().split("\n", 1)[0].strip()
     quoted = _QUOTED.search(first)
     text = (quoted.group(1) if quoted else first).strip().strip('"“”').strip()
     n = len(text.split())
-    return text if 3 <= n <= 30 else None
+    return text if 3 <= n <= max_words else None
 
 
 def load_model():
@@ -89,6 +91,7 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-words", type=int, default=30, help="longest line kept (12 or less: ask for short ones)")
     args = ap.parse_args()
 
     import torch
@@ -100,9 +103,10 @@ def main() -> None:
     kept: dict[str, None] = {}
     start = time.perf_counter()
     while len(kept) < args.lines:
-        prompts = [rng.choice(FORMS).format(w=rng.choice(words)) for _ in range(args.batch)]
-        for reply in generate(tok, model, prompts):
-            line = clean(reply)
+        short = " Use fewer than ten words." if args.max_words <= 12 else ""
+        prompts = [rng.choice(FORMS).format(w=rng.choice(words)) + short for _ in range(args.batch)]
+        for reply in generate(tok, model, prompts, max_new_tokens=24 if short else 40):
+            line = clean(reply, args.max_words)
             if line is not None:
                 kept.setdefault(line, None)
         print(f"{len(kept)} lines, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
