@@ -10,7 +10,7 @@ conversational forms (a remark, a question, a request). Only the lemmas are read
 example sentences, so nothing of the evaluation lines of `bench.distill_text` leaks in.
 
     python -m bench.llm_text OUT.txt --wordnet /usr/share/wordnet [--lines 2000] [--batch 48] [--seed 0]
-        [--max-words 30]
+        [--max-words 30] [--forms conversation|dictionary]
 
 The reply's first line is kept, a quotation inside it preferred ("A friend might say, "…"" keeps
 what is quoted), when it has 3 to --max-words words; duplicates are dropped. With --max-words 12 or
@@ -33,6 +33,12 @@ FORMS = (
     'Write one short question a friend might ask, using the word "{w}".',
     'Write one short, simple sentence a person might say at home or at work about "{w}".',
     'Write one short request someone might make of a colleague, using the word "{w}".',
+)
+# Dictionary-style prompts: the register of WordNet's usage examples (the training text's other half),
+# written afresh for lemmas the training lines may not hold.
+DICTIONARY_FORMS = (
+    'Write one short example sentence, as a dictionary would give, using the word "{w}".',
+    'Write one short everyday sentence that shows how the word "{w}" is used.',
 )
 _QUOTED = re.compile(r'["“]([^"”]{8,})["”]')
 
@@ -92,6 +98,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-words", type=int, default=30, help="longest line kept (12 or less: ask for short ones)")
+    ap.add_argument("--forms", choices=("conversation", "dictionary"), default="conversation",
+                    help="conversational prompts, or dictionary-style usage examples")
     args = ap.parse_args()
 
     import torch
@@ -104,7 +112,8 @@ def main() -> None:
     start = time.perf_counter()
     while len(kept) < args.lines:
         short = " Use fewer than ten words." if args.max_words <= 12 else ""
-        prompts = [rng.choice(FORMS).format(w=rng.choice(words)) + short for _ in range(args.batch)]
+        forms = FORMS if args.forms == "conversation" else DICTIONARY_FORMS
+        prompts = [rng.choice(forms).format(w=rng.choice(words)) + short for _ in range(args.batch)]
         for reply in generate(tok, model, prompts, max_new_tokens=24 if short else 40):
             line = clean(reply, args.max_words)
             if line is not None:
