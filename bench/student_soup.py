@@ -17,7 +17,7 @@ def averaged(students):
     states = [s.state_dict() for s in students]
     avg = {k: (sum(sd[k].float() for sd in states) / len(states)).to(v.dtype) if v.is_floating_point() else v
            for k, v in states[0].items()}
-    soup = students[0]
+    soup = students[0]  # reused in place: callers have read it already
     soup.load_state_dict(avg)
     return soup
 
@@ -28,9 +28,10 @@ def main() -> None:
     eval_dir, paths = Path(sys.argv[1]), sys.argv[2:]
     tok, teacher = load(g.get_model_path())
     files = [eval_dir / "eval.txt", eval_dir / "eval_general.txt"]
+    texts = [f.read_text().splitlines() for f in files]
     evs = []
-    for f in files:
-        ids, mask = encode(tok, f.read_text().splitlines())
+    for lines in texts:
+        ids, mask = encode(tok, lines)
         evs.append((ids, mask, embed_all(teacher, ids, mask)))
     students = [torch.load(p, weights_only=False) for p in paths]
     for p, s in zip(paths, students, strict=True):
@@ -39,9 +40,8 @@ def main() -> None:
     print("average", [cos_stats(embed_all(soup, i, m), r) for i, m, r in evs])
     ids, mask, ref = evs[1]
     cos = F.cosine_similarity(embed_all(soup, ids, mask), ref, dim=-1)
-    lines = files[1].read_text().splitlines()
     for k in cos.argsort()[:5]:
-        print(f"  {float(cos[k]):.4f} {lines[k]}")
+        print(f"  {float(cos[k]):.4f} {texts[1][k]}")
 
 
 if __name__ == "__main__":
