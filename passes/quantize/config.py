@@ -38,7 +38,7 @@ class QuantizeConfig(PassConfig):
     weight_type: Literal["int8", "uint8"] = Field("int8", description="Stored weight type.")
     activation_type: Literal["uint8", "int8"] = Field("uint8", description="static: activation type.")
     calibration: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="static: calibration method.")
-    calibration_samples: int = Field(256, gt=0, le=1_000_000, description="static: samples used for calibration.")
+    calibration_samples: int = Field(256, gt=0, le=1_000_000, description="static: samples used for calibration; smooth_alpha: samples its channel ranges are measured on.")
     random_calibration: bool = Field(
         False,
         description="static: accept activation ranges calibrated on random inputs drawn from the input spec when "
@@ -76,6 +76,23 @@ class QuantizeConfig(PassConfig):
         description="per_token auto: scale a MatMul's input per token when its largest token's max |x| is at least "
         "this many times the median token's (per batch of measure.batch samples of data.calibration, else data.train, "
         "else data.eval; padding left out). MiniLM's FFN outputs read ~8 where per-token scales paid, ~2 where not.",
+    )
+    smooth_alpha: float | Literal["auto"] | None = Field(
+        None,
+        description="dynamic, 8-bit: SmoothQuant's per-channel scales before quantizing (passes/quantize/smooth.py). "
+        "Each MatMul input's channel j is divided by s_j = max|x_j|^alpha / max|W_j|^(1-alpha) and the weight's row j "
+        "multiplied by it (the product unchanged, the input's range flatter), max|x_j| measured on the user's samples "
+        "(data.calibration, else data.train, else data.eval; calibration_samples of them, padding left out). Costs a "
+        "Mul per input (none for a fused Attention's output: its value projection takes the division). Higher alpha moves more of the activations' spread into the weights. auto: each input's alpha from "
+        "0.3-0.9 by the int8 error it leaves on the samples (numpy simulation of the runtime's int8), inputs whose "
+        "error it does not cut by a fifth left unscaled (passes/quantize/smooth_search.py). null: off.",
+    )
+    smooth_inputs: Literal["all", "norms"] = Field(
+        "all",
+        description="smooth_alpha: which inputs. all: every MatMul input; norms: those a normalization (LayerNorm, "
+        "RMSNorm) or a fused Attention writes, as SmoothQuant's paper (the channel outliers sit there). A division "
+        "costs nothing where its writer's parameters take it (a fused Attention's values; a pre-LN model's norm) and "
+        "a Mul elsewhere (a post-LN encoder's norm outputs also feed the residual; the FFN activations).",
     )
     op_types: list[str] | None = Field(None, description="Only quantize these op types (default: the quantizer's own).")
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names to keep in float.")
@@ -182,6 +199,10 @@ class QuantizeConfig(PassConfig):
             raise ValueError(f"block_size must be a power of two (got {self.block_size})")
         if self.per_token != "none" and not (self.mode == "dynamic" and self.bits == 8 and self.weight_type == "int8"):
             raise ValueError("per_token scales a dynamic MatMul's input: it needs mode: dynamic with 8-bit int8 weights")
+        if isinstance(self.smooth_alpha, float) and not 0 < self.smooth_alpha <= 1:
+            raise ValueError(f"smooth_alpha must be in (0, 1] or auto (got {self.smooth_alpha:g})")
+        if self.smooth_alpha is not None and not (self.mode == "dynamic" and self.bits == 8):
+            raise ValueError("smooth_alpha scales a dynamic MatMul's input: it needs mode: dynamic with 8-bit weights")
         return self
 
     def rewrite_names(self) -> list[str]:

@@ -55,7 +55,8 @@ def quantize_file(
         alias = lambda names: [*names, *(f"{n}_MatMul" for n in names)]  # noqa: E731
         src = qin
         try:
-            src = _per_token_first(cfg, qin, out, ctx, metrics, notes, include, exclude)
+            src = _smoothed_first(cfg, qin, out, ctx, metrics, notes, include, exclude)
+            src = _per_token_first(cfg, src, out, ctx, metrics, notes, include, exclude)
             quantize_dynamic(
                 str(src), str(out), op_types_to_quantize=cfg.op_types, per_channel=cfg.per_channel,
                 reduce_range=cfg.reduce_range, weight_type=qtype[cfg.weight_type],
@@ -64,9 +65,9 @@ def quantize_file(
                 extra_options={**extra, "EnableSubgraph": True},
             )
         finally:
-            scratch = _per_token_scratch(out)
-            for f in (scratch, scratch.with_name(scratch.name + ".data")):
-                f.unlink(missing_ok=True)
+            for scratch in (_per_token_scratch(out), _smooth_scratch(out)):
+                for f in (scratch, scratch.with_name(scratch.name + ".data")):
+                    f.unlink(missing_ok=True)
         onnx_io.normalize_ir_version_file(out)  # runnable as written (old IR: initializer inputs)
         return
     ort_in, projected = qin, None
@@ -91,6 +92,49 @@ def _per_token_scratch(out: Any) -> Any:
     from pathlib import Path
 
     return Path(out).with_name(Path(out).stem + ".per-token.onnx")
+
+
+def _smooth_scratch(out: Any) -> Any:
+    from pathlib import Path
+
+    return Path(out).with_name(Path(out).stem + ".smooth.onnx")
+
+
+def _smoothed_first(cfg: QuantizeConfig, qin: Any, out: Any, ctx: Any, metrics: dict[str, Any], notes: list[str],
+                    include: list[str] | None, exclude: list[str]) -> Any:
+    """`smooth_alpha`: the MatMuls' inputs divided per channel, their weights' rows multiplied back
+    (passes/quantize/smooth.py), into a scratch file beside `out` (returned; `qin` when nothing is done)."""
+    from pathlib import Path
+
+    if cfg.smooth_alpha is None:
+        return qin
+    from passes.quantize.activation_probe import user_samples
+    from passes.quantize.smooth import smooth_file
+
+    found = user_samples(ctx, cfg.calibration_samples)
+    if found is None:  # the pass's check refuses this before the run; a direct call says so here
+        notes.append("smooth_alpha: no data (data.calibration, data.train or data.eval) to measure channel ranges on; "
+                     "not smoothed")
+        return qin
+    feeds, source = found
+    batch = max(1, int(getattr(ctx.config.measure, "batch", 1)))
+    scratch = _smooth_scratch(out)
+    done = smooth_file(Path(qin), scratch, cfg.smooth_alpha, feeds, batch, code_max=64 if cfg.reduce_range else 127,
+                       op_types=cfg.op_types,
+                       include=include, exclude=exclude, inputs=cfg.smooth_inputs)
+    metrics["smooth"] = {**done, "source": source} if done else {"nodes": 0}
+    if not done:
+        notes.append("smooth_alpha: no input of a MatMul by a weight was reached by the samples"
+                     + (" or gained from smoothing" if cfg.smooth_alpha == "auto" else "") + "; nothing smoothed")
+        return qin
+    alphas = sorted(set(done["alphas"]))
+    msg = (f"smooth_alpha {cfg.smooth_alpha}: {done['inputs']} of {done['of_inputs']} "
+           f"{'weighted inputs' if cfg.smooth_inputs == 'all' else 'inputs a norm or attention writes'} scaled per channel "
+           f"(SmoothQuant; alpha {', '.join(f'{a:g}' for a in alphas)}), {done['nodes']} nodes reading them, "
+           f"from {done['samples']} samples of {source}")
+    if msg not in notes:  # a repair retry quantizes again with the same notes
+        notes.append(msg)
+    return scratch
 
 
 def _per_token_first(cfg: QuantizeConfig, qin: Any, out: Any, ctx: Any, metrics: dict[str, Any], notes: list[str],

@@ -166,7 +166,7 @@ def localize_outer_weights(model: Any) -> list[str]:
                 if value is None or not value.is_initializer() or value.graph is graph:
                     continue
                 if value.name not in local:
-                    name = _fresh(f"{value.name}.{graph.name or 'body'}", taken)
+                    name = fresh_name(f"{value.name}.{graph.name or 'body'}", taken)
                     copy = ir.Value(name=name, shape=value.shape, type=value.type, const_value=value.const_value)
                     graph.register_initializer(copy)
                     local[value.name] = copy
@@ -185,7 +185,8 @@ def _graph_values(graph: Any) -> list[Any]:
     return values
 
 
-def _fresh(base: str, taken: set[str]) -> str:
+def fresh_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base.k` for the first k not in `taken`; added to `taken`."""
     name, k = base, 1
     while name in taken:
         name, k = f"{base}.{k}", k + 1

@@ -49,8 +49,9 @@ class QuantizePass(Pass):
         return None
 
     def cache_inputs(self, config):  # type: ignore[no-untyped-def]
-        # per_token auto measures token outliers in batches of measure.batch
-        return {"measure.batch": config.measure.batch} if getattr(self.config, "per_token", None) == "auto" else {}
+        # per_token auto measures token outliers, smooth_alpha auto simulates per-call int8, in batches of measure.batch
+        reads_batch = getattr(self.config, "per_token", None) == "auto" or getattr(self.config, "smooth_alpha", None) == "auto"
+        return {"measure.batch": config.measure.batch} if reads_batch else {}
 
     def check(self, plan: PlanContext) -> None:
         from optimize.errors import ConfigError
@@ -83,6 +84,12 @@ class QuantizePass(Pass):
                                          plan.has_input_spec)
             if reason is not None and not _hands_back_input(plan):  # reads the model: only when refusing
                 raise ConfigError(reason, key=f"{key}.mode")
+        data = plan.config.data
+        if cfg.smooth_alpha is not None and data.calibration is None and data.train is None and data.eval is None:
+            raise ConfigError(
+                "smooth_alpha measures each input channel's range on the user's data: set data.calibration (or "
+                "data.train / data.eval), or remove smooth_alpha", key=f"{key}.smooth_alpha",
+            )
         if cfg.mode == "static" and cfg.activation_type == "int8" and cfg.weight_type == "uint8":
             raise ConfigError(
                 "ONNX Runtime does not support int8 activations with uint8 weights; use weight_type: int8",

@@ -31,34 +31,15 @@ _MEASURED: dict[tuple[Any, ...], dict[str, float]] = {}  # repair retries and fa
 def outlier_ratios(src: Path, inputs_of: dict[str, str], feeds: dict[str, np.ndarray], batch: int) -> dict[str, float]:
     """{MatMul name: median over batches of largest / median token max |x| of its input}.
     `inputs_of` maps each MatMul to its input tensor; `feeds` holds the samples (first axis)."""
-    import onnx
-    import onnxruntime as ort
+    from passes.quantize.activation_probe import batches_of
 
-    from optimize.probes import slice_samples
-    from optimize.runtime import feeds_for
-
-    model = onnx.load(str(src), load_external_data=False)
     wanted = sorted(set(inputs_of.values()))
-    have = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in wanted if t not in have)
-    probe = src.with_name(src.stem + ".token-outliers.onnx")  # beside src: its external data resolves
-    onnx.save(model, str(probe))
-    try:
-        sess = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
-        mask_name = next((i.name for i in sess.get_inputs() if "attention_mask" in i.name), None)
-        n = max((len(v) for v in feeds.values() if np.ndim(v) > 0), default=1)
-        per_batch: dict[str, list[float]] = {t: [] for t in wanted}
-        for start in range(0, n, batch):
-            feed = feeds_for(sess, slice_samples(feeds, start, start + batch))
-            outs = sess.run(wanted, feed)
-            mask = feed[mask_name] if mask_name else None
-            for t, x in zip(wanted, outs, strict=True):
-                ratio = _ratio(np.asarray(x), mask)
-                if ratio is not None:
-                    per_batch[t].append(ratio)
-    finally:
-        probe.unlink(missing_ok=True)
+    per_batch: dict[str, list[float]] = {t: [] for t in wanted}
+    for outs, mask in batches_of(src, wanted, feeds, batch, "token-outliers"):
+        for t, x in outs.items():
+            ratio = _ratio(x, mask)
+            if ratio is not None:
+                per_batch[t].append(ratio)
     return {m: float(np.median(per_batch[t])) for m, t in inputs_of.items() if per_batch[t]}
 
 
@@ -67,8 +48,9 @@ def _ratio(x: np.ndarray, mask: np.ndarray | None) -> float | None:
     mask matches the rows; None for an input of fewer than 2 rows or all zeros."""
     if x.ndim < 2:
         return None
-    rows = np.abs(x).max(axis=-1)
-    rows = rows[np.asarray(mask, bool)] if mask is not None and mask.shape == rows.shape else rows.reshape(-1)
+    from passes.quantize.activation_probe import real_rows
+
+    rows = np.abs(real_rows(x, mask)).max(axis=-1)
     if rows.size < 2:
         return None
     median = float(np.median(rows))
@@ -81,13 +63,14 @@ def choose(cfg: Any, src: Path, ctx: Any, include: list[str] | None, exclude: li
     user's data ([] for none: all per call), or `include` unchanged when there is no data to measure
     on (then every one of them is scaled per token, as `mlp` would)."""
     from optimize.errors import OptimizeError
+    from passes.quantize.activation_probe import user_samples
     from passes.quantize.token_scales import candidate_inputs
 
     inputs_of = candidate_inputs(src, "mlp", include, exclude)
     if not inputs_of:
         return include  # the caller says that no MatMul reads an activation
     try:
-        found = _user_samples(ctx)
+        found = user_samples(ctx)
         if found is None:
             _note(notes, "per_token auto: no data (data.calibration, data.train or data.eval) to find token outliers "
                          "on; every MatMul after an activation is scaled per token")
@@ -118,18 +101,3 @@ def choose(cfg: Any, src: Path, ctx: Any, include: list[str] | None, exclude: li
 def _note(notes: list[str], text: str) -> None:
     if text not in notes:  # a repair retry quantizes again with the same notes
         notes.append(text)
-
-
-def _user_samples(ctx: Any, n: int = 64) -> tuple[dict[str, np.ndarray], str] | None:
-    """Up to `n` samples of the first declared data set among calibration (which falls back to
-    train) and eval, with its name; None when the user declared none (random probes would not show
-    the outliers real inputs have)."""
-    if ctx is None:
-        return None
-    for role in ("calibration", "eval"):
-        ds = ctx.data(role)
-        if ds is not None:
-            declared = "calibration" if role == "calibration" and ctx.config.data.calibration else (
-                "train" if role == "calibration" else role)
-            return ds.take(n).inputs, f"data.{declared}"
-    return None
