@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 TASK = "text-generation"
 LLM_ONLY = ("algorithm", "correction", "head", "embedding", "head_accuracy_level", "prefill")
 GENERIC_ONLY = ("format", "fusion", "op_types", "exclude_nodes", "parity_floor", "fallback_max_layers",
-                "calibration", "calibration_samples", "random_calibration", "activation_type", "weight_type")
+                "calibration", "calibration_samples", "random_calibration", "activation_type", "weight_type",
+                "smooth_alpha", "smooth_inputs")
 
 
 def check(cfg: QuantizeConfig, task: str, key: str, data_eval: Any = None) -> None:

@@ -234,3 +234,11 @@ def test_norms_scope_leaves_the_activation_s_input_alone(tmp_path):
                        inputs="norms")
     assert done["inputs"] == 1 and done["of_inputs"] == 1 and done["nodes"] == 1
     assert "Mul" not in [n.op_type for n in onnx.load(str(dst)).graph.node]  # free: nothing added to run
+
+
+def test_a_decoder_llm_refuses_smoothing_rather_than_ignoring_it():
+    from passes.quantize import llm
+
+    with pytest.raises(ConfigError, match="smooth_alpha does not apply") as err:
+        llm.check(QuantizeConfig(mode="dynamic", smooth_alpha="auto"), llm.TASK, "passes[0].quantize")
+    assert err.value.key == "passes[0].quantize.smooth_alpha"
