@@ -53,6 +53,16 @@ def real_rows(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return x.reshape(-1, x.shape[-1])
 
 
+def batch_rows(x: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """`x` as rows of its last axis as one call of the runtime sees them: padding columns past the
+    batch's longest row left out (a user batching to the longest row, or the pipeline's padding cut,
+    never computes them), the padding rows of shorter sequences kept (they share the call's range)."""
+    if mask is not None and mask.ndim == 2 and x.ndim == 3 and mask.shape == x.shape[:2]:
+        real = np.flatnonzero(np.asarray(mask, bool).any(axis=0))
+        x = x[:, : real[-1] + 1] if real.size else x[:, :0]
+    return x.reshape(-1, x.shape[-1])
+
+
 def user_samples(ctx: Any, n: int = 64) -> tuple[dict[str, np.ndarray], str] | None:
     """Up to `n` samples of the first declared data set among calibration (which falls back to
     train) and eval, with its name; None when the user declared none."""

@@ -82,7 +82,7 @@ class QuantizeConfig(PassConfig):
         description="dynamic, 8-bit: SmoothQuant's per-channel scales before quantizing (passes/quantize/smooth.py). "
         "Each MatMul input's channel j is divided by s_j = max|x_j|^alpha / max|W_j|^(1-alpha) and the weight's row j "
         "multiplied by it (the product unchanged, the input's range flatter), max|x_j| measured on the user's samples "
-        "(data.calibration, else data.train, else data.eval; calibration_samples of them, padding left out). Costs a "
+        "(data.calibration, else data.train, else data.eval; calibration_samples of them, in batches of measure.batch, as a call sees them: padding past each batch's longest row left out). Costs a "
         "Mul per input (none for a fused Attention's output: its value projection takes the division). Higher alpha moves more of the activations' spread into the weights. auto: each input's alpha from "
         "0.3-0.9 by the int8 error it leaves on the samples (numpy simulation of the runtime's int8), inputs whose "
         "error it does not cut by a fifth left unscaled (passes/quantize/smooth_search.py). null: off.",

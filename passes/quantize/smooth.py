@@ -12,7 +12,8 @@ before the MatMuls (and fused Attention nodes) that read it, one per input tenso
 encoder's norm output also feeds a residual add that must keep the unscaled values). `smooth_inputs:
 norms` smooths only the inputs a normalization or a fused attention writes, as SmoothQuant's paper
 does (where the channel outliers are). max|x_j| is measured on the user's samples
-(activation_probe.py), padding left out. ONNX Runtime's `quantize_dynamic` has no smoothing (its static path offers one through Intel
+(activation_probe.py), as one call sees them (padding past the batch's longest row left out).
+ONNX Runtime's `quantize_dynamic` has no smoothing (its static path offers one through Intel
 Neural Compressor, for calibrated QDQ only), so it is written here.
 """
 
@@ -65,16 +66,18 @@ def _weighted(node: Any, inits: dict[str, Any]) -> bool:
 
 def collect(src: Path, tensors: list[str], feeds: dict[str, np.ndarray], batch: int,
             max_rows: int = 2048) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
-    """({tensor: max |x| per channel over every sample's real tokens}, {tensor: its rows per batch,
-    batches kept while under `max_rows` rows}): the ranges set the scales; the rows, kept apart by
-    batch (the per-call int8 range is a batch's), judge them."""
-    from passes.quantize.activation_probe import batches_of, real_rows
+    """({tensor: max |x| per channel over every batch's rows}, {tensor: its rows per batch, batches
+    kept while under `max_rows` rows}): the ranges set the scales; the rows, kept apart by batch (the
+    per-call int8 range is a batch's), judge them. Rows as the runtime's call sees them, the padding
+    of shorter sequences included (activation_probe.batch_rows): on MiniLM, leaving it out chose
+    scales that read 0.9972 / 0.9928 (mean / min, docstrings) against 0.9983 / 0.9952 with it."""
+    from passes.quantize.activation_probe import batch_rows, batches_of
 
     act_max: dict[str, np.ndarray] = {}
     rows: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     for outs, mask in batches_of(src, tensors, feeds, batch, "smooth-ranges"):
         for t, x in outs.items():
-            r = real_rows(x, mask).astype(np.float32)
+            r = batch_rows(x, mask).astype(np.float32)
             if not r.size:
                 continue
             m = np.abs(r).max(axis=0).astype(np.float64)

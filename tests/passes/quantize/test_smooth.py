@@ -242,3 +242,14 @@ def test_a_decoder_llm_refuses_smoothing_rather_than_ignoring_it():
     with pytest.raises(ConfigError, match="smooth_alpha does not apply") as err:
         llm.check(QuantizeConfig(mode="dynamic", smooth_alpha="auto"), llm.TASK, "passes[0].quantize")
     assert err.value.key == "passes[0].quantize.smooth_alpha"
+
+
+def test_rows_are_those_one_call_sees_padding_of_shorter_rows_included():
+    from passes.quantize.activation_probe import batch_rows
+
+    x = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 0]])  # the longest row has 3 tokens
+    rows = batch_rows(x, mask)
+    assert rows.shape == (6, 3)  # both sequences' first 3 positions: the cut column 3 is gone
+    np.testing.assert_array_equal(rows[2], x[0, 2])  # the first sequence's padding, inside the call
+    assert batch_rows(x[:, :3], mask).shape == (6, 3)  # a graph that cut the padding itself
