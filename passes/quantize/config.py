@@ -84,7 +84,7 @@ class QuantizeConfig(PassConfig):
         "multiplied by it (the product unchanged, the input's range flatter), max|x_j| measured on the user's samples "
         "(data.calibration, else data.train, else data.eval; calibration_samples of them, in batches of measure.batch, as a call sees them: padding past each batch's longest row left out). Costs a "
         "Mul per input (none for a fused Attention's output: its value projection takes the division). Higher alpha moves more of the activations' spread into the weights. auto: each input's alpha from "
-        "0.3-0.9 by the int8 error it leaves on the samples (numpy simulation of the runtime's int8), inputs whose "
+        "0.5-1.0 by the int8 error it leaves on the samples (numpy simulation of the runtime's int8), inputs whose "
         "error it does not cut by a fifth left unscaled (passes/quantize/smooth_search.py). null: off.",
     )
     smooth_inputs: Literal["all", "norms"] = Field(

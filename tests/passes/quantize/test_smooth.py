@@ -253,3 +253,21 @@ def test_rows_are_those_one_call_sees_padding_of_shorter_rows_included():
     assert rows.shape == (6, 3)  # both sequences' first 3 positions: the cut column 3 is gone
     np.testing.assert_array_equal(rows[2], x[0, 2])  # the first sequence's padding, inside the call
     assert batch_rows(x[:, :3], mask).shape == (6, 3)  # a graph that cut the padding itself
+
+
+def test_an_excluded_node_keeps_its_input_and_a_retry_reuses_the_measurement(tmp_path, monkeypatch):
+    import passes.quantize.smooth as smooth
+
+    calls = []
+    real = smooth.collect
+    monkeypatch.setattr(smooth, "collect", lambda *a, **k: calls.append(1) or real(*a, **k))
+    src = ffn(tmp_path / "m.onnx")
+    feeds = {"x": samples(1)}
+    first = smooth_file(src, tmp_path / "a.onnx", 0.8, feeds, 8, code_max=127, op_types=None, include=None, exclude=[])
+    retry = smooth_file(src, tmp_path / "b.onnx", 0.8, feeds, 8, code_max=127, op_types=None, include=None,
+                        exclude=["up"])  # as the accuracy fallback asks, keeping a layer in float
+    assert first["nodes"] == 2 and retry["nodes"] == 1 and len(calls) == 1
+    up = next(n for n in onnx.load(str(tmp_path / "b.onnx")).graph.node if n.name == "up")
+    assert list(up.input) == ["n", "w_up"]
+    x = samples(11)
+    np.testing.assert_allclose(run(tmp_path / "b.onnx", x), run(src, x), rtol=1e-4, atol=1e-4)
